@@ -1,0 +1,280 @@
+//! Positional I/O on block devices and regular files.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// How a device is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read only; no lock is taken.
+    Read,
+    /// Read and write, with an exclusive advisory lock (`flock`); a second writer gets
+    /// [`io::ErrorKind::WouldBlock`].
+    Write,
+    /// Create a new file (fails if it exists), read-write, exclusively locked.
+    CreateNew,
+}
+
+/// An open block device or regular file with positional I/O.
+#[derive(Debug)]
+pub struct Device {
+    file: File,
+    path: PathBuf,
+    block_device: bool,
+    writable: bool,
+}
+
+impl Device {
+    /// Opens `path` in `mode`.
+    pub fn open(path: &Path, mode: OpenMode) -> io::Result<Device> {
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        match mode {
+            OpenMode::Read => {}
+            OpenMode::Write => {
+                opts.write(true);
+            }
+            OpenMode::CreateNew => {
+                opts.write(true).create_new(true).mode(0o644);
+            }
+        }
+        let file = opts.open(path)?;
+        let block_device = file.metadata()?.file_type().is_block_device();
+        let writable = mode != OpenMode::Read;
+        if writable {
+            // SAFETY: flock on a valid, owned file descriptor has no memory-safety requirements.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(Device {
+            file,
+            path: path.to_path_buf(),
+            block_device,
+            writable,
+        })
+    }
+
+    /// The path this device was opened by.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True for block devices (as opposed to regular files).
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
+    /// True when opened for writing.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Size in bytes: the file length, or the device size by ioctl.
+    pub fn size(&self) -> io::Result<u64> {
+        if self.block_device {
+            let mut size: u64 = 0;
+            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at a live u64.
+            let rc =
+                unsafe { libc::ioctl(self.file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(size)
+        } else {
+            Ok(self.file.metadata()?.len())
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`; a short read is [`io::ErrorKind::UnexpectedEof`].
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`, returning how many were read (fewer only at EOF).
+    pub fn read_at_most(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    /// Sets the file length (regular files only).
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    /// Flushes data and metadata to stable storage.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    /// Reserves space for `[offset, offset+len)` without writing it (`fallocate`, keeping the size
+    /// unless the range extends it). Fails with `Unsupported` where the file system cannot.
+    pub fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate(0, offset, len)
+    }
+
+    /// Deallocates `[offset, offset+len)`, which then reads as zeros (`FALLOC_FL_PUNCH_HOLE`).
+    pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (off, l) = (to_off(offset)?, to_off(len)?);
+        loop {
+            // SAFETY: fallocate on a valid file descriptor; the arguments are plain integers.
+            let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, l) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Lists the data runs of `[offset, offset+len)` as `(start, length)` pairs using
+    /// `SEEK_DATA`/`SEEK_HOLE`; everything outside them is a hole that reads as zeros. Block devices
+    /// and file systems without hole support report the whole range as data.
+    pub fn data_runs(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64)>> {
+        let end = offset.saturating_add(len);
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if self.block_device {
+            return Ok(vec![(offset, len)]);
+        }
+        let fd = self.file.as_raw_fd();
+        let mut runs = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let data = match seek(fd, pos, libc::SEEK_DATA) {
+                Ok(d) => d,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    // The file system has no SEEK_DATA: everything is data.
+                    runs.push((pos, end - pos));
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            if data >= end {
+                break;
+            }
+            let hole = match seek(fd, data, libc::SEEK_HOLE) {
+                Ok(h) => h.min(end),
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => end,
+                Err(e) => return Err(e),
+            };
+            if hole > data {
+                runs.push((data, hole - data));
+            }
+            pos = hole.max(data + 1);
+        }
+        Ok(runs)
+    }
+
+    /// Copies `len` bytes from `src` at `src_off` to this device at `dst_off` inside the kernel
+    /// (`copy_file_range`). Returns the bytes copied (fewer than `len` only at the source's EOF).
+    pub fn copy_from(&self, src: &Device, src_off: u64, dst_off: u64, len: u64) -> io::Result<u64> {
+        let mut done = 0u64;
+        while done < len {
+            let mut so = to_off(src_off + done)?;
+            let mut dof = to_off(dst_off + done)?;
+            let chunk = (len - done).min(1 << 30) as usize;
+            // SAFETY: both descriptors are valid; the offset pointers point at live i64 values.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.file.as_raw_fd(),
+                    &mut so,
+                    self.file.as_raw_fd(),
+                    &mut dof,
+                    chunk,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                break;
+            }
+            done += n as u64;
+        }
+        Ok(done)
+    }
+}
+
+/// `_IOR(0x12, 114, size_t)`: the block device size in bytes.
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+fn to_off(v: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(v)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
+}
+
+fn seek(fd: libc::c_int, pos: u64, whence: libc::c_int) -> io::Result<u64> {
+    // SAFETY: lseek on a valid descriptor; SEEK_DATA/SEEK_HOLE do not touch memory.
+    let r = unsafe { libc::lseek(fd, to_off(pos)?, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_runs_follow_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let d = Device::open(&p, OpenMode::CreateNew).unwrap();
+        d.set_len(8 << 20).unwrap();
+        d.write_all_at(&[1u8; 4096], 1 << 20).unwrap();
+        let runs = d.data_runs(0, 8 << 20).unwrap();
+        assert_eq!(runs, vec![(1 << 20, 4096)]);
+        assert_eq!(d.size().unwrap(), 8 << 20);
+    }
+
+    #[test]
+    fn second_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let _a = Device::open(&p, OpenMode::CreateNew).unwrap();
+        let e = Device::open(&p, OpenMode::Write).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        // Readers take no lock.
+        Device::open(&p, OpenMode::Read).unwrap();
+    }
+}

@@ -1,0 +1,549 @@
+//! Creating disks: every format we write, built under temporary names and renamed into place.
+//!
+//! [`create`] returns a [`NewDisk`]: a writable [`Link`] over files that still have temporary names.
+//! Fill it, then call [`NewDisk::commit`], which flushes, renames the extent files and finally the
+//! descriptor into place. Dropping a `NewDisk` without committing removes the temporary files, so a
+//! failure or interruption leaves no destination behind.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::descriptor::{Access, CreateType, Descriptor, ExtentLine, ExtentType};
+use crate::error::{Error, Result};
+use crate::extent::flat::FlatExtent;
+use crate::extent::gtcache::GtCache;
+use crate::extent::kdmv::Layout;
+use crate::extent::sparse::{self, SparseExtent};
+use crate::extent::Extent;
+use crate::link::{new_cid, Container, Link};
+use crate::storage::{write_zeros, HostStorage, Storage};
+
+/// VMware's full extent size for split disks, in sectors (2047 MiB).
+pub const VMWARE_SPLIT_SECTORS: u64 = 4_192_256;
+/// Sectors reserved for an embedded descriptor (what qemu, VirtualBox and open-vmdk use).
+pub const EMBEDDED_DESCRIPTOR_SECTORS: u64 = 20;
+/// Default grain size in sectors (64 KiB).
+pub const DEFAULT_GRAIN_SECTORS: u64 = 128;
+
+/// A format we can create (the `-d` values of vmkfstools, plus `2gbflat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// ESX flat disk, space reserved (lazily zeroed).
+    ZeroedThick,
+    /// ESX flat disk, space reserved and zeroed.
+    EagerZeroedThick,
+    /// ESX flat disk, sparse file, `ddb.thinProvisioned = "1"`.
+    Thin,
+    /// Hosted monolithicSparse.
+    MonoSparse,
+    /// Hosted twoGbMaxExtentSparse.
+    TwoGbSparse,
+    /// Hosted monolithicFlat.
+    MonoFlat,
+    /// Hosted twoGbMaxExtentFlat.
+    TwoGbFlat,
+}
+
+impl DiskFormat {
+    /// Every format, in `-d` spelling.
+    pub const ALL: [DiskFormat; 7] = [
+        DiskFormat::ZeroedThick,
+        DiskFormat::EagerZeroedThick,
+        DiskFormat::Thin,
+        DiskFormat::MonoSparse,
+        DiskFormat::TwoGbSparse,
+        DiskFormat::MonoFlat,
+        DiskFormat::TwoGbFlat,
+    ];
+
+    /// Parses a `-d` value (case-insensitive; `thick` means zeroedthick).
+    pub fn parse(s: &str) -> Option<DiskFormat> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "zeroedthick" | "thick" | "preallocated" => DiskFormat::ZeroedThick,
+            "eagerzeroedthick" => DiskFormat::EagerZeroedThick,
+            "thin" => DiskFormat::Thin,
+            "monosparse" => DiskFormat::MonoSparse,
+            "2gbsparse" => DiskFormat::TwoGbSparse,
+            "monoflat" => DiskFormat::MonoFlat,
+            "2gbflat" => DiskFormat::TwoGbFlat,
+            _ => return None,
+        })
+    }
+
+    /// The `-d` spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFormat::ZeroedThick => "zeroedthick",
+            DiskFormat::EagerZeroedThick => "eagerzeroedthick",
+            DiskFormat::Thin => "thin",
+            DiskFormat::MonoSparse => "monosparse",
+            DiskFormat::TwoGbSparse => "2gbsparse",
+            DiskFormat::MonoFlat => "monoflat",
+            DiskFormat::TwoGbFlat => "2gbflat",
+        }
+    }
+
+    /// vmkfstools' wording after `Destination disk format: `.
+    pub fn description(self) -> &'static str {
+        match self {
+            DiskFormat::ZeroedThick => "VMFS zeroedthick",
+            DiskFormat::EagerZeroedThick => "VMFS eagerzeroedthick",
+            DiskFormat::Thin => "VMFS thin-provisioned",
+            DiskFormat::MonoSparse => "monolithic sparse",
+            DiskFormat::TwoGbSparse => "sparse with 2GB maximum extent size",
+            DiskFormat::MonoFlat => "monolithic flat",
+            DiskFormat::TwoGbFlat => "flat with 2GB maximum extent size",
+        }
+    }
+
+    /// True for hosted sparse formats (grain tables, no zero grains stored).
+    pub fn is_sparse(self) -> bool {
+        matches!(self, DiskFormat::MonoSparse | DiskFormat::TwoGbSparse)
+    }
+
+    /// True for the ESX `vmfs` formats.
+    pub fn is_esx(self) -> bool {
+        matches!(
+            self,
+            DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin
+        )
+    }
+}
+
+/// The virtual adapter a disk is made for (sets `ddb.adapterType` and the geometry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adapter {
+    /// IDE (16 heads).
+    Ide,
+    /// BusLogic SCSI.
+    BusLogic,
+    /// LSI Logic parallel SCSI (the default).
+    LsiLogic,
+    /// LSI Logic SAS.
+    LsiSas,
+    /// VMware paravirtual SCSI.
+    Pvscsi,
+    /// ESX 2 legacy.
+    LegacyEsx,
+}
+
+impl Adapter {
+    /// Parses an `-a` value.
+    pub fn parse(s: &str) -> Option<Adapter> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "ide" => Adapter::Ide,
+            "buslogic" => Adapter::BusLogic,
+            "lsilogic" => Adapter::LsiLogic,
+            "lsisas" | "lsisas1068" => Adapter::LsiSas,
+            "pvscsi" => Adapter::Pvscsi,
+            "legacyesx" => Adapter::LegacyEsx,
+            _ => return None,
+        })
+    }
+
+    /// The `ddb.adapterType` value.
+    pub fn ddb_value(self) -> &'static str {
+        match self {
+            Adapter::Ide => "ide",
+            Adapter::BusLogic => "buslogic",
+            Adapter::LsiLogic => "lsilogic",
+            Adapter::LsiSas => "lsisas1068",
+            Adapter::Pvscsi => "pvscsi",
+            Adapter::LegacyEsx => "legacyESX",
+        }
+    }
+
+    /// Physical geometry `(cylinders, heads, sectors)` for a capacity in sectors, as VMware computes it.
+    pub fn geometry(self, sectors: u64) -> (u64, u64, u64) {
+        if self == Adapter::Ide {
+            ((sectors / (16 * 63)).clamp(1, 16383), 16, 63)
+        } else {
+            ((sectors / (255 * 63)).max(1), 255, 63)
+        }
+    }
+}
+
+/// Options for [`create`].
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// The format.
+    pub format: DiskFormat,
+    /// Capacity in bytes (a multiple of 512).
+    pub capacity: u64,
+    /// The adapter.
+    pub adapter: Adapter,
+    /// Replace existing files.
+    pub force: bool,
+    /// Sectors per full extent of split formats (VMware's 4192256 by default; qemu uses 4194304).
+    pub split_sectors: u64,
+    /// Grain size of sparse formats, in sectors.
+    pub grain_sectors: u64,
+    /// Where to create the files.
+    pub storage: Arc<dyn Storage>,
+}
+
+impl CreateOptions {
+    /// Defaults: lsilogic adapter, VMware split size, 64 KiB grains, host storage, no overwrite.
+    pub fn new(format: DiskFormat, capacity: u64) -> CreateOptions {
+        CreateOptions {
+            format,
+            capacity,
+            adapter: Adapter::LsiLogic,
+            force: false,
+            split_sectors: VMWARE_SPLIT_SECTORS,
+            grain_sectors: DEFAULT_GRAIN_SECTORS,
+            storage: HostStorage::shared(),
+        }
+    }
+}
+
+/// A disk being created: a writable link over temporarily named files.
+pub struct NewDisk {
+    link: Option<Link>,
+    /// `(temporary, final)` names; the descriptor (or the single file) last.
+    files: Vec<(PathBuf, PathBuf)>,
+    storage: Arc<dyn Storage>,
+    format: DiskFormat,
+}
+
+impl std::fmt::Debug for NewDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDisk")
+            .field("files", &self.files)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+impl NewDisk {
+    /// The link to fill.
+    pub fn link(&self) -> &Link {
+        self.link.as_ref().expect("link is present until commit")
+    }
+
+    /// The format being created.
+    pub fn format(&self) -> DiskFormat {
+        self.format
+    }
+
+    /// Final paths of every file of the disk, descriptor last.
+    pub fn final_paths(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|f| f.1.clone()).collect()
+    }
+
+    /// Flushes everything, then renames the files into place (extents first, descriptor last) and
+    /// syncs the folder.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        let link = self.link.take().expect("link is present until commit");
+        link.close()?;
+        for (tmp, fin) in &self.files {
+            self.storage.rename(tmp, fin)?;
+        }
+        let main = self.files.last().map(|f| f.1.clone()).unwrap_or_default();
+        self.storage
+            .sync_dir(main.parent().unwrap_or(Path::new("")))?;
+        self.files.clear();
+        Ok(main)
+    }
+}
+
+impl Drop for NewDisk {
+    fn drop(&mut self) {
+        drop(self.link.take());
+        for (tmp, _) in &self.files {
+            let _ = self.storage.remove(tmp);
+        }
+    }
+}
+
+/// Names of the files of a disk at `path` in `format` with `extents` data extents.
+fn data_file_name(stem: &str, format: DiskFormat, i: usize) -> String {
+    match format {
+        DiskFormat::ZeroedThick
+        | DiskFormat::EagerZeroedThick
+        | DiskFormat::Thin
+        | DiskFormat::MonoFlat => format!("{stem}-flat.vmdk"),
+        DiskFormat::TwoGbSparse => format!("{stem}-s{:03}.vmdk", i + 1),
+        DiskFormat::TwoGbFlat => format!("{stem}-f{:03}.vmdk", i + 1),
+        DiskFormat::MonoSparse => format!("{stem}.vmdk"),
+    }
+}
+
+fn temp_name(fin: &Path) -> PathBuf {
+    let name = fin
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tag = crate::random_u32();
+    fin.with_file_name(format!(
+        ".{name}.vmkfs-{}-{tag:08x}.tmp",
+        std::process::id()
+    ))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    crate::random_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A fresh `ddb.uuid` value: 16 hex pairs, with `-` between the 8th and 9th.
+pub fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    crate::random_bytes(&mut b);
+    let h: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}", h[..8].join(" "), h[8..].join(" "))
+}
+
+/// Creates a disk at `path` (the descriptor, or the single file of monosparse).
+pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
+    let path = path.as_ref();
+    let cap = opts.capacity;
+    if cap % 512 != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "capacity {cap} is not a multiple of 512 bytes"
+        )));
+    }
+    if cap == 0 {
+        return Err(Error::InvalidArgument(
+            "capacity must be greater than zero".into(),
+        ));
+    }
+    if !opts.grain_sectors.is_power_of_two() || opts.grain_sectors < 8 || opts.grain_sectors > 2048
+    {
+        return Err(Error::InvalidArgument(format!(
+            "grain size {} sectors must be a power of two from 8 to 2048",
+            opts.grain_sectors
+        )));
+    }
+    if opts.split_sectors < opts.grain_sectors || opts.split_sectors % opts.grain_sectors != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "split extent size {} sectors must be a multiple of the grain size",
+            opts.split_sectors
+        )));
+    }
+    let sectors = cap / 512;
+    let format = opts.format;
+    if format.is_sparse()
+        && sectors.min(if format == DiskFormat::TwoGbSparse {
+            opts.split_sectors
+        } else {
+            u64::MAX
+        }) > (1u64 << 32) - 1
+    {
+        return Err(Error::InvalidArgument(
+            "a hosted sparse extent holds at most 2 TiB (use 2gbsparse or a flat format)".into(),
+        ));
+    }
+    let stem = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
+    let stem = stem.strip_suffix(".vmdk").unwrap_or(&stem).to_string();
+
+    // Extent sizes.
+    let sizes: Vec<u64> = match format {
+        DiskFormat::TwoGbSparse | DiskFormat::TwoGbFlat => {
+            let mut v = Vec::new();
+            let mut left = sectors;
+            while left > 0 {
+                let n = left.min(opts.split_sectors);
+                v.push(n);
+                left -= n;
+            }
+            v
+        }
+        _ => vec![sectors],
+    };
+    let storage = &opts.storage;
+    let data_final: Vec<PathBuf> = (0..sizes.len())
+        .map(|i| path.with_file_name(data_file_name(&stem, format, i)))
+        .collect();
+    let mut all_final = data_final.clone();
+    if format != DiskFormat::MonoSparse {
+        all_final.push(path.to_path_buf());
+    }
+    for f in &all_final {
+        if !opts.force && storage.exists(f) {
+            return Err(Error::Exists { path: f.clone() });
+        }
+    }
+
+    let cid = new_cid(0xffff_ffff);
+    let create_type = match format {
+        DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => {
+            CreateType::Vmfs
+        }
+        DiskFormat::MonoSparse => CreateType::MonolithicSparse,
+        DiskFormat::TwoGbSparse => CreateType::TwoGbMaxExtentSparse,
+        DiskFormat::MonoFlat => CreateType::MonolithicFlat,
+        DiskFormat::TwoGbFlat => CreateType::TwoGbMaxExtentFlat,
+    };
+    let mut desc = Descriptor::new(create_type, cid);
+    if format.is_esx() {
+        desc.header_extra.push(crate::descriptor::Entry {
+            key: "isNativeSnapshot".into(),
+            value: "no".into(),
+            quoted: true,
+        });
+    }
+    for (i, &n) in sizes.iter().enumerate() {
+        let name = data_final[i]
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned());
+        let (kind, offset) = match format {
+            DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => {
+                (ExtentType::Vmfs, None)
+            }
+            DiskFormat::MonoFlat | DiskFormat::TwoGbFlat => (ExtentType::Flat, Some(0)),
+            DiskFormat::MonoSparse | DiskFormat::TwoGbSparse => (ExtentType::Sparse, None),
+        };
+        desc.extents.push(ExtentLine {
+            access: Access::ReadWrite,
+            sectors: n,
+            kind,
+            file: name,
+            offset,
+            extra: vec![],
+        });
+    }
+    let (c, h, s) = opts.adapter.geometry(sectors);
+    desc.set_ddb("adapterType", opts.adapter.ddb_value());
+    desc.set_ddb("geometry.cylinders", c.to_string());
+    desc.set_ddb("geometry.heads", h.to_string());
+    desc.set_ddb("geometry.sectors", s.to_string());
+    desc.set_ddb("longContentID", format!("{}{cid:08x}", random_hex(12)));
+    if format == DiskFormat::Thin {
+        desc.set_ddb("thinProvisioned", "1");
+    }
+    desc.set_ddb("uuid", new_uuid());
+    desc.set_ddb("virtualHWVersion", if format.is_esx() { "11" } else { "4" });
+    if !format.is_esx() {
+        desc.set_ddb("toolsVersion", "2147483647");
+    }
+
+    // From here on, `guard` removes whatever was created if anything fails.
+    let mut guard = NewDisk {
+        link: None,
+        files: Vec::new(),
+        storage: storage.clone(),
+        format,
+    };
+    let cache = Arc::new(GtCache::default());
+    let mut extents: Vec<Box<dyn Extent>> = Vec::new();
+    let mut embedded = None;
+    for (i, &n) in sizes.iter().enumerate() {
+        let fin = &data_final[i];
+        let tmp = temp_name(fin);
+        let b = storage.create_new(&tmp)?;
+        guard.files.push((tmp.clone(), fin.clone()));
+        let bytes = n * 512;
+        match format {
+            DiskFormat::MonoSparse | DiskFormat::TwoGbSparse => {
+                let mono = format == DiskFormat::MonoSparse;
+                let layout = Layout::plan(
+                    n,
+                    opts.grain_sectors,
+                    if mono { EMBEDDED_DESCRIPTOR_SECTORS } else { 0 },
+                );
+                let text = desc.to_text();
+                sparse::create(&b, &layout, mono.then_some(text.as_bytes()))?;
+                if mono {
+                    embedded = Some((
+                        b.clone(),
+                        layout.header.descriptor_offset * 512,
+                        layout.header.descriptor_size * 512,
+                    ));
+                }
+                extents.push(Box::new(SparseExtent::open(
+                    b,
+                    layout.header,
+                    Some(bytes),
+                    cache.clone(),
+                    true,
+                )?));
+            }
+            _ => {
+                b.set_len(bytes)?;
+                match format {
+                    DiskFormat::Thin => {}
+                    DiskFormat::EagerZeroedThick => {
+                        b.allocate(0, bytes)?;
+                        write_zeros(b.as_ref(), 0, bytes)?;
+                    }
+                    _ => b.allocate(0, bytes)?,
+                }
+                extents.push(Box::new(FlatExtent::open(
+                    b,
+                    0,
+                    bytes,
+                    if format.is_esx() { "VMFS" } else { "FLAT" },
+                    true,
+                )?));
+            }
+        }
+    }
+    let mut separate = None;
+    if format != DiskFormat::MonoSparse {
+        let tmp = temp_name(path);
+        let b = storage.create_new(&tmp)?;
+        guard.files.push((tmp, path.to_path_buf()));
+        let text = desc.to_text();
+        b.write_all_at(text.as_bytes(), 0)?;
+        separate = Some(b);
+    }
+    let container = if format == DiskFormat::MonoSparse {
+        Container::Embedded
+    } else {
+        Container::Descriptor
+    };
+    guard.link = Some(Link::from_parts(
+        path, container, desc, separate, embedded, extents,
+    ));
+    Ok(guard)
+}
+
+/// The data file names a disk at `path` in `format` would use (for messages and `-U`).
+pub fn planned_files(
+    path: &Path,
+    format: DiskFormat,
+    capacity: u64,
+    split_sectors: u64,
+) -> Vec<PathBuf> {
+    let stem = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = stem.strip_suffix(".vmdk").unwrap_or(&stem).to_string();
+    let n = match format {
+        DiskFormat::TwoGbSparse | DiskFormat::TwoGbFlat => {
+            (capacity / 512).div_ceil(split_sectors) as usize
+        }
+        _ => 1,
+    };
+    let mut v: Vec<PathBuf> = (0..n)
+        .map(|i| path.with_file_name(data_file_name(&stem, format, i)))
+        .collect();
+    if format != DiskFormat::MonoSparse {
+        v.push(path.to_path_buf());
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_follows_vmware() {
+        assert_eq!(Adapter::LsiLogic.geometry(83_886_080), (5221, 255, 63));
+        assert_eq!(Adapter::Ide.geometry(18_432_000), (16383, 16, 63));
+    }
+
+    #[test]
+    fn uuid_shape() {
+        let u = new_uuid();
+        assert_eq!(u.len(), 47);
+        assert_eq!(&u[23..24], "-");
+    }
+}

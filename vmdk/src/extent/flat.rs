@@ -1,0 +1,132 @@
+//! `FLAT` and `VMFS` extents: raw bytes in a file or device, optionally at an offset.
+
+use std::sync::Arc;
+
+use super::{Extent, ExtentInfo, ReadAt};
+use crate::error::{Error, Result};
+use crate::map::{AllocMap, State};
+use crate::storage::Backing;
+
+/// A flat extent: `len` bytes of `backing` starting at byte `start`.
+#[derive(Debug)]
+pub struct FlatExtent {
+    backing: Arc<dyn Backing>,
+    start: u64,
+    len: u64,
+    kind: &'static str,
+    writable: bool,
+    /// Bytes of the extent actually present in the file; the rest (at most one partial sector of a
+    /// raw image whose length is not a multiple of 512) reads as zeros.
+    present: u64,
+}
+
+impl FlatExtent {
+    /// Opens a flat extent, checking that the file holds all of it.
+    pub fn open(
+        backing: Arc<dyn Backing>,
+        start: u64,
+        len: u64,
+        kind: &'static str,
+        writable: bool,
+    ) -> Result<Self> {
+        let file_len = backing.len()?;
+        let need = start
+            .checked_add(len)
+            .ok_or_else(|| Error::corrupt(backing.path(), start, "extent offset overflows"))?;
+        if file_len < need {
+            return Err(Error::corrupt(
+                backing.path(),
+                file_len,
+                format!("{kind} extent is truncated: the descriptor maps {len} bytes at offset {start}, which needs {need} bytes, but the file has {file_len}"),
+            ));
+        }
+        Ok(FlatExtent {
+            backing,
+            start,
+            len,
+            kind,
+            writable,
+            present: len,
+        })
+    }
+
+    /// A raw image file as a flat extent covering the whole file, rounded up to a sector.
+    pub fn raw_image(backing: Arc<dyn Backing>, writable: bool) -> Result<Self> {
+        let file_len = backing.len()?;
+        let len = file_len.div_ceil(512) * 512;
+        Ok(FlatExtent {
+            backing,
+            start: 0,
+            len,
+            kind: "FLAT",
+            writable,
+            present: file_len,
+        })
+    }
+
+    /// The backing file.
+    pub fn backing(&self) -> &Arc<dyn Backing> {
+        &self.backing
+    }
+
+    /// Byte offset of the extent inside its file.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+}
+
+impl Extent for FlatExtent {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn info(&self) -> ExtentInfo {
+        ExtentInfo {
+            kind: self.kind,
+            file: Some(self.backing.path().to_path_buf()),
+            len: self.len,
+            grain: None,
+            version: None,
+            unclean: false,
+        }
+    }
+    fn writable(&self) -> bool {
+        self.writable
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        if end <= self.present {
+            return self.backing.read_exact_at(buf, self.start + offset);
+        }
+        let have = self.present.saturating_sub(offset).min(buf.len() as u64) as usize;
+        self.backing
+            .read_exact_at(&mut buf[..have], self.start + offset)?;
+        buf[have..].fill(0);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly {
+                path: self.backing.path().into(),
+                what: "extent is read-only".into(),
+            });
+        }
+        self.backing.write_all_at(buf, self.start + offset)
+    }
+    fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
+        let mut pos = offset;
+        for (s, l) in self.backing.data_runs(self.start + offset, len)? {
+            let s = s - self.start;
+            out.push(base + pos, s - pos, State::Zero, 0);
+            out.push(base + s, l, State::Data, 0);
+            pos = s + l;
+        }
+        out.push(base + pos, offset + len - pos, State::Zero, 0);
+        Ok(())
+    }
+    fn flush(&self) -> Result<()> {
+        if self.writable {
+            self.backing.sync()?;
+        }
+        Ok(())
+    }
+}

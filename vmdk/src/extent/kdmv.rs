@@ -1,0 +1,273 @@
+//! The hosted sparse header (`KDMV`), shared by sparse and streamOptimized extents.
+//!
+//! The header is packed and has unaligned 64-bit fields, so it is read and written at explicit byte
+//! offsets rather than through a `repr(C)` struct.
+
+use std::path::Path;
+
+use byteorder::{ByteOrder, LittleEndian as LE};
+
+use crate::error::{Error, Result};
+
+/// `KDMV` as a little-endian u32.
+pub const MAGIC: u32 = 0x564D_444B;
+/// gdOffset value meaning "the grain directory is found through the footer".
+pub const GD_AT_END: u64 = u64::MAX;
+/// Newline-detection bytes are valid.
+pub const FLAG_NEWLINE_TEST: u32 = 0x1;
+/// A redundant grain directory exists.
+pub const FLAG_RGD: u32 = 0x2;
+/// Grain table entry 1 means "zeroed grain".
+pub const FLAG_ZEROED_GTE: u32 = 0x4;
+/// Grains are compressed.
+pub const FLAG_COMPRESSED: u32 = 0x1_0000;
+/// Metadata markers are present.
+pub const FLAG_MARKERS: u32 = 0x2_0000;
+/// Largest grain we accept (qemu's limit), in sectors.
+pub const MAX_GRAIN_SECTORS: u64 = 0x20_0000;
+/// Largest number of grain table entries per table we accept.
+pub const MAX_GTES_PER_GT: u32 = 4096;
+
+/// A parsed `KDMV` header. Sizes and offsets are in sectors, as on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparseHeader {
+    /// 1, 2 (zeroed-grain entries) or 3.
+    pub version: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Sectors held by this extent.
+    pub capacity: u64,
+    /// Sectors per grain.
+    pub grain_size: u64,
+    /// Embedded descriptor start (0 = none).
+    pub descriptor_offset: u64,
+    /// Embedded descriptor length.
+    pub descriptor_size: u64,
+    /// Entries per grain table.
+    pub num_gtes_per_gt: u32,
+    /// Redundant grain directory.
+    pub rgd_offset: u64,
+    /// Grain directory (or [`GD_AT_END`]).
+    pub gd_offset: u64,
+    /// Metadata sectors; where the first grain may start.
+    pub overhead: u64,
+    /// Set while open for writing.
+    pub unclean_shutdown: bool,
+    /// 0 none, 1 deflate.
+    pub compress_algorithm: u16,
+}
+
+impl SparseHeader {
+    /// Parses and validates a header sector. `path` and `at` (byte offset of the header) are for errors.
+    pub fn parse(buf: &[u8; 512], path: &Path, at: u64) -> Result<SparseHeader> {
+        let bad = |off: u64, what: String| Error::corrupt(path, at + off, what);
+        let magic = LE::read_u32(&buf[0..]);
+        if magic != MAGIC {
+            return Err(bad(
+                0,
+                format!("expected sparse magic KDMV, found {:02x?}", &buf[0..4]),
+            ));
+        }
+        let h = SparseHeader {
+            version: LE::read_u32(&buf[4..]),
+            flags: LE::read_u32(&buf[8..]),
+            capacity: LE::read_u64(&buf[12..]),
+            grain_size: LE::read_u64(&buf[20..]),
+            descriptor_offset: LE::read_u64(&buf[28..]),
+            descriptor_size: LE::read_u64(&buf[36..]),
+            num_gtes_per_gt: LE::read_u32(&buf[44..]),
+            rgd_offset: LE::read_u64(&buf[48..]),
+            gd_offset: LE::read_u64(&buf[56..]),
+            overhead: LE::read_u64(&buf[64..]),
+            unclean_shutdown: buf[72] != 0,
+            compress_algorithm: LE::read_u16(&buf[77..]),
+        };
+        if !(1..=3).contains(&h.version) {
+            return Err(bad(
+                4,
+                format!(
+                    "sparse version {} is not supported (expected 1, 2 or 3)",
+                    h.version
+                ),
+            ));
+        }
+        let incompatible = (h.flags >> 16) & !0x3;
+        if incompatible != 0 {
+            return Err(bad(8, format!("unknown incompatible flags {:#x}", h.flags)));
+        }
+        if h.flags & FLAG_MARKERS != 0 && h.flags & FLAG_COMPRESSED == 0 {
+            return Err(bad(
+                8,
+                format!("flags {:#x}: markers without compression", h.flags),
+            ));
+        }
+        if h.flags & FLAG_NEWLINE_TEST != 0 && buf[73..77] != [b'\n', b' ', b'\r', b'\n'] {
+            return Err(bad(73, "newline-detection bytes are not 0A 20 0D 0A: the file was corrupted by CR/LF translation".into()));
+        }
+        if h.flags & FLAG_COMPRESSED != 0 && h.compress_algorithm != 1 {
+            return Err(bad(
+                77,
+                format!(
+                    "compression algorithm {} is not deflate (1)",
+                    h.compress_algorithm
+                ),
+            ));
+        }
+        if !h.grain_size.is_power_of_two() || h.grain_size > MAX_GRAIN_SECTORS {
+            return Err(bad(
+                20,
+                format!(
+                    "grain size {} sectors is not a power of two up to {MAX_GRAIN_SECTORS}",
+                    h.grain_size
+                ),
+            ));
+        }
+        if !h.num_gtes_per_gt.is_power_of_two() || h.num_gtes_per_gt > MAX_GTES_PER_GT {
+            return Err(bad(
+                44,
+                format!(
+                    "{} entries per grain table is not a power of two up to {MAX_GTES_PER_GT}",
+                    h.num_gtes_per_gt
+                ),
+            ));
+        }
+        if h.capacity > crate::descriptor::MAX_SECTORS {
+            return Err(bad(
+                12,
+                format!("capacity {} sectors is too large", h.capacity),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Sectors covered by one grain table.
+    pub fn gt_coverage(&self) -> u64 {
+        self.num_gtes_per_gt as u64 * self.grain_size
+    }
+
+    /// Number of grain directory entries.
+    pub fn num_gdes(&self) -> u64 {
+        self.capacity.div_ceil(self.gt_coverage())
+    }
+
+    /// Serializes the header into a sector.
+    pub fn to_bytes(&self) -> [u8; 512] {
+        let mut b = [0u8; 512];
+        LE::write_u32(&mut b[0..], MAGIC);
+        LE::write_u32(&mut b[4..], self.version);
+        LE::write_u32(&mut b[8..], self.flags);
+        LE::write_u64(&mut b[12..], self.capacity);
+        LE::write_u64(&mut b[20..], self.grain_size);
+        LE::write_u64(&mut b[28..], self.descriptor_offset);
+        LE::write_u64(&mut b[36..], self.descriptor_size);
+        LE::write_u32(&mut b[44..], self.num_gtes_per_gt);
+        LE::write_u64(&mut b[48..], self.rgd_offset);
+        LE::write_u64(&mut b[56..], self.gd_offset);
+        LE::write_u64(&mut b[64..], self.overhead);
+        b[72] = self.unclean_shutdown as u8;
+        b[73..77].copy_from_slice(b"\n \r\n");
+        LE::write_u16(&mut b[77..], self.compress_algorithm);
+        b
+    }
+}
+
+/// The layout of a new hosted sparse extent (the spec's order: header, descriptor, RGD, RGTs, GD,
+/// GTs, padding to a grain), as qemu and VirtualBox also write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The header to write (unclean flag clear).
+    pub header: SparseHeader,
+    /// Number of grain tables (= GD entries).
+    pub gt_count: u64,
+    /// Sectors of one directory.
+    pub gd_sectors: u64,
+    /// Sectors of one grain table.
+    pub gt_sectors: u64,
+}
+
+impl Layout {
+    /// Plans an extent of `capacity` sectors with `grain_size`-sector grains, 512 entries per table,
+    /// a redundant directory, and `descriptor_size` sectors reserved for an embedded descriptor
+    /// (0 for none).
+    pub fn plan(capacity: u64, grain_size: u64, descriptor_size: u64) -> Layout {
+        let gtes = 512u64;
+        let gt_count = capacity.div_ceil(grain_size).div_ceil(gtes);
+        let gd_sectors = (gt_count * 4).div_ceil(512);
+        let gt_sectors = gtes * 4 / 512;
+        let (descriptor_offset, descriptor_size) = if descriptor_size > 0 {
+            (1, descriptor_size)
+        } else {
+            (0, 0)
+        };
+        let rgd = 1 + descriptor_size;
+        let gd = rgd + gd_sectors + gt_count * gt_sectors;
+        let end = gd + gd_sectors + gt_count * gt_sectors;
+        let overhead = end.div_ceil(grain_size) * grain_size;
+        Layout {
+            header: SparseHeader {
+                version: 1,
+                flags: FLAG_NEWLINE_TEST | FLAG_RGD,
+                capacity,
+                grain_size,
+                descriptor_offset,
+                descriptor_size,
+                num_gtes_per_gt: gtes as u32,
+                rgd_offset: rgd,
+                gd_offset: gd,
+                overhead,
+                unclean_shutdown: false,
+                compress_algorithm: 0,
+            },
+            gt_count,
+            gd_sectors,
+            gt_sectors,
+        }
+    }
+
+    /// The bytes of a directory whose tables start right after it.
+    pub fn directory(&self, dir_offset: u64) -> Vec<u8> {
+        let mut b = vec![0u8; (self.gd_sectors * 512) as usize];
+        for i in 0..self.gt_count {
+            let gt = dir_offset + self.gd_sectors + i * self.gt_sectors;
+            LE::write_u32(&mut b[(i * 4) as usize..], gt as u32);
+        }
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_qemu() {
+        // The fact sheet's table: 1 GiB → RGD 21, GD 150, overHead 384.
+        let l = Layout::plan(2_097_152, 128, 20);
+        assert_eq!(l.header.rgd_offset, 21);
+        assert_eq!(l.header.gd_offset, 150);
+        assert_eq!(l.header.overhead, 384);
+        let l = Layout::plan(4_194_304, 128, 20);
+        assert_eq!((l.header.gd_offset, l.header.overhead), (278, 640));
+        let b = l.header.to_bytes();
+        assert_eq!(
+            SparseHeader::parse(&b, Path::new("x"), 0).unwrap(),
+            l.header
+        );
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        let mut h = Layout::plan(2048, 128, 0).header;
+        h.grain_size = 3;
+        assert!(SparseHeader::parse(&h.to_bytes(), Path::new("x"), 0).is_err());
+        let mut b = Layout::plan(2048, 128, 0).header.to_bytes();
+        b[75] = b'\n';
+        let e = SparseHeader::parse(&b, Path::new("x"), 0).unwrap_err();
+        assert!(e.to_string().contains("CR/LF"), "{e}");
+        b[0] = b'X';
+        assert!(SparseHeader::parse(&b, Path::new("x"), 0)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
+    }
+}

@@ -1,0 +1,134 @@
+//! Extents: the pieces a link's virtual disk is made of, each kind in its own module.
+//!
+//! Every extent maps `len()` bytes of the virtual disk, starting at its own offset 0; the link shifts
+//! offsets. Reads of ranges the extent does not hold return zeros; the link asks [`Extent::map`] first
+//! when a parent must fill them.
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::map::AllocMap;
+
+pub mod cowd;
+pub mod flat;
+pub mod gtcache;
+pub mod kdmv;
+pub mod sesparse;
+pub mod sparse;
+pub mod stream;
+pub mod zero;
+
+/// Reads the virtual disk below a link (its parent chain), used to fill partial grains on first write.
+pub trait ReadAt: Send + Sync {
+    /// Reads exactly `buf.len()` bytes at byte `offset` of the virtual disk.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+}
+
+/// A view of `inner` shifted by `base` bytes: offset 0 here is `base` there.
+pub struct Shifted<'a> {
+    /// What is read.
+    pub inner: &'a dyn ReadAt,
+    /// Where offset 0 maps to.
+    pub base: u64,
+}
+
+impl ReadAt for Shifted<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.inner.read_at(buf, self.base + offset)
+    }
+}
+
+/// A description of an extent for `--info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtentInfo {
+    /// `FLAT`, `SPARSE`, `STREAM`, `VMFSSPARSE`, `SESPARSE`, `ZERO`, …
+    pub kind: &'static str,
+    /// The file, if any.
+    pub file: Option<PathBuf>,
+    /// Bytes of the virtual disk it maps.
+    pub len: u64,
+    /// Grain size in bytes for sparse kinds.
+    pub grain: Option<u64>,
+    /// Format version for sparse kinds.
+    pub version: Option<u32>,
+    /// True when the unclean-shutdown flag was set at open.
+    pub unclean: bool,
+}
+
+/// One extent of a link.
+pub trait Extent: Send + Sync + Debug {
+    /// Bytes of the virtual disk this extent maps.
+    fn len(&self) -> u64;
+    /// True for an empty extent.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// A description for `--info`.
+    fn info(&self) -> ExtentInfo;
+    /// True if writes are possible.
+    fn writable(&self) -> bool;
+    /// Reads `buf.len()` bytes at `offset`; ranges not stored here read as zeros.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// Writes `buf` at `offset`. `below` reads what lies under this extent (for partial grains).
+    fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt>) -> Result<()>;
+    /// Appends the runs of `[offset, offset+len)` to `out`, shifted by `base`.
+    fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()>;
+    /// Called once before the first write after open: marks the extent dirty (unclean shutdown).
+    fn begin_write(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Flushes written data and metadata to stable storage.
+    fn flush(&self) -> Result<()>;
+    /// Flushes and clears the unclean-shutdown mark set by [`Extent::begin_write`].
+    fn close(&self) -> Result<()> {
+        self.flush()
+    }
+}
+
+/// True when every byte of `buf` is zero. Fast: compares 16 bytes at a time.
+pub fn is_zero(buf: &[u8]) -> bool {
+    // SAFETY: u128 has no invalid bit patterns; align_to only reinterprets the aligned middle.
+    let (head, mid, tail) = unsafe { buf.align_to::<u128>() };
+    head.iter().all(|&b| b == 0)
+        && tail.iter().all(|&b| b == 0)
+        && mid.iter().fold(0u128, |a, &w| a | w) == 0
+}
+
+/// Splits `[offset, offset+len)` at multiples of `unit`, yielding `(start, len)` pieces.
+pub fn pieces(offset: u64, len: u64, unit: u64) -> impl Iterator<Item = (u64, u64)> {
+    let end = offset + len;
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let next = ((pos / unit) + 1).saturating_mul(unit).min(end);
+        let p = (pos, next - pos);
+        pos = next;
+        Some(p)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_check() {
+        let mut v = vec![0u8; 1000];
+        assert!(is_zero(&v));
+        assert!(is_zero(&v[3..997]));
+        v[999] = 1;
+        assert!(!is_zero(&v));
+        v[999] = 0;
+        v[500] = 1;
+        assert!(!is_zero(&v[1..]));
+    }
+
+    #[test]
+    fn piece_split() {
+        let p: Vec<_> = pieces(100, 300, 128).collect();
+        assert_eq!(p, vec![(100, 28), (128, 128), (256, 128), (384, 16)]);
+    }
+}

@@ -1,0 +1,642 @@
+//! Hosted sparse extents (`KDMV`, versions 1–3): grain directory, grain tables, redundant copies,
+//! zeroed-grain entries, and grain allocation on write.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use byteorder::{ByteOrder, LittleEndian as LE};
+
+use super::gtcache::{self, GtCache, Table};
+use super::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_RGD, FLAG_ZEROED_GTE, GD_AT_END};
+use super::{is_zero, pieces, Extent, ExtentInfo, ReadAt};
+use crate::error::{Error, Result};
+use crate::map::{AllocMap, State};
+use crate::storage::Backing;
+
+/// A grain directory with 32-bit entries and its tables, read through a shared [`GtCache`].
+/// Used by hosted sparse, streamOptimized and COWD extents.
+#[derive(Debug)]
+pub struct GrainDir {
+    backing: Arc<dyn Backing>,
+    /// Sector offsets of the grain tables (0 = none).
+    gd: Vec<u32>,
+    /// The redundant directory, when present.
+    rgd: Option<Vec<u32>>,
+    /// Entries per grain table.
+    gtes: u32,
+    owner: u64,
+    cache: Arc<GtCache>,
+}
+
+impl GrainDir {
+    /// Reads `count` directory entries at sector `offset`, checking that the directory and every
+    /// table it names lie inside the file (so no header field can make us read or allocate more than
+    /// the file holds). `what` names the directory in errors.
+    pub fn read_directory(
+        backing: &Arc<dyn Backing>,
+        offset: u64,
+        count: u64,
+        gtes: u32,
+        file_len: u64,
+        what: &str,
+    ) -> Result<Vec<u32>> {
+        let path = backing.path();
+        let start = offset.checked_mul(512).filter(|s| *s < file_len);
+        let bytes = count.checked_mul(4);
+        let (Some(start), Some(bytes)) = (start, bytes) else {
+            return Err(Error::corrupt(path, 0, format!("{what} at sector {offset} ({count} entries) lies outside the file of {file_len} bytes")));
+        };
+        if start + bytes > file_len {
+            return Err(Error::corrupt(
+                path,
+                start,
+                format!(
+                    "{what} of {count} entries runs past the end of the file ({file_len} bytes)"
+                ),
+            ));
+        }
+        let mut raw = vec![0u8; bytes as usize];
+        backing.read_exact_at(&mut raw, start)?;
+        let gt_bytes = gtes as u64 * 4;
+        let gd: Vec<u32> = raw.chunks_exact(4).map(LE::read_u32).collect();
+        for (i, &e) in gd.iter().enumerate() {
+            if e != 0 && (e as u64 * 512 + gt_bytes > file_len || e == 1) {
+                return Err(Error::corrupt(
+                    path,
+                    start + i as u64 * 4,
+                    format!("{what} entry {i} points to a grain table at sector {e}, outside the file ({file_len} bytes)"),
+                ));
+            }
+        }
+        Ok(gd)
+    }
+
+    /// A directory over already-validated entries.
+    pub fn new(
+        backing: Arc<dyn Backing>,
+        gd: Vec<u32>,
+        rgd: Option<Vec<u32>>,
+        gtes: u32,
+        cache: Arc<GtCache>,
+    ) -> GrainDir {
+        GrainDir {
+            backing,
+            gd,
+            rgd,
+            gtes,
+            owner: gtcache::new_owner(),
+            cache,
+        }
+    }
+
+    /// The file holding the directory.
+    pub fn backing(&self) -> &Arc<dyn Backing> {
+        &self.backing
+    }
+
+    /// Entries per table.
+    pub fn gtes(&self) -> u32 {
+        self.gtes
+    }
+
+    /// The primary directory.
+    pub fn entries(&self) -> &[u32] {
+        &self.gd
+    }
+
+    /// The redundant directory.
+    pub fn redundant(&self) -> Option<&[u32]> {
+        self.rgd.as_deref()
+    }
+
+    /// Table `gt` (None when its directory entry is 0 or past the directory).
+    pub fn table(&self, gt: u64) -> Result<Option<Table>> {
+        let Some(&sector) = self.gd.get(gt as usize) else {
+            return Ok(None);
+        };
+        if sector == 0 {
+            return Ok(None);
+        }
+        let t = self
+            .cache
+            .get(self.owner, gt, || self.read_table(sector as u64))?;
+        Ok(Some(t))
+    }
+
+    /// Reads a table from disk (no cache).
+    pub fn read_table(&self, sector: u64) -> Result<Vec<u64>> {
+        let mut raw = vec![0u8; self.gtes as usize * 4];
+        self.backing.read_exact_at(&mut raw, sector * 512)?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| LE::read_u32(c) as u64)
+            .collect())
+    }
+
+    /// Byte offset in the file of entry `idx` of table `gt` (primary copy).
+    pub fn entry_offset(&self, gt: u64, idx: u64) -> u64 {
+        self.gd
+            .get(gt as usize)
+            .map(|&s| s as u64 * 512 + idx * 4)
+            .unwrap_or(0)
+    }
+
+    /// Writes entries `first..` of table `gt` in both copies and updates the cache.
+    pub fn write_entries(&self, gt: u64, first: u64, values: &[u64]) -> Result<()> {
+        let mut raw = vec![0u8; values.len() * 4];
+        for (c, v) in raw.chunks_exact_mut(4).zip(values) {
+            LE::write_u32(c, *v as u32);
+        }
+        let primary = self.gd[gt as usize] as u64;
+        let redundant = self
+            .rgd
+            .as_ref()
+            .and_then(|r| r.get(gt as usize))
+            .copied()
+            .unwrap_or(0) as u64;
+        self.cache
+            .update(self.owner, gt, first as usize, values, || {
+                self.backing.write_all_at(&raw, primary * 512 + first * 4)?;
+                if redundant != 0 {
+                    self.backing
+                        .write_all_at(&raw, redundant * 512 + first * 4)?;
+                }
+                Ok(())
+            })
+    }
+}
+
+impl Drop for GrainDir {
+    fn drop(&mut self) {
+        self.cache.forget(self.owner);
+    }
+}
+
+/// What a grain table entry means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grain {
+    Absent,
+    Zero,
+    At(u64),
+}
+
+/// A hosted sparse extent.
+#[derive(Debug)]
+pub struct SparseExtent {
+    dir: GrainDir,
+    header: Mutex<SparseHeader>,
+    unclean_at_open: bool,
+    grain_bytes: u64,
+    len: u64,
+    writable: bool,
+    /// Next free sector for a new grain; its lock serializes grain allocation.
+    next_free: Mutex<u64>,
+    file_len: AtomicU64,
+    dirty: AtomicBool,
+}
+
+impl SparseExtent {
+    /// Opens a sparse extent whose header is `header` (already read from sector 0). `len` is the byte
+    /// length the descriptor maps (None = the header's capacity).
+    pub fn open(
+        backing: Arc<dyn Backing>,
+        header: SparseHeader,
+        len: Option<u64>,
+        cache: Arc<GtCache>,
+        writable: bool,
+    ) -> Result<SparseExtent> {
+        let path = backing.path().to_path_buf();
+        if header.flags & FLAG_COMPRESSED != 0 {
+            return Err(Error::unsupported(
+                &path,
+                "compressed grains in a plain sparse extent (open it as streamOptimized)",
+            ));
+        }
+        let file_len = backing.len()?;
+        let capacity = header.capacity * 512;
+        let len = len.unwrap_or(capacity);
+        if len > capacity {
+            return Err(Error::corrupt(
+                &path,
+                12,
+                format!("sparse capacity is {capacity} bytes but the descriptor maps {len}"),
+            ));
+        }
+        if header.overhead.saturating_mul(512) > file_len {
+            return Err(Error::corrupt(
+                &path,
+                64,
+                format!(
+                    "file of {file_len} bytes is shorter than its metadata ({} sectors)",
+                    header.overhead
+                ),
+            ));
+        }
+        if header.gd_offset == GD_AT_END {
+            return Err(Error::corrupt(
+                &path,
+                56,
+                "grain directory offset says `at end`, which only streamOptimized files use",
+            ));
+        }
+        let count = header.num_gdes();
+        let gd = GrainDir::read_directory(
+            &backing,
+            header.gd_offset,
+            count,
+            header.num_gtes_per_gt,
+            file_len,
+            "grain directory",
+        )?;
+        let rgd = if header.flags & FLAG_RGD != 0 && header.rgd_offset != 0 {
+            Some(GrainDir::read_directory(
+                &backing,
+                header.rgd_offset,
+                count,
+                header.num_gtes_per_gt,
+                file_len,
+                "redundant grain directory",
+            )?)
+        } else {
+            None
+        };
+        let grain_bytes = header.grain_size * 512;
+        let next = file_len.div_ceil(grain_bytes) * header.grain_size;
+        Ok(SparseExtent {
+            dir: GrainDir::new(backing, gd, rgd, header.num_gtes_per_gt, cache),
+            unclean_at_open: header.unclean_shutdown,
+            header: Mutex::new(header),
+            grain_bytes,
+            len,
+            writable,
+            next_free: Mutex::new(next.max(1)),
+            file_len: AtomicU64::new(file_len),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    /// The header as it is now.
+    pub fn header(&self) -> SparseHeader {
+        self.header
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The grain directory.
+    pub fn directory(&self) -> &GrainDir {
+        &self.dir
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.backing.path()
+    }
+
+    fn classify(
+        &self,
+        gte: u64,
+        gt: u64,
+        idx: u64,
+        zeroed_ok: bool,
+        overhead: u64,
+    ) -> Result<Grain> {
+        match gte {
+            0 => Ok(Grain::Absent),
+            1 if zeroed_ok => Ok(Grain::Zero),
+            _ => {
+                let file_len = self.file_len.load(Ordering::Acquire);
+                let at = self.dir.entry_offset(gt, idx);
+                if gte * 512 >= file_len {
+                    return Err(Error::corrupt(
+                        self.path(),
+                        at,
+                        format!("grain table entry for grain {} points to sector {gte}, past the end of the file ({file_len} bytes)", gt * self.dir.gtes as u64 + idx),
+                    ));
+                }
+                if gte < overhead {
+                    return Err(Error::corrupt(
+                        self.path(),
+                        at,
+                        format!("grain table entry for grain {} points to sector {gte}, inside the metadata (first grain sector is {overhead})", gt * self.dir.gtes as u64 + idx),
+                    ));
+                }
+                Ok(Grain::At(gte))
+            }
+        }
+    }
+
+    /// Walks the grains of `[offset, offset+len)`, calling `f(piece_offset, piece_len, grain)`.
+    fn walk(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(u64, u64, Grain) -> Result<()>,
+    ) -> Result<()> {
+        let (zeroed_ok, overhead) = {
+            let h = self.header.lock().unwrap_or_else(|p| p.into_inner());
+            (h.flags & FLAG_ZEROED_GTE != 0, h.overhead)
+        };
+        let gtes = self.dir.gtes as u64;
+        let mut cur: Option<(u64, Option<Table>)> = None;
+        for (p, l) in pieces(offset, len, self.grain_bytes) {
+            let g = p / self.grain_bytes;
+            let (gt, idx) = (g / gtes, g % gtes);
+            if cur.as_ref().map(|c| c.0) != Some(gt) {
+                cur = Some((gt, self.dir.table(gt)?));
+            }
+            let gte = match &cur {
+                Some((_, Some(t))) => t[idx as usize].load(Ordering::Acquire),
+                _ => 0,
+            };
+            f(p, l, self.classify(gte, gt, idx, zeroed_ok, overhead)?)?;
+        }
+        Ok(())
+    }
+
+    fn allocate(
+        &self,
+        jobs: Vec<(u64, u64, usize)>,
+        buf: &[u8],
+        below: Option<&dyn ReadAt>,
+    ) -> Result<()> {
+        let gb = self.grain_bytes;
+        let gtes = self.dir.gtes as u64;
+        let zeroed_ok = self.header().flags & FLAG_ZEROED_GTE != 0;
+        let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+        // A batch: new grains written back to back at `batch_sector`, whose entries are consecutive
+        // in one grain table.
+        let mut batch = Batch::default();
+        for (p, l, bpos) in jobs {
+            let g = p / gb;
+            let (gt, idx) = (g / gtes, g % gtes);
+            let piece = &buf[bpos..bpos + l as usize];
+            // Re-check under the allocation lock: another writer may have allocated this grain.
+            let mut state = Grain::Absent;
+            self.walk(p, l, |_, _, s| {
+                state = s;
+                Ok(())
+            })?;
+            if let Grain::At(sector) = state {
+                batch.flush(self, &mut next)?;
+                self.dir
+                    .backing
+                    .write_all_at(piece, sector * 512 + p % gb)?;
+                continue;
+            }
+            if self.dir.table(gt)?.is_none() {
+                return Err(Error::unsupported(
+                    self.path(),
+                    format!("grain table {gt} was never allocated (directory entry is 0); writing there is not supported"),
+                ));
+            }
+            let grain_start = g * gb;
+            let full = p == grain_start && l == gb;
+            let zero = is_zero(piece);
+            let reads_zero = state == Grain::Zero || below.is_none();
+            if zero && reads_zero {
+                continue; // Already reads as zeros: nothing to store.
+            }
+            let mut data;
+            let grain: &[u8] = if full {
+                piece
+            } else {
+                data = vec![0u8; gb as usize];
+                if state == Grain::Absent {
+                    if let Some(b) = below {
+                        let n = gb.min(self.len - grain_start) as usize;
+                        b.read_at(&mut data[..n], grain_start)?;
+                    }
+                }
+                data[(p % gb) as usize..(p % gb + l) as usize].copy_from_slice(piece);
+                &data
+            };
+            if zeroed_ok && is_zero(grain) {
+                batch.flush(self, &mut next)?;
+                self.dir.write_entries(gt, idx, &[1])?;
+                continue;
+            }
+            if !batch.extends(gt, idx) {
+                batch.flush(self, &mut next)?;
+                batch.start(gt, idx, *next);
+            }
+            batch.data.extend_from_slice(grain);
+            batch.count += 1;
+        }
+        batch.flush(self, &mut next)
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    gt: u64,
+    first: u64,
+    count: u64,
+    sector: u64,
+    data: Vec<u8>,
+}
+
+impl Batch {
+    fn extends(&self, gt: u64, idx: u64) -> bool {
+        self.count > 0 && self.gt == gt && self.first + self.count == idx
+    }
+
+    fn start(&mut self, gt: u64, idx: u64, sector: u64) {
+        self.gt = gt;
+        self.first = idx;
+        self.sector = sector;
+        self.count = 0;
+        self.data.clear();
+    }
+
+    fn flush(&mut self, ext: &SparseExtent, next: &mut u64) -> Result<()> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        let grain_sectors = ext.grain_bytes / 512;
+        // Data first, then the table entries: a crash in between leaves an unreferenced grain,
+        // never an entry pointing at garbage.
+        ext.dir
+            .backing
+            .write_all_at(&self.data, self.sector * 512)?;
+        let end = (self.sector + self.count * grain_sectors) * 512;
+        ext.file_len.fetch_max(end, Ordering::AcqRel);
+        let values: Vec<u64> = (0..self.count)
+            .map(|i| self.sector + i * grain_sectors)
+            .collect();
+        if values.last().is_some_and(|&v| v > u32::MAX as u64) {
+            return Err(Error::unsupported(
+                ext.path(),
+                "sparse extent file would exceed 2 TiB (32-bit grain pointers)",
+            ));
+        }
+        ext.dir.write_entries(self.gt, self.first, &values)?;
+        *next = self.sector + self.count * grain_sectors;
+        self.count = 0;
+        self.data.clear();
+        Ok(())
+    }
+}
+
+impl Extent for SparseExtent {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn info(&self) -> ExtentInfo {
+        let h = self.header();
+        ExtentInfo {
+            kind: "SPARSE",
+            file: Some(self.dir.backing.path().to_path_buf()),
+            len: self.len,
+            grain: Some(self.grain_bytes),
+            version: Some(h.version),
+            unclean: self.unclean_at_open,
+        }
+    }
+
+    fn writable(&self) -> bool {
+        self.writable
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        // Coalesce grains that are contiguous in the file into one read.
+        let mut run: Option<(u64, usize, usize)> = None; // (file offset, buf start, len)
+        let backing = &self.dir.backing;
+        let flush = |run: &mut Option<(u64, usize, usize)>, buf: &mut [u8]| -> Result<()> {
+            if let Some((fo, bs, l)) = run.take() {
+                backing.read_exact_at(&mut buf[bs..bs + l], fo)?;
+            }
+            Ok(())
+        };
+        let gb = self.grain_bytes;
+        let mut pending: Vec<(u64, u64, Grain)> = Vec::new();
+        self.walk(offset, buf.len() as u64, |p, l, g| {
+            pending.push((p, l, g));
+            Ok(())
+        })?;
+        for (p, l, g) in pending {
+            let bs = (p - offset) as usize;
+            match g {
+                Grain::At(sector) => {
+                    let fo = sector * 512 + p % gb;
+                    match &mut run {
+                        Some((rfo, rbs, rl)) if *rfo + *rl as u64 == fo && *rbs + *rl == bs => {
+                            *rl += l as usize
+                        }
+                        _ => {
+                            flush(&mut run, buf)?;
+                            run = Some((fo, bs, l as usize));
+                        }
+                    }
+                }
+                Grain::Zero | Grain::Absent => buf[bs..bs + l as usize].fill(0),
+            }
+        }
+        flush(&mut run, buf)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt>) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly {
+                path: self.path().into(),
+                what: "extent is opened read-only".into(),
+            });
+        }
+        let gb = self.grain_bytes;
+        let mut jobs = Vec::new();
+        let mut direct: Vec<(u64, u64, u64)> = Vec::new(); // (file offset, buf start, len)
+        self.walk(offset, buf.len() as u64, |p, l, g| {
+            let bs = p - offset;
+            match g {
+                Grain::At(sector) => {
+                    let fo = sector * 512 + p % gb;
+                    match direct.last_mut() {
+                        Some((dfo, dbs, dl)) if *dfo + *dl == fo && *dbs + *dl == bs => *dl += l,
+                        _ => direct.push((fo, bs, l)),
+                    }
+                }
+                _ => jobs.push((p, l, bs as usize)),
+            }
+            Ok(())
+        })?;
+        for (fo, bs, l) in direct {
+            self.dir
+                .backing
+                .write_all_at(&buf[bs as usize..(bs + l) as usize], fo)?;
+        }
+        if !jobs.is_empty() {
+            self.allocate(jobs, buf, below)?;
+        }
+        Ok(())
+    }
+
+    fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
+        self.walk(offset, len, |p, l, g| {
+            let state = match g {
+                Grain::At(_) => State::Data,
+                Grain::Zero => State::Zero,
+                Grain::Absent => State::Absent,
+            };
+            out.push(base + p, l, state, 0);
+            Ok(())
+        })
+    }
+
+    fn begin_write(&self) -> Result<()> {
+        let mut h = self.header.lock().unwrap_or_else(|p| p.into_inner());
+        h.unclean_shutdown = true;
+        self.dir.backing.write_all_at(&[1], 72)?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        if self.writable {
+            self.dir.backing.sync()?;
+        }
+        Ok(())
+    }
+
+    fn close(&self) -> Result<()> {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            self.dir.backing.sync()?;
+            let mut h = self.header.lock().unwrap_or_else(|p| p.into_inner());
+            h.unclean_shutdown = false;
+            self.dir.backing.write_all_at(&[0], 72)?;
+            self.dir.backing.sync()?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the metadata of a new sparse extent in an empty file: header, embedded descriptor area,
+/// redundant directory and tables, directory and tables, truncated to the first grain.
+pub fn create(
+    backing: &Arc<dyn Backing>,
+    layout: &super::kdmv::Layout,
+    descriptor: Option<&[u8]>,
+) -> Result<()> {
+    let h = &layout.header;
+    let mut meta = vec![0u8; (h.overhead * 512) as usize];
+    meta[..512].copy_from_slice(&h.to_bytes());
+    if let Some(d) = descriptor {
+        let room = (h.descriptor_size * 512) as usize;
+        if d.len() > room {
+            return Err(Error::InvalidArgument(format!(
+                "embedded descriptor of {} bytes does not fit in {room}",
+                d.len()
+            )));
+        }
+        let at = (h.descriptor_offset * 512) as usize;
+        meta[at..at + d.len()].copy_from_slice(d);
+    }
+    for dir in [h.rgd_offset, h.gd_offset] {
+        let bytes = layout.directory(dir);
+        let at = (dir * 512) as usize;
+        meta[at..at + bytes.len()].copy_from_slice(&bytes);
+    }
+    backing.write_all_at(&meta, 0)?;
+    backing.set_len(h.overhead * 512)?;
+    Ok(())
+}

@@ -1,0 +1,801 @@
+//! The link: one layer of a virtual disk — a descriptor plus its extents.
+//!
+//! [`Link::open`] accepts a text descriptor, a hosted sparse file with an embedded descriptor (whose
+//! extent line may name a different file: the file opened is what counts), a bare COWD or seSparse
+//! extent, or a plain raw image (a flat disk). Reads and writes are positional and take `&self`, so
+//! many threads can share one link.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::descriptor::{
+    looks_like_descriptor, Access, CreateType, Descriptor, ExtentLine, ExtentType,
+    MAX_DESCRIPTOR_BYTES,
+};
+use crate::error::{Error, Result};
+use crate::extent::cowd::{self, CowdExtent};
+use crate::extent::flat::FlatExtent;
+use crate::extent::gtcache::GtCache;
+use crate::extent::kdmv::{self, SparseHeader, FLAG_COMPRESSED};
+use crate::extent::sesparse::{self, SeSparseExtent};
+use crate::extent::sparse::SparseExtent;
+use crate::extent::stream::StreamExtent;
+use crate::extent::zero::ZeroExtent;
+use crate::extent::{Extent, ExtentInfo, ReadAt, Shifted};
+use crate::map::AllocMap;
+use crate::storage::{resolve_extent_path, Backing, HostStorage, Storage};
+
+/// How to open a link.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Open for writing (every file of the link is locked exclusively).
+    pub write: bool,
+    /// Allow extent paths outside the descriptor's folder (absolute or with `..`).
+    pub allow_outside: bool,
+    /// Where the files live.
+    pub storage: Arc<dyn Storage>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            write: false,
+            allow_outside: false,
+            storage: HostStorage::shared(),
+        }
+    }
+}
+
+impl OpenOptions {
+    /// Read-only options on the host file system.
+    pub fn read() -> OpenOptions {
+        OpenOptions::default()
+    }
+
+    /// Read-write options on the host file system.
+    pub fn write() -> OpenOptions {
+        OpenOptions {
+            write: true,
+            ..OpenOptions::default()
+        }
+    }
+}
+
+/// What kind of file a link was opened from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    /// A text descriptor naming extent files.
+    Descriptor,
+    /// A hosted sparse or streamOptimized file with its descriptor embedded.
+    Embedded,
+    /// A bare sparse, COWD or seSparse extent with no descriptor.
+    BareExtent,
+    /// A plain raw image.
+    Raw,
+}
+
+/// Where the descriptor is kept, for rewriting it (CID changes).
+#[derive(Debug)]
+enum Home {
+    Separate(Arc<dyn Backing>),
+    Embedded {
+        backing: Arc<dyn Backing>,
+        offset: u64,
+        room: u64,
+    },
+    None,
+}
+
+#[derive(Debug)]
+struct Slot {
+    start: u64,
+    ext: Box<dyn Extent>,
+}
+
+/// One link of a disk.
+pub struct Link {
+    path: PathBuf,
+    container: Container,
+    descriptor: Mutex<Descriptor>,
+    home: Home,
+    slots: Vec<Slot>,
+    capacity: u64,
+    writable: bool,
+    started: AtomicBool,
+    start_lock: Mutex<()>,
+    closed: AtomicBool,
+    parent: RwLock<Option<Arc<dyn ReadAt>>>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("path", &self.path)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens files once per link, so two extents in one file share a handle (and one write lock).
+struct Opener<'a> {
+    opts: &'a OpenOptions,
+    open: HashMap<PathBuf, Arc<dyn Backing>>,
+}
+
+impl Opener<'_> {
+    fn get(&mut self, path: &Path, write: bool) -> Result<Arc<dyn Backing>> {
+        if let Some(b) = self.open.get(path) {
+            return Ok(b.clone());
+        }
+        let b = self.opts.storage.open(path, write)?;
+        self.open.insert(path.to_path_buf(), b.clone());
+        Ok(b)
+    }
+}
+
+fn read_head(b: &Arc<dyn Backing>, n: u64) -> Result<Vec<u8>> {
+    let len = b.len()?.min(n);
+    let mut v = vec![0u8; len as usize];
+    b.read_exact_at(&mut v, 0)?;
+    Ok(v)
+}
+
+fn read_sector0(b: &Arc<dyn Backing>) -> Result<[u8; 512]> {
+    let mut s = [0u8; 512];
+    if b.len()? < 512 {
+        return Err(Error::corrupt(
+            b.path(),
+            0,
+            format!(
+                "file of {} bytes is shorter than a 512-byte sparse header",
+                b.len()?
+            ),
+        ));
+    }
+    b.read_exact_at(&mut s, 0)?;
+    Ok(s)
+}
+
+fn magic(head: &[u8]) -> Option<[u8; 4]> {
+    head.get(..4).map(|m| [m[0], m[1], m[2], m[3]])
+}
+
+/// Opens the extent in `backing` whose type is found by its magic (KDMV plain or compressed, COWD,
+/// seSparse). `expected` is the descriptor's extent type, for the error message.
+fn open_sparse_kind(
+    backing: Arc<dyn Backing>,
+    len: Option<u64>,
+    cache: &Arc<GtCache>,
+    write: bool,
+    expected: &str,
+) -> Result<Box<dyn Extent>> {
+    let head = read_head(&backing, 8)?;
+    match magic(&head) {
+        Some(m) if u32::from_le_bytes(m) == kdmv::MAGIC => {
+            let h = SparseHeader::parse(&read_sector0(&backing)?, backing.path(), 0)?;
+            if h.flags & FLAG_COMPRESSED != 0 {
+                Ok(Box::new(StreamExtent::open(
+                    backing,
+                    h,
+                    len,
+                    cache.clone(),
+                )?))
+            } else {
+                Ok(Box::new(SparseExtent::open(
+                    backing,
+                    h,
+                    len,
+                    cache.clone(),
+                    write,
+                )?))
+            }
+        }
+        Some(m) if u32::from_le_bytes(m) == cowd::MAGIC => {
+            Ok(Box::new(CowdExtent::open(backing, len, cache.clone())?))
+        }
+        _ if head.len() == 8
+            && u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) == sesparse::MAGIC =>
+        {
+            Ok(Box::new(SeSparseExtent::open(backing, len, cache.clone())?))
+        }
+        _ => Err(Error::corrupt(
+            backing.path(),
+            0,
+            format!(
+                "{expected} extent has no KDMV, COWD or seSparse magic (found {:02x?})",
+                &head[..head.len().min(4)]
+            ),
+        )),
+    }
+}
+
+impl Link {
+    /// Opens the disk at `path`.
+    pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Link> {
+        let path = path.as_ref();
+        let mut opener = Opener {
+            opts,
+            open: HashMap::new(),
+        };
+        let main = opener.get(path, opts.write)?;
+        let head = read_head(&main, 4096)?;
+        let cache = Arc::new(GtCache::default());
+        let m = magic(&head).map(u32::from_le_bytes);
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+
+        if m == Some(kdmv::MAGIC) {
+            let h = SparseHeader::parse(&read_sector0(&main)?, path, 0)?;
+            let file_len = main.len()?;
+            let mut desc = None;
+            let mut home = Home::None;
+            if h.descriptor_offset != 0 && h.descriptor_size != 0 {
+                let off = h.descriptor_offset.checked_mul(512);
+                let room = h
+                    .descriptor_size
+                    .checked_mul(512)
+                    .filter(|r| *r <= MAX_DESCRIPTOR_BYTES as u64);
+                let (Some(off), Some(room)) = (off, room) else {
+                    return Err(Error::corrupt(
+                        path,
+                        28,
+                        "embedded descriptor offset or size is impossible",
+                    ));
+                };
+                if off + room > file_len {
+                    return Err(Error::corrupt(path, 28, format!("embedded descriptor ({room} bytes at {off}) runs past the end of the file ({file_len} bytes)")));
+                }
+                let mut raw = vec![0u8; room as usize];
+                main.read_exact_at(&mut raw, off)?;
+                let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+                let text = String::from_utf8_lossy(&raw[..end]);
+                if !text.trim().is_empty() {
+                    desc = Some(Descriptor::parse(&text, path)?);
+                    home = Home::Embedded {
+                        backing: main.clone(),
+                        offset: off,
+                        room,
+                    };
+                }
+            }
+            let compressed = h.flags & FLAG_COMPRESSED != 0;
+            let (desc, container) = match desc {
+                Some(d) => (d, Container::Embedded),
+                None => {
+                    let ct = if compressed {
+                        CreateType::StreamOptimized
+                    } else {
+                        CreateType::MonolithicSparse
+                    };
+                    let mut d = Descriptor::new(ct, 0xffff_ffff);
+                    d.extents.push(ExtentLine {
+                        access: Access::ReadWrite,
+                        sectors: h.capacity,
+                        kind: ExtentType::Sparse,
+                        file: Some(file_name),
+                        offset: None,
+                        extra: vec![],
+                    });
+                    (d, Container::BareExtent)
+                }
+            };
+            // The first extent is the file itself, whatever name the embedded descriptor gives it.
+            let first_len = desc.extents.first().map(|e| e.sectors * 512);
+            let first: Box<dyn Extent> = if compressed {
+                Box::new(StreamExtent::open(
+                    main.clone(),
+                    h,
+                    first_len,
+                    cache.clone(),
+                )?)
+            } else {
+                Box::new(SparseExtent::open(
+                    main.clone(),
+                    h,
+                    first_len,
+                    cache.clone(),
+                    opts.write,
+                )?)
+            };
+            return Link::assemble(
+                path,
+                container,
+                desc,
+                home,
+                Some(first),
+                &mut opener,
+                &cache,
+            );
+        }
+        if m == Some(cowd::MAGIC)
+            || (head.len() >= 8
+                && u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) == sesparse::MAGIC)
+        {
+            let ext = open_sparse_kind(main.clone(), None, &cache, opts.write, "bare")?;
+            let (ct, kind) = if m == Some(cowd::MAGIC) {
+                (CreateType::VmfsSparse, ExtentType::VmfsSparse)
+            } else {
+                (CreateType::SeSparse, ExtentType::SeSparse)
+            };
+            let mut d = Descriptor::new(ct, 0xffff_ffff);
+            d.extents.push(ExtentLine {
+                access: Access::ReadWrite,
+                sectors: ext.len() / 512,
+                kind,
+                file: Some(file_name),
+                offset: None,
+                extra: vec![],
+            });
+            return Link::assemble(
+                path,
+                Container::BareExtent,
+                d,
+                Home::None,
+                Some(ext),
+                &mut opener,
+                &cache,
+            );
+        }
+        if looks_like_descriptor(&head) {
+            let len = main.len()?;
+            if len > MAX_DESCRIPTOR_BYTES as u64 {
+                return Err(Error::Descriptor { path: path.into(), line: 0, what: format!("descriptor file is {len} bytes; at most {MAX_DESCRIPTOR_BYTES} are accepted") });
+            }
+            let raw = read_head(&main, len)?;
+            let d = Descriptor::parse(&String::from_utf8_lossy(&raw), path)?;
+            return Link::assemble(
+                path,
+                Container::Descriptor,
+                d,
+                Home::Separate(main),
+                None,
+                &mut opener,
+                &cache,
+            );
+        }
+        // A plain raw image: one flat extent over the whole file.
+        let ext = FlatExtent::raw_image(main.clone(), opts.write)?;
+        let mut d = Descriptor::new(CreateType::MonolithicFlat, 0xffff_ffff);
+        d.extents.push(ExtentLine {
+            access: Access::ReadWrite,
+            sectors: ext.len() / 512,
+            kind: ExtentType::Flat,
+            file: Some(file_name),
+            offset: Some(0),
+            extra: vec![],
+        });
+        Link::assemble(
+            path,
+            Container::Raw,
+            d,
+            Home::None,
+            Some(Box::new(ext)),
+            &mut opener,
+            &cache,
+        )
+    }
+
+    fn assemble(
+        path: &Path,
+        container: Container,
+        desc: Descriptor,
+        home: Home,
+        first: Option<Box<dyn Extent>>,
+        opener: &mut Opener<'_>,
+        cache: &Arc<GtCache>,
+    ) -> Result<Link> {
+        let opts = opener.opts;
+        match &desc.create_type {
+            CreateType::Other(t) => {
+                return Err(Error::unsupported(
+                    path,
+                    format!("createType {t:?} is not a known VMDK type"),
+                ))
+            }
+            CreateType::VmfsRawDeviceMap
+            | CreateType::VmfsPassthroughRawDeviceMap
+            | CreateType::VmfsRaw => {
+                return Err(Error::unsupported(
+                    path,
+                    format!(
+                        "createType {:?}: raw device mappings are not supported yet",
+                        desc.create_type.as_str()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let mut slots = Vec::with_capacity(desc.extents.len());
+        let mut start = 0u64;
+        let mut first = first;
+        for line in &desc.extents {
+            let len = line.sectors * 512;
+            let write = opts.write && line.access == Access::ReadWrite;
+            let ext: Box<dyn Extent> = if let Some(f) = first.take() {
+                f
+            } else {
+                let file = || -> Result<PathBuf> {
+                    let name = line.file.as_deref().unwrap_or("");
+                    resolve_extent_path(path, name, opts.allow_outside)
+                };
+                match &line.kind {
+                    ExtentType::Zero => Box::new(ZeroExtent::new(len, path.to_path_buf())),
+                    ExtentType::Flat | ExtentType::Vmfs => {
+                        let b = opener.get(&file()?, write)?;
+                        let off = line.offset.unwrap_or(0) * 512;
+                        let kind = if line.kind == ExtentType::Flat {
+                            "FLAT"
+                        } else {
+                            "VMFS"
+                        };
+                        Box::new(FlatExtent::open(b, off, len, kind, write)?)
+                    }
+                    ExtentType::Sparse | ExtentType::VmfsSparse | ExtentType::SeSparse => {
+                        let b = opener.get(&file()?, write)?;
+                        open_sparse_kind(b, Some(len), cache, write, line.kind.as_str())?
+                    }
+                    ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
+                        return Err(Error::unsupported(
+                            path,
+                            format!(
+                                "{} extents (raw device mappings) are not supported yet",
+                                line.kind.as_str()
+                            ),
+                        ));
+                    }
+                    ExtentType::Other(t) => {
+                        return Err(Error::unsupported(
+                            path,
+                            format!("extent type {t:?} is not a known VMDK extent type"),
+                        ))
+                    }
+                }
+            };
+            if ext.len() != len {
+                return Err(Error::corrupt(
+                    path,
+                    0,
+                    format!(
+                        "extent {} maps {} bytes but the descriptor says {len}",
+                        slots.len(),
+                        ext.len()
+                    ),
+                ));
+            }
+            slots.push(Slot { start, ext });
+            start += len;
+        }
+        let writable = opts.write;
+        Ok(Link {
+            path: path.to_path_buf(),
+            container,
+            descriptor: Mutex::new(desc),
+            home,
+            slots,
+            capacity: start,
+            writable,
+            started: AtomicBool::new(false),
+            start_lock: Mutex::new(()),
+            closed: AtomicBool::new(false),
+            parent: RwLock::new(None),
+        })
+    }
+
+    /// Builds a link from a descriptor and already-open extents (used when creating disks, whose
+    /// files still have temporary names). `descriptor_home` is the file holding a separate descriptor,
+    /// or `(file, offset, room)` for an embedded one.
+    pub(crate) fn from_parts(
+        path: &Path,
+        container: Container,
+        desc: Descriptor,
+        separate: Option<Arc<dyn Backing>>,
+        embedded: Option<(Arc<dyn Backing>, u64, u64)>,
+        extents: Vec<Box<dyn Extent>>,
+    ) -> Link {
+        let home = match (separate, embedded) {
+            (Some(b), _) => Home::Separate(b),
+            (None, Some((backing, offset, room))) => Home::Embedded {
+                backing,
+                offset,
+                room,
+            },
+            _ => Home::None,
+        };
+        let mut start = 0;
+        let slots = extents
+            .into_iter()
+            .map(|ext| {
+                let s = Slot { start, ext };
+                start += s.ext.len();
+                s
+            })
+            .collect();
+        Link {
+            path: path.to_path_buf(),
+            container,
+            descriptor: Mutex::new(desc),
+            home,
+            slots,
+            capacity: start,
+            writable: true,
+            // A new disk already has a fresh CID; writes need not change it.
+            started: AtomicBool::new(false),
+            start_lock: Mutex::new(()),
+            closed: AtomicBool::new(false),
+            parent: RwLock::new(None),
+        }
+    }
+
+    /// The path the link was opened by.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What kind of file the link was opened from.
+    pub fn container(&self) -> Container {
+        self.container
+    }
+
+    /// Capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// True when opened for writing.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// A copy of the descriptor (synthesized for raw images and bare extents).
+    pub fn descriptor(&self) -> Descriptor {
+        self.descriptor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Descriptions of the extents, in disk order.
+    pub fn extents(&self) -> Vec<ExtentInfo> {
+        self.slots.iter().map(|s| s.ext.info()).collect()
+    }
+
+    /// True if any extent had its unclean-shutdown flag set when opened.
+    pub fn was_unclean(&self) -> bool {
+        self.slots.iter().any(|s| s.ext.info().unclean)
+    }
+
+    /// Sets the disk that partial-grain writes and reads of absent ranges fall through to.
+    pub fn set_parent(&self, parent: Option<Arc<dyn ReadAt>>) {
+        *self.parent.write().unwrap_or_else(|p| p.into_inner()) = parent;
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|e| e > self.capacity) {
+            return Err(Error::OutOfRange {
+                path: self.path.clone(),
+                offset,
+                len,
+                capacity: self.capacity,
+            });
+        }
+        Ok(())
+    }
+
+    /// Calls `f(slot, extent_offset, buf_offset, len)` for each extent piece of `[offset, offset+len)`.
+    fn each_slot(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(&Slot, u64, usize, usize) -> Result<()>,
+    ) -> Result<()> {
+        let end = offset + len;
+        let mut i = self
+            .slots
+            .partition_point(|s| s.start + s.ext.len() <= offset);
+        let mut pos = offset;
+        while pos < end && i < self.slots.len() {
+            let s = &self.slots[i];
+            let s_end = s.start + s.ext.len();
+            let n = s_end.min(end) - pos;
+            if n > 0 {
+                f(s, pos - s.start, (pos - offset) as usize, n as usize)?;
+            }
+            pos += n;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Reads this link alone: ranges it does not hold read as zeros, whatever the parent holds.
+    pub fn read_own(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.each_slot(offset, buf.len() as u64, |s, eo, bo, n| {
+            s.ext.read_at(&mut buf[bo..bo + n], eo)
+        })
+    }
+
+    /// Reads `buf.len()` bytes at `offset`, falling through to the parent (if set) where this link
+    /// holds nothing.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let parent = self
+            .parent
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(parent) = parent else {
+            return self.read_own(buf, offset);
+        };
+        let map = self.map(offset, buf.len() as u64)?;
+        for r in map.runs() {
+            let b = &mut buf[(r.offset - offset) as usize..(r.end() - offset) as usize];
+            match r.state {
+                crate::map::State::Absent => parent.read_at(b, r.offset)?,
+                crate::map::State::Zero => b.fill(0),
+                crate::map::State::Data => self.read_own(b, r.offset)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at `offset`. The first write after open marks the extents dirty and gives the
+    /// link a new CID.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+                what: "disk is opened read-only".into(),
+            });
+        }
+        self.check_range(offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.begin_write()?;
+        let parent = self
+            .parent
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.each_slot(offset, buf.len() as u64, |s, eo, bo, n| {
+            let shifted = parent.as_deref().map(|p| Shifted {
+                inner: p,
+                base: s.start,
+            });
+            s.ext.write_at(
+                &buf[bo..bo + n],
+                eo,
+                shifted.as_ref().map(|x| x as &dyn ReadAt),
+            )
+        })
+    }
+
+    /// The allocation map of `[offset, offset+len)` in this link alone (depth 0).
+    pub fn map(&self, offset: u64, len: u64) -> Result<AllocMap> {
+        self.check_range(offset, len)?;
+        let mut out = AllocMap::new();
+        self.each_slot(offset, len, |s, eo, _, n| {
+            s.ext.map(eo, n as u64, s.start, &mut out)
+        })?;
+        Ok(out)
+    }
+
+    fn begin_write(&self) -> Result<()> {
+        if self.started.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _g = self.start_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.started.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        for s in &self.slots {
+            if s.ext.writable() {
+                s.ext.begin_write()?;
+            }
+        }
+        {
+            let mut d = self.descriptor.lock().unwrap_or_else(|p| p.into_inner());
+            let cid = new_cid(d.cid);
+            d.set_cid(cid);
+        }
+        self.write_descriptor()?;
+        self.started.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Replaces the descriptor (for example to set a new parent hint) and writes it out.
+    pub fn update_descriptor(&self, f: impl FnOnce(&mut Descriptor)) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+                what: "disk is opened read-only".into(),
+            });
+        }
+        f(&mut self.descriptor.lock().unwrap_or_else(|p| p.into_inner()));
+        self.write_descriptor()
+    }
+
+    fn write_descriptor(&self) -> Result<()> {
+        let text = self.descriptor().to_text();
+        match &self.home {
+            Home::Separate(b) => {
+                b.write_all_at(text.as_bytes(), 0)?;
+                b.set_len(text.len() as u64)?;
+            }
+            Home::Embedded {
+                backing,
+                offset,
+                room,
+            } => {
+                if text.len() as u64 > *room {
+                    return Err(Error::unsupported(
+                        backing.path(),
+                        format!(
+                            "descriptor of {} bytes does not fit the embedded area of {room} bytes",
+                            text.len()
+                        ),
+                    ));
+                }
+                let mut raw = vec![0u8; *room as usize];
+                raw[..text.len()].copy_from_slice(text.as_bytes());
+                backing.write_all_at(&raw, *offset)?;
+            }
+            Home::None => {}
+        }
+        Ok(())
+    }
+
+    /// Flushes all written data and metadata to stable storage.
+    pub fn flush(&self) -> Result<()> {
+        for s in &self.slots {
+            s.ext.flush()?;
+        }
+        if let Home::Separate(b) = &self.home {
+            if self.writable {
+                b.sync()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and clears the unclean-shutdown flags. Dropping a link does this too, ignoring errors.
+    pub fn close(self) -> Result<()> {
+        self.close_ref()
+    }
+
+    fn close_ref(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) || !self.writable {
+            return Ok(());
+        }
+        self.flush()?;
+        for s in &self.slots {
+            s.ext.close()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = self.close_ref();
+    }
+}
+
+impl ReadAt for Link {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        Link::read_at(self, buf, offset)
+    }
+}
+
+/// A random CID different from `old` and from the reserved values `ffffffff` / `fffffffe`.
+pub fn new_cid(old: u32) -> u32 {
+    loop {
+        let c = crate::random_u32();
+        if c != old && c != 0xffff_ffff && c != 0xffff_fffe {
+            return c;
+        }
+    }
+}
