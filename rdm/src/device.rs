@@ -51,12 +51,7 @@ impl Device {
                 return Err(io::Error::last_os_error());
             }
         }
-        Ok(Device {
-            file,
-            path: path.to_path_buf(),
-            block_device,
-            writable,
-        })
+        Ok(Device { file, path: path.to_path_buf(), block_device, writable })
     }
 
     /// The path this device was opened by.
@@ -79,8 +74,7 @@ impl Device {
         if self.block_device {
             let mut size: u64 = 0;
             // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at a live u64.
-            let rc =
-                unsafe { libc::ioctl(self.file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+            let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
             if rc != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -132,11 +126,7 @@ impl Device {
 
     /// Deallocates `[offset, offset+len)`, which then reads as zeros (`FALLOC_FL_PUNCH_HOLE`).
     pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.fallocate(
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
+        self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
@@ -208,14 +198,7 @@ impl Device {
             let chunk = (len - done).min(1 << 30) as usize;
             // SAFETY: both descriptors are valid; the offset pointers point at live i64 values.
             let n = unsafe {
-                libc::copy_file_range(
-                    src.file.as_raw_fd(),
-                    &mut so,
-                    self.file.as_raw_fd(),
-                    &mut dof,
-                    chunk,
-                    0,
-                )
+                libc::copy_file_range(src.file.as_raw_fd(), &mut so, self.file.as_raw_fd(), &mut dof, chunk, 0)
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -237,8 +220,7 @@ impl Device {
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 fn to_off(v: u64) -> io::Result<libc::off_t> {
-    libc::off_t::try_from(v)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
+    libc::off_t::try_from(v).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
 }
 
 fn seek(fd: libc::c_int, pos: u64, whence: libc::c_int) -> io::Result<u64> {

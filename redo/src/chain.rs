@@ -86,10 +86,7 @@ impl Chain {
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Chain, ChainError> {
         let top_path = path.as_ref().to_path_buf();
         let mut links = vec![Arc::new(Link::open(&top_path, opts)?)];
-        let ro = OpenOptions {
-            write: false,
-            ..opts.clone()
-        };
+        let ro = OpenOptions { write: false, ..opts.clone() };
         loop {
             let child = links.last().expect("chain has a top link").clone();
             let d = child.descriptor();
@@ -97,21 +94,14 @@ impl Chain {
                 break;
             }
             let Some(hint) = d.parent_file_name_hint.clone() else {
-                return Err(ChainError::NoHint {
-                    child: child.path().into(),
-                    parent_cid: d.parent_cid,
-                });
+                return Err(ChainError::NoHint { child: child.path().into(), parent_cid: d.parent_cid });
             };
             if links.len() > MAX_DEPTH {
                 return Err(ChainError::TooDeep { top: top_path });
             }
             let parent_path = resolve_extent_path(child.path(), &hint, true)?;
             if !opts.storage.exists(&parent_path) {
-                return Err(ChainError::MissingParent {
-                    child: child.path().into(),
-                    parent: parent_path,
-                    hint,
-                });
+                return Err(ChainError::MissingParent { child: child.path().into(), parent: parent_path, hint });
             }
             let parent = Arc::new(Link::open(&parent_path, &ro)?);
             if parent.capacity() != child.capacity() {

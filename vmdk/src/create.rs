@@ -103,10 +103,7 @@ impl DiskFormat {
 
     /// True for the ESX `vmfs` formats.
     pub fn is_esx(self) -> bool {
-        matches!(
-            self,
-            DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin
-        )
+        matches!(self, DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin)
     }
 }
 
@@ -208,10 +205,7 @@ pub struct NewDisk {
 
 impl std::fmt::Debug for NewDisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewDisk")
-            .field("files", &self.files)
-            .field("format", &self.format)
-            .finish()
+        f.debug_struct("NewDisk").field("files", &self.files).field("format", &self.format).finish()
     }
 }
 
@@ -240,8 +234,7 @@ impl NewDisk {
             self.storage.rename(tmp, fin)?;
         }
         let main = self.files.last().map(|f| f.1.clone()).unwrap_or_default();
-        self.storage
-            .sync_dir(main.parent().unwrap_or(Path::new("")))?;
+        self.storage.sync_dir(main.parent().unwrap_or(Path::new("")))?;
         self.files.clear();
         Ok(main)
     }
@@ -259,10 +252,9 @@ impl Drop for NewDisk {
 /// Names of the files of a disk at `path` in `format` with `extents` data extents.
 fn data_file_name(stem: &str, format: DiskFormat, i: usize) -> String {
     match format {
-        DiskFormat::ZeroedThick
-        | DiskFormat::EagerZeroedThick
-        | DiskFormat::Thin
-        | DiskFormat::MonoFlat => format!("{stem}-flat.vmdk"),
+        DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin | DiskFormat::MonoFlat => {
+            format!("{stem}-flat.vmdk")
+        }
         DiskFormat::TwoGbSparse => format!("{stem}-s{:03}.vmdk", i + 1),
         DiskFormat::TwoGbFlat => format!("{stem}-f{:03}.vmdk", i + 1),
         DiskFormat::MonoSparse => format!("{stem}.vmdk"),
@@ -270,15 +262,9 @@ fn data_file_name(stem: &str, format: DiskFormat, i: usize) -> String {
 }
 
 fn temp_name(fin: &Path) -> PathBuf {
-    let name = fin
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = fin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tag = crate::random_u32();
-    fin.with_file_name(format!(
-        ".{name}.vmkfs-{}-{tag:08x}.tmp",
-        std::process::id()
-    ))
+    fin.with_file_name(format!(".{name}.vmkfs-{}-{tag:08x}.tmp", std::process::id()))
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -300,17 +286,12 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     let path = path.as_ref();
     let cap = opts.capacity;
     if cap % 512 != 0 {
-        return Err(Error::InvalidArgument(format!(
-            "capacity {cap} is not a multiple of 512 bytes"
-        )));
+        return Err(Error::InvalidArgument(format!("capacity {cap} is not a multiple of 512 bytes")));
     }
     if cap == 0 {
-        return Err(Error::InvalidArgument(
-            "capacity must be greater than zero".into(),
-        ));
+        return Err(Error::InvalidArgument("capacity must be greater than zero".into()));
     }
-    if !opts.grain_sectors.is_power_of_two() || opts.grain_sectors < 8 || opts.grain_sectors > 2048
-    {
+    if !opts.grain_sectors.is_power_of_two() || opts.grain_sectors < 8 || opts.grain_sectors > 2048 {
         return Err(Error::InvalidArgument(format!(
             "grain size {} sectors must be a power of two from 8 to 2048",
             opts.grain_sectors
@@ -325,11 +306,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     let sectors = cap / 512;
     let format = opts.format;
     if format.is_sparse()
-        && sectors.min(if format == DiskFormat::TwoGbSparse {
-            opts.split_sectors
-        } else {
-            u64::MAX
-        }) > (1u64 << 32) - 1
+        && sectors.min(if format == DiskFormat::TwoGbSparse { opts.split_sectors } else { u64::MAX }) > (1u64 << 32) - 1
     {
         return Err(Error::InvalidArgument(
             "a hosted sparse extent holds at most 2 TiB (use 2gbsparse or a flat format)".into(),
@@ -356,9 +333,8 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
         _ => vec![sectors],
     };
     let storage = &opts.storage;
-    let data_final: Vec<PathBuf> = (0..sizes.len())
-        .map(|i| path.with_file_name(data_file_name(&stem, format, i)))
-        .collect();
+    let data_final: Vec<PathBuf> =
+        (0..sizes.len()).map(|i| path.with_file_name(data_file_name(&stem, format, i))).collect();
     let mut all_final = data_final.clone();
     if format != DiskFormat::MonoSparse {
         all_final.push(path.to_path_buf());
@@ -371,9 +347,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
 
     let cid = new_cid(0xffff_ffff);
     let create_type = match format {
-        DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => {
-            CreateType::Vmfs
-        }
+        DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => CreateType::Vmfs,
         DiskFormat::MonoSparse => CreateType::MonolithicSparse,
         DiskFormat::TwoGbSparse => CreateType::TwoGbMaxExtentSparse,
         DiskFormat::MonoFlat => CreateType::MonolithicFlat,
@@ -388,13 +362,9 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
         });
     }
     for (i, &n) in sizes.iter().enumerate() {
-        let name = data_final[i]
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned());
+        let name = data_final[i].file_name().map(|s| s.to_string_lossy().into_owned());
         let (kind, offset) = match format {
-            DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => {
-                (ExtentType::Vmfs, None)
-            }
+            DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => (ExtentType::Vmfs, None),
             DiskFormat::MonoFlat | DiskFormat::TwoGbFlat => (ExtentType::Flat, Some(0)),
             DiskFormat::MonoSparse | DiskFormat::TwoGbSparse => (ExtentType::Sparse, None),
         };
@@ -423,12 +393,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     }
 
     // From here on, `guard` removes whatever was created if anything fails.
-    let mut guard = NewDisk {
-        link: None,
-        files: Vec::new(),
-        storage: storage.clone(),
-        format,
-    };
+    let mut guard = NewDisk { link: None, files: Vec::new(), storage: storage.clone(), format };
     let cache = Arc::new(GtCache::default());
     let mut extents: Vec<Box<dyn Extent>> = Vec::new();
     let mut embedded = None;
@@ -441,27 +406,14 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
         match format {
             DiskFormat::MonoSparse | DiskFormat::TwoGbSparse => {
                 let mono = format == DiskFormat::MonoSparse;
-                let layout = Layout::plan(
-                    n,
-                    opts.grain_sectors,
-                    if mono { EMBEDDED_DESCRIPTOR_SECTORS } else { 0 },
-                );
+                let layout = Layout::plan(n, opts.grain_sectors, if mono { EMBEDDED_DESCRIPTOR_SECTORS } else { 0 });
                 let text = desc.to_text();
                 sparse::create(&b, &layout, mono.then_some(text.as_bytes()))?;
                 if mono {
-                    embedded = Some((
-                        b.clone(),
-                        layout.header.descriptor_offset * 512,
-                        layout.header.descriptor_size * 512,
-                    ));
+                    embedded =
+                        Some((b.clone(), layout.header.descriptor_offset * 512, layout.header.descriptor_size * 512));
                 }
-                extents.push(Box::new(SparseExtent::open(
-                    b,
-                    layout.header,
-                    Some(bytes),
-                    cache.clone(),
-                    true,
-                )?));
+                extents.push(Box::new(SparseExtent::open(b, layout.header, Some(bytes), cache.clone(), true)?));
             }
             _ => {
                 b.set_len(bytes)?;
@@ -492,38 +444,20 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
         b.write_all_at(text.as_bytes(), 0)?;
         separate = Some(b);
     }
-    let container = if format == DiskFormat::MonoSparse {
-        Container::Embedded
-    } else {
-        Container::Descriptor
-    };
-    guard.link = Some(Link::from_parts(
-        path, container, desc, separate, embedded, extents,
-    ));
+    let container = if format == DiskFormat::MonoSparse { Container::Embedded } else { Container::Descriptor };
+    guard.link = Some(Link::from_parts(path, container, desc, separate, embedded, extents));
     Ok(guard)
 }
 
 /// The data file names a disk at `path` in `format` would use (for messages and `-U`).
-pub fn planned_files(
-    path: &Path,
-    format: DiskFormat,
-    capacity: u64,
-    split_sectors: u64,
-) -> Vec<PathBuf> {
-    let stem = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+pub fn planned_files(path: &Path, format: DiskFormat, capacity: u64, split_sectors: u64) -> Vec<PathBuf> {
+    let stem = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stem = stem.strip_suffix(".vmdk").unwrap_or(&stem).to_string();
     let n = match format {
-        DiskFormat::TwoGbSparse | DiskFormat::TwoGbFlat => {
-            (capacity / 512).div_ceil(split_sectors) as usize
-        }
+        DiskFormat::TwoGbSparse | DiskFormat::TwoGbFlat => (capacity / 512).div_ceil(split_sectors) as usize,
         _ => 1,
     };
-    let mut v: Vec<PathBuf> = (0..n)
-        .map(|i| path.with_file_name(data_file_name(&stem, format, i)))
-        .collect();
+    let mut v: Vec<PathBuf> = (0..n).map(|i| path.with_file_name(data_file_name(&stem, format, i))).collect();
     if format != DiskFormat::MonoSparse {
         v.push(path.to_path_buf());
     }

@@ -86,10 +86,7 @@ impl CreateType {
         ("vmfsSeSparse", CreateType::SeSparse),
         ("vmfsRawDeviceMap", CreateType::VmfsRawDeviceMap),
         ("vmfsRDM", CreateType::VmfsRawDeviceMap),
-        (
-            "vmfsPassthroughRawDeviceMap",
-            CreateType::VmfsPassthroughRawDeviceMap,
-        ),
+        ("vmfsPassthroughRawDeviceMap", CreateType::VmfsPassthroughRawDeviceMap),
         ("vmfsRDMP", CreateType::VmfsPassthroughRawDeviceMap),
         ("vmfsRaw", CreateType::VmfsRaw),
     ];
@@ -107,11 +104,7 @@ impl CreateType {
     pub fn as_str(&self) -> &str {
         match self {
             CreateType::Other(s) => s,
-            t => Self::NAMES
-                .iter()
-                .find(|(_, x)| x == t)
-                .map(|(n, _)| *n)
-                .unwrap_or("custom"),
+            t => Self::NAMES.iter().find(|(_, x)| x == t).map(|(n, _)| *n).unwrap_or("custom"),
         }
     }
 }
@@ -287,44 +280,29 @@ impl Descriptor {
     /// Looks up a `ddb.` entry by name (with or without the `ddb.` prefix), ignoring case.
     pub fn ddb(&self, name: &str) -> Option<&str> {
         let name = name.strip_prefix("ddb.").unwrap_or(name);
-        self.ddb
-            .iter()
-            .find(|e| e.key.len() > 4 && e.key[4..].eq_ignore_ascii_case(name))
-            .map(|e| e.value.as_str())
+        self.ddb.iter().find(|e| e.key.len() > 4 && e.key[4..].eq_ignore_ascii_case(name)).map(|e| e.value.as_str())
     }
 
     /// Sets (or adds) a `ddb.` entry.
     pub fn set_ddb(&mut self, name: &str, value: impl Into<String>) {
         let name = name.strip_prefix("ddb.").unwrap_or(name);
         let value = value.into();
-        if let Some(e) = self
-            .ddb
-            .iter_mut()
-            .find(|e| e.key.len() > 4 && e.key[4..].eq_ignore_ascii_case(name))
-        {
+        if let Some(e) = self.ddb.iter_mut().find(|e| e.key.len() > 4 && e.key[4..].eq_ignore_ascii_case(name)) {
             e.value = value;
         } else {
-            self.ddb.push(Entry {
-                key: format!("ddb.{name}"),
-                value,
-                quoted: true,
-            });
+            self.ddb.push(Entry { key: format!("ddb.{name}"), value, quoted: true });
         }
     }
 
     /// Removes a `ddb.` entry.
     pub fn remove_ddb(&mut self, name: &str) {
         let name = name.strip_prefix("ddb.").unwrap_or(name);
-        self.ddb
-            .retain(|e| !(e.key.len() > 4 && e.key[4..].eq_ignore_ascii_case(name)));
+        self.ddb.retain(|e| !(e.key.len() > 4 && e.key[4..].eq_ignore_ascii_case(name)));
     }
 
     /// Looks up an extra header key, ignoring case.
     pub fn header(&self, key: &str) -> Option<&str> {
-        self.header_extra
-            .iter()
-            .find(|e| e.key.eq_ignore_ascii_case(key))
-            .map(|e| e.value.as_str())
+        self.header_extra.iter().find(|e| e.key.eq_ignore_ascii_case(key)).map(|e| e.value.as_str())
     }
 
     /// Sets the CID and keeps `ddb.longContentID` (whose last 8 characters are the CID) in step.
@@ -347,17 +325,10 @@ impl Descriptor {
             return Err(Error::Descriptor {
                 path: path.into(),
                 line: 0,
-                what: format!(
-                    "descriptor is {} bytes; at most {MAX_DESCRIPTOR_BYTES} are accepted",
-                    text.len()
-                ),
+                what: format!("descriptor is {} bytes; at most {MAX_DESCRIPTOR_BYTES} are accepted", text.len()),
             });
         }
-        let err = |line: usize, what: String| Error::Descriptor {
-            path: path.into(),
-            line,
-            what,
-        };
+        let err = |line: usize, what: String| Error::Descriptor { path: path.into(), line, what };
         let mut d = Descriptor::new(CreateType::Other(String::new()), 0);
         d.encoding = None;
         let mut saw_version = false;
@@ -376,20 +347,11 @@ impl Descriptor {
                 if d.extents.len() >= MAX_EXTENTS {
                     return Err(err(lineno, format!("more than {MAX_EXTENTS} extents")));
                 }
-                d.extents.push(
-                    parse_extent(access, line[first.len()..].trim_start())
-                        .map_err(|w| err(lineno, w))?,
-                );
+                d.extents.push(parse_extent(access, line[first.len()..].trim_start()).map_err(|w| err(lineno, w))?);
                 continue;
             }
             let Some((k, v)) = line.split_once('=') else {
-                return Err(err(
-                    lineno,
-                    format!(
-                        "expected `key=value` or an extent line, found {:?}",
-                        clip(line)
-                    ),
-                ));
+                return Err(err(lineno, format!("expected `key=value` or an extent line, found {:?}", clip(line))));
             };
             let key = k.trim();
             let (value, quoted) = unquote(v.trim());
@@ -398,41 +360,29 @@ impl Descriptor {
             }
             let lower = key.to_ascii_lowercase();
             if lower.starts_with("ddb.") {
-                d.ddb.push(Entry {
-                    key: key.to_string(),
-                    value: value.to_string(),
-                    quoted,
-                });
+                d.ddb.push(Entry { key: key.to_string(), value: value.to_string(), quoted });
                 continue;
             }
             match lower.as_str() {
                 "version" => {
-                    d.version = value
-                        .parse()
-                        .map_err(|_| err(lineno, format!("version {value:?} is not a number")))?;
+                    d.version = value.parse().map_err(|_| err(lineno, format!("version {value:?} is not a number")))?;
                     saw_version = true;
                 }
                 "encoding" => d.encoding = Some(value.to_string()),
                 "cid" => {
-                    d.cid = parse_hex(value)
-                        .ok_or_else(|| err(lineno, format!("CID {value:?} is not hexadecimal")))?;
+                    d.cid = parse_hex(value).ok_or_else(|| err(lineno, format!("CID {value:?} is not hexadecimal")))?;
                     saw_cid = true;
                 }
                 "parentcid" => {
-                    d.parent_cid = parse_hex(value).ok_or_else(|| {
-                        err(lineno, format!("parentCID {value:?} is not hexadecimal"))
-                    })?
+                    d.parent_cid = parse_hex(value)
+                        .ok_or_else(|| err(lineno, format!("parentCID {value:?} is not hexadecimal")))?
                 }
                 "createtype" => {
                     d.create_type = CreateType::parse(value);
                     saw_create_type = true;
                 }
                 "parentfilenamehint" => d.parent_file_name_hint = Some(value.to_string()),
-                _ => d.header_extra.push(Entry {
-                    key: key.to_string(),
-                    value: value.to_string(),
-                    quoted,
-                }),
+                _ => d.header_extra.push(Entry { key: key.to_string(), value: value.to_string(), quoted }),
             }
         }
         if !saw_version {
@@ -450,12 +400,7 @@ impl Descriptor {
             total = total
                 .checked_add(e.sectors)
                 .filter(|t| *t <= MAX_SECTORS)
-                .ok_or_else(|| {
-                    err(
-                        0,
-                        format!("extents add up to more than {MAX_SECTORS} sectors"),
-                    )
-                })?;
+                .ok_or_else(|| err(0, format!("extents add up to more than {MAX_SECTORS} sectors")))?;
         }
         Ok(d)
     }
@@ -470,10 +415,8 @@ impl Descriptor {
         }
         let _ = writeln!(s, "CID={:08x}", self.cid);
         let _ = writeln!(s, "parentCID={:08x}", self.parent_cid);
-        let (native, rest): (Vec<&Entry>, Vec<&Entry>) = self
-            .header_extra
-            .iter()
-            .partition(|e| e.key.eq_ignore_ascii_case("isNativeSnapshot"));
+        let (native, rest): (Vec<&Entry>, Vec<&Entry>) =
+            self.header_extra.iter().partition(|e| e.key.eq_ignore_ascii_case("isNativeSnapshot"));
         for e in native {
             write_header_entry(&mut s, e);
         }
@@ -531,10 +474,7 @@ fn unquote(v: &str) -> (&str, bool) {
 
 fn parse_hex(v: &str) -> Option<u32> {
     let v = v.trim();
-    let v = v
-        .strip_prefix("0x")
-        .or_else(|| v.strip_prefix("0X"))
-        .unwrap_or(v);
+    let v = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")).unwrap_or(v);
     if v.is_empty() || v.len() > 8 {
         return None;
     }
@@ -542,8 +482,7 @@ fn parse_hex(v: &str) -> Option<u32> {
 }
 
 fn parse_u64(s: &str, what: &str) -> std::result::Result<u64, String> {
-    s.parse::<u64>()
-        .map_err(|_| format!("{what} {s:?} is not a number"))
+    s.parse::<u64>().map_err(|_| format!("{what} {s:?} is not a number"))
 }
 
 fn parse_extent(access: Access, rest: &str) -> std::result::Result<ExtentLine, String> {
@@ -568,10 +507,7 @@ fn parse_extent(access: Access, rest: &str) -> std::result::Result<ExtentLine, S
         (Some(q[..end].to_string()), q[end + 1..].trim())
     } else {
         let mut it = rest.splitn(2, |c: char| c.is_ascii_whitespace());
-        (
-            it.next().map(str::to_string),
-            it.next().unwrap_or("").trim(),
-        )
+        (it.next().map(str::to_string), it.next().unwrap_or("").trim())
     };
     let mut tail_words = tail.split_ascii_whitespace();
     let offset = match tail_words.next() {
@@ -585,14 +521,7 @@ fn parse_extent(access: Access, rest: &str) -> std::result::Result<ExtentLine, S
     if kind != ExtentType::Zero && file.is_none() {
         return Err(format!("{} extent line has no file name", kind.as_str()));
     }
-    Ok(ExtentLine {
-        access,
-        sectors,
-        kind,
-        file,
-        offset,
-        extra,
-    })
+    Ok(ExtentLine { access, sectors, kind, file, offset, extra })
 }
 
 /// True if `bytes` look like a text descriptor: after comment and blank lines, the first line is
@@ -609,9 +538,7 @@ fn first_line_is_version(text: &str) -> bool {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        return line
-            .split_once('=')
-            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("version"));
+        return line.split_once('=').is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("version"));
     }
     false
 }
@@ -635,9 +562,7 @@ mod tests {
         // Canonical output parses back to the same thing and keeps the ESX key order.
         let t = d.to_text();
         assert_eq!(Descriptor::parse(&t, Path::new("x")).unwrap(), d);
-        assert!(t.contains(
-            "CID=fffffffe\nparentCID=ffffffff\nisNativeSnapshot=\"no\"\ncreateType=\"vmfs\"\n"
-        ));
+        assert!(t.contains("CID=fffffffe\nparentCID=ffffffff\nisNativeSnapshot=\"no\"\ncreateType=\"vmfs\"\n"));
         assert!(t.contains("# Extent description\nRW 83886080 VMFS \"VM-flat.vmdk\"\n"));
     }
 
@@ -685,48 +610,27 @@ mod tests {
             "vmfsRaw",
             "2GbMaxExtentFlat",
         ] {
-            assert!(
-                !matches!(CreateType::parse(&n.to_uppercase()), CreateType::Other(_)),
-                "{n}"
-            );
+            assert!(!matches!(CreateType::parse(&n.to_uppercase()), CreateType::Other(_)), "{n}");
         }
-        for n in [
-            "FLAT",
-            "SPARSE",
-            "ZERO",
-            "VMFS",
-            "VMFSSPARSE",
-            "SESPARSE",
-            "VMFSRDM",
-            "VMFSRAW",
-        ] {
-            assert!(
-                !matches!(ExtentType::parse(&n.to_lowercase()), ExtentType::Other(_)),
-                "{n}"
-            );
+        for n in ["FLAT", "SPARSE", "ZERO", "VMFS", "VMFSSPARSE", "SESPARSE", "VMFSRDM", "VMFSRAW"] {
+            assert!(!matches!(ExtentType::parse(&n.to_lowercase()), ExtentType::Other(_)), "{n}");
         }
     }
 
     #[test]
     fn bad_lines_are_errors_with_line_numbers() {
-        let e = Descriptor::parse(
-            "version=1\ncreateType=\"vmfs\"\nRW x VMFS \"a\"\n",
-            Path::new("d.vmdk"),
-        )
-        .unwrap_err();
+        let e =
+            Descriptor::parse("version=1\ncreateType=\"vmfs\"\nRW x VMFS \"a\"\n", Path::new("d.vmdk")).unwrap_err();
         assert!(e.to_string().contains("line 3"), "{e}");
-        let e = Descriptor::parse(
-            "version=1\ncreateType=\"vmfs\"\nRW 5 VMFS\n",
-            Path::new("d.vmdk"),
-        )
-        .unwrap_err();
+        let e = Descriptor::parse("version=1\ncreateType=\"vmfs\"\nRW 5 VMFS\n", Path::new("d.vmdk")).unwrap_err();
         assert!(e.to_string().contains("no file name"), "{e}");
         assert!(Descriptor::parse("createType=\"vmfs\"\n", Path::new("d")).is_err());
-        let e = Descriptor::parse("version=1\ncreateType=\"vmfs\"\nRW 36028797018963968 VMFS \"a\"\nRW 36028797018963968 VMFS \"a\"\n", Path::new("d")).unwrap_err();
-        assert!(
-            e.to_string().contains("too large") || e.to_string().contains("more than"),
-            "{e}"
-        );
+        let e = Descriptor::parse(
+            "version=1\ncreateType=\"vmfs\"\nRW 36028797018963968 VMFS \"a\"\nRW 36028797018963968 VMFS \"a\"\n",
+            Path::new("d"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("too large") || e.to_string().contains("more than"), "{e}");
     }
 
     #[test]
@@ -734,10 +638,7 @@ mod tests {
         let mut d = Descriptor::new(CreateType::Vmfs, 1);
         d.set_ddb("longContentID", "0123456789abcdef0123456700000001");
         d.set_cid(0xdeadbeef);
-        assert_eq!(
-            d.ddb("longContentID"),
-            Some("0123456789abcdef01234567deadbeef")
-        );
+        assert_eq!(d.ddb("longContentID"), Some("0123456789abcdef01234567deadbeef"));
     }
 
     #[test]

@@ -98,28 +98,17 @@ pub enum Error {
 impl Error {
     /// Builds an [`Error::Io`].
     pub fn io(path: impl Into<PathBuf>, op: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            op: op.into(),
-            source,
-        }
+        Error::Io { path: path.into(), op: op.into(), source }
     }
 
     /// Builds an [`Error::Corrupt`].
     pub fn corrupt(path: impl Into<PathBuf>, offset: u64, what: impl Into<String>) -> Self {
-        Error::Corrupt {
-            path: path.into(),
-            offset,
-            what: what.into(),
-        }
+        Error::Corrupt { path: path.into(), offset, what: what.into() }
     }
 
     /// Builds an [`Error::Unsupported`].
     pub fn unsupported(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Error::Unsupported {
-            path: path.into(),
-            what: what.into(),
-        }
+        Error::Unsupported { path: path.into(), what: what.into() }
     }
 
     /// True for errors caused by bad or unsupported input (as opposed to I/O trouble or usage errors).

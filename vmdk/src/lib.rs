@@ -39,10 +39,7 @@ pub(crate) fn random_u32() -> u32 {
 pub(crate) fn random_bytes(buf: &mut [u8]) {
     if getrandom::fill(buf).is_err() {
         // No OS randomness: fall back to time and address entropy (CIDs only need to differ).
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let mut x = (t as u64) ^ (buf.as_ptr() as u64).rotate_left(32);
         for b in buf.iter_mut() {
             x ^= x << 13;

@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::descriptor::{
-    looks_like_descriptor, Access, CreateType, Descriptor, ExtentLine, ExtentType,
-    MAX_DESCRIPTOR_BYTES,
+    looks_like_descriptor, Access, CreateType, Descriptor, ExtentLine, ExtentType, MAX_DESCRIPTOR_BYTES,
 };
 use crate::error::{Error, Result};
 use crate::extent::cowd::{self, CowdExtent};
@@ -40,11 +39,7 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions {
-            write: false,
-            allow_outside: false,
-            storage: HostStorage::shared(),
-        }
+        OpenOptions { write: false, allow_outside: false, storage: HostStorage::shared() }
     }
 }
 
@@ -56,10 +51,7 @@ impl OpenOptions {
 
     /// Read-write options on the host file system.
     pub fn write() -> OpenOptions {
-        OpenOptions {
-            write: true,
-            ..OpenOptions::default()
-        }
+        OpenOptions { write: true, ..OpenOptions::default() }
     }
 }
 
@@ -80,11 +72,7 @@ pub enum Container {
 #[derive(Debug)]
 enum Home {
     Separate(Arc<dyn Backing>),
-    Embedded {
-        backing: Arc<dyn Backing>,
-        offset: u64,
-        room: u64,
-    },
+    Embedded { backing: Arc<dyn Backing>, offset: u64, room: u64 },
     None,
 }
 
@@ -111,10 +99,7 @@ pub struct Link {
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Link")
-            .field("path", &self.path)
-            .field("capacity", &self.capacity)
-            .finish_non_exhaustive()
+        f.debug_struct("Link").field("path", &self.path).field("capacity", &self.capacity).finish_non_exhaustive()
     }
 }
 
@@ -148,10 +133,7 @@ fn read_sector0(b: &Arc<dyn Backing>) -> Result<[u8; 512]> {
         return Err(Error::corrupt(
             b.path(),
             0,
-            format!(
-                "file of {} bytes is shorter than a 512-byte sparse header",
-                b.len()?
-            ),
+            format!("file of {} bytes is shorter than a 512-byte sparse header", b.len()?),
         ));
     }
     b.read_exact_at(&mut s, 0)?;
@@ -176,28 +158,13 @@ fn open_sparse_kind(
         Some(m) if u32::from_le_bytes(m) == kdmv::MAGIC => {
             let h = SparseHeader::parse(&read_sector0(&backing)?, backing.path(), 0)?;
             if h.flags & FLAG_COMPRESSED != 0 {
-                Ok(Box::new(StreamExtent::open(
-                    backing,
-                    h,
-                    len,
-                    cache.clone(),
-                )?))
+                Ok(Box::new(StreamExtent::open(backing, h, len, cache.clone())?))
             } else {
-                Ok(Box::new(SparseExtent::open(
-                    backing,
-                    h,
-                    len,
-                    cache.clone(),
-                    write,
-                )?))
+                Ok(Box::new(SparseExtent::open(backing, h, len, cache.clone(), write)?))
             }
         }
-        Some(m) if u32::from_le_bytes(m) == cowd::MAGIC => {
-            Ok(Box::new(CowdExtent::open(backing, len, cache.clone())?))
-        }
-        _ if head.len() == 8
-            && u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) == sesparse::MAGIC =>
-        {
+        Some(m) if u32::from_le_bytes(m) == cowd::MAGIC => Ok(Box::new(CowdExtent::open(backing, len, cache.clone())?)),
+        _ if head.len() == 8 && u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) == sesparse::MAGIC => {
             Ok(Box::new(SeSparseExtent::open(backing, len, cache.clone())?))
         }
         _ => Err(Error::corrupt(
@@ -215,18 +182,12 @@ impl Link {
     /// Opens the disk at `path`.
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Link> {
         let path = path.as_ref();
-        let mut opener = Opener {
-            opts,
-            open: HashMap::new(),
-        };
+        let mut opener = Opener { opts, open: HashMap::new() };
         let main = opener.get(path, opts.write)?;
         let head = read_head(&main, 4096)?;
         let cache = Arc::new(GtCache::default());
         let m = magic(&head).map(u32::from_le_bytes);
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
 
         if m == Some(kdmv::MAGIC) {
             let h = SparseHeader::parse(&read_sector0(&main)?, path, 0)?;
@@ -235,16 +196,9 @@ impl Link {
             let mut home = Home::None;
             if h.descriptor_offset != 0 && h.descriptor_size != 0 {
                 let off = h.descriptor_offset.checked_mul(512);
-                let room = h
-                    .descriptor_size
-                    .checked_mul(512)
-                    .filter(|r| *r <= MAX_DESCRIPTOR_BYTES as u64);
+                let room = h.descriptor_size.checked_mul(512).filter(|r| *r <= MAX_DESCRIPTOR_BYTES as u64);
                 let (Some(off), Some(room)) = (off, room) else {
-                    return Err(Error::corrupt(
-                        path,
-                        28,
-                        "embedded descriptor offset or size is impossible",
-                    ));
+                    return Err(Error::corrupt(path, 28, "embedded descriptor offset or size is impossible"));
                 };
                 if off + room > file_len {
                     return Err(Error::corrupt(path, 28, format!("embedded descriptor ({room} bytes at {off}) runs past the end of the file ({file_len} bytes)")));
@@ -255,22 +209,14 @@ impl Link {
                 let text = String::from_utf8_lossy(&raw[..end]);
                 if !text.trim().is_empty() {
                     desc = Some(Descriptor::parse(&text, path)?);
-                    home = Home::Embedded {
-                        backing: main.clone(),
-                        offset: off,
-                        room,
-                    };
+                    home = Home::Embedded { backing: main.clone(), offset: off, room };
                 }
             }
             let compressed = h.flags & FLAG_COMPRESSED != 0;
             let (desc, container) = match desc {
                 Some(d) => (d, Container::Embedded),
                 None => {
-                    let ct = if compressed {
-                        CreateType::StreamOptimized
-                    } else {
-                        CreateType::MonolithicSparse
-                    };
+                    let ct = if compressed { CreateType::StreamOptimized } else { CreateType::MonolithicSparse };
                     let mut d = Descriptor::new(ct, 0xffff_ffff);
                     d.extents.push(ExtentLine {
                         access: Access::ReadWrite,
@@ -286,34 +232,14 @@ impl Link {
             // The first extent is the file itself, whatever name the embedded descriptor gives it.
             let first_len = desc.extents.first().map(|e| e.sectors * 512);
             let first: Box<dyn Extent> = if compressed {
-                Box::new(StreamExtent::open(
-                    main.clone(),
-                    h,
-                    first_len,
-                    cache.clone(),
-                )?)
+                Box::new(StreamExtent::open(main.clone(), h, first_len, cache.clone())?)
             } else {
-                Box::new(SparseExtent::open(
-                    main.clone(),
-                    h,
-                    first_len,
-                    cache.clone(),
-                    opts.write,
-                )?)
+                Box::new(SparseExtent::open(main.clone(), h, first_len, cache.clone(), opts.write)?)
             };
-            return Link::assemble(
-                path,
-                container,
-                desc,
-                home,
-                Some(first),
-                &mut opener,
-                &cache,
-            );
+            return Link::assemble(path, container, desc, home, Some(first), &mut opener, &cache);
         }
         if m == Some(cowd::MAGIC)
-            || (head.len() >= 8
-                && u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) == sesparse::MAGIC)
+            || (head.len() >= 8 && u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) == sesparse::MAGIC)
         {
             let ext = open_sparse_kind(main.clone(), None, &cache, opts.write, "bare")?;
             let (ct, kind) = if m == Some(cowd::MAGIC) {
@@ -330,32 +256,20 @@ impl Link {
                 offset: None,
                 extra: vec![],
             });
-            return Link::assemble(
-                path,
-                Container::BareExtent,
-                d,
-                Home::None,
-                Some(ext),
-                &mut opener,
-                &cache,
-            );
+            return Link::assemble(path, Container::BareExtent, d, Home::None, Some(ext), &mut opener, &cache);
         }
         if looks_like_descriptor(&head) {
             let len = main.len()?;
             if len > MAX_DESCRIPTOR_BYTES as u64 {
-                return Err(Error::Descriptor { path: path.into(), line: 0, what: format!("descriptor file is {len} bytes; at most {MAX_DESCRIPTOR_BYTES} are accepted") });
+                return Err(Error::Descriptor {
+                    path: path.into(),
+                    line: 0,
+                    what: format!("descriptor file is {len} bytes; at most {MAX_DESCRIPTOR_BYTES} are accepted"),
+                });
             }
             let raw = read_head(&main, len)?;
             let d = Descriptor::parse(&String::from_utf8_lossy(&raw), path)?;
-            return Link::assemble(
-                path,
-                Container::Descriptor,
-                d,
-                Home::Separate(main),
-                None,
-                &mut opener,
-                &cache,
-            );
+            return Link::assemble(path, Container::Descriptor, d, Home::Separate(main), None, &mut opener, &cache);
         }
         // A plain raw image: one flat extent over the whole file.
         let ext = FlatExtent::raw_image(main.clone(), opts.write)?;
@@ -368,15 +282,7 @@ impl Link {
             offset: Some(0),
             extra: vec![],
         });
-        Link::assemble(
-            path,
-            Container::Raw,
-            d,
-            Home::None,
-            Some(Box::new(ext)),
-            &mut opener,
-            &cache,
-        )
+        Link::assemble(path, Container::Raw, d, Home::None, Some(Box::new(ext)), &mut opener, &cache)
     }
 
     fn assemble(
@@ -391,20 +297,12 @@ impl Link {
         let opts = opener.opts;
         match &desc.create_type {
             CreateType::Other(t) => {
-                return Err(Error::unsupported(
-                    path,
-                    format!("createType {t:?} is not a known VMDK type"),
-                ))
+                return Err(Error::unsupported(path, format!("createType {t:?} is not a known VMDK type")))
             }
-            CreateType::VmfsRawDeviceMap
-            | CreateType::VmfsPassthroughRawDeviceMap
-            | CreateType::VmfsRaw => {
+            CreateType::VmfsRawDeviceMap | CreateType::VmfsPassthroughRawDeviceMap | CreateType::VmfsRaw => {
                 return Err(Error::unsupported(
                     path,
-                    format!(
-                        "createType {:?}: raw device mappings are not supported yet",
-                        desc.create_type.as_str()
-                    ),
+                    format!("createType {:?}: raw device mappings are not supported yet", desc.create_type.as_str()),
                 ));
             }
             _ => {}
@@ -427,11 +325,7 @@ impl Link {
                     ExtentType::Flat | ExtentType::Vmfs => {
                         let b = opener.get(&file()?, write)?;
                         let off = line.offset.unwrap_or(0) * 512;
-                        let kind = if line.kind == ExtentType::Flat {
-                            "FLAT"
-                        } else {
-                            "VMFS"
-                        };
+                        let kind = if line.kind == ExtentType::Flat { "FLAT" } else { "VMFS" };
                         Box::new(FlatExtent::open(b, off, len, kind, write)?)
                     }
                     ExtentType::Sparse | ExtentType::VmfsSparse | ExtentType::SeSparse => {
@@ -441,10 +335,7 @@ impl Link {
                     ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
                         return Err(Error::unsupported(
                             path,
-                            format!(
-                                "{} extents (raw device mappings) are not supported yet",
-                                line.kind.as_str()
-                            ),
+                            format!("{} extents (raw device mappings) are not supported yet", line.kind.as_str()),
                         ));
                     }
                     ExtentType::Other(t) => {
@@ -459,11 +350,7 @@ impl Link {
                 return Err(Error::corrupt(
                     path,
                     0,
-                    format!(
-                        "extent {} maps {} bytes but the descriptor says {len}",
-                        slots.len(),
-                        ext.len()
-                    ),
+                    format!("extent {} maps {} bytes but the descriptor says {len}", slots.len(), ext.len()),
                 ));
             }
             slots.push(Slot { start, ext });
@@ -498,11 +385,7 @@ impl Link {
     ) -> Link {
         let home = match (separate, embedded) {
             (Some(b), _) => Home::Separate(b),
-            (None, Some((backing, offset, room))) => Home::Embedded {
-                backing,
-                offset,
-                room,
-            },
+            (None, Some((backing, offset, room))) => Home::Embedded { backing, offset, room },
             _ => Home::None,
         };
         let mut start = 0;
@@ -552,10 +435,7 @@ impl Link {
 
     /// A copy of the descriptor (synthesized for raw images and bare extents).
     pub fn descriptor(&self) -> Descriptor {
-        self.descriptor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.descriptor.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Descriptions of the extents, in disk order.
@@ -575,12 +455,7 @@ impl Link {
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         if offset.checked_add(len).is_none_or(|e| e > self.capacity) {
-            return Err(Error::OutOfRange {
-                path: self.path.clone(),
-                offset,
-                len,
-                capacity: self.capacity,
-            });
+            return Err(Error::OutOfRange { path: self.path.clone(), offset, len, capacity: self.capacity });
         }
         Ok(())
     }
@@ -593,9 +468,7 @@ impl Link {
         mut f: impl FnMut(&Slot, u64, usize, usize) -> Result<()>,
     ) -> Result<()> {
         let end = offset + len;
-        let mut i = self
-            .slots
-            .partition_point(|s| s.start + s.ext.len() <= offset);
+        let mut i = self.slots.partition_point(|s| s.start + s.ext.len() <= offset);
         let mut pos = offset;
         while pos < end && i < self.slots.len() {
             let s = &self.slots[i];
@@ -613,19 +486,13 @@ impl Link {
     /// Reads this link alone: ranges it does not hold read as zeros, whatever the parent holds.
     pub fn read_own(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        self.each_slot(offset, buf.len() as u64, |s, eo, bo, n| {
-            s.ext.read_at(&mut buf[bo..bo + n], eo)
-        })
+        self.each_slot(offset, buf.len() as u64, |s, eo, bo, n| s.ext.read_at(&mut buf[bo..bo + n], eo))
     }
 
     /// Reads `buf.len()` bytes at `offset`, falling through to the parent (if set) where this link
     /// holds nothing.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let parent = self
-            .parent
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let parent = self.parent.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(parent) = parent else {
             return self.read_own(buf, offset);
         };
@@ -645,31 +512,17 @@ impl Link {
     /// link a new CID.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly {
-                path: self.path.clone(),
-                what: "disk is opened read-only".into(),
-            });
+            return Err(Error::ReadOnly { path: self.path.clone(), what: "disk is opened read-only".into() });
         }
         self.check_range(offset, buf.len() as u64)?;
         if buf.is_empty() {
             return Ok(());
         }
         self.begin_write()?;
-        let parent = self
-            .parent
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let parent = self.parent.read().unwrap_or_else(|p| p.into_inner()).clone();
         self.each_slot(offset, buf.len() as u64, |s, eo, bo, n| {
-            let shifted = parent.as_deref().map(|p| Shifted {
-                inner: p,
-                base: s.start,
-            });
-            s.ext.write_at(
-                &buf[bo..bo + n],
-                eo,
-                shifted.as_ref().map(|x| x as &dyn ReadAt),
-            )
+            let shifted = parent.as_deref().map(|p| Shifted { inner: p, base: s.start });
+            s.ext.write_at(&buf[bo..bo + n], eo, shifted.as_ref().map(|x| x as &dyn ReadAt))
         })
     }
 
@@ -677,9 +530,7 @@ impl Link {
     pub fn map(&self, offset: u64, len: u64) -> Result<AllocMap> {
         self.check_range(offset, len)?;
         let mut out = AllocMap::new();
-        self.each_slot(offset, len, |s, eo, _, n| {
-            s.ext.map(eo, n as u64, s.start, &mut out)
-        })?;
+        self.each_slot(offset, len, |s, eo, _, n| s.ext.map(eo, n as u64, s.start, &mut out))?;
         Ok(out)
     }
 
@@ -709,10 +560,7 @@ impl Link {
     /// Replaces the descriptor (for example to set a new parent hint) and writes it out.
     pub fn update_descriptor(&self, f: impl FnOnce(&mut Descriptor)) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly {
-                path: self.path.clone(),
-                what: "disk is opened read-only".into(),
-            });
+            return Err(Error::ReadOnly { path: self.path.clone(), what: "disk is opened read-only".into() });
         }
         f(&mut self.descriptor.lock().unwrap_or_else(|p| p.into_inner()));
         self.write_descriptor()
@@ -725,18 +573,11 @@ impl Link {
                 b.write_all_at(text.as_bytes(), 0)?;
                 b.set_len(text.len() as u64)?;
             }
-            Home::Embedded {
-                backing,
-                offset,
-                room,
-            } => {
+            Home::Embedded { backing, offset, room } => {
                 if text.len() as u64 > *room {
                     return Err(Error::unsupported(
                         backing.path(),
-                        format!(
-                            "descriptor of {} bytes does not fit the embedded area of {room} bytes",
-                            text.len()
-                        ),
+                        format!("descriptor of {} bytes does not fit the embedded area of {room} bytes", text.len()),
                     ));
                 }
                 let mut raw = vec![0u8; *room as usize];

@@ -60,12 +60,7 @@ impl AllocMap {
                 return;
             }
         }
-        self.runs.push(Run {
-            offset,
-            len,
-            state,
-            depth,
-        });
+        self.runs.push(Run { offset, len, state, depth });
     }
 
     /// Appends every run of `other` (which must start where this map ends).
@@ -87,11 +82,7 @@ impl AllocMap {
 
     /// Bytes in `Data` runs.
     pub fn data_bytes(&self) -> u64 {
-        self.runs
-            .iter()
-            .filter(|r| r.state == State::Data)
-            .map(|r| r.len)
-            .sum()
+        self.runs.iter().filter(|r| r.state == State::Data).map(|r| r.len).sum()
     }
 
     /// Total bytes covered.
@@ -106,10 +97,7 @@ impl AllocMap {
 
     /// Replaces each `Absent` run with what `below` says for that range, one level deeper.
     /// `below(offset, len)` must return a map covering exactly that range.
-    pub fn fill_absent<E>(
-        &self,
-        mut below: impl FnMut(u64, u64) -> Result<AllocMap, E>,
-    ) -> Result<AllocMap, E> {
+    pub fn fill_absent<E>(&self, mut below: impl FnMut(u64, u64) -> Result<AllocMap, E>) -> Result<AllocMap, E> {
         let mut out = AllocMap::new();
         for r in &self.runs {
             if r.state == State::Absent {
@@ -146,24 +134,8 @@ mod tests {
                 Ok::<_, ()>(b)
             })
             .unwrap();
-        assert_eq!(
-            filled.runs()[1],
-            Run {
-                offset: 15,
-                len: 2,
-                state: State::Data,
-                depth: 1
-            }
-        );
-        assert_eq!(
-            filled.runs()[2],
-            Run {
-                offset: 17,
-                len: 3,
-                state: State::Absent,
-                depth: 1
-            }
-        );
+        assert_eq!(filled.runs()[1], Run { offset: 15, len: 2, state: State::Data, depth: 1 });
+        assert_eq!(filled.runs()[2], Run { offset: 17, len: 3, state: State::Absent, depth: 1 });
         assert_eq!(filled.len(), 25);
     }
 }

@@ -36,11 +36,7 @@ pub trait Backing: Send + Sync + Debug {
     /// The data runs of `[offset, offset+len)` as `(start, len)`; the rest reads as zeros.
     /// The default says everything is data.
     fn data_runs(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
-        Ok(if len == 0 {
-            Vec::new()
-        } else {
-            vec![(offset, len)]
-        })
+        Ok(if len == 0 { Vec::new() } else { vec![(offset, len)] })
     }
     /// Reserves space without writing it. The default does nothing.
     fn allocate(&self, _offset: u64, _len: u64) -> Result<()> {
@@ -119,27 +115,18 @@ impl Backing for HostFile {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let want = buf.len();
-        let n = self.map(
-            || format!("read {want} bytes at offset {offset}"),
-            self.dev.read_at_most(buf, offset),
-        )?;
+        let n = self.map(|| format!("read {want} bytes at offset {offset}"), self.dev.read_at_most(buf, offset))?;
         if n < buf.len() {
             return Err(Error::corrupt(
                 self.path(),
                 offset + n as u64,
-                format!(
-                    "file is truncated: needed {} bytes at offset {offset}, file ends after {n}",
-                    buf.len()
-                ),
+                format!("file is truncated: needed {} bytes at offset {offset}, file ends after {n}", buf.len()),
             ));
         }
         Ok(())
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.map(
-            || format!("write {} bytes at offset {offset}", buf.len()),
-            self.dev.write_all_at(buf, offset),
-        )
+        self.map(|| format!("write {} bytes at offset {offset}", buf.len()), self.dev.write_all_at(buf, offset))
     }
     fn set_len(&self, len: u64) -> Result<()> {
         self.map(|| format!("set length to {len}"), self.dev.set_len(len))
@@ -148,10 +135,7 @@ impl Backing for HostFile {
         self.map(|| "sync".into(), self.dev.sync())
     }
     fn data_runs(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
-        self.map(
-            || format!("seek data/hole at {offset}"),
-            self.dev.data_runs(offset, len),
-        )
+        self.map(|| format!("seek data/hole at {offset}"), self.dev.data_runs(offset, len))
     }
     fn allocate(&self, offset: u64, len: u64) -> Result<()> {
         match self.dev.allocate(offset, len) {
@@ -164,22 +148,14 @@ impl Backing for HostFile {
                 }
                 Ok(())
             }
-            Err(e) => Err(Error::io(
-                self.path(),
-                format!("fallocate {len} bytes at {offset}"),
-                e,
-            )),
+            Err(e) => Err(Error::io(self.path(), format!("fallocate {len} bytes at {offset}"), e)),
         }
     }
     fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
         match self.dev.punch_hole(offset, len) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => write_zeros(self, offset, len),
-            Err(e) => Err(Error::io(
-                self.path(),
-                format!("punch hole of {len} bytes at {offset}"),
-                e,
-            )),
+            Err(e) => Err(Error::io(self.path(), format!("punch hole of {len} bytes at {offset}"), e)),
         }
     }
     fn device(&self) -> Option<&Device> {
@@ -189,29 +165,17 @@ impl Backing for HostFile {
 
 impl Storage for HostStorage {
     fn open(&self, path: &Path, write: bool) -> Result<Arc<dyn Backing>> {
-        let mode = if write {
-            OpenMode::Write
-        } else {
-            OpenMode::Read
-        };
+        let mode = if write { OpenMode::Write } else { OpenMode::Read };
         match Device::open(path, mode) {
             Ok(dev) => Ok(Arc::new(HostFile { dev })),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                Err(Error::Locked { path: path.into() })
-            }
-            Err(e) => Err(Error::io(
-                path,
-                if write { "open for writing" } else { "open" },
-                e,
-            )),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Error::Locked { path: path.into() }),
+            Err(e) => Err(Error::io(path, if write { "open for writing" } else { "open" }, e)),
         }
     }
     fn create_new(&self, path: &Path) -> Result<Arc<dyn Backing>> {
         match Device::open(path, OpenMode::CreateNew) {
             Ok(dev) => Ok(Arc::new(HostFile { dev })),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Err(Error::Exists { path: path.into() })
-            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::Exists { path: path.into() }),
             Err(e) => Err(Error::io(path, "create", e)),
         }
     }
@@ -219,18 +183,13 @@ impl Storage for HostStorage {
         std::fs::symlink_metadata(path).is_ok()
     }
     fn rename(&self, from: &Path, to: &Path) -> Result<()> {
-        std::fs::rename(from, to)
-            .map_err(|e| Error::io(from, format!("rename to {}", to.display()), e))
+        std::fs::rename(from, to).map_err(|e| Error::io(from, format!("rename to {}", to.display()), e))
     }
     fn remove(&self, path: &Path) -> Result<()> {
         std::fs::remove_file(path).map_err(|e| Error::io(path, "remove", e))
     }
     fn sync_dir(&self, dir: &Path) -> Result<()> {
-        let d = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
+        let d = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         let f = std::fs::File::open(d).map_err(|e| Error::io(d, "open directory", e))?;
         f.sync_all().map_err(|e| Error::io(d, "sync directory", e))
     }
@@ -241,14 +200,9 @@ impl Storage for HostStorage {
 pub fn resolve_extent_path(descriptor: &Path, name: &str, allow_outside: bool) -> Result<PathBuf> {
     use std::path::Component;
     let p = Path::new(name);
-    let escapes = name.is_empty()
-        || p.components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+    let escapes = name.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
     if escapes && !allow_outside {
-        return Err(Error::PathEscape {
-            path: descriptor.into(),
-            extent: name.into(),
-        });
+        return Err(Error::PathEscape { path: descriptor.into(), extent: name.into() });
     }
     if p.is_absolute() {
         return Ok(p.to_path_buf());
@@ -263,30 +217,12 @@ mod tests {
     #[test]
     fn extent_paths_may_not_escape() {
         let d = Path::new("/vm/disk.vmdk");
-        assert_eq!(
-            resolve_extent_path(d, "disk-flat.vmdk", false).unwrap(),
-            Path::new("/vm/disk-flat.vmdk")
-        );
-        assert_eq!(
-            resolve_extent_path(d, "./sub/x.vmdk", false).unwrap(),
-            Path::new("/vm/./sub/x.vmdk")
-        );
+        assert_eq!(resolve_extent_path(d, "disk-flat.vmdk", false).unwrap(), Path::new("/vm/disk-flat.vmdk"));
+        assert_eq!(resolve_extent_path(d, "./sub/x.vmdk", false).unwrap(), Path::new("/vm/./sub/x.vmdk"));
         for bad in ["../x", "/etc/passwd", "a/../../b", ""] {
-            assert!(
-                matches!(
-                    resolve_extent_path(d, bad, false),
-                    Err(Error::PathEscape { .. })
-                ),
-                "{bad}"
-            );
+            assert!(matches!(resolve_extent_path(d, bad, false), Err(Error::PathEscape { .. })), "{bad}");
         }
-        assert_eq!(
-            resolve_extent_path(d, "/dev/sdb", true).unwrap(),
-            Path::new("/dev/sdb")
-        );
-        assert_eq!(
-            resolve_extent_path(d, "../x", true).unwrap(),
-            Path::new("/vm/../x")
-        );
+        assert_eq!(resolve_extent_path(d, "/dev/sdb", true).unwrap(), Path::new("/dev/sdb"));
+        assert_eq!(resolve_extent_path(d, "../x", true).unwrap(), Path::new("/vm/../x"));
     }
 }

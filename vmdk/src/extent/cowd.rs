@@ -56,16 +56,10 @@ impl CowdHeader {
     pub fn parse(b: &[u8], path: &Path) -> Result<CowdHeader> {
         let bad = |off: u64, what: String| Error::corrupt(path, off, what);
         if b.len() < HEADER_BYTES {
-            return Err(bad(
-                0,
-                format!("file is shorter than the {HEADER_BYTES}-byte COWD header"),
-            ));
+            return Err(bad(0, format!("file is shorter than the {HEADER_BYTES}-byte COWD header")));
         }
         if LE::read_u32(b) != MAGIC {
-            return Err(bad(
-                0,
-                format!("expected COWD magic, found {:02x?}", &b[..4]),
-            ));
+            return Err(bad(0, format!("expected COWD magic, found {:02x?}", &b[..4])));
         }
         let version = LE::read_u32(&b[4..]);
         let flags = LE::read_u32(&b[8..]);
@@ -75,10 +69,7 @@ impl CowdHeader {
         let num_gdes = LE::read_u32(&b[24..]);
         let free_sector = LE::read_u32(&b[28..]);
         if grain_size == 0 || grain_size > MAX_GRAIN_SECTORS {
-            return Err(bad(
-                16,
-                format!("grain size {grain_size} sectors is outside 1..={MAX_GRAIN_SECTORS}"),
-            ));
+            return Err(bad(16, format!("grain size {grain_size} sectors is outside 1..={MAX_GRAIN_SECTORS}")));
         }
         let fits = |gtes: u64| {
             let cov = gtes * grain_size as u64;
@@ -99,15 +90,9 @@ impl CowdHeader {
             }
         };
         let name_bytes = &b[32..32 + 1024];
-        let end = name_bytes
-            .iter()
-            .position(|&c| c == 0)
-            .unwrap_or(name_bytes.len());
-        let parent_file_name = if flags & 1 == 0 {
-            String::from_utf8_lossy(&name_bytes[..end]).into_owned()
-        } else {
-            String::new()
-        };
+        let end = name_bytes.iter().position(|&c| c == 0).unwrap_or(name_bytes.len());
+        let parent_file_name =
+            if flags & 1 == 0 { String::from_utf8_lossy(&name_bytes[..end]).into_owned() } else { String::new() };
         Ok(CowdHeader {
             version,
             flags,
@@ -136,11 +121,7 @@ pub struct CowdExtent {
 
 impl CowdExtent {
     /// Opens a COWD extent. `len` is what the descriptor maps (None = the header's capacity).
-    pub fn open(
-        backing: Arc<dyn Backing>,
-        len: Option<u64>,
-        cache: Arc<GtCache>,
-    ) -> Result<CowdExtent> {
+    pub fn open(backing: Arc<dyn Backing>, len: Option<u64>, cache: Arc<GtCache>) -> Result<CowdExtent> {
         let path = backing.path().to_path_buf();
         let file_len = backing.len()?;
         let mut b = vec![0u8; HEADER_BYTES];
@@ -148,9 +129,7 @@ impl CowdExtent {
             return Err(Error::corrupt(
                 &path,
                 0,
-                format!(
-                    "file of {file_len} bytes is shorter than the {HEADER_BYTES}-byte COWD header"
-                ),
+                format!("file of {file_len} bytes is shorter than the {HEADER_BYTES}-byte COWD header"),
             ));
         }
         backing.read_exact_at(&mut b, 0)?;
@@ -200,7 +179,10 @@ impl CowdExtent {
             return Err(Error::corrupt(
                 self.dir.backing().path(),
                 self.dir.entry_offset(gt, idx),
-                format!("grain table entry for grain {g} points to sector {v}, past the end of the file ({} bytes)", self.file_len),
+                format!(
+                    "grain table entry for grain {g} points to sector {v}, past the end of the file ({} bytes)",
+                    self.file_len
+                ),
             ));
         }
         Ok(Some(v))
@@ -228,34 +210,19 @@ impl Extent for CowdExtent {
         for (p, l) in pieces(offset, buf.len() as u64, self.grain_bytes) {
             let dst = &mut buf[(p - offset) as usize..(p - offset + l) as usize];
             match self.sector_of(p / self.grain_bytes)? {
-                Some(s) => self
-                    .dir
-                    .backing()
-                    .read_exact_at(dst, s * 512 + p % self.grain_bytes)?,
+                Some(s) => self.dir.backing().read_exact_at(dst, s * 512 + p % self.grain_bytes)?,
                 None => dst.fill(0),
             }
         }
         Ok(())
     }
     fn write_at(&self, _buf: &[u8], _offset: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
-        Err(Error::unsupported(
-            self.dir.backing().path(),
-            "writing COWD (vmfsSparse) extents",
-        ))
+        Err(Error::unsupported(self.dir.backing().path(), "writing COWD (vmfsSparse) extents"))
     }
     fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
         for (p, l) in pieces(offset, len, self.grain_bytes) {
             let s = self.sector_of(p / self.grain_bytes)?;
-            out.push(
-                base + p,
-                l,
-                if s.is_some() {
-                    State::Data
-                } else {
-                    State::Absent
-                },
-                0,
-            );
+            out.push(base + p, l, if s.is_some() { State::Data } else { State::Absent }, 0);
         }
         Ok(())
     }

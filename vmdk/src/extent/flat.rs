@@ -22,17 +22,10 @@ pub struct FlatExtent {
 
 impl FlatExtent {
     /// Opens a flat extent, checking that the file holds all of it.
-    pub fn open(
-        backing: Arc<dyn Backing>,
-        start: u64,
-        len: u64,
-        kind: &'static str,
-        writable: bool,
-    ) -> Result<Self> {
+    pub fn open(backing: Arc<dyn Backing>, start: u64, len: u64, kind: &'static str, writable: bool) -> Result<Self> {
         let file_len = backing.len()?;
-        let need = start
-            .checked_add(len)
-            .ok_or_else(|| Error::corrupt(backing.path(), start, "extent offset overflows"))?;
+        let need =
+            start.checked_add(len).ok_or_else(|| Error::corrupt(backing.path(), start, "extent offset overflows"))?;
         if file_len < need {
             return Err(Error::corrupt(
                 backing.path(),
@@ -40,28 +33,14 @@ impl FlatExtent {
                 format!("{kind} extent is truncated: the descriptor maps {len} bytes at offset {start}, which needs {need} bytes, but the file has {file_len}"),
             ));
         }
-        Ok(FlatExtent {
-            backing,
-            start,
-            len,
-            kind,
-            writable,
-            present: len,
-        })
+        Ok(FlatExtent { backing, start, len, kind, writable, present: len })
     }
 
     /// A raw image file as a flat extent covering the whole file, rounded up to a sector.
     pub fn raw_image(backing: Arc<dyn Backing>, writable: bool) -> Result<Self> {
         let file_len = backing.len()?;
         let len = file_len.div_ceil(512) * 512;
-        Ok(FlatExtent {
-            backing,
-            start: 0,
-            len,
-            kind: "FLAT",
-            writable,
-            present: file_len,
-        })
+        Ok(FlatExtent { backing, start: 0, len, kind: "FLAT", writable, present: file_len })
     }
 
     /// The backing file.
@@ -98,17 +77,13 @@ impl Extent for FlatExtent {
             return self.backing.read_exact_at(buf, self.start + offset);
         }
         let have = self.present.saturating_sub(offset).min(buf.len() as u64) as usize;
-        self.backing
-            .read_exact_at(&mut buf[..have], self.start + offset)?;
+        self.backing.read_exact_at(&mut buf[..have], self.start + offset)?;
         buf[have..].fill(0);
         Ok(())
     }
     fn write_at(&self, buf: &[u8], offset: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly {
-                path: self.backing.path().into(),
-                what: "extent is read-only".into(),
-            });
+            return Err(Error::ReadOnly { path: self.backing.path().into(), what: "extent is read-only".into() });
         }
         self.backing.write_all_at(buf, self.start + offset)
     }

@@ -47,10 +47,7 @@ impl Default for GtCache {
 impl GtCache {
     /// A cache holding at most `budget` bytes of entries (at least one table is always kept).
     pub fn new(budget: usize) -> GtCache {
-        GtCache {
-            inner: Mutex::new(Inner::default()),
-            budget,
-        }
+        GtCache { inner: Mutex::new(Inner::default()), budget }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -58,12 +55,7 @@ impl GtCache {
     }
 
     /// Returns table `gt` of `owner`, loading it with `load` on a miss.
-    pub fn get(
-        &self,
-        owner: u64,
-        gt: u64,
-        load: impl FnOnce() -> Result<Vec<u64>>,
-    ) -> Result<Table> {
+    pub fn get(&self, owner: u64, gt: u64, load: impl FnOnce() -> Result<Vec<u64>>) -> Result<Table> {
         let mut inner = self.lock();
         if let Some(t) = inner.tables.get(&(owner, gt)) {
             return Ok(t.clone());
@@ -139,9 +131,7 @@ mod tests {
         })
         .unwrap();
         assert!(loaded, "table 0 must have been evicted");
-        let t = c
-            .get(1, 4, || panic!("table 4 must still be cached"))
-            .unwrap();
+        let t = c.get(1, 4, || panic!("table 4 must still be cached")).unwrap();
         assert_eq!(t[0].load(Ordering::Relaxed), 4);
         c.update(1, 4, 2, &[9, 10], || Ok(())).unwrap();
         assert_eq!(t[3].load(Ordering::Relaxed), 10);

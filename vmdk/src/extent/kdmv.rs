@@ -63,10 +63,7 @@ impl SparseHeader {
         let bad = |off: u64, what: String| Error::corrupt(path, at + off, what);
         let magic = LE::read_u32(&buf[0..]);
         if magic != MAGIC {
-            return Err(bad(
-                0,
-                format!("expected sparse magic KDMV, found {:02x?}", &buf[0..4]),
-            ));
+            return Err(bad(0, format!("expected sparse magic KDMV, found {:02x?}", &buf[0..4])));
         }
         let h = SparseHeader {
             version: LE::read_u32(&buf[4..]),
@@ -83,59 +80,38 @@ impl SparseHeader {
             compress_algorithm: LE::read_u16(&buf[77..]),
         };
         if !(1..=3).contains(&h.version) {
-            return Err(bad(
-                4,
-                format!(
-                    "sparse version {} is not supported (expected 1, 2 or 3)",
-                    h.version
-                ),
-            ));
+            return Err(bad(4, format!("sparse version {} is not supported (expected 1, 2 or 3)", h.version)));
         }
         let incompatible = (h.flags >> 16) & !0x3;
         if incompatible != 0 {
             return Err(bad(8, format!("unknown incompatible flags {:#x}", h.flags)));
         }
         if h.flags & FLAG_MARKERS != 0 && h.flags & FLAG_COMPRESSED == 0 {
-            return Err(bad(
-                8,
-                format!("flags {:#x}: markers without compression", h.flags),
-            ));
+            return Err(bad(8, format!("flags {:#x}: markers without compression", h.flags)));
         }
         if h.flags & FLAG_NEWLINE_TEST != 0 && buf[73..77] != [b'\n', b' ', b'\r', b'\n'] {
-            return Err(bad(73, "newline-detection bytes are not 0A 20 0D 0A: the file was corrupted by CR/LF translation".into()));
+            return Err(bad(
+                73,
+                "newline-detection bytes are not 0A 20 0D 0A: the file was corrupted by CR/LF translation".into(),
+            ));
         }
         if h.flags & FLAG_COMPRESSED != 0 && h.compress_algorithm != 1 {
-            return Err(bad(
-                77,
-                format!(
-                    "compression algorithm {} is not deflate (1)",
-                    h.compress_algorithm
-                ),
-            ));
+            return Err(bad(77, format!("compression algorithm {} is not deflate (1)", h.compress_algorithm)));
         }
         if !h.grain_size.is_power_of_two() || h.grain_size > MAX_GRAIN_SECTORS {
             return Err(bad(
                 20,
-                format!(
-                    "grain size {} sectors is not a power of two up to {MAX_GRAIN_SECTORS}",
-                    h.grain_size
-                ),
+                format!("grain size {} sectors is not a power of two up to {MAX_GRAIN_SECTORS}", h.grain_size),
             ));
         }
         if !h.num_gtes_per_gt.is_power_of_two() || h.num_gtes_per_gt > MAX_GTES_PER_GT {
             return Err(bad(
                 44,
-                format!(
-                    "{} entries per grain table is not a power of two up to {MAX_GTES_PER_GT}",
-                    h.num_gtes_per_gt
-                ),
+                format!("{} entries per grain table is not a power of two up to {MAX_GTES_PER_GT}", h.num_gtes_per_gt),
             ));
         }
         if h.capacity > crate::descriptor::MAX_SECTORS {
-            return Err(bad(
-                12,
-                format!("capacity {} sectors is too large", h.capacity),
-            ));
+            return Err(bad(12, format!("capacity {} sectors is too large", h.capacity)));
         }
         Ok(h)
     }
@@ -194,11 +170,7 @@ impl Layout {
         let gt_count = capacity.div_ceil(grain_size).div_ceil(gtes);
         let gd_sectors = (gt_count * 4).div_ceil(512);
         let gt_sectors = gtes * 4 / 512;
-        let (descriptor_offset, descriptor_size) = if descriptor_size > 0 {
-            (1, descriptor_size)
-        } else {
-            (0, 0)
-        };
+        let (descriptor_offset, descriptor_size) = if descriptor_size > 0 { (1, descriptor_size) } else { (0, 0) };
         let rgd = 1 + descriptor_size;
         let gd = rgd + gd_sectors + gt_count * gt_sectors;
         let end = gd + gd_sectors + gt_count * gt_sectors;
@@ -249,10 +221,7 @@ mod tests {
         let l = Layout::plan(4_194_304, 128, 20);
         assert_eq!((l.header.gd_offset, l.header.overhead), (278, 640));
         let b = l.header.to_bytes();
-        assert_eq!(
-            SparseHeader::parse(&b, Path::new("x"), 0).unwrap(),
-            l.header
-        );
+        assert_eq!(SparseHeader::parse(&b, Path::new("x"), 0).unwrap(), l.header);
     }
 
     #[test]
@@ -265,9 +234,6 @@ mod tests {
         let e = SparseHeader::parse(&b, Path::new("x"), 0).unwrap_err();
         assert!(e.to_string().contains("CR/LF"), "{e}");
         b[0] = b'X';
-        assert!(SparseHeader::parse(&b, Path::new("x"), 0)
-            .unwrap_err()
-            .to_string()
-            .contains("magic"));
+        assert!(SparseHeader::parse(&b, Path::new("x"), 0).unwrap_err().to_string().contains("magic"));
     }
 }

@@ -90,9 +90,7 @@ pub trait Extent: Send + Sync + Debug {
 pub fn is_zero(buf: &[u8]) -> bool {
     // SAFETY: u128 has no invalid bit patterns; align_to only reinterprets the aligned middle.
     let (head, mid, tail) = unsafe { buf.align_to::<u128>() };
-    head.iter().all(|&b| b == 0)
-        && tail.iter().all(|&b| b == 0)
-        && mid.iter().fold(0u128, |a, &w| a | w) == 0
+    head.iter().all(|&b| b == 0) && tail.iter().all(|&b| b == 0) && mid.iter().fold(0u128, |a, &w| a | w) == 0
 }
 
 /// Splits `[offset, offset+len)` at multiples of `unit`, yielding `(start, len)` pieces.

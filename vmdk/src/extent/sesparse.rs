@@ -55,34 +55,16 @@ impl SeSparseHeader {
         let f = |off: usize| LE::read_u64(&b[off..]);
         let bad = |off: u64, what: String| Error::corrupt(path, off, what);
         if f(0) != MAGIC {
-            return Err(bad(
-                0,
-                format!("expected seSparse magic CAFEBABE, found {:#x}", f(0)),
-            ));
+            return Err(bad(0, format!("expected seSparse magic CAFEBABE, found {:#x}", f(0))));
         }
         if f(8) != VERSION {
-            return Err(bad(
-                8,
-                format!(
-                    "seSparse version {:#x} is not supported (expected 2.1)",
-                    f(8)
-                ),
-            ));
+            return Err(bad(8, format!("seSparse version {:#x} is not supported (expected 2.1)", f(8))));
         }
         if f(24) != GRAIN_SECTORS {
-            return Err(bad(
-                24,
-                format!("grain size {} sectors is not supported (expected 8)", f(24)),
-            ));
+            return Err(bad(24, format!("grain size {} sectors is not supported (expected 8)", f(24))));
         }
         if f(32) != GT_SECTORS {
-            return Err(bad(
-                32,
-                format!(
-                    "grain table size {} sectors is not supported (expected 64)",
-                    f(32)
-                ),
-            ));
+            return Err(bad(32, format!("grain table size {} sectors is not supported (expected 64)", f(32))));
         }
         let h = SeSparseHeader {
             capacity: f(16),
@@ -95,10 +77,7 @@ impl SeSparseHeader {
             grains_size: f(200),
         };
         if h.capacity > crate::descriptor::MAX_SECTORS {
-            return Err(bad(
-                16,
-                format!("capacity {} sectors is too large", h.capacity),
-            ));
+            return Err(bad(16, format!("capacity {} sectors is too large", h.capacity)));
         }
         Ok(h)
     }
@@ -125,38 +104,23 @@ enum Grain {
 
 impl SeSparseExtent {
     /// Opens an seSparse extent.
-    pub fn open(
-        backing: Arc<dyn Backing>,
-        len: Option<u64>,
-        cache: Arc<GtCache>,
-    ) -> Result<SeSparseExtent> {
+    pub fn open(backing: Arc<dyn Backing>, len: Option<u64>, cache: Arc<GtCache>) -> Result<SeSparseExtent> {
         let path = backing.path().to_path_buf();
         let file_len = backing.len()?;
         let mut b = [0u8; 512];
         backing.read_exact_at(&mut b, 0)?;
         let header = SeSparseHeader::parse(&b, &path)?;
         let mut v = [0u8; 512];
-        let vat = header
-            .volatile_offset
-            .checked_mul(512)
-            .filter(|a| a + 512 <= file_len)
-            .ok_or_else(|| {
-                Error::corrupt(
-                    &path,
-                    80,
-                    format!(
-                        "volatile header at sector {} is outside the file",
-                        header.volatile_offset
-                    ),
-                )
-            })?;
+        let vat = header.volatile_offset.checked_mul(512).filter(|a| a + 512 <= file_len).ok_or_else(|| {
+            Error::corrupt(
+                &path,
+                80,
+                format!("volatile header at sector {} is outside the file", header.volatile_offset),
+            )
+        })?;
         backing.read_exact_at(&mut v, vat)?;
         if LE::read_u64(&v) != VOLATILE_MAGIC {
-            return Err(Error::corrupt(
-                &path,
-                vat,
-                "expected volatile header magic CAFECAFE",
-            ));
+            return Err(Error::corrupt(&path, vat, "expected volatile header magic CAFECAFE"));
         }
         if LE::read_u64(&v[24..]) != 0 {
             return Err(Error::unsupported(
@@ -183,20 +147,13 @@ impl SeSparseExtent {
                 format!("grain directory of {avail} entries is too small for {needed} tables"),
             ));
         }
-        let gd_at = header
-            .gd_offset
-            .checked_mul(512)
-            .filter(|a| a + needed * 8 <= file_len)
-            .ok_or_else(|| {
-                Error::corrupt(
-                    &path,
-                    128,
-                    format!(
-                        "grain directory at sector {} lies outside the file ({file_len} bytes)",
-                        header.gd_offset
-                    ),
-                )
-            })?;
+        let gd_at = header.gd_offset.checked_mul(512).filter(|a| a + needed * 8 <= file_len).ok_or_else(|| {
+            Error::corrupt(
+                &path,
+                128,
+                format!("grain directory at sector {} lies outside the file ({file_len} bytes)", header.gd_offset),
+            )
+        })?;
         let mut raw = vec![0u8; (needed * 8) as usize];
         backing.read_exact_at(&mut raw, gd_at)?;
         let gd: Vec<u64> = raw.chunks_exact(8).map(LE::read_u64).collect();
@@ -213,21 +170,11 @@ impl SeSparseExtent {
                 return Err(Error::corrupt(
                     &path,
                     gd_at + i as u64 * 8,
-                    format!(
-                        "grain directory entry {i} ({e:#x}) names no grain table inside the file"
-                    ),
+                    format!("grain directory entry {i} ({e:#x}) names no grain table inside the file"),
                 ));
             }
         }
-        Ok(SeSparseExtent {
-            backing,
-            header,
-            gd,
-            len,
-            file_len,
-            owner: gtcache::new_owner(),
-            cache,
-        })
+        Ok(SeSparseExtent { backing, header, gd, len, file_len, owner: gtcache::new_owner(), cache })
     }
 
     fn grain(&self, g: u64) -> Result<Grain> {
@@ -249,39 +196,24 @@ impl SeSparseExtent {
         let path = self.backing.path();
         match v >> 60 {
             0 if v == 0 => Ok(Grain::Absent),
-            0 => Err(Error::corrupt(
-                path,
-                at,
-                format!("unallocated grain table entry {v:#x} has stray bits"),
-            )),
+            0 => Err(Error::corrupt(path, at, format!("unallocated grain table entry {v:#x} has stray bits"))),
             1 | 2 => Ok(Grain::Zero),
             3 => {
                 let index = ((v >> 48) & 0xfff) | ((v & 0xffff_ffff_ffff) << 12);
                 if index >= self.header.grains_size / GRAIN_SECTORS {
-                    return Err(Error::corrupt(
-                        path,
-                        at,
-                        format!("grain index {index} is outside the grains area"),
-                    ));
+                    return Err(Error::corrupt(path, at, format!("grain index {index} is outside the grains area")));
                 }
                 let sector = self.header.grains_offset + index * GRAIN_SECTORS;
                 if (sector + GRAIN_SECTORS) * 512 > self.file_len {
                     return Err(Error::corrupt(
                         path,
                         at,
-                        format!(
-                            "grain {g} at sector {sector} lies past the end of the file ({} bytes)",
-                            self.file_len
-                        ),
+                        format!("grain {g} at sector {sector} lies past the end of the file ({} bytes)", self.file_len),
                     ));
                 }
                 Ok(Grain::At(sector))
             }
-            n => Err(Error::corrupt(
-                path,
-                at,
-                format!("grain table entry {v:#x} has unknown type {n}"),
-            )),
+            n => Err(Error::corrupt(path, at, format!("grain table entry {v:#x} has unknown type {n}"))),
         }
     }
 }
@@ -321,10 +253,7 @@ impl Extent for SeSparseExtent {
         Ok(())
     }
     fn write_at(&self, _buf: &[u8], _offset: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
-        Err(Error::unsupported(
-            self.backing.path(),
-            "writing seSparse extents",
-        ))
+        Err(Error::unsupported(self.backing.path(), "writing seSparse extents"))
     }
     fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
         let gb = GRAIN_SECTORS * 512;

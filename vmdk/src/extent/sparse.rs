@@ -45,15 +45,17 @@ impl GrainDir {
         let start = offset.checked_mul(512).filter(|s| *s < file_len);
         let bytes = count.checked_mul(4);
         let (Some(start), Some(bytes)) = (start, bytes) else {
-            return Err(Error::corrupt(path, 0, format!("{what} at sector {offset} ({count} entries) lies outside the file of {file_len} bytes")));
+            return Err(Error::corrupt(
+                path,
+                0,
+                format!("{what} at sector {offset} ({count} entries) lies outside the file of {file_len} bytes"),
+            ));
         };
         if start + bytes > file_len {
             return Err(Error::corrupt(
                 path,
                 start,
-                format!(
-                    "{what} of {count} entries runs past the end of the file ({file_len} bytes)"
-                ),
+                format!("{what} of {count} entries runs past the end of the file ({file_len} bytes)"),
             ));
         }
         let mut raw = vec![0u8; bytes as usize];
@@ -65,7 +67,9 @@ impl GrainDir {
                 return Err(Error::corrupt(
                     path,
                     start + i as u64 * 4,
-                    format!("{what} entry {i} points to a grain table at sector {e}, outside the file ({file_len} bytes)"),
+                    format!(
+                        "{what} entry {i} points to a grain table at sector {e}, outside the file ({file_len} bytes)"
+                    ),
                 ));
             }
         }
@@ -80,14 +84,7 @@ impl GrainDir {
         gtes: u32,
         cache: Arc<GtCache>,
     ) -> GrainDir {
-        GrainDir {
-            backing,
-            gd,
-            rgd,
-            gtes,
-            owner: gtcache::new_owner(),
-            cache,
-        }
+        GrainDir { backing, gd, rgd, gtes, owner: gtcache::new_owner(), cache }
     }
 
     /// The file holding the directory.
@@ -118,9 +115,7 @@ impl GrainDir {
         if sector == 0 {
             return Ok(None);
         }
-        let t = self
-            .cache
-            .get(self.owner, gt, || self.read_table(sector as u64))?;
+        let t = self.cache.get(self.owner, gt, || self.read_table(sector as u64))?;
         Ok(Some(t))
     }
 
@@ -128,18 +123,12 @@ impl GrainDir {
     pub fn read_table(&self, sector: u64) -> Result<Vec<u64>> {
         let mut raw = vec![0u8; self.gtes as usize * 4];
         self.backing.read_exact_at(&mut raw, sector * 512)?;
-        Ok(raw
-            .chunks_exact(4)
-            .map(|c| LE::read_u32(c) as u64)
-            .collect())
+        Ok(raw.chunks_exact(4).map(|c| LE::read_u32(c) as u64).collect())
     }
 
     /// Byte offset in the file of entry `idx` of table `gt` (primary copy).
     pub fn entry_offset(&self, gt: u64, idx: u64) -> u64 {
-        self.gd
-            .get(gt as usize)
-            .map(|&s| s as u64 * 512 + idx * 4)
-            .unwrap_or(0)
+        self.gd.get(gt as usize).map(|&s| s as u64 * 512 + idx * 4).unwrap_or(0)
     }
 
     /// Writes entries `first..` of table `gt` in both copies and updates the cache.
@@ -149,21 +138,14 @@ impl GrainDir {
             LE::write_u32(c, *v as u32);
         }
         let primary = self.gd[gt as usize] as u64;
-        let redundant = self
-            .rgd
-            .as_ref()
-            .and_then(|r| r.get(gt as usize))
-            .copied()
-            .unwrap_or(0) as u64;
-        self.cache
-            .update(self.owner, gt, first as usize, values, || {
-                self.backing.write_all_at(&raw, primary * 512 + first * 4)?;
-                if redundant != 0 {
-                    self.backing
-                        .write_all_at(&raw, redundant * 512 + first * 4)?;
-                }
-                Ok(())
-            })
+        let redundant = self.rgd.as_ref().and_then(|r| r.get(gt as usize)).copied().unwrap_or(0) as u64;
+        self.cache.update(self.owner, gt, first as usize, values, || {
+            self.backing.write_all_at(&raw, primary * 512 + first * 4)?;
+            if redundant != 0 {
+                self.backing.write_all_at(&raw, redundant * 512 + first * 4)?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -227,10 +209,7 @@ impl SparseExtent {
             return Err(Error::corrupt(
                 &path,
                 64,
-                format!(
-                    "file of {file_len} bytes is shorter than its metadata ({} sectors)",
-                    header.overhead
-                ),
+                format!("file of {file_len} bytes is shorter than its metadata ({} sectors)", header.overhead),
             ));
         }
         if header.gd_offset == GD_AT_END {
@@ -278,10 +257,7 @@ impl SparseExtent {
 
     /// The header as it is now.
     pub fn header(&self) -> SparseHeader {
-        self.header
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.header.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The grain directory.
@@ -293,14 +269,7 @@ impl SparseExtent {
         self.dir.backing.path()
     }
 
-    fn classify(
-        &self,
-        gte: u64,
-        gt: u64,
-        idx: u64,
-        zeroed_ok: bool,
-        overhead: u64,
-    ) -> Result<Grain> {
+    fn classify(&self, gte: u64, gt: u64, idx: u64, zeroed_ok: bool, overhead: u64) -> Result<Grain> {
         match gte {
             0 => Ok(Grain::Absent),
             1 if zeroed_ok => Ok(Grain::Zero),
@@ -327,12 +296,7 @@ impl SparseExtent {
     }
 
     /// Walks the grains of `[offset, offset+len)`, calling `f(piece_offset, piece_len, grain)`.
-    fn walk(
-        &self,
-        offset: u64,
-        len: u64,
-        mut f: impl FnMut(u64, u64, Grain) -> Result<()>,
-    ) -> Result<()> {
+    fn walk(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, Grain) -> Result<()>) -> Result<()> {
         let (zeroed_ok, overhead) = {
             let h = self.header.lock().unwrap_or_else(|p| p.into_inner());
             (h.flags & FLAG_ZEROED_GTE != 0, h.overhead)
@@ -354,12 +318,7 @@ impl SparseExtent {
         Ok(())
     }
 
-    fn allocate(
-        &self,
-        jobs: Vec<(u64, u64, usize)>,
-        buf: &[u8],
-        below: Option<&dyn ReadAt>,
-    ) -> Result<()> {
+    fn allocate(&self, jobs: Vec<(u64, u64, usize)>, buf: &[u8], below: Option<&dyn ReadAt>) -> Result<()> {
         let gb = self.grain_bytes;
         let gtes = self.dir.gtes as u64;
         let zeroed_ok = self.header().flags & FLAG_ZEROED_GTE != 0;
@@ -379,15 +338,15 @@ impl SparseExtent {
             })?;
             if let Grain::At(sector) = state {
                 batch.flush(self, &mut next)?;
-                self.dir
-                    .backing
-                    .write_all_at(piece, sector * 512 + p % gb)?;
+                self.dir.backing.write_all_at(piece, sector * 512 + p % gb)?;
                 continue;
             }
             if self.dir.table(gt)?.is_none() {
                 return Err(Error::unsupported(
                     self.path(),
-                    format!("grain table {gt} was never allocated (directory entry is 0); writing there is not supported"),
+                    format!(
+                        "grain table {gt} was never allocated (directory entry is 0); writing there is not supported"
+                    ),
                 ));
             }
             let grain_start = g * gb;
@@ -456,14 +415,10 @@ impl Batch {
         let grain_sectors = ext.grain_bytes / 512;
         // Data first, then the table entries: a crash in between leaves an unreferenced grain,
         // never an entry pointing at garbage.
-        ext.dir
-            .backing
-            .write_all_at(&self.data, self.sector * 512)?;
+        ext.dir.backing.write_all_at(&self.data, self.sector * 512)?;
         let end = (self.sector + self.count * grain_sectors) * 512;
         ext.file_len.fetch_max(end, Ordering::AcqRel);
-        let values: Vec<u64> = (0..self.count)
-            .map(|i| self.sector + i * grain_sectors)
-            .collect();
+        let values: Vec<u64> = (0..self.count).map(|i| self.sector + i * grain_sectors).collect();
         if values.last().is_some_and(|&v| v > u32::MAX as u64) {
             return Err(Error::unsupported(
                 ext.path(),
@@ -521,9 +476,7 @@ impl Extent for SparseExtent {
                 Grain::At(sector) => {
                     let fo = sector * 512 + p % gb;
                     match &mut run {
-                        Some((rfo, rbs, rl)) if *rfo + *rl as u64 == fo && *rbs + *rl == bs => {
-                            *rl += l as usize
-                        }
+                        Some((rfo, rbs, rl)) if *rfo + *rl as u64 == fo && *rbs + *rl == bs => *rl += l as usize,
                         _ => {
                             flush(&mut run, buf)?;
                             run = Some((fo, bs, l as usize));
@@ -538,10 +491,7 @@ impl Extent for SparseExtent {
 
     fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt>) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly {
-                path: self.path().into(),
-                what: "extent is opened read-only".into(),
-            });
+            return Err(Error::ReadOnly { path: self.path().into(), what: "extent is opened read-only".into() });
         }
         let gb = self.grain_bytes;
         let mut jobs = Vec::new();
@@ -561,9 +511,7 @@ impl Extent for SparseExtent {
             Ok(())
         })?;
         for (fo, bs, l) in direct {
-            self.dir
-                .backing
-                .write_all_at(&buf[bs as usize..(bs + l) as usize], fo)?;
+            self.dir.backing.write_all_at(&buf[bs as usize..(bs + l) as usize], fo)?;
         }
         if !jobs.is_empty() {
             self.allocate(jobs, buf, below)?;
@@ -612,11 +560,7 @@ impl Extent for SparseExtent {
 
 /// Creates the metadata of a new sparse extent in an empty file: header, embedded descriptor area,
 /// redundant directory and tables, directory and tables, truncated to the first grain.
-pub fn create(
-    backing: &Arc<dyn Backing>,
-    layout: &super::kdmv::Layout,
-    descriptor: Option<&[u8]>,
-) -> Result<()> {
+pub fn create(backing: &Arc<dyn Backing>, layout: &super::kdmv::Layout, descriptor: Option<&[u8]>) -> Result<()> {
     let h = &layout.header;
     let mut meta = vec![0u8; (h.overhead * 512) as usize];
     meta[..512].copy_from_slice(&h.to_bytes());

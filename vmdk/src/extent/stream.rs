@@ -29,17 +29,17 @@ pub const MARKER_FOOTER: u32 = 3;
 pub fn read_footer(backing: &Arc<dyn Backing>, file_len: u64) -> Result<SparseHeader> {
     let path = backing.path();
     if file_len < 1536 + 512 {
-        return Err(Error::corrupt(
-            path,
-            file_len,
-            "file is too short to hold a footer and end-of-stream marker",
-        ));
+        return Err(Error::corrupt(path, file_len, "file is too short to hold a footer and end-of-stream marker"));
     }
     let mut tail = [0u8; 1536];
     backing.read_exact_at(&mut tail, file_len - 1536)?;
     let marker = &tail[..512];
     if LE::read_u32(&marker[8..]) != 0 || LE::read_u32(&marker[12..]) != MARKER_FOOTER {
-        return Err(Error::corrupt(path, file_len - 1536, "grain directory is `at end` but there is no footer marker 1536 bytes before the end (truncated stream?)"));
+        return Err(Error::corrupt(
+            path,
+            file_len - 1536,
+            "grain directory is `at end` but there is no footer marker 1536 bytes before the end (truncated stream?)",
+        ));
     }
     let mut f = [0u8; 512];
     f.copy_from_slice(&tail[512..1024]);
@@ -71,17 +71,9 @@ impl StreamExtent {
             return Err(Error::corrupt(&path, 8, "not a compressed extent"));
         }
         let file_len = backing.len()?;
-        let header = if header.gd_offset == GD_AT_END {
-            read_footer(&backing, file_len)?
-        } else {
-            header
-        };
+        let header = if header.gd_offset == GD_AT_END { read_footer(&backing, file_len)? } else { header };
         if header.gd_offset == GD_AT_END {
-            return Err(Error::corrupt(
-                &path,
-                file_len - 1024,
-                "the footer's grain directory offset is also `at end`",
-            ));
+            return Err(Error::corrupt(&path, file_len - 1024, "the footer's grain directory offset is also `at end`"));
         }
         let capacity = header.capacity * 512;
         let len = len.unwrap_or(capacity);
@@ -132,15 +124,8 @@ impl StreamExtent {
                 return Ok(data.clone());
             }
         }
-        let data = Arc::new(read_grain(
-            self.dir.backing(),
-            sector,
-            g,
-            &self.header,
-            self.len,
-            self.file_len,
-            entry_at,
-        )?);
+        let data =
+            Arc::new(read_grain(self.dir.backing(), sector, g, &self.header, self.len, self.file_len, entry_at)?);
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((g, data.clone()));
         Ok(data)
     }
@@ -170,10 +155,7 @@ pub fn read_grain(
         return Err(Error::corrupt(
             path,
             at,
-            format!(
-                "grain marker says LBA {lba}, expected {} for grain {g}",
-                g * header.grain_size
-            ),
+            format!("grain marker says LBA {lba}, expected {} for grain {g}", g * header.grain_size),
         ));
     }
     if size == 0 || size >= 2 * grain_bytes + 1024 {
@@ -200,11 +182,7 @@ pub fn read_grain(
         ));
     }
     if n < want {
-        return Err(Error::corrupt(
-            path,
-            at + 12,
-            format!("grain {g} inflates to {n} bytes, expected {want}"),
-        ));
+        return Err(Error::corrupt(path, at + 12, format!("grain {g} inflates to {n} bytes, expected {want}")));
     }
     Ok(out)
 }
@@ -250,12 +228,7 @@ impl Extent for StreamExtent {
     fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
         for (p, l) in pieces(offset, len, self.grain_bytes) {
             let (e, _) = self.entry(p / self.grain_bytes)?;
-            out.push(
-                base + p,
-                l,
-                if e == 0 { State::Absent } else { State::Data },
-                0,
-            );
+            out.push(base + p, l, if e == 0 { State::Absent } else { State::Data }, 0);
         }
         Ok(())
     }

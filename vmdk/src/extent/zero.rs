@@ -25,14 +25,7 @@ impl Extent for ZeroExtent {
         self.len
     }
     fn info(&self) -> ExtentInfo {
-        ExtentInfo {
-            kind: "ZERO",
-            file: None,
-            len: self.len,
-            grain: None,
-            version: None,
-            unclean: false,
-        }
+        ExtentInfo { kind: "ZERO", file: None, len: self.len, grain: None, version: None, unclean: false }
     }
     fn writable(&self) -> bool {
         false
