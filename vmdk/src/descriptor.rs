@@ -329,6 +329,8 @@ impl Descriptor {
             });
         }
         let err = |line: usize, what: String| Error::Descriptor { path: path.into(), line, what };
+        // Descriptors are often NUL-padded to a sector (qemu) or to their embedded area.
+        let text = text.split('\0').next().unwrap_or("");
         let mut d = Descriptor::new(CreateType::Other(String::new()), 0);
         d.encoding = None;
         let mut saw_version = false;

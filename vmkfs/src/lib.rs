@@ -1,1 +1,17 @@
-//! placeholder
+//! vmkfs: a userspace, embeddable vmkfstools for VMDK disks.
+//!
+//! This crate is what backup tools embed. It re-exports the lower layers ([`vmdk`] for one link,
+//! [`redo`] for chains, [`rdm`] for raw devices) and adds the disk operations: [`clone`] (import and
+//! convert between any formats), [`info`] (what a disk is) and the helpers the `vmkfs` command uses.
+
+#![warn(missing_docs)]
+
+pub mod clone;
+pub mod error;
+pub mod info;
+pub mod size;
+
+pub use error::{Error, Result};
+pub use rdm;
+pub use redo;
+pub use vmdk;

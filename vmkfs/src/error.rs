@@ -1,0 +1,71 @@
+//! The toolkit's error type and the command's exit codes.
+
+use std::path::PathBuf;
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Exit codes of the `vmkfs` command (see `cli.md`).
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// A negative answer (`--compare` differs, `-x check` found problems).
+    pub const NEGATIVE: i32 = 1;
+    /// Bad usage.
+    pub const USAGE: i32 = 2;
+    /// Bad or unsupported input.
+    pub const BAD_INPUT: i32 = 3;
+    /// I/O error.
+    pub const IO: i32 = 4;
+    /// Locked or busy.
+    pub const LOCKED: i32 = 5;
+}
+
+/// Everything a toolkit operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A link-level error.
+    #[error(transparent)]
+    Vmdk(#[from] vmdk::Error),
+    /// A chain could not be opened.
+    #[error(transparent)]
+    Chain(#[from] redo::ChainError),
+    /// A bad argument.
+    #[error("{0}")]
+    Usage(String),
+    /// An I/O error outside a disk (standard output, …).
+    #[error("{path}: {source}", path = .path.display())]
+    Io {
+        /// What was being accessed.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operation was interrupted.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    /// The exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::Vmdk(e) => vmdk_code(e),
+            Error::Chain(redo::ChainError::Link(e)) => vmdk_code(e),
+            Error::Chain(_) => exit::BAD_INPUT,
+            Error::Io { .. } | Error::Interrupted => exit::IO,
+        }
+    }
+}
+
+fn vmdk_code(e: &vmdk::Error) -> i32 {
+    match e {
+        vmdk::Error::InvalidArgument(_) | vmdk::Error::Exists { .. } => exit::USAGE,
+        vmdk::Error::Locked { .. } => exit::LOCKED,
+        vmdk::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => exit::BAD_INPUT,
+        vmdk::Error::Io { .. } | vmdk::Error::ReadOnly { .. } => exit::IO,
+        _ => exit::BAD_INPUT,
+    }
+}

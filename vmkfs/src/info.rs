@@ -1,0 +1,144 @@
+//! `--info`: what a disk is.
+
+use std::path::{Path, PathBuf};
+
+use redo::Chain;
+use serde::Serialize;
+use vmdk::{Container, OpenOptions, State};
+
+use crate::error::Result;
+
+/// One extent, as `--info` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ExtentSummary {
+    /// Extent type.
+    pub kind: String,
+    /// File, if any.
+    pub file: Option<PathBuf>,
+    /// Bytes of the disk it maps.
+    pub size: u64,
+    /// Grain size in bytes (sparse kinds).
+    pub grain: Option<u64>,
+    /// Format version (sparse kinds).
+    pub version: Option<u32>,
+    /// Unclean-shutdown flag found at open.
+    pub unclean: bool,
+}
+
+/// Geometry from the disk database.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Geometry {
+    /// Cylinders.
+    pub cylinders: u64,
+    /// Heads.
+    pub heads: u64,
+    /// Sectors per track.
+    pub sectors: u64,
+}
+
+/// What `--info` reports.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DiskInfo {
+    /// The disk's path.
+    pub path: PathBuf,
+    /// `descriptor`, `embedded`, `extent` or `raw`.
+    pub container: String,
+    /// The descriptor's createType (`raw` for raw images).
+    pub format: String,
+    /// Capacity in bytes.
+    pub capacity: u64,
+    /// Bytes stored in the chain (data runs of the merged map).
+    pub allocated: u64,
+    /// Bytes stored in the top link alone.
+    pub allocated_top: u64,
+    /// Content ID.
+    pub cid: String,
+    /// Parent content ID.
+    pub parent_cid: String,
+    /// Parent hint, for delta links.
+    pub parent: Option<String>,
+    /// `ddb.adapterType`.
+    pub adapter: Option<String>,
+    /// `ddb.geometry.*`.
+    pub geometry: Option<Geometry>,
+    /// `ddb.thinProvisioned = "1"`.
+    pub thin_provisioned: bool,
+    /// Number of links in the chain (1 for a base disk).
+    pub chain_depth: usize,
+    /// An extent was not closed cleanly.
+    pub unclean: bool,
+    /// The extents of the top link.
+    pub extents: Vec<ExtentSummary>,
+}
+
+/// Bytes in `Data` runs of a map function over `[0, capacity)`, walked in 1 GiB windows so memory
+/// stays bounded. `depth_zero_only` counts only runs the top link holds.
+pub fn allocated_bytes(
+    capacity: u64,
+    depth_zero_only: bool,
+    mut map: impl FnMut(u64, u64) -> vmdk::Result<vmdk::AllocMap>,
+) -> vmdk::Result<u64> {
+    const WINDOW: u64 = 1 << 30;
+    let mut total = 0;
+    let mut off = 0;
+    while off < capacity {
+        let n = WINDOW.min(capacity - off);
+        total += map(off, n)?
+            .runs()
+            .iter()
+            .filter(|r| r.state == State::Data && (!depth_zero_only || r.depth == 0))
+            .map(|r| r.len)
+            .sum::<u64>();
+        off += n;
+    }
+    Ok(total)
+}
+
+/// Describes the disk at `path` (and its chain).
+pub fn info(path: &Path, opts: &OpenOptions) -> Result<DiskInfo> {
+    let chain = Chain::open(path, opts)?;
+    let top = chain.top();
+    let d = top.descriptor();
+    let cap = chain.capacity();
+    let allocated = allocated_bytes(cap, false, |o, l| chain.map(o, l))?;
+    let allocated_top = allocated_bytes(cap, true, |o, l| chain.map(o, l))?;
+    let num = |k: &str| d.ddb(k).and_then(|v| v.trim().parse::<u64>().ok());
+    let geometry = match (num("geometry.cylinders"), num("geometry.heads"), num("geometry.sectors")) {
+        (Some(cylinders), Some(heads), Some(sectors)) => Some(Geometry { cylinders, heads, sectors }),
+        _ => None,
+    };
+    let container = match top.container() {
+        Container::Descriptor => "descriptor",
+        Container::Embedded => "embedded",
+        Container::BareExtent => "extent",
+        Container::Raw => "raw",
+    };
+    Ok(DiskInfo {
+        path: path.to_path_buf(),
+        container: container.into(),
+        format: if top.container() == Container::Raw { "raw".into() } else { d.create_type.as_str().into() },
+        capacity: cap,
+        allocated,
+        allocated_top,
+        cid: format!("{:08x}", d.cid),
+        parent_cid: format!("{:08x}", d.parent_cid),
+        parent: d.parent_file_name_hint.clone(),
+        adapter: d.ddb("adapterType").map(str::to_string),
+        geometry,
+        thin_provisioned: d.ddb("thinProvisioned") == Some("1"),
+        chain_depth: chain.links().len(),
+        unclean: chain.links().iter().any(|l| l.was_unclean()),
+        extents: top
+            .extents()
+            .into_iter()
+            .map(|e| ExtentSummary {
+                kind: e.kind.into(),
+                file: e.file,
+                size: e.len,
+                grain: e.grain,
+                version: e.version,
+                unclean: e.unclean,
+            })
+            .collect(),
+    })
+}
