@@ -1,0 +1,183 @@
+//! The `vmkfs` command, end to end: clone, create, info, geometry; refusals and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn vmkfs(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(args).current_dir(dir).output().expect("run vmkfs")
+}
+
+fn have_qemu() -> bool {
+    let ok = Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("qemu-img not found: skipping the qemu part of this test");
+    }
+    ok
+}
+
+fn qemu(args: &[&str], dir: &Path) -> Output {
+    Command::new("qemu-img").args(args).current_dir(dir).output().expect("run qemu-img")
+}
+
+/// A deterministic 8 MiB raw image: pseudo-random and text blocks with zero gaps.
+fn pattern(dir: &Path) -> PathBuf {
+    let mut data = vec![0u8; 8 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for (i, chunk) in data.chunks_mut(64 << 10).enumerate() {
+        match i % 4 {
+            0 => {
+                for b in chunk.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+            }
+            1 => {}
+            2 => {
+                let text = b"the quick brown fox jumps over the lazy dog ";
+                for (j, b) in chunk[1000..30000].iter_mut().enumerate() {
+                    *b = text[j % text.len()];
+                }
+            }
+            _ => {}
+        }
+    }
+    let p = dir.join("pattern.raw");
+    std::fs::write(&p, &data).unwrap();
+    p
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn clone_to_every_format_reads_identically_in_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pattern(d);
+    let q = have_qemu();
+    for fmt in ["zeroedthick", "eagerzeroedthick", "thin", "thick", "monosparse", "2gbsparse", "monoflat", "2gbflat"] {
+        let dst = format!("out-{fmt}.vmdk");
+        let o = vmkfs(&["-i", "pattern.raw", "-d", fmt, &dst], d);
+        assert!(o.status.success(), "{fmt}: {}", String::from_utf8_lossy(&o.stdout));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("Destination disk format: "), "{out}");
+        assert!(out.contains("Cloning disk 'pattern.raw'..."), "{out}");
+        assert!(out.contains("Clone: 100% done."), "{out}");
+        if q {
+            let c = qemu(&["compare", &dst, "pattern.raw"], d);
+            assert!(c.status.success(), "{fmt}: {}", String::from_utf8_lossy(&c.stdout));
+        }
+    }
+    // No temporary files are left behind.
+    assert!(names(d).iter().all(|n| !n.ends_with(".tmp")), "{:?}", names(d));
+}
+
+#[test]
+fn thin_stays_thin() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pattern(d);
+    assert!(vmkfs(&["-i", "pattern.raw", "-d", "thin", "t.vmdk"], d).status.success());
+    let o = vmkfs(&["--info", "--json", "t.vmdk"], d);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["capacity"], 8 << 20);
+    assert_eq!(v["format"], "vmfs");
+    assert_eq!(v["thin_provisioned"], true);
+    // Half of the 64 KiB blocks hold data.
+    assert_eq!(v["allocated"], 4 << 20, "{v}");
+    let desc = std::fs::read_to_string(d.join("t.vmdk")).unwrap();
+    assert!(desc.contains("ddb.thinProvisioned = \"1\""));
+    assert!(desc.contains("RW 16384 VMFS \"t-flat.vmdk\""));
+}
+
+#[test]
+fn existing_destination_is_never_overwritten_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pattern(d);
+    std::fs::write(d.join("keep.vmdk"), b"precious").unwrap();
+    let o = vmkfs(&["-i", "pattern.raw", "-d", "monosparse", "keep.vmdk"], d);
+    assert_eq!(o.status.code(), Some(2));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("Failed to clone disk:") && out.contains("keep.vmdk") && out.contains("already exists"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(d.join("keep.vmdk")).unwrap(), b"precious");
+    // An extent file of the destination counts too.
+    std::fs::write(d.join("x-flat.vmdk"), b"precious").unwrap();
+    let o = vmkfs(&["-i", "pattern.raw", "-d", "thin", "x.vmdk"], d);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!d.join("x.vmdk").exists());
+    assert_eq!(std::fs::read(d.join("x-flat.vmdk")).unwrap(), b"precious");
+    // --force replaces.
+    let o = vmkfs(&["-i", "pattern.raw", "-d", "monosparse", "--force", "keep.vmdk"], d);
+    assert!(o.status.success());
+    assert_ne!(std::fs::read(d.join("keep.vmdk")).unwrap(), b"precious");
+}
+
+#[test]
+fn corrupt_source_fails_cleanly_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pattern(d);
+    assert!(vmkfs(&["-i", "pattern.raw", "-d", "monosparse", "src.vmdk"], d).status.success());
+    // Point the first grain table entry far past the end of the file.
+    let mut f = std::fs::read(d.join("src.vmdk")).unwrap();
+    let gd_offset = u64::from_le_bytes(f[56..64].try_into().unwrap()) as usize;
+    let gt = u32::from_le_bytes(f[gd_offset * 512..gd_offset * 512 + 4].try_into().unwrap()) as usize;
+    f[gt * 512..gt * 512 + 4].copy_from_slice(&0x4000_0000u32.to_le_bytes());
+    std::fs::write(d.join("src.vmdk"), &f).unwrap();
+    let before = names(d);
+    let o = vmkfs(&["-i", "src.vmdk", "-d", "thin", "dst.vmdk"], d);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stdout));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Failed to clone disk:"), "{out}");
+    assert!(out.contains("src.vmdk") && out.contains(&format!("offset {}", gt * 512)), "{out}");
+    assert!(out.contains("past the end of the file"), "{out}");
+    assert_eq!(names(d), before, "no destination or temporary file may remain");
+}
+
+#[test]
+fn create_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let q = have_qemu();
+    for fmt in ["zeroedthick", "eagerzeroedthick", "thin", "monosparse", "2gbsparse", "monoflat", "2gbflat"] {
+        let p = format!("c-{fmt}.vmdk");
+        let o = vmkfs(&["-c", "10m", "-d", fmt, "-a", "ide", &p], d);
+        assert!(o.status.success(), "{fmt}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = vmkfs(&["--info", "--json", &p], d);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["capacity"], 10 << 20);
+        assert_eq!(v["adapter"], "ide");
+        if q {
+            let info = qemu(&["info", "--output=json", &p], d);
+            let qi: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+            assert_eq!(qi["virtual-size"], 10 << 20, "{fmt}");
+        }
+    }
+    let o = vmkfs(&["-g", "c-thin.vmdk"], d);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "Geometry information C/H/S is 20/16/63");
+    // Eager-zeroed disks are fully allocated.
+    let m = std::fs::metadata(d.join("c-eagerzeroedthick-flat.vmdk")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(m.blocks() * 512 >= 10 << 20);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(vmkfs(&["-c", "1000", "x.vmdk"], d).status.code(), Some(2));
+    assert_eq!(vmkfs(&["-c", "1m", "-d", "bogus", "x.vmdk"], d).status.code(), Some(2));
+    assert_eq!(vmkfs(&["--nonsense"], d).status.code(), Some(2));
+    assert_eq!(vmkfs(&[], d).status.code(), Some(2));
+    assert_eq!(vmkfs(&["--info", "missing.vmdk"], d).status.code(), Some(3));
+}
