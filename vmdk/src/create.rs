@@ -177,6 +177,9 @@ pub struct CreateOptions {
     pub grain_sectors: u64,
     /// Where to create the files.
     pub storage: Arc<dyn Storage>,
+    /// Write zeros over an eager-zeroed disk at creation (a caller that writes every byte itself,
+    /// like the clone engine, turns this off).
+    pub zero_fill: bool,
 }
 
 impl CreateOptions {
@@ -190,6 +193,7 @@ impl CreateOptions {
             split_sectors: VMWARE_SPLIT_SECTORS,
             grain_sectors: DEFAULT_GRAIN_SECTORS,
             storage: HostStorage::shared(),
+            zero_fill: true,
         }
     }
 }
@@ -421,7 +425,9 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
                     DiskFormat::Thin => {}
                     DiskFormat::EagerZeroedThick => {
                         b.allocate(0, bytes)?;
-                        write_zeros(b.as_ref(), 0, bytes)?;
+                        if opts.zero_fill {
+                            write_zeros(b.as_ref(), 0, bytes)?;
+                        }
                     }
                     _ => b.allocate(0, bytes)?,
                 }

@@ -1,23 +1,18 @@
 //! Cloning: any readable disk or chain into a new disk of any format we write.
 //!
-//! The copy is driven by the source's merged allocation map: ranges the map says are absent or zero
-//! are never read; what is read is checked per 64 KiB block and all-zero blocks are not written, so
-//! thin and sparse targets stay thin. The destination is built under temporary names and renamed
-//! into place only when complete and flushed; a failure leaves no destination.
+//! The source chain is opened read-only, the target is created under temporary names, the
+//! [engine](crate::engine) copies what the source's allocation map says is data, and the target is
+//! flushed and renamed into place only when complete. A failure or interruption leaves no destination.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use redo::Chain;
 use vmdk::create::{create, Adapter, CreateOptions, DiskFormat};
-use vmdk::extent::is_zero;
-use vmdk::{OpenOptions, State};
+use vmdk::OpenOptions;
 
+use crate::engine::{copy, CopyStats, EngineOptions};
 use crate::error::Result;
-
-/// Bytes per copy chunk.
-pub const CHUNK: u64 = 1 << 20;
-/// Zero-detection granularity.
-pub const ZERO_BLOCK: usize = 64 << 10;
 
 /// Options for [`clone_disk`].
 pub struct CloneOptions<'a> {
@@ -31,17 +26,53 @@ pub struct CloneOptions<'a> {
     pub source: OpenOptions,
     /// Called with `(bytes done, bytes total)` as the copy proceeds.
     pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
+    /// Set from elsewhere (a signal handler) to stop the clone; the destination is then removed.
+    pub cancel: Option<&'a AtomicBool>,
+    /// Engine tuning; `None` picks what the target format needs.
+    pub engine: Option<EngineOptions>,
 }
 
 impl<'a> CloneOptions<'a> {
     /// Defaults for `format`.
     pub fn new(format: DiskFormat) -> CloneOptions<'a> {
-        CloneOptions { format, adapter: None, force: false, source: OpenOptions::read(), progress: None }
+        CloneOptions {
+            format,
+            adapter: None,
+            force: false,
+            source: OpenOptions::read(),
+            progress: None,
+            cancel: None,
+            engine: None,
+        }
     }
 }
 
+/// The engine settings a target format needs: sparse targets are written in order through one
+/// writer with grain-sized zero detection; eager-zeroed targets get every byte written; flat targets
+/// take parallel writes with 4 KiB zero detection (the file-system block).
+pub fn engine_for(format: DiskFormat, grain_bytes: u64) -> EngineOptions {
+    let mut e = EngineOptions::new();
+    if format.is_sparse() {
+        e.ordered = true;
+        e.zero_block = grain_bytes as usize;
+    }
+    e.dense = format == DiskFormat::EagerZeroedThick;
+    e
+}
+
+/// What a clone did.
+#[derive(Debug, Clone)]
+pub struct CloneReport {
+    /// The destination (its descriptor, or its single file).
+    pub path: PathBuf,
+    /// Every file of the destination.
+    pub files: Vec<PathBuf>,
+    /// Engine statistics.
+    pub stats: CopyStats,
+}
+
 /// Clones `src` (a disk or the top of a chain, flattened) into a new disk at `dst`.
-pub fn clone_disk(src: &Path, dst: &Path, opts: &mut CloneOptions<'_>) -> Result<PathBuf> {
+pub fn clone_disk(src: &Path, dst: &Path, opts: &mut CloneOptions<'_>) -> Result<CloneReport> {
     let chain = Chain::open(src, &opts.source)?;
     let cap = chain.capacity();
     let adapter = opts
@@ -51,47 +82,17 @@ pub fn clone_disk(src: &Path, dst: &Path, opts: &mut CloneOptions<'_>) -> Result
     let mut copts = CreateOptions::new(opts.format, cap);
     copts.adapter = adapter;
     copts.force = opts.force;
+    copts.zero_fill = false;
+    let grain = copts.grain_sectors * 512;
     let new = create(dst, &copts)?;
-    let target = new.link();
-    let total = crate::info::allocated_bytes(cap, false, |o, l| chain.map(o, l))?;
-    let mut done = 0u64;
-    let mut report = |d: u64| {
-        if let Some(p) = opts.progress.as_mut() {
-            p(d, total)
-        }
+    let files = new.final_paths();
+    let engine = opts.engine.unwrap_or_else(|| engine_for(opts.format, grain));
+    let mut noop = |_: u64, _: u64| {};
+    let progress: &mut dyn FnMut(u64, u64) = match opts.progress.as_mut() {
+        Some(p) => *p,
+        None => &mut noop,
     };
-    report(0);
-    let mut buf = vec![0u8; CHUNK as usize];
-    const WINDOW: u64 = 1 << 30;
-    let mut off = 0;
-    while off < cap {
-        let n = WINDOW.min(cap - off);
-        for run in chain.map(off, n)?.runs().iter().filter(|r| r.state == State::Data) {
-            let mut pos = run.offset;
-            while pos < run.end() {
-                let len = CHUNK.min(run.end() - pos) as usize;
-                let b = &mut buf[..len];
-                chain.read_at(b, pos)?;
-                // Write only the non-zero blocks, merging neighbours into one write.
-                let mut i = 0;
-                while i < len {
-                    let start = i;
-                    while i < len && !is_zero(&b[i..(i + ZERO_BLOCK).min(len)]) {
-                        i = (i + ZERO_BLOCK).min(len);
-                    }
-                    if i > start {
-                        target.write_at(&b[start..i], pos + start as u64)?;
-                    }
-                    while i < len && is_zero(&b[i..(i + ZERO_BLOCK).min(len)]) {
-                        i = (i + ZERO_BLOCK).min(len);
-                    }
-                }
-                pos += len as u64;
-                done += len as u64;
-                report(done);
-            }
-        }
-        off += n;
-    }
-    Ok(new.commit()?)
+    let stats = copy(&chain, new.link(), &engine, progress, opts.cancel)?;
+    let path = new.commit()?;
+    Ok(CloneReport { path, files, stats })
 }

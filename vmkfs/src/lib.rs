@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod clone;
+pub mod engine;
 pub mod error;
 pub mod info;
 pub mod size;

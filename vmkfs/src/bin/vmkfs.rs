@@ -197,7 +197,7 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
         opts.force = cli.force;
         opts.source = open_options(cli);
         opts.progress = Some(&mut progress);
-        let out = clone_disk(src, dst, &mut opts);
+        let out = clone_disk(src, dst, &mut opts).map(|r| r.path);
         if let Some(b) = &bar {
             b.finish_and_clear();
             if out.is_ok() {
