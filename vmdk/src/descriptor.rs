@@ -18,8 +18,9 @@ use crate::error::{Error, Result};
 pub const MAX_DESCRIPTOR_BYTES: usize = 1 << 20;
 /// Largest number of extent lines we accept.
 pub const MAX_EXTENTS: usize = 4096;
-/// Largest capacity a descriptor may declare: 2^55 sectors keeps every byte offset in a `u64`.
-pub const MAX_SECTORS: u64 = 1 << 55;
+/// Largest capacity a descriptor may declare: 2^55 − 1 sectors keeps every byte count in a `u64`
+/// (2^55 sectors would be exactly 2^64 bytes).
+pub const MAX_SECTORS: u64 = (1 << 55) - 1;
 
 /// The `createType` of a descriptor. Every value in the fact sheet is recognized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,7 +363,9 @@ impl Descriptor {
             }
             let lower = key.to_ascii_lowercase();
             if lower.starts_with("ddb.") {
-                d.ddb.push(Entry { key: key.to_string(), value: value.to_string(), quoted });
+                // Database values are always written quoted, so record them that way (keeps the
+                // canonical writer's output parsing back to an equal descriptor).
+                d.ddb.push(Entry { key: key.to_string(), value: value.to_string(), quoted: true });
                 continue;
             }
             match lower.as_str() {
@@ -509,7 +512,12 @@ fn parse_extent(access: Access, rest: &str) -> std::result::Result<ExtentLine, S
         (Some(q[..end].to_string()), q[end + 1..].trim())
     } else {
         let mut it = rest.splitn(2, |c: char| c.is_ascii_whitespace());
-        (it.next().map(str::to_string), it.next().unwrap_or("").trim())
+        let name = it.next().unwrap_or("");
+        if name.contains('"') {
+            // Nothing escapes a quote in a file name, so such a name could not be written back.
+            return Err(format!("extent file name {name:?} contains a quote"));
+        }
+        (Some(name.to_string()), it.next().unwrap_or("").trim())
     };
     let mut tail_words = tail.split_ascii_whitespace();
     let offset = match tail_words.next() {

@@ -106,16 +106,21 @@ impl std::fmt::Debug for Link {
 /// Opens files once per link, so two extents in one file share a handle (and one write lock).
 struct Opener<'a> {
     opts: &'a OpenOptions,
-    open: HashMap<PathBuf, Arc<dyn Backing>>,
+    /// Each file's handle and whether it was opened for writing.
+    open: HashMap<PathBuf, (Arc<dyn Backing>, bool)>,
 }
 
 impl Opener<'_> {
     fn get(&mut self, path: &Path, write: bool) -> Result<Arc<dyn Backing>> {
-        if let Some(b) = self.open.get(path) {
-            return Ok(b.clone());
+        if let Some((b, writable)) = self.open.get(path) {
+            if *writable || !write {
+                return Ok(b.clone());
+            }
+            // Opened read-only for an earlier (RDONLY) extent: a writable extent of the same file
+            // needs a writable handle. Read-only handles take no lock, so the two can coexist.
         }
         let b = self.opts.storage.open(path, write)?;
-        self.open.insert(path.to_path_buf(), b.clone());
+        self.open.insert(path.to_path_buf(), (b.clone(), write));
         Ok(b)
     }
 }
@@ -524,6 +529,16 @@ impl Link {
             let shifted = parent.as_deref().map(|p| Shifted { inner: p, base: s.start });
             s.ext.write_at(&buf[bo..bo + n], eo, shifted.as_ref().map(|x| x as &dyn ReadAt))
         })
+    }
+
+    /// Starts writing back `[offset, offset+len)` without waiting (see [`Extent::start_writeback`]).
+    pub fn start_writeback(&self, offset: u64, len: u64) {
+        if self.check_range(offset, len).is_ok() {
+            let _ = self.each_slot(offset, len, |s, eo, _, n| {
+                s.ext.start_writeback(eo, n as u64);
+                Ok(())
+            });
+        }
     }
 
     /// The allocation map of `[offset, offset+len)` in this link alone (depth 0).

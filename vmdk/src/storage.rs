@@ -46,6 +46,9 @@ pub trait Backing: Send + Sync + Debug {
     fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
         write_zeros(self, offset, len)
     }
+    /// Starts writing back `[offset, offset+len)` to stable storage without waiting. The default
+    /// does nothing.
+    fn start_writeback(&self, _offset: u64, _len: u64) {}
     /// The host device under this backing, when there is one (for `copy_file_range`).
     fn device(&self) -> Option<&Device> {
         None
@@ -158,18 +161,36 @@ impl Backing for HostFile {
             Err(e) => Err(Error::io(self.path(), format!("punch hole of {len} bytes at {offset}"), e)),
         }
     }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        // Only a hint: a failure here shows up again at the final sync.
+        let _ = self.dev.start_writeback(offset, len);
+    }
     fn device(&self) -> Option<&Device> {
         Some(&self.dev)
     }
 }
 
+/// How long [`HostStorage::open`] retries a write lock before reporting [`Error::Locked`].
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl Storage for HostStorage {
     fn open(&self, path: &Path, write: bool) -> Result<Arc<dyn Backing>> {
         let mode = if write { OpenMode::Write } else { OpenMode::Read };
-        match Device::open(path, mode) {
-            Ok(dev) => Ok(Arc::new(HostFile { dev })),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Error::Locked { path: path.into() }),
-            Err(e) => Err(Error::io(path, if write { "open for writing" } else { "open" }, e)),
+        // A child process that another thread is starting holds a copy of every open descriptor
+        // (and so the lock of a file this process just closed) until it execs. Such a lock goes away
+        // within milliseconds, so retry briefly before blaming another writer.
+        let start = std::time::Instant::now();
+        loop {
+            match Device::open(path, mode) {
+                Ok(dev) => return Ok(Arc::new(HostFile { dev })),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if start.elapsed() >= LOCK_RETRY {
+                        return Err(Error::Locked { path: path.into() });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(e) => return Err(Error::io(path, if write { "open for writing" } else { "open" }, e)),
+            }
         }
     }
     fn create_new(&self, path: &Path) -> Result<Arc<dyn Backing>> {

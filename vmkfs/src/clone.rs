@@ -92,7 +92,17 @@ pub fn clone_disk(src: &Path, dst: &Path, opts: &mut CloneOptions<'_>) -> Result
         Some(p) => *p,
         None => &mut noop,
     };
+    let trace = std::env::var_os("VMKFS_TRACE").is_some();
+    let t0 = std::time::Instant::now();
     let stats = copy(&chain, new.link(), &engine, progress, opts.cancel)?;
+    let t1 = std::time::Instant::now();
     let path = new.commit()?;
+    if trace {
+        eprintln!(
+            "vmkfs: copy {:.3}s, flush+rename {:.3}s, {stats:?}",
+            (t1 - t0).as_secs_f64(),
+            t1.elapsed().as_secs_f64()
+        );
+    }
     Ok(CloneReport { path, files, stats })
 }

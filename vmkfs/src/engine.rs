@@ -64,14 +64,26 @@ pub struct EngineOptions {
     pub ordered: bool,
     /// Most chunk buffers alive at once.
     pub in_flight: usize,
+    /// Start writeback of each chunk as soon as it is written, so the final flush overlaps the copy.
+    pub writeback: bool,
 }
 
 impl EngineOptions {
     /// Defaults: 2 MiB chunks, two readers per core (at least 4), 4 KiB zero blocks, parallel writes.
     pub fn new() -> EngineOptions {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let threads = (cores * 2).clamp(4, 16);
-        EngineOptions { chunk: 2 << 20, threads, zero_block: 4096, dense: false, ordered: false, in_flight: threads + 4 }
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        let threads = env("VMKFS_THREADS").map(|t| t as usize).unwrap_or((cores * 2).clamp(4, 16));
+        let chunk = env("VMKFS_CHUNK_KIB").map(|k| (k << 10).next_power_of_two()).unwrap_or(2 << 20);
+        EngineOptions {
+            chunk,
+            threads,
+            zero_block: 4096,
+            dense: false,
+            ordered: false,
+            in_flight: threads + 4,
+            writeback: std::env::var_os("VMKFS_NO_WRITEBACK").is_none(),
+        }
     }
 }
 
@@ -193,9 +205,16 @@ pub fn nonzero_runs(buf: &[u8], block: usize) -> Vec<(usize, usize)> {
 
 enum Msg {
     /// A chunk read (ordered mode): its buffer and the runs to write.
-    Filled { chunk: Chunk, buf: Vec<u8>, runs: Vec<(usize, usize)> },
+    Filled {
+        chunk: Chunk,
+        buf: Vec<u8>,
+        runs: Vec<(usize, usize)>,
+    },
     /// A chunk fully handled by its reader (parallel mode).
-    Done { chunk: Chunk, written: u64 },
+    Done {
+        chunk: Chunk,
+        written: u64,
+    },
     Failed(Error),
 }
 
@@ -293,6 +312,9 @@ pub fn copy(
                 written += l as u64;
             }
             pool.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
+            if opts.writeback && written > 0 {
+                dst.start_writeback(chunk.offset, chunk.len);
+            }
             if tx.send(Msg::Done { chunk, written }).is_err() {
                 return;
             }

@@ -150,6 +150,7 @@ impl CowdExtent {
             header.gtes,
             file_len,
             "COWD grain directory",
+            20,
         )?;
         Ok(CowdExtent {
             dir: GrainDir::new(backing, gd, None, header.gtes, cache),

@@ -98,6 +98,11 @@ impl Extent for FlatExtent {
         out.push(base + pos, offset + len - pos, State::Zero, 0);
         Ok(())
     }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        if self.writable {
+            self.backing.start_writeback(self.start + offset, len);
+        }
+    }
     fn flush(&self) -> Result<()> {
         if self.writable {
             self.backing.sync()?;

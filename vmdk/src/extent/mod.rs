@@ -78,6 +78,9 @@ pub trait Extent: Send + Sync + Debug {
     fn begin_write(&self) -> Result<()> {
         Ok(())
     }
+    /// Starts writing back what was written to `[offset, offset+len)` without waiting (a hint that
+    /// lets the final flush overlap with copying). The default does nothing.
+    fn start_writeback(&self, _offset: u64, _len: u64) {}
     /// Flushes written data and metadata to stable storage.
     fn flush(&self) -> Result<()>;
     /// Flushes and clears the unclean-shutdown mark set by [`Extent::begin_write`].

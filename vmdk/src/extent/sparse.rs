@@ -32,7 +32,8 @@ pub struct GrainDir {
 impl GrainDir {
     /// Reads `count` directory entries at sector `offset`, checking that the directory and every
     /// table it names lie inside the file (so no header field can make us read or allocate more than
-    /// the file holds). `what` names the directory in errors.
+    /// the file holds). `what` names the directory in errors; `field_at` is the byte offset of the
+    /// header field holding `offset`, which an error about a directory outside the file points at.
     pub fn read_directory(
         backing: &Arc<dyn Backing>,
         offset: u64,
@@ -40,6 +41,7 @@ impl GrainDir {
         gtes: u32,
         file_len: u64,
         what: &str,
+        field_at: u64,
     ) -> Result<Vec<u32>> {
         let path = backing.path();
         let start = offset.checked_mul(512).filter(|s| *s < file_len);
@@ -47,7 +49,7 @@ impl GrainDir {
         let (Some(start), Some(bytes)) = (start, bytes) else {
             return Err(Error::corrupt(
                 path,
-                0,
+                field_at,
                 format!("{what} at sector {offset} ({count} entries) lies outside the file of {file_len} bytes"),
             ));
         };
@@ -227,6 +229,7 @@ impl SparseExtent {
             header.num_gtes_per_gt,
             file_len,
             "grain directory",
+            56,
         )?;
         let rgd = if header.flags & FLAG_RGD != 0 && header.rgd_offset != 0 {
             Some(GrainDir::read_directory(
@@ -236,6 +239,7 @@ impl SparseExtent {
                 header.num_gtes_per_gt,
                 file_len,
                 "redundant grain directory",
+                48,
             )?)
         } else {
             None

@@ -71,6 +71,8 @@ impl StreamExtent {
             return Err(Error::corrupt(&path, 8, "not a compressed extent"));
         }
         let file_len = backing.len()?;
+        // Byte offset of the header (or footer) whose gdOffset is used, for errors.
+        let header_at = if header.gd_offset == GD_AT_END { file_len.saturating_sub(1024) } else { 0 };
         let header = if header.gd_offset == GD_AT_END { read_footer(&backing, file_len)? } else { header };
         if header.gd_offset == GD_AT_END {
             return Err(Error::corrupt(&path, file_len - 1024, "the footer's grain directory offset is also `at end`"));
@@ -91,6 +93,7 @@ impl StreamExtent {
             header.num_gtes_per_gt,
             file_len,
             "grain directory",
+            header_at + 56,
         )?;
         Ok(StreamExtent {
             dir: GrainDir::new(backing, gd, None, header.num_gtes_per_gt, cache),
