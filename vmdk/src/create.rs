@@ -289,7 +289,7 @@ pub fn new_uuid() -> String {
 pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     let path = path.as_ref();
     let cap = opts.capacity;
-    if cap % 512 != 0 {
+    if !cap.is_multiple_of(512) {
         return Err(Error::InvalidArgument(format!("capacity {cap} is not a multiple of 512 bytes")));
     }
     if cap == 0 {
@@ -301,7 +301,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
             opts.grain_sectors
         )));
     }
-    if opts.split_sectors < opts.grain_sectors || opts.split_sectors % opts.grain_sectors != 0 {
+    if opts.split_sectors < opts.grain_sectors || !opts.split_sectors.is_multiple_of(opts.grain_sectors) {
         return Err(Error::InvalidArgument(format!(
             "split extent size {} sectors must be a multiple of the grain size",
             opts.split_sectors

@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod create;
 pub mod descriptor;
 pub mod error;

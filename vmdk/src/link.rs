@@ -448,6 +448,19 @@ impl Link {
         self.slots.iter().map(|s| s.ext.info()).collect()
     }
 
+    /// Every file of this link: the descriptor (or single file) first, then each extent file once.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.path.clone()];
+        for e in self.extents() {
+            if let Some(f) = e.file {
+                if !v.contains(&f) {
+                    v.push(f);
+                }
+            }
+        }
+        v
+    }
+
     /// True if any extent had its unclean-shutdown flag set when opened.
     pub fn was_unclean(&self) -> bool {
         self.slots.iter().any(|s| s.ext.info().unclean)
@@ -523,12 +536,39 @@ impl Link {
         if buf.is_empty() {
             return Ok(());
         }
+        // Refuse before anything changes (CID, unclean flags, the writable part of the range) when
+        // part of the range lies in an extent that cannot be written (ZERO, RDONLY, streamOptimized).
+        self.each_slot(offset, buf.len() as u64, |s, eo, _, _| {
+            if s.ext.writable() {
+                return Ok(());
+            }
+            // The extent's own refusal (an empty write does no I/O) says why.
+            s.ext.write_at(&[], eo, None)?;
+            Err(Error::ReadOnly { path: self.path.clone(), what: format!("extent at byte {} is read-only", s.start) })
+        })?;
         self.begin_write()?;
         let parent = self.parent.read().unwrap_or_else(|p| p.into_inner()).clone();
         self.each_slot(offset, buf.len() as u64, |s, eo, bo, n| {
             let shifted = parent.as_deref().map(|p| Shifted { inner: p, base: s.start });
             s.ext.write_at(&buf[bo..bo + n], eo, shifted.as_ref().map(|x| x as &dyn ReadAt))
         })
+    }
+
+    /// Deallocates `[offset, offset+len)` so it reads as zeros (see [`Extent::discard`]); returns the
+    /// bytes freed.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<u64> {
+        if !self.writable {
+            return Err(Error::ReadOnly { path: self.path.clone(), what: "disk is opened read-only".into() });
+        }
+        self.check_range(offset, len)?;
+        self.begin_write()?;
+        let has_parent = self.parent.read().unwrap_or_else(|p| p.into_inner()).is_some();
+        let mut freed = 0;
+        self.each_slot(offset, len, |s, eo, _, n| {
+            freed += s.ext.discard(eo, n as u64, has_parent)?;
+            Ok(())
+        })?;
+        Ok(freed)
     }
 
     /// Starts writing back `[offset, offset+len)` without waiting (see [`Extent::start_writeback`]).

@@ -10,6 +10,7 @@ pub mod clone;
 pub mod engine;
 pub mod error;
 pub mod info;
+pub mod ops;
 pub mod size;
 
 pub use error::{Error, Result};

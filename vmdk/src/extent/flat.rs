@@ -98,6 +98,15 @@ impl Extent for FlatExtent {
         out.push(base + pos, offset + len - pos, State::Zero, 0);
         Ok(())
     }
+    fn discard(&self, offset: u64, len: u64, _has_parent: bool) -> Result<u64> {
+        if !self.writable {
+            return Err(Error::ReadOnly { path: self.backing.path().into(), what: "extent is read-only".into() });
+        }
+        let before: u64 = self.backing.data_runs(self.start + offset, len)?.iter().map(|r| r.1).sum();
+        self.backing.punch_hole(self.start + offset, len)?;
+        let after: u64 = self.backing.data_runs(self.start + offset, len)?.iter().map(|r| r.1).sum();
+        Ok(before.saturating_sub(after))
+    }
     fn start_writeback(&self, offset: u64, len: u64) {
         if self.writable {
             self.backing.start_writeback(self.start + offset, len);

@@ -78,6 +78,14 @@ pub trait Extent: Send + Sync + Debug {
     fn begin_write(&self) -> Result<()> {
         Ok(())
     }
+    /// Deallocates `[offset, offset+len)`, whose content the caller knows is zero (or wants zeroed).
+    /// `has_parent` says whether a parent lies below (then a hole must still read as zeros, not as
+    /// the parent). Extents free what their granularity allows (whole grains, file-system blocks) and
+    /// write zeros where the range must read as zeros but cannot be freed. Returns bytes freed.
+    fn discard(&self, offset: u64, len: u64, has_parent: bool) -> Result<u64> {
+        let _ = (offset, len, has_parent);
+        Ok(0)
+    }
     /// Starts writing back what was written to `[offset, offset+len)` without waiting (a hint that
     /// lets the final flush overlap with copying). The default does nothing.
     fn start_writeback(&self, _offset: u64, _len: u64) {}

@@ -111,13 +111,17 @@ impl SeSparseExtent {
         backing.read_exact_at(&mut b, 0)?;
         let header = SeSparseHeader::parse(&b, &path)?;
         let mut v = [0u8; 512];
-        let vat = header.volatile_offset.checked_mul(512).filter(|a| a + 512 <= file_len).ok_or_else(|| {
-            Error::corrupt(
-                &path,
-                80,
-                format!("volatile header at sector {} is outside the file", header.volatile_offset),
-            )
-        })?;
+        let vat = header
+            .volatile_offset
+            .checked_mul(512)
+            .filter(|a| a.checked_add(512).is_some_and(|e| e <= file_len))
+            .ok_or_else(|| {
+                Error::corrupt(
+                    &path,
+                    80,
+                    format!("volatile header at sector {} is outside the file", header.volatile_offset),
+                )
+            })?;
         backing.read_exact_at(&mut v, vat)?;
         if LE::read_u64(&v) != VOLATILE_MAGIC {
             return Err(Error::corrupt(&path, vat, "expected volatile header magic CAFECAFE"));
@@ -139,7 +143,7 @@ impl SeSparseExtent {
         }
         // One directory entry per grain table; each table covers 4096 grains.
         let needed = header.capacity.div_ceil(GRAIN_SECTORS * 4096);
-        let avail = header.gd_size * 512 / 8;
+        let avail = header.gd_size.saturating_mul(512) / 8;
         if needed > avail {
             return Err(Error::corrupt(
                 &path,
@@ -147,13 +151,17 @@ impl SeSparseExtent {
                 format!("grain directory of {avail} entries is too small for {needed} tables"),
             ));
         }
-        let gd_at = header.gd_offset.checked_mul(512).filter(|a| a + needed * 8 <= file_len).ok_or_else(|| {
-            Error::corrupt(
-                &path,
-                128,
-                format!("grain directory at sector {} lies outside the file ({file_len} bytes)", header.gd_offset),
-            )
-        })?;
+        let gd_at = header
+            .gd_offset
+            .checked_mul(512)
+            .filter(|a| a.checked_add(needed * 8).is_some_and(|e| e <= file_len))
+            .ok_or_else(|| {
+                Error::corrupt(
+                    &path,
+                    128,
+                    format!("grain directory at sector {} lies outside the file ({file_len} bytes)", header.gd_offset),
+                )
+            })?;
         let mut raw = vec![0u8; (needed * 8) as usize];
         backing.read_exact_at(&mut raw, gd_at)?;
         let gd: Vec<u64> = raw.chunks_exact(8).map(LE::read_u64).collect();
@@ -165,7 +173,11 @@ impl SeSparseExtent {
             let idx = e & 0xffff_ffff;
             if e >> 32 != 0x1000_0000
                 || idx >= max_tables
-                || (header.gt_offset + (idx + 1) * GT_SECTORS) * 512 > file_len
+                || header
+                    .gt_offset
+                    .checked_add((idx + 1) * GT_SECTORS)
+                    .and_then(|end| end.checked_mul(512))
+                    .is_none_or(|end| end > file_len)
             {
                 return Err(Error::corrupt(
                     &path,
@@ -203,8 +215,9 @@ impl SeSparseExtent {
                 if index >= self.header.grains_size / GRAIN_SECTORS {
                     return Err(Error::corrupt(path, at, format!("grain index {index} is outside the grains area")));
                 }
-                let sector = self.header.grains_offset + index * GRAIN_SECTORS;
-                if (sector + GRAIN_SECTORS) * 512 > self.file_len {
+                let end = self.header.grains_offset.checked_add((index + 1) * GRAIN_SECTORS);
+                let sector = self.header.grains_offset.wrapping_add(index * GRAIN_SECTORS);
+                if end.and_then(|e| e.checked_mul(512)).is_none_or(|e| e > self.file_len) {
                     return Err(Error::corrupt(
                         path,
                         at,

@@ -535,6 +535,39 @@ impl Extent for SparseExtent {
         })
     }
 
+    fn discard(&self, offset: u64, len: u64, has_parent: bool) -> Result<u64> {
+        if !self.writable {
+            return Err(Error::ReadOnly { path: self.path().into(), what: "extent is opened read-only".into() });
+        }
+        let gb = self.grain_bytes;
+        let gtes = self.dir.gtes as u64;
+        let zeroed_ok = self.header().flags & FLAG_ZEROED_GTE != 0;
+        let _alloc = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut freed = 0;
+        let mut pieces_to_zero = Vec::new();
+        self.walk(offset, len, |p, l, g| {
+            let whole = p % gb == 0 && l == gb.min(self.len - p);
+            match g {
+                Grain::At(sector) if whole && (!has_parent || zeroed_ok) => {
+                    let gi = p / gb;
+                    // The entry first, then free the grain: a crash in between leaks space only.
+                    self.dir.write_entries(gi / gtes, gi % gtes, &[if has_parent { 1 } else { 0 }])?;
+                    self.dir.backing.punch_hole(sector * 512, gb)?;
+                    freed += gb;
+                }
+                Grain::At(_) => pieces_to_zero.push((p, l)),
+                Grain::Absent if has_parent => pieces_to_zero.push((p, l)),
+                _ => {}
+            }
+            Ok(())
+        })?;
+        drop(_alloc);
+        for (p, l) in pieces_to_zero {
+            self.write_at(&vec![0u8; l as usize], p, None)?;
+        }
+        Ok(freed)
+    }
+
     fn begin_write(&self) -> Result<()> {
         let mut h = self.header.lock().unwrap_or_else(|p| p.into_inner());
         h.unclean_shutdown = true;

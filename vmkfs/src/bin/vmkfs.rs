@@ -28,9 +28,48 @@ struct Cli {
     /// Adapter type: ide, buslogic, lsilogic (default), lsisas, pvscsi.
     #[arg(short = 'a', long = "adaptertype", value_name = "ADAPTER")]
     adapter: Option<String>,
+    /// Grow a disk to SIZE (never shrinks); with -d eagerzeroedthick the new space is zeroed.
+    #[arg(short = 'X', long = "extendvirtualdisk", value_name = "SIZE")]
+    extend: Option<String>,
+    /// Delete a disk and every file it owns.
+    #[arg(short = 'U', long = "deletevirtualdisk")]
+    delete: bool,
+    /// Rename disk OLD (and every file it owns) to the target name.
+    #[arg(short = 'E', long = "renamevirtualdisk", value_name = "OLD")]
+    rename: Option<PathBuf>,
+    /// Deallocate blocks that hold only zeros.
+    #[arg(short = 'K', long = "punchzero")]
+    punch_zero: bool,
+    /// Zero the whole disk.
+    #[arg(short = 'w', long = "writezeros")]
+    write_zeros: bool,
+    /// Inflate a thin disk to eagerzeroedthick.
+    #[arg(short = 'j', long = "inflatedisk")]
+    inflate: bool,
+    /// Eager-zero a zeroedthick disk.
+    #[arg(short = 'k', long = "eagerzero")]
+    eager_zero: bool,
+    /// Check (or repair) the disk's metadata: check|repair.
+    #[arg(short = 'x', long = "fix", value_name = "check|repair")]
+    fix: Option<String>,
     /// Print format, capacity, allocation, extents, CID and chain depth.
     #[arg(long)]
     info: bool,
+    /// Print the allocation runs of the disk (depth 0 = top link).
+    #[arg(long)]
+    map: bool,
+    /// Compare the target with disk B: exit 0 when identical, 1 when not.
+    #[arg(long, value_name = "B")]
+    compare: Option<PathBuf>,
+    /// Write LEN (--length) bytes of the disk from byte OFF to standard output.
+    #[arg(long = "read-at", value_name = "OFF")]
+    read_at: Option<String>,
+    /// Length for --read-at.
+    #[arg(long, value_name = "LEN")]
+    length: Option<String>,
+    /// Write standard input into the disk at byte OFF (the top link of a chain).
+    #[arg(long = "write-at", value_name = "OFF")]
+    write_at: Option<String>,
     /// Print the geometry.
     #[arg(short = 'g', long = "geometry")]
     geometry: bool,
@@ -93,9 +132,29 @@ fn open_options(cli: &Cli) -> OpenOptions {
 }
 
 fn run(cli: &Cli) -> i32 {
-    let ops = [cli.create.is_some(), cli.clone.is_some(), cli.info, cli.geometry].iter().filter(|x| **x).count();
+    let ops = [
+        cli.create.is_some(),
+        cli.clone.is_some(),
+        cli.info,
+        cli.geometry,
+        cli.extend.is_some(),
+        cli.delete,
+        cli.rename.is_some(),
+        cli.punch_zero,
+        cli.write_zeros,
+        cli.inflate,
+        cli.eager_zero,
+        cli.fix.is_some(),
+        cli.map,
+        cli.compare.is_some(),
+        cli.read_at.is_some(),
+        cli.write_at.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if ops != 1 {
-        eprintln!("vmkfs: give exactly one operation (-c, -i, --info, -g); see --help");
+        eprintln!("vmkfs: give exactly one operation (-c, -i, -X, -U, -E, -K, -w, -j, -k, -x, -g, --info, --map, --compare, --read-at, --write-at); see --help");
         return exit::USAGE;
     }
     let r = if let Some(src) = &cli.clone {
@@ -104,8 +163,10 @@ fn run(cli: &Cli) -> i32 {
         run_create(cli, size)
     } else if cli.info {
         run_info(cli)
-    } else {
+    } else if cli.geometry {
         run_geometry(cli)
+    } else {
+        run_op(cli)
     };
     match r {
         Ok(code) => code,
@@ -197,6 +258,7 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
         opts.force = cli.force;
         opts.source = open_options(cli);
         opts.progress = Some(&mut progress);
+        opts.cancel = Some(install_interrupt_handler());
         let out = clone_disk(src, dst, &mut opts).map(|r| r.path);
         if let Some(b) = &bar {
             b.finish_and_clear();
@@ -223,6 +285,24 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
             e.exit_code()
         }
     }
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP stop a clone cleanly (the destination's temporary files are
+/// removed) instead of killing the process mid-write.
+fn install_interrupt_handler() -> &'static std::sync::atomic::AtomicBool {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        }
+    }
+    &INTERRUPTED
 }
 
 fn human(n: u64) -> String {
@@ -288,4 +368,217 @@ fn run_geometry(cli: &Cli) -> Result<i32> {
         println!("Geometry information C/H/S is {}/{}/{}", g.cylinders, g.heads, g.sectors);
     }
     Ok(exit::OK)
+}
+
+fn parse_offset(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_lowercase() {
+                'k' => 1 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                't' => 1 << 40,
+                _ => return Err(Error::Usage(format!("{s:?}: unknown unit {c:?}"))),
+            };
+            (&t[..t.len() - 1], m)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| Error::Usage(format!("{s:?} is not a byte offset")))
+}
+
+fn rw_options(cli: &Cli) -> OpenOptions {
+    OpenOptions { write: true, ..open_options(cli) }
+}
+
+fn run_op(cli: &Cli) -> Result<i32> {
+    use vmkfs::ops;
+    let disk = target(cli)?;
+    let opts = open_options(cli);
+    if let Some(size) = &cli.extend {
+        let eager = match &cli.format {
+            None => false,
+            Some(f) if f.eq_ignore_ascii_case("eagerzeroedthick") => true,
+            Some(f) => return Err(Error::Usage(format!("-X takes only -d eagerzeroedthick, not {f:?}"))),
+        };
+        ops::extend(disk, parse_size(size)?, eager, &opts)?;
+        if cli.json {
+            println!("{}", serde_json::json!({"event": "extended", "path": disk, "capacity": parse_size(size)?}));
+        }
+        return Ok(exit::OK);
+    }
+    if cli.delete {
+        let files = ops::delete(disk, &opts)?;
+        if cli.json {
+            println!("{}", serde_json::json!({"event": "deleted", "files": files}));
+        }
+        return Ok(exit::OK);
+    }
+    if let Some(old) = &cli.rename {
+        ops::rename(old, disk, &opts)?;
+        if cli.json {
+            println!("{}", serde_json::json!({"event": "renamed", "from": old, "to": disk}));
+        }
+        return Ok(exit::OK);
+    }
+    if cli.punch_zero {
+        let freed = ops::punch_zero(disk, &opts)?;
+        if cli.json {
+            println!("{}", serde_json::json!({"event": "punched", "freed": freed}));
+        } else {
+            println!("Punched {freed} bytes of zeros.");
+        }
+        return Ok(exit::OK);
+    }
+    if cli.write_zeros {
+        ops::write_zeros_disk(disk, &opts)?;
+        return Ok(exit::OK);
+    }
+    if cli.inflate || cli.eager_zero {
+        let n = ops::inflate(disk, cli.inflate, &opts)?;
+        if cli.json {
+            println!("{}", serde_json::json!({"event": "zeroed", "written": n}));
+        }
+        return Ok(exit::OK);
+    }
+    if let Some(mode) = &cli.fix {
+        let repair = match mode.as_str() {
+            "check" => false,
+            "repair" => true,
+            m => return Err(Error::Usage(format!("-x takes check or repair, not {m:?}"))),
+        };
+        let report = vmkfs::vmdk::check::check_disk(disk, &opts, repair)?;
+        if cli.json {
+            let f: Vec<_> = report
+                .findings
+                .iter()
+                .map(|f| serde_json::json!({"file": f.file, "offset": f.offset, "problem": f.what, "repaired": f.repaired}))
+                .collect();
+            println!("{}", serde_json::json!({"clean": report.is_clean(), "findings": f, "files": report.files}));
+        } else {
+            for f in &report.findings {
+                match &f.repaired {
+                    Some(r) => println!("{}: offset {}: {} (repaired: {r})", f.file.display(), f.offset, f.what),
+                    None => println!("{}: offset {}: {}", f.file.display(), f.offset, f.what),
+                }
+            }
+            if report.is_clean() {
+                println!("Disk is error free");
+            } else if repair && report.unrepaired() == 0 {
+                println!("Disk was successfully repaired");
+            } else {
+                println!("Disk has {} problem(s)", report.unrepaired().max(report.findings.len()));
+            }
+        }
+        let bad = if repair { report.unrepaired() > 0 } else { !report.is_clean() };
+        return Ok(if bad { exit::NEGATIVE } else { exit::OK });
+    }
+    if cli.map {
+        let chain = vmkfs::redo::Chain::open(disk, &opts)?;
+        let cap = chain.capacity();
+        let mut off = 0;
+        let mut first = true;
+        if cli.json {
+            print!("[");
+        }
+        while off < cap {
+            let n = (1u64 << 30).min(cap - off);
+            for r in chain.map(off, n)?.runs() {
+                let data = r.state == vmkfs::vmdk::State::Data;
+                let zero = !data;
+                if cli.json {
+                    print!(
+                        "{}{}",
+                        if first { "" } else { ",\n" },
+                        serde_json::json!({"start": r.offset, "length": r.len, "data": data, "zero": zero, "depth": r.depth})
+                    );
+                } else {
+                    let what = match r.state {
+                        vmkfs::vmdk::State::Data => "data",
+                        vmkfs::vmdk::State::Zero => "zero",
+                        vmkfs::vmdk::State::Absent => "absent",
+                    };
+                    println!("{:>16} {:>16} {:<6} depth {}", r.offset, r.len, what, r.depth);
+                }
+                first = false;
+            }
+            off += n;
+        }
+        if cli.json {
+            println!("]");
+        }
+        return Ok(exit::OK);
+    }
+    if let Some(b) = &cli.compare {
+        return match ops::compare(disk, b, &opts)? {
+            None => {
+                if cli.json {
+                    println!("{}", serde_json::json!({"identical": true}));
+                } else {
+                    println!("Disks are identical.");
+                }
+                Ok(exit::OK)
+            }
+            Some(off) => {
+                if cli.json {
+                    println!("{}", serde_json::json!({"identical": false, "first_difference": off}));
+                } else {
+                    println!("Content mismatch at offset {off}!");
+                }
+                Ok(exit::NEGATIVE)
+            }
+        };
+    }
+    if let Some(off) = &cli.read_at {
+        let off = parse_offset(off)?;
+        let chain = vmkfs::redo::Chain::open(disk, &opts)?;
+        let len = match &cli.length {
+            Some(l) => parse_offset(l)?,
+            None => chain.capacity().saturating_sub(off),
+        };
+        let mut out = std::io::stdout().lock();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pos = off;
+        let end = off.checked_add(len).ok_or_else(|| Error::Usage("offset + length overflows".into()))?;
+        while pos < end {
+            let n = (end - pos).min(buf.len() as u64) as usize;
+            chain.read_at(&mut buf[..n], pos)?;
+            out.write_all(&buf[..n]).map_err(|e| Error::Io { path: "<stdout>".into(), source: e })?;
+            pos += n as u64;
+        }
+        out.flush().map_err(|e| Error::Io { path: "<stdout>".into(), source: e })?;
+        return Ok(exit::OK);
+    }
+    if let Some(off) = &cli.write_at {
+        let mut pos = parse_offset(off)?;
+        let chain = vmkfs::redo::Chain::open(disk, &rw_options(cli))?;
+        let mut input = std::io::stdin().lock();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let mut n = 0;
+            while n < buf.len() {
+                let r = std::io::Read::read(&mut input, &mut buf[n..])
+                    .map_err(|e| Error::Io { path: "<stdin>".into(), source: e })?;
+                if r == 0 {
+                    break;
+                }
+                n += r;
+            }
+            if n == 0 {
+                break;
+            }
+            chain.write_at(&buf[..n], pos)?;
+            pos += n as u64;
+            if n < buf.len() {
+                break;
+            }
+        }
+        chain.top().flush()?;
+        return Ok(exit::OK);
+    }
+    Err(Error::Usage("no operation".into()))
 }
