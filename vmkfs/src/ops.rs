@@ -128,11 +128,9 @@ fn fix_child_hints(old: &Path, new: &Path, opts: &OpenOptions) -> Result<()> {
         if std::path::absolute(&target).unwrap_or(target) != old_abs {
             continue;
         }
-        let new_hint = if new.parent() == p.parent() {
-            file_name(new)
-        } else {
-            std::path::absolute(new).unwrap_or(new.into()).display().to_string()
-        };
+        let abs = |x: &Path| std::path::absolute(x).unwrap_or_else(|_| x.to_path_buf());
+        let same_dir = abs(new).parent() == abs(&p).parent();
+        let new_hint = if same_dir { file_name(new) } else { abs(new).display().to_string() };
         let container = link.container();
         drop(link);
         match container {
