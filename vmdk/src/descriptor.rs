@@ -332,6 +332,8 @@ impl Descriptor {
         let err = |line: usize, what: String| Error::Descriptor { path: path.into(), line, what };
         // Descriptors are often NUL-padded to a sector (qemu) or to their embedded area.
         let text = text.split('\0').next().unwrap_or("");
+        // Windows editors may put a UTF-8 byte-order mark in front.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut d = Descriptor::new(CreateType::Other(String::new()), 0);
         d.encoding = None;
         let mut saw_version = false;
@@ -543,6 +545,7 @@ pub fn looks_like_descriptor(bytes: &[u8]) -> bool {
 }
 
 fn first_line_is_version(text: &str) -> bool {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for raw in text.split('\n') {
         let line = raw.trim_end_matches('\r').trim();
         if line.is_empty() || line.starts_with('#') {
@@ -655,6 +658,7 @@ mod tests {
     fn detects_descriptors() {
         assert!(looks_like_descriptor(b"# Disk DescriptorFile\nversion=1\n"));
         assert!(looks_like_descriptor(b"\r\n# x\r\nVersion = 1\r\n"));
+        assert!(looks_like_descriptor("\u{feff}# Disk DescriptorFile\r\nversion=1\r\n".as_bytes()));
         assert!(!looks_like_descriptor(b"\x00\x01garbage"));
         assert!(!looks_like_descriptor(b"hello=1\nversion=1\n"));
     }

@@ -168,6 +168,14 @@ pub fn read_grain(
             format!("compressed grain size {size} is impossible for a {grain_bytes}-byte grain"),
         ));
     }
+    if at + 12 + size > file_len {
+        // Checked before allocating, so a marker cannot make us reserve more than the file holds.
+        return Err(Error::corrupt(
+            path,
+            at + 8,
+            format!("compressed grain {g} of {size} bytes runs past the end of the file ({file_len} bytes)"),
+        ));
+    }
     let mut comp = vec![0u8; size as usize];
     backing.read_exact_at(&mut comp, at + 12)?;
     let want = grain_bytes.min(len.saturating_sub(g * grain_bytes)) as usize;
