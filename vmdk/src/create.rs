@@ -271,6 +271,32 @@ fn temp_name(fin: &Path) -> PathBuf {
     fin.with_file_name(format!(".{name}.vmkfs-{}-{tag:08x}.tmp", std::process::id()))
 }
 
+/// Removes temporary files that an earlier, killed process left for the disk files `finals`
+/// (`.NAME.vmkfs-PID-TAG.tmp` whose PID no longer runs). Host file system only; returns what was
+/// removed.
+pub fn remove_stale_temps(finals: &[PathBuf]) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for fin in finals {
+        let Some(name) = fin.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
+        let dir = fin.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let prefix = format!(".{name}.vmkfs-");
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = n.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tmp")) else { continue };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+            // SAFETY: kill with signal 0 only checks whether the process exists.
+            let alive = pid == std::process::id() as i32
+                || unsafe { libc::kill(pid, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            if !alive && std::fs::remove_file(e.path()).is_ok() {
+                removed.push(e.path());
+            }
+        }
+    }
+    removed
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     crate::random_bytes(&mut b);

@@ -84,6 +84,7 @@ pub fn clone_disk(src: &Path, dst: &Path, opts: &mut CloneOptions<'_>) -> Result
     copts.force = opts.force;
     copts.zero_fill = false;
     let grain = copts.grain_sectors * 512;
+    vmdk::create::remove_stale_temps(&vmdk::create::planned_files(dst, opts.format, cap, copts.split_sectors));
     let new = create(dst, &copts)?;
     let files = new.final_paths();
     let engine = opts.engine.unwrap_or_else(|| engine_for(opts.format, grain));

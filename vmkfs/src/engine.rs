@@ -203,6 +203,9 @@ pub fn nonzero_runs(buf: &[u8], block: usize) -> Vec<(usize, usize)> {
     out
 }
 
+/// A chunk read and waiting for the ordered writer: the chunk, its buffer, the runs to write.
+type Filled = (Chunk, Vec<u8>, Vec<(usize, usize)>);
+
 enum Msg {
     /// A chunk read (ordered mode): its buffer and the runs to write.
     Filled {
@@ -334,7 +337,7 @@ pub fn copy(
             s.spawn(move |_| worker(tx));
         }
         drop(tx);
-        let mut pending: BTreeMap<u64, (Chunk, Vec<u8>, Vec<(usize, usize)>)> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, Filled> = BTreeMap::new();
         let mut next_write = 0u64;
         let mut done = 0u64;
         let fail = |e: Error, result: &mut Result<()>| {

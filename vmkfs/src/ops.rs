@@ -158,7 +158,7 @@ pub fn extend(path: &Path, new_capacity: u64, eager: bool, opts: &OpenOptions) -
     let container = link.container();
     let mut d = link.descriptor();
     drop(link);
-    if new_capacity % 512 != 0 {
+    if !new_capacity.is_multiple_of(512) {
         return Err(Error::Usage(format!("size {new_capacity} is not a multiple of 512 bytes")));
     }
     if new_capacity <= cap {

@@ -236,7 +236,7 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
         let mut last_pct = u64::MAX;
         let json = cli.json;
         let mut progress = |done: u64, total: u64| {
-            let pct = if total == 0 { 100 } else { done * 100 / total };
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
             if let Some(b) = &bar {
                 b.set_length(total);
                 b.set_position(done);
