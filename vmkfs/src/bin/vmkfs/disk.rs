@@ -1,117 +1,76 @@
-//! `vmkfs`: the vmkfstools-style command. Parses flags, calls the library, prints.
+//! Creating, cloning, inspecting and changing disks: `-c`, `-i`, `-X`, `-U`, `-E`, `-K`, `-w`, `-j`,
+//! `-k`, `-x`, `-g`, `--info`, `--map`, `--compare`, `--read-at`, `--write-at`.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-use clap::{ArgAction, Parser};
+use clap::Args;
 use vmkfs::clone::{clone_disk, CloneOptions};
 use vmkfs::error::{exit, Error, Result};
 use vmkfs::info::{info, DiskInfo};
 use vmkfs::size::parse_size;
 use vmkfs::vmdk::create::{create, Adapter, CreateOptions, DiskFormat};
-use vmkfs::vmdk::OpenOptions;
 
-/// A userspace vmkfstools for VMDK disks.
-#[derive(Parser, Debug)]
-#[command(name = "vmkfs", version, about, disable_help_flag = true)]
-struct Cli {
+use crate::{human, open_options, parse_offset, rw_options, target, Cli};
+
+/// Disk operations.
+#[derive(Args, Debug)]
+pub struct DiskArgs {
     /// Create a virtual disk of SIZE (N, Nk, Nm, Ng, Nt).
     #[arg(short = 'c', long = "createvirtualdisk", value_name = "SIZE")]
-    create: Option<String>,
+    pub create: Option<String>,
     /// Clone or import SRC (a chain is flattened) into the target disk.
     #[arg(short = 'i', long = "clonevirtualdisk", visible_alias = "importfile", value_name = "SRC")]
-    clone: Option<PathBuf>,
-    /// Disk format: zeroedthick (default), eagerzeroedthick, thin, thick, 2gbsparse, monosparse, monoflat, 2gbflat.
-    #[arg(short = 'd', long = "diskformat", value_name = "FMT")]
-    format: Option<String>,
-    /// Adapter type: ide, buslogic, lsilogic (default), lsisas, pvscsi.
-    #[arg(short = 'a', long = "adaptertype", value_name = "ADAPTER")]
-    adapter: Option<String>,
+    pub clone: Option<PathBuf>,
     /// Grow a disk to SIZE (never shrinks); with -d eagerzeroedthick the new space is zeroed.
     #[arg(short = 'X', long = "extendvirtualdisk", value_name = "SIZE")]
-    extend: Option<String>,
+    pub extend: Option<String>,
     /// Delete a disk and every file it owns.
     #[arg(short = 'U', long = "deletevirtualdisk")]
-    delete: bool,
+    pub delete: bool,
     /// Rename disk OLD (and every file it owns) to the target name.
     #[arg(short = 'E', long = "renamevirtualdisk", value_name = "OLD")]
-    rename: Option<PathBuf>,
+    pub rename: Option<PathBuf>,
     /// Deallocate blocks that hold only zeros.
     #[arg(short = 'K', long = "punchzero")]
-    punch_zero: bool,
+    pub punch_zero: bool,
     /// Zero the whole disk.
     #[arg(short = 'w', long = "writezeros")]
-    write_zeros: bool,
+    pub write_zeros: bool,
     /// Inflate a thin disk to eagerzeroedthick.
     #[arg(short = 'j', long = "inflatedisk")]
-    inflate: bool,
+    pub inflate: bool,
     /// Eager-zero a zeroedthick disk.
     #[arg(short = 'k', long = "eagerzero")]
-    eager_zero: bool,
+    pub eager_zero: bool,
     /// Check (or repair) the disk's metadata: check|repair.
     #[arg(short = 'x', long = "fix", value_name = "check|repair")]
-    fix: Option<String>,
+    pub fix: Option<String>,
     /// Print format, capacity, allocation, extents, CID and chain depth.
     #[arg(long)]
-    info: bool,
+    pub info: bool,
     /// Print the allocation runs of the disk (depth 0 = top link).
     #[arg(long)]
-    map: bool,
+    pub map: bool,
     /// Compare the target with disk B: exit 0 when identical, 1 when not.
     #[arg(long, value_name = "B")]
-    compare: Option<PathBuf>,
+    pub compare: Option<PathBuf>,
     /// Write LEN (--length) bytes of the disk from byte OFF to standard output.
     #[arg(long = "read-at", value_name = "OFF")]
-    read_at: Option<String>,
+    pub read_at: Option<String>,
     /// Length for --read-at.
     #[arg(long, value_name = "LEN")]
-    length: Option<String>,
+    pub length: Option<String>,
     /// Write standard input into the disk at byte OFF (the top link of a chain).
     #[arg(long = "write-at", value_name = "OFF")]
-    write_at: Option<String>,
+    pub write_at: Option<String>,
     /// Print the geometry.
     #[arg(short = 'g', long = "geometry")]
-    geometry: bool,
-    /// Machine-readable output.
-    #[arg(long)]
-    json: bool,
-    /// Allow replacing an existing destination.
-    #[arg(long)]
-    force: bool,
-    /// Allow extent paths outside the disk's folder.
-    #[arg(long = "allow-outside-paths")]
-    allow_outside: bool,
-    /// More detail on standard error.
-    #[arg(short = 'v', long = "verbose", value_name = "N")]
-    verbose: Option<u32>,
-    /// Print help.
-    #[arg(short = 'h', long = "help", action = ArgAction::Help)]
-    help: Option<bool>,
-    /// The disk operated on.
-    #[arg(value_name = "TARGET")]
-    target: Option<PathBuf>,
+    pub geometry: bool,
 }
 
-fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
-            let _ = e.print();
-            return ExitCode::from(code as u8);
-        }
-    };
-    let code = run(&cli);
-    ExitCode::from(code as u8)
-}
-
-fn target(cli: &Cli) -> Result<&Path> {
-    cli.target.as_deref().ok_or_else(|| Error::Usage("missing the target disk path".into()))
-}
-
-fn disk_format(cli: &Cli) -> Result<DiskFormat> {
-    match &cli.format {
+pub fn disk_format(cli: &Cli) -> Result<DiskFormat> {
+    match &cli.common.format {
         None => Ok(DiskFormat::ZeroedThick),
         Some(f) => DiskFormat::parse(f).ok_or_else(|| {
             let all: Vec<&str> = DiskFormat::ALL.iter().map(|f| f.name()).collect();
@@ -120,65 +79,57 @@ fn disk_format(cli: &Cli) -> Result<DiskFormat> {
     }
 }
 
-fn adapter(cli: &Cli) -> Result<Option<Adapter>> {
-    cli.adapter
+pub fn adapter(cli: &Cli) -> Result<Option<Adapter>> {
+    cli.common
+        .adapter
         .as_deref()
         .map(|a| Adapter::parse(a).ok_or_else(|| Error::Usage(format!("unknown adapter type {a:?}"))))
         .transpose()
 }
 
-fn open_options(cli: &Cli) -> OpenOptions {
-    OpenOptions { allow_outside: cli.allow_outside, ..OpenOptions::read() }
-}
-
-fn run(cli: &Cli) -> i32 {
-    let ops = [
-        cli.create.is_some(),
-        cli.clone.is_some(),
-        cli.info,
-        cli.geometry,
-        cli.extend.is_some(),
-        cli.delete,
-        cli.rename.is_some(),
-        cli.punch_zero,
-        cli.write_zeros,
-        cli.inflate,
-        cli.eager_zero,
-        cli.fix.is_some(),
-        cli.map,
-        cli.compare.is_some(),
-        cli.read_at.is_some(),
-        cli.write_at.is_some(),
+/// How many disk operations the command line selects.
+pub fn selected(cli: &Cli) -> usize {
+    let d = &cli.disk;
+    [
+        d.create.is_some(),
+        d.clone.is_some(),
+        d.info,
+        d.geometry,
+        d.extend.is_some(),
+        d.delete,
+        d.rename.is_some(),
+        d.punch_zero,
+        d.write_zeros,
+        d.inflate,
+        d.eager_zero,
+        d.fix.is_some(),
+        d.map,
+        d.compare.is_some(),
+        d.read_at.is_some(),
+        d.write_at.is_some(),
     ]
     .iter()
     .filter(|x| **x)
-    .count();
-    if ops != 1 {
-        eprintln!("vmkfs: give exactly one operation (-c, -i, -X, -U, -E, -K, -w, -j, -k, -x, -g, --info, --map, --compare, --read-at, --write-at); see --help");
-        return exit::USAGE;
+    .count()
+}
+
+/// Runs the selected disk operation; `None` when none is selected.
+pub fn run(cli: &Cli) -> Option<i32> {
+    if selected(cli) == 0 {
+        return None;
     }
-    let r = if let Some(src) = &cli.clone {
-        return run_clone(cli, src);
-    } else if let Some(size) = &cli.create {
+    let r = if let Some(src) = &cli.disk.clone {
+        return Some(run_clone(cli, src));
+    } else if let Some(size) = &cli.disk.create {
         run_create(cli, size)
-    } else if cli.info {
+    } else if cli.disk.info {
         run_info(cli)
-    } else if cli.geometry {
+    } else if cli.disk.geometry {
         run_geometry(cli)
     } else {
         run_op(cli)
     };
-    match r {
-        Ok(code) => code,
-        Err(e) => {
-            if cli.json {
-                println!("{}", serde_json::json!({"event": "error", "message": e.to_string(), "exit": e.exit_code()}));
-            } else {
-                eprintln!("vmkfs: {e}");
-            }
-            e.exit_code()
-        }
-    }
+    Some(r.unwrap_or_else(|e| crate::report_error(cli, &e)))
 }
 
 fn run_create(cli: &Cli, size: &str) -> Result<i32> {
@@ -189,14 +140,14 @@ fn run_create(cli: &Cli, size: &str) -> Result<i32> {
     if let Some(a) = adapter(cli)? {
         opts.adapter = a;
     }
-    opts.force = cli.force;
-    if format == DiskFormat::EagerZeroedThick && !cli.json {
+    opts.force = cli.common.force;
+    if format == DiskFormat::EagerZeroedThick && !cli.common.json {
         println!("Creating disk '{}' and zeroing it out...", path.display());
     }
     let new = create(path, &opts)?;
     let files = new.final_paths();
     new.commit()?;
-    if cli.json {
+    if cli.common.json {
         println!(
             "{}",
             serde_json::json!({"event": "created", "path": path, "format": format.name(), "capacity": cap, "files": files})
@@ -212,7 +163,7 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
         let dst = target(cli)?;
         let format = disk_format(cli)?;
         let adapter = adapter(cli)?;
-        if cli.json {
+        if cli.common.json {
             println!(
                 "{}",
                 serde_json::json!({"event": "start", "source": src, "destination": dst, "format": format.name()})
@@ -221,7 +172,7 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
             println!("Destination disk format: {}", format.description());
             println!("Cloning disk '{}'...", src.display());
         }
-        let tty = std::io::stdout().is_terminal() && !cli.json;
+        let tty = std::io::stdout().is_terminal() && !cli.common.json;
         let bar = tty.then(|| {
             let b = indicatif::ProgressBar::new(0);
             b.set_style(
@@ -234,7 +185,7 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
             b
         });
         let mut last_pct = u64::MAX;
-        let json = cli.json;
+        let json = cli.common.json;
         let mut progress = |done: u64, total: u64| {
             let pct = (done * 100).checked_div(total).unwrap_or(100);
             if let Some(b) = &bar {
@@ -255,7 +206,7 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
         };
         let mut opts = CloneOptions::new(format);
         opts.adapter = adapter;
-        opts.force = cli.force;
+        opts.force = cli.common.force;
         opts.source = open_options(cli);
         opts.progress = Some(&mut progress);
         opts.cancel = Some(install_interrupt_handler());
@@ -270,13 +221,13 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
     })();
     match result {
         Ok(path) => {
-            if cli.json {
+            if cli.common.json {
                 println!("{}", serde_json::json!({"event": "done", "destination": path}));
             }
             exit::OK
         }
         Err(e) => {
-            if cli.json {
+            if cli.common.json {
                 println!("{}", serde_json::json!({"event": "error", "message": e.to_string(), "exit": e.exit_code()}));
             } else {
                 let msg = e.to_string();
@@ -303,21 +254,6 @@ fn install_interrupt_handler() -> &'static std::sync::atomic::AtomicBool {
         }
     }
     &INTERRUPTED
-}
-
-fn human(n: u64) -> String {
-    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
 }
 
 fn print_info(i: &DiskInfo) {
@@ -350,7 +286,7 @@ fn print_info(i: &DiskInfo) {
 
 fn run_info(cli: &Cli) -> Result<i32> {
     let i = info(target(cli)?, &open_options(cli))?;
-    if cli.json {
+    if cli.common.json {
         println!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());
     } else {
         print_info(&i);
@@ -362,7 +298,7 @@ fn run_geometry(cli: &Cli) -> Result<i32> {
     let i = info(target(cli)?, &open_options(cli))?;
     let g =
         i.geometry.ok_or_else(|| Error::Usage(format!("{} has no geometry in its descriptor", i.path.display())))?;
-    if cli.json {
+    if cli.common.json {
         println!("{}", serde_json::json!({"cylinders": g.cylinders, "heads": g.heads, "sectors": g.sectors}));
     } else {
         println!("Geometry information C/H/S is {}/{}/{}", g.cylinders, g.heads, g.sectors);
@@ -370,89 +306,64 @@ fn run_geometry(cli: &Cli) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn parse_offset(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last() {
-        Some(c) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_lowercase() {
-                'k' => 1 << 10,
-                'm' => 1 << 20,
-                'g' => 1 << 30,
-                't' => 1 << 40,
-                _ => return Err(Error::Usage(format!("{s:?}: unknown unit {c:?}"))),
-            };
-            (&t[..t.len() - 1], m)
-        }
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| Error::Usage(format!("{s:?} is not a byte offset")))
-}
-
-fn rw_options(cli: &Cli) -> OpenOptions {
-    OpenOptions { write: true, ..open_options(cli) }
-}
-
 fn run_op(cli: &Cli) -> Result<i32> {
     use vmkfs::ops;
     let disk = target(cli)?;
     let opts = open_options(cli);
-    if let Some(size) = &cli.extend {
-        let eager = match &cli.format {
+    if let Some(size) = &cli.disk.extend {
+        let eager = match &cli.common.format {
             None => false,
             Some(f) if f.eq_ignore_ascii_case("eagerzeroedthick") => true,
             Some(f) => return Err(Error::Usage(format!("-X takes only -d eagerzeroedthick, not {f:?}"))),
         };
         ops::extend(disk, parse_size(size)?, eager, &opts)?;
-        if cli.json {
+        if cli.common.json {
             println!("{}", serde_json::json!({"event": "extended", "path": disk, "capacity": parse_size(size)?}));
         }
         return Ok(exit::OK);
     }
-    if cli.delete {
+    if cli.disk.delete {
         let files = ops::delete(disk, &opts)?;
-        if cli.json {
+        if cli.common.json {
             println!("{}", serde_json::json!({"event": "deleted", "files": files}));
         }
         return Ok(exit::OK);
     }
-    if let Some(old) = &cli.rename {
+    if let Some(old) = &cli.disk.rename {
         ops::rename(old, disk, &opts)?;
-        if cli.json {
+        if cli.common.json {
             println!("{}", serde_json::json!({"event": "renamed", "from": old, "to": disk}));
         }
         return Ok(exit::OK);
     }
-    if cli.punch_zero {
+    if cli.disk.punch_zero {
         let freed = ops::punch_zero(disk, &opts)?;
-        if cli.json {
+        if cli.common.json {
             println!("{}", serde_json::json!({"event": "punched", "freed": freed}));
         } else {
             println!("Punched {freed} bytes of zeros.");
         }
         return Ok(exit::OK);
     }
-    if cli.write_zeros {
+    if cli.disk.write_zeros {
         ops::write_zeros_disk(disk, &opts)?;
         return Ok(exit::OK);
     }
-    if cli.inflate || cli.eager_zero {
-        let n = ops::inflate(disk, cli.inflate, &opts)?;
-        if cli.json {
+    if cli.disk.inflate || cli.disk.eager_zero {
+        let n = ops::inflate(disk, cli.disk.inflate, &opts)?;
+        if cli.common.json {
             println!("{}", serde_json::json!({"event": "zeroed", "written": n}));
         }
         return Ok(exit::OK);
     }
-    if let Some(mode) = &cli.fix {
+    if let Some(mode) = &cli.disk.fix {
         let repair = match mode.as_str() {
             "check" => false,
             "repair" => true,
             m => return Err(Error::Usage(format!("-x takes check or repair, not {m:?}"))),
         };
         let report = vmkfs::vmdk::check::check_disk(disk, &opts, repair)?;
-        if cli.json {
+        if cli.common.json {
             let f: Vec<_> = report
                 .findings
                 .iter()
@@ -477,12 +388,12 @@ fn run_op(cli: &Cli) -> Result<i32> {
         let bad = if repair { report.unrepaired() > 0 } else { !report.is_clean() };
         return Ok(if bad { exit::NEGATIVE } else { exit::OK });
     }
-    if cli.map {
+    if cli.disk.map {
         let chain = vmkfs::redo::Chain::open(disk, &opts)?;
         let cap = chain.capacity();
         let mut off = 0;
         let mut first = true;
-        if cli.json {
+        if cli.common.json {
             print!("[");
         }
         while off < cap {
@@ -490,7 +401,7 @@ fn run_op(cli: &Cli) -> Result<i32> {
             for r in chain.map(off, n)?.runs() {
                 let data = r.state == vmkfs::vmdk::State::Data;
                 let zero = !data;
-                if cli.json {
+                if cli.common.json {
                     print!(
                         "{}{}",
                         if first { "" } else { ",\n" },
@@ -508,15 +419,15 @@ fn run_op(cli: &Cli) -> Result<i32> {
             }
             off += n;
         }
-        if cli.json {
+        if cli.common.json {
             println!("]");
         }
         return Ok(exit::OK);
     }
-    if let Some(b) = &cli.compare {
+    if let Some(b) = &cli.disk.compare {
         return match ops::compare(disk, b, &opts)? {
             None => {
-                if cli.json {
+                if cli.common.json {
                     println!("{}", serde_json::json!({"identical": true}));
                 } else {
                     println!("Disks are identical.");
@@ -524,7 +435,7 @@ fn run_op(cli: &Cli) -> Result<i32> {
                 Ok(exit::OK)
             }
             Some(off) => {
-                if cli.json {
+                if cli.common.json {
                     println!("{}", serde_json::json!({"identical": false, "first_difference": off}));
                 } else {
                     println!("Content mismatch at offset {off}!");
@@ -533,10 +444,10 @@ fn run_op(cli: &Cli) -> Result<i32> {
             }
         };
     }
-    if let Some(off) = &cli.read_at {
+    if let Some(off) = &cli.disk.read_at {
         let off = parse_offset(off)?;
         let chain = vmkfs::redo::Chain::open(disk, &opts)?;
-        let len = match &cli.length {
+        let len = match &cli.disk.length {
             Some(l) => parse_offset(l)?,
             None => chain.capacity().saturating_sub(off),
         };
@@ -553,7 +464,7 @@ fn run_op(cli: &Cli) -> Result<i32> {
         out.flush().map_err(|e| Error::Io { path: "<stdout>".into(), source: e })?;
         return Ok(exit::OK);
     }
-    if let Some(off) = &cli.write_at {
+    if let Some(off) = &cli.disk.write_at {
         let mut pos = parse_offset(off)?;
         let chain = vmkfs::redo::Chain::open(disk, &rw_options(cli))?;
         let mut input = std::io::stdin().lock();
