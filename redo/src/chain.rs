@@ -1,14 +1,27 @@
-//! Opening a chain and reading through it.
+//! Opening a chain, reading through it, and explaining what is wrong with a broken one.
+//!
+//! Three shapes are followed:
+//! - **hosted and modern ESX**: a link's descriptor names its parent in `parentFileNameHint`
+//!   (relative to the link's folder, or absolute) and records the parent's CID in `parentCID`;
+//! - **ESX 2 REDO logs**: a bare COWD file named `X.REDO` whose parent is `X` (so
+//!   `disk.vmdk.REDO.REDO` → `disk.vmdk.REDO` → `disk.vmdk`); there is no CID to check.
+//!
+//! A child's `parentCID` must equal its parent's CID — or the CID a commit in progress has promised
+//! the parent (`ddb.vmkfs.pendingCID`, see [`crate::commit`]) — and every link has the same capacity.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vmdk::descriptor::NO_PARENT_CID;
 use vmdk::storage::resolve_extent_path;
-use vmdk::{AllocMap, Link, OpenOptions, ReadAt};
+use vmdk::{AllocMap, Container, Link, OpenOptions, ReadAt};
 
-/// Longest chain we follow (a guard against cycles).
+/// Longest chain we follow (a guard against cycles and runaway chains).
 pub const MAX_DEPTH: usize = 255;
+
+/// The `ddb` key a commit in progress uses to announce the parent's next CID.
+pub const PENDING_CID_KEY: &str = "vmkfs.pendingCID";
 
 /// Why a chain could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +30,7 @@ pub enum ChainError {
     #[error(transparent)]
     Link(#[from] vmdk::Error),
     /// A link names a parent that does not exist.
-    #[error("{child}: parent {parent} (from parentFileNameHint {hint:?}) does not exist", child = .child.display(), parent = .parent.display())]
+    #[error("{child}: parent {parent} (from parentFileNameHint {hint:?}) does not exist{renamed}", child = .child.display(), parent = .parent.display(), renamed = .renamed.as_ref().map(|r| format!("; {} has the expected CID, so the parent was probably renamed", r.display())).unwrap_or_default())]
     MissingParent {
         /// The child link.
         child: PathBuf,
@@ -25,6 +38,8 @@ pub enum ChainError {
         parent: PathBuf,
         /// The hint as written.
         hint: String,
+        /// A disk in the same folder whose CID is the child's parentCID.
+        renamed: Option<PathBuf>,
     },
     /// A link has a parentCID but no parent hint.
     #[error("{child}: parentCID is {parent_cid:08x} but there is no parentFileNameHint", child = .child.display())]
@@ -58,12 +73,79 @@ pub enum ChainError {
         /// The parent's CID.
         found: u32,
     },
-    /// The chain loops or is deeper than [`MAX_DEPTH`].
-    #[error("{top}: chain is longer than {MAX_DEPTH} links or loops back on itself", top = .top.display())]
+    /// A link is its own ancestor.
+    #[error("{child}: the chain loops back to {parent}", child = .child.display(), parent = .parent.display())]
+    Cycle {
+        /// The link whose parent closes the loop.
+        child: PathBuf,
+        /// The link met twice.
+        parent: PathBuf,
+    },
+    /// The chain is deeper than [`MAX_DEPTH`].
+    #[error("{top}: chain is longer than {MAX_DEPTH} links", top = .top.display())]
     TooDeep {
         /// The top link.
         top: PathBuf,
     },
+}
+
+/// Where a link's parent is, as the link says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentRef {
+    /// The parent's path.
+    pub path: PathBuf,
+    /// The CID the child expects (None for ESX 2 REDO logs).
+    pub expected_cid: Option<u32>,
+    /// The hint as written (or the name it was derived from).
+    pub hint: String,
+}
+
+/// The parent of `link`, if it has one.
+pub fn parent_of(link: &Link) -> Result<Option<ParentRef>, ChainError> {
+    let d = link.descriptor();
+    if let Some(hint) = d.parent_file_name_hint.clone() {
+        let path = resolve_extent_path(link.path(), &hint, true)?;
+        return Ok(Some(ParentRef { path, expected_cid: Some(d.parent_cid), hint }));
+    }
+    if link.container() == Container::BareExtent && d.create_type == vmdk::CreateType::VmfsSparse {
+        let name = link.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(parent) = name.strip_suffix(".REDO") {
+            return Ok(Some(ParentRef {
+                path: link.path().with_file_name(parent),
+                expected_cid: None,
+                hint: parent.into(),
+            }));
+        }
+    }
+    if d.parent_cid != NO_PARENT_CID && link.container() != Container::BareExtent && link.container() != Container::Raw
+    {
+        return Err(ChainError::NoHint { child: link.path().into(), parent_cid: d.parent_cid });
+    }
+    Ok(None)
+}
+
+/// True when `child_expects` is the parent's CID, or the CID a commit in progress promised it.
+pub fn cid_accepted(parent: &Link, child_expects: u32) -> bool {
+    let d = parent.descriptor();
+    d.cid == child_expects
+        || d.ddb(PENDING_CID_KEY).and_then(|v| u32::from_str_radix(v.trim(), 16).ok()) == Some(child_expects)
+}
+
+/// Looks in `dir` for a disk whose CID is `cid` (to explain a missing, probably renamed, parent).
+fn find_by_cid(dir: &Path, cid: u32, skip: &Path) -> Option<PathBuf> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "vmdk") || p == skip {
+            continue;
+        }
+        if let Ok(l) = Link::open(&p, &OpenOptions::read()) {
+            if l.container() != Container::Raw && l.descriptor().cid == cid {
+                return Some(p);
+            }
+        }
+    }
+    None
 }
 
 /// A chain of links, top first.
@@ -80,6 +162,10 @@ impl ReadAt for ParentRead {
     }
 }
 
+fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+}
+
 impl Chain {
     /// Opens the link at `path` and every parent below it. Only the top link is opened for writing
     /// (when `opts.write` is set).
@@ -87,44 +173,58 @@ impl Chain {
         let top_path = path.as_ref().to_path_buf();
         let mut links = vec![Arc::new(Link::open(&top_path, opts)?)];
         let ro = OpenOptions { write: false, ..opts.clone() };
+        let mut seen: HashSet<PathBuf> = HashSet::from([canonical(&top_path)]);
         loop {
             let child = links.last().expect("chain has a top link").clone();
-            let d = child.descriptor();
-            if d.parent_cid == NO_PARENT_CID && d.parent_file_name_hint.is_none() {
-                break;
-            }
-            let Some(hint) = d.parent_file_name_hint.clone() else {
-                return Err(ChainError::NoHint { child: child.path().into(), parent_cid: d.parent_cid });
-            };
+            let Some(pref) = parent_of(&child)? else { break };
             if links.len() > MAX_DEPTH {
                 return Err(ChainError::TooDeep { top: top_path });
             }
-            let parent_path = resolve_extent_path(child.path(), &hint, true)?;
-            if !opts.storage.exists(&parent_path) {
-                return Err(ChainError::MissingParent { child: child.path().into(), parent: parent_path, hint });
+            if !opts.storage.exists(&pref.path) {
+                let renamed = pref
+                    .expected_cid
+                    .and_then(|cid| find_by_cid(child.path().parent().unwrap_or(Path::new("")), cid, child.path()));
+                return Err(ChainError::MissingParent {
+                    child: child.path().into(),
+                    parent: pref.path,
+                    hint: pref.hint,
+                    renamed,
+                });
             }
-            let parent = Arc::new(Link::open(&parent_path, &ro)?);
+            if !seen.insert(canonical(&pref.path)) {
+                return Err(ChainError::Cycle { child: child.path().into(), parent: pref.path });
+            }
+            let parent = Arc::new(Link::open(&pref.path, &ro)?);
             if parent.capacity() != child.capacity() {
                 return Err(ChainError::CapacityMismatch {
                     child: child.path().into(),
-                    parent: parent_path,
+                    parent: pref.path,
                     child_capacity: child.capacity(),
                     parent_capacity: parent.capacity(),
                 });
             }
-            let pcid = parent.descriptor().cid;
-            if d.parent_cid != pcid {
-                return Err(ChainError::CidMismatch {
-                    child: child.path().into(),
-                    parent: parent_path,
-                    expected: d.parent_cid,
-                    found: pcid,
-                });
+            if let Some(expected) = pref.expected_cid {
+                if !cid_accepted(&parent, expected) {
+                    return Err(ChainError::CidMismatch {
+                        child: child.path().into(),
+                        parent: pref.path,
+                        expected,
+                        found: parent.descriptor().cid,
+                    });
+                }
             }
             child.set_parent(Some(Arc::new(ParentRead(parent.clone()))));
             links.push(parent);
         }
         Ok(Chain { links })
+    }
+
+    /// Builds a chain from links already opened (top first); sets each link's parent.
+    pub fn from_links(links: Vec<Arc<Link>>) -> Chain {
+        for w in links.windows(2) {
+            w[0].set_parent(Some(Arc::new(ParentRead(w[1].clone()))));
+        }
+        Chain { links }
     }
 
     /// The links, top first.
@@ -135,6 +235,11 @@ impl Chain {
     /// The top link (where writes go).
     pub fn top(&self) -> &Arc<Link> {
         &self.links[0]
+    }
+
+    /// The base (bottom) link.
+    pub fn base(&self) -> &Arc<Link> {
+        self.links.last().expect("chain has a top link")
     }
 
     /// Capacity in bytes.
@@ -165,10 +270,130 @@ impl Chain {
         }
         m.fill_absent(|o, l| Self::map_from(&links[1..], o, l))
     }
+
+    /// Flushes and closes every link (clearing unclean-shutdown flags of written links).
+    pub fn close(self) -> vmdk::Result<()> {
+        for l in &self.links {
+            l.set_parent(None);
+        }
+        for l in self.links {
+            match Arc::try_unwrap(l) {
+                Ok(l) => l.close()?,
+                Err(l) => l.flush()?,
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ReadAt for Chain {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
         Chain::read_at(self, buf, offset)
+    }
+}
+
+/// What `--chain` reports about one link.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LinkReport {
+    /// The link's path.
+    pub path: PathBuf,
+    /// createType (or `raw`).
+    pub format: String,
+    /// Capacity in bytes.
+    pub capacity: u64,
+    /// CID as hex.
+    pub cid: String,
+    /// parentCID as hex.
+    pub parent_cid: String,
+    /// The parent as named by the link.
+    pub parent: Option<PathBuf>,
+    /// `ok`, or what is wrong between this link and its parent.
+    pub status: String,
+}
+
+/// Walks the chain from `path` down as far as it can, explaining every break instead of failing.
+pub fn diagnose(path: &Path, opts: &OpenOptions) -> Vec<LinkReport> {
+    let mut out = Vec::new();
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut cur = path.to_path_buf();
+    loop {
+        let mut r = LinkReport {
+            path: cur.clone(),
+            format: String::new(),
+            capacity: 0,
+            cid: String::new(),
+            parent_cid: String::new(),
+            parent: None,
+            status: "ok".into(),
+        };
+        if !seen.insert(canonical(&cur)) {
+            r.status = "cycle: this link was already met higher in the chain".into();
+            out.push(r);
+            return out;
+        }
+        let link = match Link::open(&cur, opts) {
+            Ok(l) => l,
+            Err(e) => {
+                r.status = format!("cannot open: {e}");
+                out.push(r);
+                return out;
+            }
+        };
+        let d = link.descriptor();
+        r.format = if link.container() == Container::Raw { "raw".into() } else { d.create_type.as_str().into() };
+        r.capacity = link.capacity();
+        r.cid = format!("{:08x}", d.cid);
+        r.parent_cid = format!("{:08x}", d.parent_cid);
+        let pref = match parent_of(&link) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                out.push(r);
+                return out;
+            }
+            Err(e) => {
+                r.status = e.to_string();
+                out.push(r);
+                return out;
+            }
+        };
+        r.parent = Some(pref.path.clone());
+        if out.len() >= MAX_DEPTH {
+            r.status = format!("chain is longer than {MAX_DEPTH} links");
+            out.push(r);
+            return out;
+        }
+        if !opts.storage.exists(&pref.path) {
+            let renamed =
+                pref.expected_cid.and_then(|cid| find_by_cid(cur.parent().unwrap_or(Path::new("")), cid, &cur));
+            r.status = match renamed {
+                Some(p) => format!(
+                    "missing parent {} (renamed? {} has the expected CID {})",
+                    pref.path.display(),
+                    p.display(),
+                    r.parent_cid
+                ),
+                None => format!("missing parent {}", pref.path.display()),
+            };
+            out.push(r);
+            return out;
+        }
+        match Link::open(&pref.path, opts) {
+            Ok(parent) => {
+                if parent.capacity() != link.capacity() {
+                    r.status =
+                        format!("capacity mismatch: {} here, {} in the parent", link.capacity(), parent.capacity());
+                } else if let Some(expected) = pref.expected_cid {
+                    if !cid_accepted(&parent, expected) {
+                        r.status = format!(
+                            "CID mismatch: parentCID {expected:08x}, parent's CID {:08x} (the parent was modified after this link was created)",
+                            parent.descriptor().cid
+                        );
+                    }
+                }
+            }
+            Err(e) => r.status = format!("parent cannot be opened: {e}"),
+        }
+        out.push(r);
+        cur = pref.path;
     }
 }

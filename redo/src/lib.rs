@@ -1,11 +1,14 @@
 //! Chains of VMDK links: a base disk and the REDO (delta) links above it.
 //!
-//! [`Chain::open`] opens a link and follows `parentFileNameHint` down to the base, opening every
-//! link below the top read-only. Reads go through the top link, which falls through to its parent
-//! where it holds nothing; [`Chain::map`] merges the links' allocation maps top-down.
+//! - [`chain`]: open a chain in any of its shapes (hosted, modern ESX `-00000N.vmdk`, ESX 2
+//!   `.REDO`), read through it, explain what is broken ([`chain::diagnose`]).
+//! - [`changemap`]: the change map of a link (a bit per block), unions and differences, and a
+//!   checksummed serialization.
 
 #![warn(missing_docs)]
 
 pub mod chain;
+pub mod changemap;
 
-pub use chain::{Chain, ChainError};
+pub use chain::{diagnose, Chain, ChainError, LinkReport};
+pub use changemap::{ChangeMap, ChangeMapError};
