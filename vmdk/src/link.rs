@@ -14,7 +14,7 @@ use crate::descriptor::{
     looks_like_descriptor, Access, CreateType, Descriptor, ExtentLine, ExtentType, MAX_DESCRIPTOR_BYTES,
 };
 use crate::error::{Error, Result};
-use crate::extent::cowd::{self, CowdExtent};
+use crate::extent::cowd;
 use crate::extent::flat::FlatExtent;
 use crate::extent::gtcache::GtCache;
 use crate::extent::kdmv::{self, SparseHeader, FLAG_COMPRESSED};
@@ -168,7 +168,9 @@ fn open_sparse_kind(
                 Ok(Box::new(SparseExtent::open(backing, h, len, cache.clone(), write)?))
             }
         }
-        Some(m) if u32::from_le_bytes(m) == cowd::MAGIC => Ok(Box::new(CowdExtent::open(backing, len, cache.clone())?)),
+        Some(m) if u32::from_le_bytes(m) == cowd::MAGIC => {
+            Ok(Box::new(SparseExtent::open_cowd(backing, len, cache.clone(), write)?))
+        }
         _ if head.len() == 8 && u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) == sesparse::MAGIC => {
             Ok(Box::new(SeSparseExtent::open(backing, len, cache.clone())?))
         }

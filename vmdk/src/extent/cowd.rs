@@ -1,26 +1,28 @@
-//! vmfsSparse / COWD extents (ESX redo logs and snapshot deltas), read.
+//! vmfsSparse / COWD headers (ESX redo logs and snapshot deltas).
 //!
 //! A 2048-byte header, one grain directory of 32-bit sector pointers, grain tables of 4096 entries
 //! (512 in Workstation 3 files), grains of `grainSize` sectors (ESX default: one sector). An entry of
-//! 0 means "not here: read the parent".
+//! 0 means "not here: read the parent". Reading and writing the grains is the shared grain-table
+//! engine in [`super::sparse`]; this module owns the header and creating new files.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
-use super::gtcache::GtCache;
-use super::sparse::GrainDir;
-use super::{pieces, Extent, ExtentInfo, ReadAt};
 use crate::error::{Error, Result};
-use crate::map::{AllocMap, State};
 use crate::storage::Backing;
 
 /// `COWD` as a little-endian u32.
 pub const MAGIC: u32 = 0x4457_4F43;
 /// Header size in bytes.
 pub const HEADER_BYTES: usize = 2048;
+/// Byte offset of the `freeSector` field.
+pub const FREE_SECTOR_OFFSET: u64 = 28;
+/// Byte offset of the `uncleanShutdown` field.
+pub const UNCLEAN_OFFSET: u64 = 1648;
+/// Entries per grain table in ESX files.
+pub const ESX_GTES: u32 = 4096;
 /// Largest grain we accept, in sectors (1 MiB; the ESX range is 1 sector to 1 MB).
 pub const MAX_GRAIN_SECTORS: u32 = 2048;
 
@@ -109,125 +111,70 @@ impl CowdHeader {
     }
 }
 
-/// A COWD extent.
-#[derive(Debug)]
-pub struct CowdExtent {
-    dir: GrainDir,
-    header: CowdHeader,
-    grain_bytes: u64,
-    len: u64,
-    file_len: u64,
-}
-
-impl CowdExtent {
-    /// Opens a COWD extent. `len` is what the descriptor maps (None = the header's capacity).
-    pub fn open(backing: Arc<dyn Backing>, len: Option<u64>, cache: Arc<GtCache>) -> Result<CowdExtent> {
-        let path = backing.path().to_path_buf();
-        let file_len = backing.len()?;
-        let mut b = vec![0u8; HEADER_BYTES];
-        if file_len < HEADER_BYTES as u64 {
-            return Err(Error::corrupt(
-                &path,
-                0,
-                format!("file of {file_len} bytes is shorter than the {HEADER_BYTES}-byte COWD header"),
-            ));
-        }
-        backing.read_exact_at(&mut b, 0)?;
-        let header = CowdHeader::parse(&b, &path)?;
-        let capacity = header.num_sectors as u64 * 512;
-        let len = len.unwrap_or(capacity);
-        if len > capacity {
-            return Err(Error::corrupt(
-                &path,
-                12,
-                format!("COWD capacity is {capacity} bytes but the descriptor maps {len}"),
-            ));
-        }
-        let gd = GrainDir::read_directory(
-            &backing,
-            header.gd_offset as u64,
-            header.num_gdes as u64,
-            header.gtes,
-            file_len,
-            "COWD grain directory",
-            20,
-        )?;
-        Ok(CowdExtent {
-            dir: GrainDir::new(backing, gd, None, header.gtes, cache),
-            grain_bytes: header.grain_size as u64 * 512,
-            header,
-            len,
-            file_len,
-        })
+impl CowdHeader {
+    /// First sector after the header and directory (where tables and grains may start).
+    pub fn overhead(&self) -> u64 {
+        self.gd_offset as u64 + (self.num_gdes as u64 * 4).div_ceil(512)
     }
 
-    /// The header.
-    pub fn header(&self) -> &CowdHeader {
-        &self.header
-    }
-
-    fn sector_of(&self, g: u64) -> Result<Option<u64>> {
-        let gtes = self.dir.gtes() as u64;
-        let (gt, idx) = (g / gtes, g % gtes);
-        let Some(t) = self.dir.table(gt)? else {
-            return Ok(None);
+    /// A header for a new ESX redo log of `sectors` sectors with `grain_size`-sector grains; a child
+    /// (`parent` given, ESX 2 REDO logs) records its parent's file name.
+    pub fn new(sectors: u32, grain_size: u32, parent: Option<&str>) -> CowdHeader {
+        let num_gdes = (sectors as u64).div_ceil(ESX_GTES as u64 * grain_size as u64) as u32;
+        let mut h = CowdHeader {
+            version: 1,
+            // root (0x1) for a disk without parent, checked (0x2) always.
+            flags: if parent.is_some() { 0x2 } else { 0x3 },
+            num_sectors: sectors,
+            grain_size,
+            gd_offset: 4,
+            num_gdes,
+            free_sector: 0,
+            parent_file_name: parent.unwrap_or("").to_string(),
+            generation: 0,
+            unclean_shutdown: false,
+            gtes: ESX_GTES,
         };
-        let v = t[idx as usize].load(Ordering::Acquire);
-        if v == 0 {
-            return Ok(None);
+        h.free_sector = h.overhead() as u32;
+        h
+    }
+
+    /// Serializes the header (2048 bytes).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = vec![0u8; HEADER_BYTES];
+        LE::write_u32(&mut b[0..], MAGIC);
+        LE::write_u32(&mut b[4..], self.version);
+        LE::write_u32(&mut b[8..], self.flags);
+        LE::write_u32(&mut b[12..], self.num_sectors);
+        LE::write_u32(&mut b[16..], self.grain_size);
+        LE::write_u32(&mut b[20..], self.gd_offset);
+        LE::write_u32(&mut b[24..], self.num_gdes);
+        LE::write_u32(&mut b[28..], self.free_sector);
+        if self.flags & 1 == 0 {
+            let n = self.parent_file_name.as_bytes();
+            let n = &n[..n.len().min(1023)];
+            b[32..32 + n.len()].copy_from_slice(n);
+        } else {
+            // Root: the geometry (cylinders, heads, sectors).
+            let c = (self.num_sectors as u64 / (255 * 63)).max(1) as u32;
+            LE::write_u32(&mut b[32..], c);
+            LE::write_u32(&mut b[36..], 255);
+            LE::write_u32(&mut b[40..], 63);
         }
-        if v * 512 + self.grain_bytes > self.file_len {
-            return Err(Error::corrupt(
-                self.dir.backing().path(),
-                self.dir.entry_offset(gt, idx),
-                format!(
-                    "grain table entry for grain {g} points to sector {v}, past the end of the file ({} bytes)",
-                    self.file_len
-                ),
-            ));
-        }
-        Ok(Some(v))
+        LE::write_u32(&mut b[1060..], self.generation);
+        LE::write_u32(&mut b[UNCLEAN_OFFSET as usize..], self.unclean_shutdown as u32);
+        b
     }
 }
 
-impl Extent for CowdExtent {
-    fn len(&self) -> u64 {
-        self.len
+/// Writes the header and an empty directory of a new COWD file into an empty backing.
+pub fn create(backing: &Arc<dyn Backing>, header: &CowdHeader) -> Result<()> {
+    if header.num_sectors == 0 {
+        return Err(Error::InvalidArgument("a COWD redo log needs a capacity above zero".into()));
     }
-    fn info(&self) -> ExtentInfo {
-        ExtentInfo {
-            kind: "VMFSSPARSE",
-            file: Some(self.dir.backing().path().to_path_buf()),
-            len: self.len,
-            grain: Some(self.grain_bytes),
-            version: Some(self.header.version),
-            unclean: self.header.unclean_shutdown,
-        }
-    }
-    fn writable(&self) -> bool {
-        false
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        for (p, l) in pieces(offset, buf.len() as u64, self.grain_bytes) {
-            let dst = &mut buf[(p - offset) as usize..(p - offset + l) as usize];
-            match self.sector_of(p / self.grain_bytes)? {
-                Some(s) => self.dir.backing().read_exact_at(dst, s * 512 + p % self.grain_bytes)?,
-                None => dst.fill(0),
-            }
-        }
-        Ok(())
-    }
-    fn write_at(&self, _buf: &[u8], _offset: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
-        Err(Error::unsupported(self.dir.backing().path(), "writing COWD (vmfsSparse) extents"))
-    }
-    fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
-        for (p, l) in pieces(offset, len, self.grain_bytes) {
-            let s = self.sector_of(p / self.grain_bytes)?;
-            out.push(base + p, l, if s.is_some() { State::Data } else { State::Absent }, 0);
-        }
-        Ok(())
-    }
-    fn flush(&self) -> Result<()> {
-        Ok(())
-    }
+    let mut meta = header.to_bytes();
+    meta.resize((header.overhead() * 512) as usize, 0);
+    backing.write_all_at(&meta, 0)?;
+    backing.set_len(header.overhead() * 512)?;
+    Ok(())
 }

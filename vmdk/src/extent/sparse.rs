@@ -1,12 +1,15 @@
-//! Hosted sparse extents (`KDMV`, versions 1–3): grain directory, grain tables, redundant copies,
-//! zeroed-grain entries, and grain allocation on write.
+//! Grain-table extents: hosted sparse (`KDMV`, versions 1–3: grain directory, grain tables,
+//! redundant copies, zeroed-grain entries) and ESX COWD (vmfsSparse redo logs: one directory, grain
+//! tables allocated on first write). Both share one reader and one grain allocator; what differs
+//! (header, where the unclean flag lives, whether tables can be added) is in [`Meta`].
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
+use super::cowd::CowdHeader;
 use super::gtcache::{self, GtCache, Table};
 use super::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_RGD, FLAG_ZEROED_GTE, GD_AT_END};
 use super::{is_zero, pieces, Extent, ExtentInfo, ReadAt};
@@ -19,8 +22,8 @@ use crate::storage::Backing;
 #[derive(Debug)]
 pub struct GrainDir {
     backing: Arc<dyn Backing>,
-    /// Sector offsets of the grain tables (0 = none).
-    gd: Vec<u32>,
+    /// Sector offsets of the grain tables (0 = none); atomics so a COWD extent can add tables.
+    gd: Box<[AtomicU32]>,
     /// The redundant directory, when present.
     rgd: Option<Vec<u32>>,
     /// Entries per grain table.
@@ -86,7 +89,14 @@ impl GrainDir {
         gtes: u32,
         cache: Arc<GtCache>,
     ) -> GrainDir {
-        GrainDir { backing, gd, rgd, gtes, owner: gtcache::new_owner(), cache }
+        GrainDir {
+            backing,
+            gd: gd.into_iter().map(AtomicU32::new).collect(),
+            rgd,
+            gtes,
+            owner: gtcache::new_owner(),
+            cache,
+        }
     }
 
     /// The file holding the directory.
@@ -100,8 +110,22 @@ impl GrainDir {
     }
 
     /// The primary directory.
-    pub fn entries(&self) -> &[u32] {
-        &self.gd
+    pub fn entries(&self) -> Vec<u32> {
+        self.gd.iter().map(|e| e.load(Ordering::Acquire)).collect()
+    }
+
+    fn sector_of_table(&self, gt: u64) -> u32 {
+        self.gd.get(gt as usize).map(|e| e.load(Ordering::Acquire)).unwrap_or(0)
+    }
+
+    /// Points directory entry `gt` at a new (zeroed) table at `sector`, writing the entry of the
+    /// directory at sector `dir_sector`. Used by COWD, whose tables are allocated on first write.
+    pub fn set_table(&self, gt: u64, sector: u32, dir_sector: u64) -> Result<()> {
+        self.backing.write_all_at(&sector.to_le_bytes(), dir_sector * 512 + gt * 4)?;
+        if let Some(e) = self.gd.get(gt as usize) {
+            e.store(sector, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// The redundant directory.
@@ -111,9 +135,7 @@ impl GrainDir {
 
     /// Table `gt` (None when its directory entry is 0 or past the directory).
     pub fn table(&self, gt: u64) -> Result<Option<Table>> {
-        let Some(&sector) = self.gd.get(gt as usize) else {
-            return Ok(None);
-        };
+        let sector = self.sector_of_table(gt);
         if sector == 0 {
             return Ok(None);
         }
@@ -130,7 +152,7 @@ impl GrainDir {
 
     /// Byte offset in the file of entry `idx` of table `gt` (primary copy).
     pub fn entry_offset(&self, gt: u64, idx: u64) -> u64 {
-        self.gd.get(gt as usize).map(|&s| s as u64 * 512 + idx * 4).unwrap_or(0)
+        self.sector_of_table(gt) as u64 * 512 + idx * 4
     }
 
     /// Writes entries `first..` of table `gt` in both copies and updates the cache.
@@ -139,7 +161,7 @@ impl GrainDir {
         for (c, v) in raw.chunks_exact_mut(4).zip(values) {
             LE::write_u32(c, *v as u32);
         }
-        let primary = self.gd[gt as usize] as u64;
+        let primary = self.sector_of_table(gt) as u64;
         let redundant = self.rgd.as_ref().and_then(|r| r.get(gt as usize)).copied().unwrap_or(0) as u64;
         self.cache.update(self.owner, gt, first as usize, values, || {
             self.backing.write_all_at(&raw, primary * 512 + first * 4)?;
@@ -165,11 +187,20 @@ enum Grain {
     At(u64),
 }
 
-/// A hosted sparse extent.
+/// The header of a grain-table extent, by flavour.
+#[derive(Debug, Clone)]
+pub enum Meta {
+    /// A hosted sparse (`KDMV`) extent.
+    Hosted(SparseHeader),
+    /// An ESX COWD (vmfsSparse) extent.
+    Cowd(CowdHeader),
+}
+
+/// A hosted sparse or COWD extent.
 #[derive(Debug)]
 pub struct SparseExtent {
     dir: GrainDir,
-    header: Mutex<SparseHeader>,
+    header: Mutex<Meta>,
     unclean_at_open: bool,
     grain_bytes: u64,
     len: u64,
@@ -249,7 +280,7 @@ impl SparseExtent {
         Ok(SparseExtent {
             dir: GrainDir::new(backing, gd, rgd, header.num_gtes_per_gt, cache),
             unclean_at_open: header.unclean_shutdown,
-            header: Mutex::new(header),
+            header: Mutex::new(Meta::Hosted(header)),
             grain_bytes,
             len,
             writable,
@@ -259,9 +290,71 @@ impl SparseExtent {
         })
     }
 
+    /// Opens a COWD (vmfsSparse) extent. `len` is what the descriptor maps (None = the header's
+    /// capacity).
+    pub fn open_cowd(backing: Arc<dyn Backing>, len: Option<u64>, cache: Arc<GtCache>, writable: bool) -> Result<Self> {
+        let path = backing.path().to_path_buf();
+        let file_len = backing.len()?;
+        let hb = super::cowd::HEADER_BYTES;
+        if file_len < hb as u64 {
+            return Err(Error::corrupt(
+                &path,
+                0,
+                format!("file of {file_len} bytes is shorter than the {hb}-byte COWD header"),
+            ));
+        }
+        let mut b = vec![0u8; hb];
+        backing.read_exact_at(&mut b, 0)?;
+        let header = CowdHeader::parse(&b, &path)?;
+        let capacity = header.num_sectors as u64 * 512;
+        let len = len.unwrap_or(capacity);
+        if len > capacity {
+            return Err(Error::corrupt(
+                &path,
+                12,
+                format!("COWD capacity is {capacity} bytes but the descriptor maps {len}"),
+            ));
+        }
+        let gd = GrainDir::read_directory(
+            &backing,
+            header.gd_offset as u64,
+            header.num_gdes as u64,
+            header.gtes,
+            file_len,
+            "COWD grain directory",
+            20,
+        )?;
+        let grain_sectors = header.grain_size as u64;
+        let next = (file_len.div_ceil(512)).max(header.free_sector as u64).max(header.overhead());
+        Ok(SparseExtent {
+            dir: GrainDir::new(backing, gd, None, header.gtes, cache),
+            unclean_at_open: header.unclean_shutdown,
+            grain_bytes: grain_sectors * 512,
+            header: Mutex::new(Meta::Cowd(header)),
+            len,
+            writable,
+            next_free: Mutex::new(next),
+            file_len: AtomicU64::new(file_len),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
     /// The header as it is now.
-    pub fn header(&self) -> SparseHeader {
+    pub fn meta(&self) -> Meta {
         self.header.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// True when grain table entry 1 means "zeroed grain".
+    fn zeroed_ok(&self) -> bool {
+        matches!(&*self.header.lock().unwrap_or_else(|p| p.into_inner()), Meta::Hosted(h) if h.flags & FLAG_ZEROED_GTE != 0)
+    }
+
+    /// First sector a grain may occupy.
+    fn overhead(&self) -> u64 {
+        match &*self.header.lock().unwrap_or_else(|p| p.into_inner()) {
+            Meta::Hosted(h) => h.overhead,
+            Meta::Cowd(h) => h.overhead(),
+        }
     }
 
     /// The grain directory.
@@ -280,7 +373,7 @@ impl SparseExtent {
             _ => {
                 let file_len = self.file_len.load(Ordering::Acquire);
                 let at = self.dir.entry_offset(gt, idx);
-                if gte * 512 >= file_len {
+                if (gte + self.grain_bytes / 512) * 512 > file_len {
                     return Err(Error::corrupt(
                         self.path(),
                         at,
@@ -301,10 +394,7 @@ impl SparseExtent {
 
     /// Walks the grains of `[offset, offset+len)`, calling `f(piece_offset, piece_len, grain)`.
     fn walk(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, Grain) -> Result<()>) -> Result<()> {
-        let (zeroed_ok, overhead) = {
-            let h = self.header.lock().unwrap_or_else(|p| p.into_inner());
-            (h.flags & FLAG_ZEROED_GTE != 0, h.overhead)
-        };
+        let (zeroed_ok, overhead) = (self.zeroed_ok(), self.overhead());
         let gtes = self.dir.gtes as u64;
         let mut cur: Option<(u64, Option<Table>)> = None;
         for (p, l) in pieces(offset, len, self.grain_bytes) {
@@ -325,7 +415,7 @@ impl SparseExtent {
     fn allocate(&self, jobs: Vec<(u64, u64, usize)>, buf: &[u8], below: Option<&dyn ReadAt>) -> Result<()> {
         let gb = self.grain_bytes;
         let gtes = self.dir.gtes as u64;
-        let zeroed_ok = self.header().flags & FLAG_ZEROED_GTE != 0;
+        let zeroed_ok = self.zeroed_ok();
         let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
         // A batch: new grains written back to back at `batch_sector`, whose entries are consecutive
         // in one grain table.
@@ -344,6 +434,21 @@ impl SparseExtent {
                 batch.flush(self, &mut next)?;
                 self.dir.backing.write_all_at(piece, sector * 512 + p % gb)?;
                 continue;
+            }
+            if self.dir.table(gt)?.is_none() {
+                if let Meta::Cowd(h) = self.meta() {
+                    // COWD: the table is allocated with its first grain, right before it.
+                    batch.flush(self, &mut next)?;
+                    let sectors = (self.dir.gtes as u64 * 4).div_ceil(512);
+                    let at = *next;
+                    if at + sectors > u32::MAX as u64 {
+                        return Err(Error::unsupported(self.path(), "COWD file would exceed 2 TiB (32-bit pointers)"));
+                    }
+                    self.dir.backing.write_all_at(&vec![0u8; (sectors * 512) as usize], at * 512)?;
+                    self.dir.set_table(gt, at as u32, h.gd_offset as u64)?;
+                    *next = at + sectors;
+                    self.file_len.fetch_max(*next * 512, Ordering::AcqRel);
+                }
             }
             if self.dir.table(gt)?.is_none() {
                 return Err(Error::unsupported(
@@ -443,13 +548,16 @@ impl Extent for SparseExtent {
     }
 
     fn info(&self) -> ExtentInfo {
-        let h = self.header();
+        let (kind, version) = match self.meta() {
+            Meta::Hosted(h) => ("SPARSE", h.version),
+            Meta::Cowd(h) => ("VMFSSPARSE", h.version),
+        };
         ExtentInfo {
-            kind: "SPARSE",
+            kind,
             file: Some(self.dir.backing.path().to_path_buf()),
             len: self.len,
             grain: Some(self.grain_bytes),
-            version: Some(h.version),
+            version: Some(version),
             unclean: self.unclean_at_open,
         }
     }
@@ -541,7 +649,7 @@ impl Extent for SparseExtent {
         }
         let gb = self.grain_bytes;
         let gtes = self.dir.gtes as u64;
-        let zeroed_ok = self.header().flags & FLAG_ZEROED_GTE != 0;
+        let zeroed_ok = self.zeroed_ok();
         let _alloc = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
         let mut freed = 0;
         let mut pieces_to_zero = Vec::new();
@@ -569,9 +677,17 @@ impl Extent for SparseExtent {
     }
 
     fn begin_write(&self) -> Result<()> {
-        let mut h = self.header.lock().unwrap_or_else(|p| p.into_inner());
-        h.unclean_shutdown = true;
-        self.dir.backing.write_all_at(&[1], 72)?;
+        let mut m = self.header.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *m {
+            Meta::Hosted(h) => {
+                h.unclean_shutdown = true;
+                self.dir.backing.write_all_at(&[1], 72)?;
+            }
+            Meta::Cowd(h) => {
+                h.unclean_shutdown = true;
+                self.dir.backing.write_all_at(&1u32.to_le_bytes(), super::cowd::UNCLEAN_OFFSET)?;
+            }
+        }
         self.dirty.store(true, Ordering::Release);
         Ok(())
     }
@@ -586,9 +702,22 @@ impl Extent for SparseExtent {
     fn close(&self) -> Result<()> {
         if self.dirty.swap(false, Ordering::AcqRel) {
             self.dir.backing.sync()?;
-            let mut h = self.header.lock().unwrap_or_else(|p| p.into_inner());
-            h.unclean_shutdown = false;
-            self.dir.backing.write_all_at(&[0], 72)?;
+            let next = *self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = self.header.lock().unwrap_or_else(|p| p.into_inner());
+            match &mut *m {
+                Meta::Hosted(h) => {
+                    h.unclean_shutdown = false;
+                    self.dir.backing.write_all_at(&[0], 72)?;
+                }
+                Meta::Cowd(h) => {
+                    // Record the next free sector, then clear the flag.
+                    h.free_sector = next.min(u32::MAX as u64) as u32;
+                    self.dir.backing.write_all_at(&h.free_sector.to_le_bytes(), super::cowd::FREE_SECTOR_OFFSET)?;
+                    self.dir.backing.sync()?;
+                    h.unclean_shutdown = false;
+                    self.dir.backing.write_all_at(&0u32.to_le_bytes(), super::cowd::UNCLEAN_OFFSET)?;
+                }
+            }
             self.dir.backing.sync()?;
         }
         Ok(())
