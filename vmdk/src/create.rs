@@ -180,6 +180,17 @@ pub struct CreateOptions {
     /// Write zeros over an eager-zeroed disk at creation (a caller that writes every byte itself,
     /// like the clone engine, turns this off).
     pub zero_fill: bool,
+    /// Make a child (delta) link of this parent instead of a base disk.
+    pub parent: Option<Parent>,
+}
+
+/// The parent a new delta link records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    /// `parentFileNameHint`: the parent's path, relative to the child's folder when they share it.
+    pub hint: String,
+    /// `parentCID`: the parent's CID now.
+    pub cid: u32,
 }
 
 impl CreateOptions {
@@ -194,6 +205,7 @@ impl CreateOptions {
             grain_sectors: DEFAULT_GRAIN_SECTORS,
             storage: HostStorage::shared(),
             zero_fill: true,
+            parent: None,
         }
     }
 }
@@ -384,6 +396,10 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
         DiskFormat::TwoGbFlat => CreateType::TwoGbMaxExtentFlat,
     };
     let mut desc = Descriptor::new(create_type, cid);
+    if let Some(p) = &opts.parent {
+        desc.parent_cid = p.cid;
+        desc.parent_file_name_hint = Some(p.hint.clone());
+    }
     if format.is_esx() {
         desc.header_extra.push(crate::descriptor::Entry {
             key: "isNativeSnapshot".into(),
@@ -512,4 +528,58 @@ mod tests {
         assert_eq!(u.len(), 47);
         assert_eq!(&u[23..24], "-");
     }
+}
+
+/// Creates an ESX delta link (the modern snapshot shape): `NAME.vmdk`, a descriptor with
+/// `createType="vmfsSparse"` naming `parent`, and `NAME-delta.vmdk`, an empty COWD redo log with
+/// one-sector grains (the ESX default). Built under temporary names like [`create`].
+pub fn create_delta(path: impl AsRef<Path>, capacity: u64, parent: &Parent, opts: &CreateOptions) -> Result<NewDisk> {
+    use crate::extent::cowd::{self, CowdHeader};
+    let path = path.as_ref();
+    if capacity == 0 || !capacity.is_multiple_of(512) {
+        return Err(Error::InvalidArgument(format!("capacity {capacity} must be a positive multiple of 512 bytes")));
+    }
+    let sectors = u32::try_from(capacity / 512).map_err(|_| {
+        Error::InvalidArgument("a vmfsSparse (COWD) delta holds at most 2 TiB; larger disks need seSparse".into())
+    })?;
+    let stem = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = stem.strip_suffix(".vmdk").unwrap_or(&stem).to_string();
+    let data_name = format!("{stem}-delta.vmdk");
+    let data_final = path.with_file_name(&data_name);
+    for f in [&data_final, &path.to_path_buf()] {
+        if !opts.force && opts.storage.exists(f) {
+            return Err(Error::Exists { path: f.clone() });
+        }
+    }
+    let cid = new_cid(0xffff_ffff);
+    let mut desc = Descriptor::new(CreateType::VmfsSparse, cid);
+    desc.parent_cid = parent.cid;
+    desc.parent_file_name_hint = Some(parent.hint.clone());
+    desc.header_extra.push(crate::descriptor::Entry {
+        key: "isNativeSnapshot".into(),
+        value: "no".into(),
+        quoted: true,
+    });
+    desc.extents.push(ExtentLine {
+        access: Access::ReadWrite,
+        sectors: sectors as u64,
+        kind: ExtentType::VmfsSparse,
+        file: Some(data_name),
+        offset: None,
+        extra: vec![],
+    });
+    desc.set_ddb("longContentID", format!("{}{cid:08x}", random_hex(12)));
+    let storage = &opts.storage;
+    let mut guard = NewDisk { link: None, files: Vec::new(), storage: storage.clone(), format: DiskFormat::Thin };
+    let tmp = temp_name(&data_final);
+    let b = storage.create_new(&tmp)?;
+    guard.files.push((tmp, data_final));
+    cowd::create(&b, &CowdHeader::new(sectors, 1, None))?;
+    let ext = SparseExtent::open_cowd(b, Some(capacity), Arc::new(GtCache::default()), true)?;
+    let tmp = temp_name(path);
+    let d = storage.create_new(&tmp)?;
+    guard.files.push((tmp, path.to_path_buf()));
+    d.write_all_at(desc.to_text().as_bytes(), 0)?;
+    guard.link = Some(Link::from_parts(path, Container::Descriptor, desc, Some(d), None, vec![Box::new(ext)]));
+    Ok(guard)
 }

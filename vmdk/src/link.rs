@@ -35,11 +35,14 @@ pub struct OpenOptions {
     pub allow_outside: bool,
     /// Where the files live.
     pub storage: Arc<dyn Storage>,
+    /// Keep the CID on the first write (a commit merging a child into this link keeps the child's
+    /// `parentCID` valid until the merge is complete, then sets the new CID itself).
+    pub keep_cid: bool,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { write: false, allow_outside: false, storage: HostStorage::shared() }
+        OpenOptions { write: false, allow_outside: false, storage: HostStorage::shared(), keep_cid: false }
     }
 }
 
@@ -91,6 +94,7 @@ pub struct Link {
     slots: Vec<Slot>,
     capacity: u64,
     writable: bool,
+    keep_cid: bool,
     started: AtomicBool,
     start_lock: Mutex<()>,
     closed: AtomicBool,
@@ -372,6 +376,7 @@ impl Link {
             slots,
             capacity: start,
             writable,
+            keep_cid: opts.keep_cid,
             started: AtomicBool::new(false),
             start_lock: Mutex::new(()),
             closed: AtomicBool::new(false),
@@ -412,6 +417,7 @@ impl Link {
             slots,
             capacity: start,
             writable: true,
+            keep_cid: false,
             // A new disk already has a fresh CID; writes need not change it.
             started: AtomicBool::new(false),
             start_lock: Mutex::new(()),
@@ -604,12 +610,14 @@ impl Link {
                 s.ext.begin_write()?;
             }
         }
-        {
-            let mut d = self.descriptor.lock().unwrap_or_else(|p| p.into_inner());
-            let cid = new_cid(d.cid);
-            d.set_cid(cid);
+        if !self.keep_cid {
+            {
+                let mut d = self.descriptor.lock().unwrap_or_else(|p| p.into_inner());
+                let cid = new_cid(d.cid);
+                d.set_cid(cid);
+            }
+            self.write_descriptor()?;
         }
-        self.write_descriptor()?;
         self.started.store(true, Ordering::Release);
         Ok(())
     }
