@@ -12,11 +12,12 @@ use crate::descriptor::{Access, CreateType, Descriptor, ExtentLine, ExtentType};
 use crate::error::{Error, Result};
 use crate::extent::flat::FlatExtent;
 use crate::extent::gtcache::GtCache;
-use crate::extent::kdmv::Layout;
+use crate::extent::kdmv::{Layout, SparseHeader};
 use crate::extent::sparse::{self, SparseExtent};
+use crate::extent::stream_write::stream_header;
 use crate::extent::Extent;
 use crate::link::{new_cid, Container, Link};
-use crate::storage::{write_zeros, HostStorage, Storage};
+use crate::storage::{write_zeros, Backing, HostStorage, Storage};
 
 /// VMware's full extent size for split disks, in sectors (2047 MiB).
 pub const VMWARE_SPLIT_SECTORS: u64 = 4_192_256;
@@ -42,10 +43,13 @@ pub enum DiskFormat {
     MonoFlat,
     /// Hosted twoGbMaxExtentFlat.
     TwoGbFlat,
+    /// streamOptimized: one compressed, append-only file (OVF/OVA, backups). Written with
+    /// [`create_stream`], read-only once written.
+    StreamOptimized,
 }
 
 impl DiskFormat {
-    /// Every format, in `-d` spelling.
+    /// Every format [`create`] makes as a writable link, in `-d` spelling.
     pub const ALL: [DiskFormat; 7] = [
         DiskFormat::ZeroedThick,
         DiskFormat::EagerZeroedThick,
@@ -54,6 +58,18 @@ impl DiskFormat {
         DiskFormat::TwoGbSparse,
         DiskFormat::MonoFlat,
         DiskFormat::TwoGbFlat,
+    ];
+
+    /// Every format we write: [`DiskFormat::ALL`] and streamOptimized.
+    pub const EVERY: [DiskFormat; 8] = [
+        DiskFormat::ZeroedThick,
+        DiskFormat::EagerZeroedThick,
+        DiskFormat::Thin,
+        DiskFormat::MonoSparse,
+        DiskFormat::TwoGbSparse,
+        DiskFormat::MonoFlat,
+        DiskFormat::TwoGbFlat,
+        DiskFormat::StreamOptimized,
     ];
 
     /// Parses a `-d` value (case-insensitive; `thick` means zeroedthick).
@@ -66,6 +82,7 @@ impl DiskFormat {
             "2gbsparse" => DiskFormat::TwoGbSparse,
             "monoflat" => DiskFormat::MonoFlat,
             "2gbflat" => DiskFormat::TwoGbFlat,
+            "streamoptimized" => DiskFormat::StreamOptimized,
             _ => return None,
         })
     }
@@ -80,6 +97,7 @@ impl DiskFormat {
             DiskFormat::TwoGbSparse => "2gbsparse",
             DiskFormat::MonoFlat => "monoflat",
             DiskFormat::TwoGbFlat => "2gbflat",
+            DiskFormat::StreamOptimized => "streamoptimized",
         }
     }
 
@@ -93,12 +111,18 @@ impl DiskFormat {
             DiskFormat::TwoGbSparse => "sparse with 2GB maximum extent size",
             DiskFormat::MonoFlat => "monolithic flat",
             DiskFormat::TwoGbFlat => "flat with 2GB maximum extent size",
+            DiskFormat::StreamOptimized => "stream optimized (compressed)",
         }
     }
 
     /// True for hosted sparse formats (grain tables, no zero grains stored).
     pub fn is_sparse(self) -> bool {
         matches!(self, DiskFormat::MonoSparse | DiskFormat::TwoGbSparse)
+    }
+
+    /// True for formats kept in one file (the descriptor embedded): monosparse, streamOptimized.
+    pub fn is_single_file(self) -> bool {
+        matches!(self, DiskFormat::MonoSparse | DiskFormat::StreamOptimized)
     }
 
     /// True for the ESX `vmfs` formats.
@@ -244,8 +268,9 @@ impl NewDisk {
     /// Flushes everything, then renames the files into place (extents first, descriptor last) and
     /// syncs the folder.
     pub fn commit(mut self) -> Result<PathBuf> {
-        let link = self.link.take().expect("link is present until commit");
-        link.close()?;
+        if let Some(link) = self.link.take() {
+            link.close()?;
+        }
         for (tmp, fin) in &self.files {
             self.storage.rename(tmp, fin)?;
         }
@@ -273,11 +298,11 @@ fn data_file_name(stem: &str, format: DiskFormat, i: usize) -> String {
         }
         DiskFormat::TwoGbSparse => format!("{stem}-s{:03}.vmdk", i + 1),
         DiskFormat::TwoGbFlat => format!("{stem}-f{:03}.vmdk", i + 1),
-        DiskFormat::MonoSparse => format!("{stem}.vmdk"),
+        DiskFormat::MonoSparse | DiskFormat::StreamOptimized => format!("{stem}.vmdk"),
     }
 }
 
-fn temp_name(fin: &Path) -> PathBuf {
+pub(crate) fn temp_name(fin: &Path) -> PathBuf {
     let name = fin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tag = crate::random_u32();
     fin.with_file_name(format!(".{name}.vmkfs-{}-{tag:08x}.tmp", std::process::id()))
@@ -347,6 +372,11 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     }
     let sectors = cap / 512;
     let format = opts.format;
+    if format == DiskFormat::StreamOptimized {
+        return Err(Error::InvalidArgument(
+            "streamOptimized disks are written in one pass with create_stream, not as a writable link".into(),
+        ));
+    }
     if format.is_sparse()
         && sectors.min(if format == DiskFormat::TwoGbSparse { opts.split_sectors } else { u64::MAX }) > (1u64 << 32) - 1
     {
@@ -394,6 +424,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
         DiskFormat::TwoGbSparse => CreateType::TwoGbMaxExtentSparse,
         DiskFormat::MonoFlat => CreateType::MonolithicFlat,
         DiskFormat::TwoGbFlat => CreateType::TwoGbMaxExtentFlat,
+        DiskFormat::StreamOptimized => CreateType::StreamOptimized,
     };
     let mut desc = Descriptor::new(create_type, cid);
     if let Some(p) = &opts.parent {
@@ -412,7 +443,9 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
         let (kind, offset) = match format {
             DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => (ExtentType::Vmfs, None),
             DiskFormat::MonoFlat | DiskFormat::TwoGbFlat => (ExtentType::Flat, Some(0)),
-            DiskFormat::MonoSparse | DiskFormat::TwoGbSparse => (ExtentType::Sparse, None),
+            DiskFormat::MonoSparse | DiskFormat::TwoGbSparse | DiskFormat::StreamOptimized => {
+                (ExtentType::Sparse, None)
+            }
         };
         desc.extents.push(ExtentLine {
             access: Access::ReadWrite,
@@ -506,28 +539,119 @@ pub fn planned_files(path: &Path, format: DiskFormat, capacity: u64, split_secto
         _ => 1,
     };
     let mut v: Vec<PathBuf> = (0..n).map(|i| path.with_file_name(data_file_name(&stem, format, i))).collect();
-    if format != DiskFormat::MonoSparse {
+    if !format.is_single_file() {
         v.push(path.to_path_buf());
     }
     v
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A streamOptimized file being written: an empty file under a temporary name, and the header
+/// and embedded descriptor it must start with. Append the stream to [`NewStream::backing`] (with
+/// [`StreamWriter`](crate::extent::stream_write::StreamWriter) over a
+/// [`BackingSink`](crate::extent::stream_write::BackingSink)), then [`NewStream::commit`]. Dropping it
+/// without committing removes the file, like [`NewDisk`] (which keeps the temporary name).
+#[derive(Debug)]
+pub struct NewStream {
+    disk: NewDisk,
+    backing: Arc<dyn Backing>,
+    header: SparseHeader,
+    descriptor: String,
+}
 
-    #[test]
-    fn geometry_follows_vmware() {
-        assert_eq!(Adapter::LsiLogic.geometry(83_886_080), (5221, 255, 63));
-        assert_eq!(Adapter::Ide.geometry(18_432_000), (16383, 16, 63));
+impl NewStream {
+    /// The (temporarily named) file to append to.
+    pub fn backing(&self) -> &Arc<dyn Backing> {
+        &self.backing
     }
 
-    #[test]
-    fn uuid_shape() {
-        let u = new_uuid();
-        assert_eq!(u.len(), 47);
-        assert_eq!(&u[23..24], "-");
+    /// The header to start with (`gdOffset = GD_AT_END`).
+    pub fn header(&self) -> &SparseHeader {
+        &self.header
     }
+
+    /// The embedded descriptor text.
+    pub fn descriptor(&self) -> &str {
+        &self.descriptor
+    }
+
+    /// The final path.
+    pub fn final_paths(&self) -> Vec<PathBuf> {
+        self.disk.final_paths()
+    }
+
+    /// Syncs the file, renames it into place and syncs the folder.
+    pub fn commit(self) -> Result<PathBuf> {
+        self.backing.sync()?;
+        self.disk.commit()
+    }
+}
+
+/// The header and embedded descriptor of a streamOptimized disk of `capacity` bytes whose file is
+/// called `file_name`: createType `streamOptimized`, the adapter (VMware tools expect `lsilogic`),
+/// geometry, `ddb.toolsVersion`, `ddb.virtualHWVersion`, a fresh CID, UUID and longContentID.
+pub fn stream_layout(
+    file_name: &str,
+    capacity: u64,
+    adapter: Adapter,
+    grain_sectors: u64,
+) -> Result<(SparseHeader, String)> {
+    if capacity == 0 || !capacity.is_multiple_of(512) {
+        return Err(Error::InvalidArgument(format!("capacity {capacity} must be a positive multiple of 512 bytes")));
+    }
+    if !grain_sectors.is_power_of_two() || !(8..=2048).contains(&grain_sectors) {
+        return Err(Error::InvalidArgument(format!(
+            "grain size {grain_sectors} sectors must be a power of two from 8 to 2048"
+        )));
+    }
+    let sectors = capacity / 512;
+    if sectors > crate::descriptor::MAX_SECTORS {
+        return Err(Error::InvalidArgument(format!("capacity {capacity} is too large")));
+    }
+    let cid = new_cid(0xffff_ffff);
+    let mut desc = Descriptor::new(CreateType::StreamOptimized, cid);
+    desc.extents.push(ExtentLine {
+        access: Access::ReadWrite,
+        sectors,
+        kind: ExtentType::Sparse,
+        file: Some(file_name.to_string()),
+        offset: None,
+        extra: vec![],
+    });
+    let (c, h, s) = adapter.geometry(sectors);
+    desc.set_ddb("adapterType", adapter.ddb_value());
+    desc.set_ddb("geometry.cylinders", c.to_string());
+    desc.set_ddb("geometry.heads", h.to_string());
+    desc.set_ddb("geometry.sectors", s.to_string());
+    desc.set_ddb("longContentID", format!("{}{cid:08x}", random_hex(12)));
+    desc.set_ddb("uuid", new_uuid());
+    desc.set_ddb("virtualHWVersion", "4");
+    desc.set_ddb("toolsVersion", "2147483647");
+    let text = desc.to_text();
+    if text.len() as u64 > EMBEDDED_DESCRIPTOR_SECTORS * 512 {
+        return Err(Error::InvalidArgument(format!("descriptor of {} bytes does not fit its 20 sectors", text.len())));
+    }
+    Ok((stream_header(sectors, grain_sectors, EMBEDDED_DESCRIPTOR_SECTORS), text))
+}
+
+/// Creates the (empty, temporarily named) file of a streamOptimized disk at `path`, with the
+/// layout of [`stream_layout`] for `opts.capacity`, `opts.adapter` and `opts.grain_sectors`.
+pub fn create_stream(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewStream> {
+    let path = path.as_ref();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
+    let (header, descriptor) = stream_layout(&name, opts.capacity, opts.adapter, opts.grain_sectors)?;
+    let storage = &opts.storage;
+    if !opts.force && storage.exists(path) {
+        return Err(Error::Exists { path: path.to_path_buf() });
+    }
+    let mut disk =
+        NewDisk { link: None, files: Vec::new(), storage: storage.clone(), format: DiskFormat::StreamOptimized };
+    let tmp = temp_name(path);
+    let backing = storage.create_new(&tmp)?;
+    disk.files.push((tmp, path.to_path_buf()));
+    Ok(NewStream { disk, backing, header, descriptor })
 }
 
 /// Creates an ESX delta link (the modern snapshot shape): `NAME.vmdk`, a descriptor with
@@ -582,4 +706,22 @@ pub fn create_delta(path: impl AsRef<Path>, capacity: u64, parent: &Parent, opts
     d.write_all_at(desc.to_text().as_bytes(), 0)?;
     guard.link = Some(Link::from_parts(path, Container::Descriptor, desc, Some(d), None, vec![Box::new(ext)]));
     Ok(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_follows_vmware() {
+        assert_eq!(Adapter::LsiLogic.geometry(83_886_080), (5221, 255, 63));
+        assert_eq!(Adapter::Ide.geometry(18_432_000), (16383, 16, 63));
+    }
+
+    #[test]
+    fn uuid_shape() {
+        let u = new_uuid();
+        assert_eq!(u.len(), 47);
+        assert_eq!(&u[23..24], "-");
+    }
 }

@@ -10,8 +10,9 @@
 //! [`EngineOptions::chunk`] bytes whose boundaries are multiples of the chunk size (so every grain
 //! size up to the chunk size stays aligned). Ranges the map says are absent or zero are never read.
 //! Every chunk read is split into blocks of [`EngineOptions::zero_block`] bytes and all-zero blocks
-//! are not written, so thin and sparse targets stay thin. In dense mode (eager-zeroed targets) every
-//! byte of the target is written, zeros included.
+//! are not written, so thin and sparse targets stay thin. With `zero_target` (raw devices, which
+//! hold stale data) ranges without data are zeroed through the target's zeroing primitive. In dense
+//! mode (eager-zeroed targets) every byte of the target is written, zeros included.
 //!
 //! Memory is bounded: at most [`EngineOptions::in_flight`] chunk buffers exist at once, whatever
 //! the disk size.
@@ -66,6 +67,14 @@ pub struct EngineOptions {
     pub in_flight: usize,
     /// Start writeback of each chunk as soon as it is written, so the final flush overlaps the copy.
     pub writeback: bool,
+    /// Skip all-zero blocks of data ranges (thin targets). Off when the target may hold older data
+    /// the zeros must overwrite (committing a REDO link into its parent).
+    pub skip_zeros: bool,
+    /// Zero the target where the source map holds no data, with [`Link::zero_range`] (`BLKZEROOUT`
+    /// on a device, `FALLOC_FL_ZERO_RANGE` on a file) instead of leaving it alone: for targets that
+    /// hold stale data, like a raw device. Pair it with `skip_zeros = false`, so zero blocks inside
+    /// data ranges are written too, and the target then reads exactly as the source.
+    pub zero_target: bool,
 }
 
 impl EngineOptions {
@@ -83,6 +92,8 @@ impl EngineOptions {
             ordered: false,
             in_flight: threads + 4,
             writeback: std::env::var_os("VMKFS_NO_WRITEBACK").is_none(),
+            skip_zeros: true,
+            zero_target: false,
         }
     }
 }
@@ -242,13 +253,13 @@ pub fn copy(
         return Err(Error::Usage(format!("target holds {} bytes, source {}", dst.capacity(), src.capacity())));
     }
     assert!(opts.chunk.is_power_of_two() && opts.zero_block.is_power_of_two() && opts.zero_block as u64 <= opts.chunk);
-    let total = plan_total(src, opts.dense)?;
+    let total = plan_total(src, opts.dense || opts.zero_target)?;
     let mut stats = CopyStats { total, ..CopyStats::default() };
     progress(0, total);
     let planner = Mutex::new(Planner {
         src,
         chunk: opts.chunk,
-        dense: opts.dense,
+        dense: opts.dense || opts.zero_target,
         window_end: 0,
         runs: Vec::new().into_iter(),
         cur: None,
@@ -286,8 +297,14 @@ pub fn copy(
             }
             let len = chunk.len as usize;
             if !chunk.read && !opts.ordered {
-                // Dense mode, a range with no data: write zeros without reading.
-                if let Err(e) = dst.write_at(&zeros[..len], chunk.offset) {
+                // Dense mode, a range with no data: write zeros without reading (or zero the target's
+                // range through its zeroing primitive).
+                let r = if opts.zero_target {
+                    dst.zero_range(chunk.offset, chunk.len)
+                } else {
+                    dst.write_at(&zeros[..len], chunk.offset)
+                };
+                if let Err(e) = r {
                     return fail(e.into());
                 }
                 let _ = tx.send(Msg::Done { chunk, written: chunk.len });
@@ -300,7 +317,11 @@ pub fn copy(
             } else if let Err(e) = src.read_at(&mut buf[..len], chunk.offset) {
                 return fail(e.into());
             }
-            let runs = if opts.dense { vec![(0, len)] } else { nonzero_runs(&buf[..len], opts.zero_block) };
+            let runs = if opts.dense || !opts.skip_zeros {
+                vec![(0, len)]
+            } else {
+                nonzero_runs(&buf[..len], opts.zero_block)
+            };
             if opts.ordered {
                 if tx.send(Msg::Filled { chunk, buf, runs }).is_err() {
                     return;

@@ -30,6 +30,12 @@ pub enum Error {
     /// A chain could not be opened.
     #[error(transparent)]
     Chain(#[from] redo::ChainError),
+    /// A snapshot, commit or discard failed.
+    #[error(transparent)]
+    Redo(#[from] redo::RedoError),
+    /// A change map could not be built or read.
+    #[error(transparent)]
+    ChangeMap(#[from] redo::ChangeMapError),
     /// A bad argument.
     #[error("{0}")]
     Usage(String),
@@ -55,6 +61,10 @@ impl Error {
             Error::Vmdk(e) => vmdk_code(e),
             Error::Chain(redo::ChainError::Link(e)) => vmdk_code(e),
             Error::Chain(_) => exit::BAD_INPUT,
+            Error::Redo(redo::RedoError::Link(e)) => vmdk_code(e),
+            Error::Redo(redo::RedoError::Chain(redo::ChainError::Link(e))) => vmdk_code(e),
+            Error::Redo(redo::RedoError::Interrupted) => exit::IO,
+            Error::Redo(_) | Error::ChangeMap(_) => exit::BAD_INPUT,
             Error::Io { .. } | Error::Interrupted => exit::IO,
         }
     }
@@ -63,7 +73,10 @@ impl Error {
 fn vmdk_code(e: &vmdk::Error) -> i32 {
     match e {
         vmdk::Error::InvalidArgument(_) | vmdk::Error::Exists { .. } => exit::USAGE,
-        vmdk::Error::Locked { .. } => exit::LOCKED,
+        vmdk::Error::Locked { .. } | vmdk::Error::Rdm(rdm::MappingError::Busy { .. }) => exit::LOCKED,
+        vmdk::Error::Rdm(rdm::MappingError::Io { source, .. }) if source.kind() != std::io::ErrorKind::NotFound => {
+            exit::IO
+        }
         vmdk::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => exit::BAD_INPUT,
         vmdk::Error::Io { .. } | vmdk::Error::ReadOnly { .. } => exit::IO,
         _ => exit::BAD_INPUT,

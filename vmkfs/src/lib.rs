@@ -11,6 +11,8 @@ pub mod engine;
 pub mod error;
 pub mod info;
 pub mod ops;
+pub mod rdm_ops;
+pub mod redo_ops;
 pub mod size;
 
 pub use error::{Error, Result};

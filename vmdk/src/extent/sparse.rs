@@ -349,6 +349,16 @@ impl SparseExtent {
         matches!(&*self.header.lock().unwrap_or_else(|p| p.into_inner()), Meta::Hosted(h) if h.flags & FLAG_ZEROED_GTE != 0)
     }
 
+    /// True when a grain table entry of 1 reads as a zeroed grain: hosted files with the zeroed-grain
+    /// flag, and COWD files (where ESXi uses 1 for an emptied grain that hides the parent, as Xen
+    /// Orchestra's and dissect's readers also treat it; we never write it there).
+    fn one_is_zero(&self) -> bool {
+        match &*self.header.lock().unwrap_or_else(|p| p.into_inner()) {
+            Meta::Hosted(h) => h.flags & FLAG_ZEROED_GTE != 0,
+            Meta::Cowd(_) => true,
+        }
+    }
+
     /// First sector a grain may occupy.
     fn overhead(&self) -> u64 {
         match &*self.header.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -394,7 +404,7 @@ impl SparseExtent {
 
     /// Walks the grains of `[offset, offset+len)`, calling `f(piece_offset, piece_len, grain)`.
     fn walk(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, Grain) -> Result<()>) -> Result<()> {
-        let (zeroed_ok, overhead) = (self.zeroed_ok(), self.overhead());
+        let (zeroed_ok, overhead) = (self.one_is_zero(), self.overhead());
         let gtes = self.dir.gtes as u64;
         let mut cur: Option<(u64, Option<Table>)> = None;
         for (p, l) in pieces(offset, len, self.grain_bytes) {

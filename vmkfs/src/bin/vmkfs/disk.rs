@@ -246,7 +246,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// Makes SIGINT, SIGTERM and SIGHUP stop a clone cleanly (the destination's temporary files are
 /// removed) instead of killing the process mid-write.
-fn install_interrupt_handler() -> &'static std::sync::atomic::AtomicBool {
+pub fn install_interrupt_handler() -> &'static std::sync::atomic::AtomicBool {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {

@@ -4,6 +4,7 @@
 //! disks); `main.rs` holds the options every operation shares and the dispatch.
 
 mod disk;
+mod redo;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,6 +19,8 @@ use vmkfs::vmdk::OpenOptions;
 pub struct Cli {
     #[command(flatten)]
     pub disk: disk::DiskArgs,
+    #[command(flatten)]
+    pub redo: redo::RedoArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -61,12 +64,12 @@ fn main() -> ExitCode {
         }
     };
     // Each subject module counts the operations it sees selected; exactly one must be.
-    let selected = disk::selected(&cli);
+    let selected = disk::selected(&cli) + redo::selected(&cli);
     if selected != 1 {
         eprintln!("vmkfs: give exactly one operation (for example -i, -c, --info); see --help");
         return ExitCode::from(exit::USAGE as u8);
     }
-    let code = disk::run(&cli).unwrap_or(exit::USAGE);
+    let code = disk::run(&cli).or_else(|| redo::run(&cli)).unwrap_or(exit::USAGE);
     ExitCode::from(code as u8)
 }
 

@@ -1,0 +1,149 @@
+//! REDO chains: `--snapshot`, `-m/--commit`, `--discard`, `--chain`, `--changed-blocks`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::Args;
+use vmkfs::error::{exit, Result};
+use vmkfs::redo::changemap::DEFAULT_BLOCK;
+
+use crate::{open_options, parse_offset, target, Cli};
+
+/// REDO-chain operations.
+#[derive(Args, Debug)]
+pub struct RedoArgs {
+    /// Add a REDO link on top of the disk's chain; prints the new link's path.
+    #[arg(long)]
+    pub snapshot: bool,
+    /// With --snapshot: create an ESX 2 style `DISK.REDO` log.
+    #[arg(long = "legacy-redo", requires = "snapshot")]
+    pub legacy_redo: bool,
+    /// Merge the target REDO link into its parent and remove it (crash-safe).
+    #[arg(short = 'm', long = "commit")]
+    pub commit: bool,
+    /// Drop the target REDO link (the top of its chain) without merging it.
+    #[arg(long)]
+    pub discard: bool,
+    /// Show the chain from the target down, with CID checks and what is broken.
+    #[arg(long)]
+    pub chain: bool,
+    /// Print the byte ranges that changed above a link (--since; default: the base).
+    #[arg(long = "changed-blocks")]
+    pub changed_blocks: bool,
+    /// With --changed-blocks: the link changes are counted from (incremental: the previous snapshot).
+    #[arg(long, value_name = "LINK", requires = "changed_blocks")]
+    pub since: Option<PathBuf>,
+    /// With --changed-blocks: block size (default 64k).
+    #[arg(long = "block-size", value_name = "SIZE", requires = "changed_blocks")]
+    pub block_size: Option<String>,
+    /// With --changed-blocks: also save the change map (checksummed) to FILE.
+    #[arg(long = "save-map", value_name = "FILE", requires = "changed_blocks")]
+    pub save_map: Option<PathBuf>,
+}
+
+/// How many REDO operations the command line selects.
+pub fn selected(cli: &Cli) -> usize {
+    let r = &cli.redo;
+    [r.snapshot, r.commit, r.discard, r.chain, r.changed_blocks].iter().filter(|x| **x).count()
+}
+
+/// Runs the selected REDO operation; `None` when none is selected.
+pub fn run(cli: &Cli) -> Option<i32> {
+    if selected(cli) == 0 {
+        return None;
+    }
+    Some(run_inner(cli).unwrap_or_else(|e| crate::report_error(cli, &e)))
+}
+
+fn run_inner(cli: &Cli) -> Result<i32> {
+    let r = &cli.redo;
+    let disk = target(cli)?;
+    let opts = open_options(cli);
+    let json = cli.common.json;
+    if r.snapshot {
+        let new = vmkfs::redo::snapshot(disk, &opts, r.legacy_redo)?;
+        if json {
+            println!("{}", serde_json::json!({"event": "snapshot", "link": new, "parent": disk}));
+        } else {
+            println!("{}", new.display());
+        }
+        return Ok(exit::OK);
+    }
+    if r.commit {
+        let tty = std::io::stdout().is_terminal() && !json;
+        let mut last = u64::MAX;
+        let mut progress = |done: u64, total: u64| {
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
+            if pct != last {
+                last = pct;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "progress", "done": done, "total": total, "percent": pct})
+                    );
+                } else if tty {
+                    print!("\rCommit: {pct}% done.");
+                } else {
+                    println!("Commit: {pct}% done.");
+                }
+                let _ = std::io::stdout().flush();
+            }
+        };
+        let rep = vmkfs::redo_ops::commit(disk, &opts, &mut progress, Some(crate::disk::install_interrupt_handler()))?;
+        if tty {
+            println!();
+        }
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "committed", "parent": rep.parent, "children": rep.children, "removed": rep.removed, "cid": format!("{:08x}", rep.cid)})
+            );
+        } else {
+            println!("Committed '{}' into '{}'.", disk.display(), rep.parent.display());
+        }
+        return Ok(exit::OK);
+    }
+    if r.discard {
+        let files = vmkfs::redo::discard(disk, &opts)?;
+        if json {
+            println!("{}", serde_json::json!({"event": "discarded", "files": files}));
+        }
+        return Ok(exit::OK);
+    }
+    if r.chain {
+        let rep = vmkfs::redo::diagnose(disk, &opts);
+        let broken = rep.iter().any(|l| l.status != "ok");
+        if json {
+            println!("{}", serde_json::json!({"links": rep, "ok": !broken}));
+        } else {
+            for (i, l) in rep.iter().enumerate() {
+                println!(
+                    "{i}: {} [{}] CID {} parentCID {} {}",
+                    l.path.display(),
+                    l.format,
+                    l.cid,
+                    l.parent_cid,
+                    if l.status == "ok" { "ok".to_string() } else { format!("BROKEN: {}", l.status) }
+                );
+            }
+        }
+        return Ok(if broken { exit::NEGATIVE } else { exit::OK });
+    }
+    let block = match &r.block_size {
+        Some(b) => parse_offset(b)?,
+        None => DEFAULT_BLOCK,
+    };
+    let m = vmkfs::redo_ops::changed_blocks(disk, r.since.as_deref(), block, &opts)?;
+    if let Some(f) = &r.save_map {
+        std::fs::write(f, m.to_bytes()).map_err(|e| vmkfs::Error::Io { path: f.clone(), source: e })?;
+    }
+    if json {
+        let ranges: Vec<_> = m.ranges().map(|(s, l)| serde_json::json!({"start": s, "length": l})).collect();
+        println!("{}", serde_json::json!({"block": block, "changed": m.changed_bytes(), "ranges": ranges}));
+    } else {
+        for (s, l) in m.ranges() {
+            println!("{s} {l}");
+        }
+    }
+    Ok(exit::OK)
+}
