@@ -269,6 +269,12 @@ impl Link {
             });
             return Link::assemble(path, Container::BareExtent, d, Home::None, Some(ext), &mut opener, &cache);
         }
+        if rdm::Mapping::looks_like_mapping(&head) {
+            return Err(Error::unsupported(
+                path,
+                "this is an RDM mapping file; open the descriptor (NAME.vmdk) that names it",
+            ));
+        }
         if looks_like_descriptor(&head) {
             let len = main.len()?;
             if len > MAX_DESCRIPTOR_BYTES as u64 {
@@ -310,12 +316,6 @@ impl Link {
             CreateType::Other(t) => {
                 return Err(Error::unsupported(path, format!("createType {t:?} is not a known VMDK type")))
             }
-            CreateType::VmfsRawDeviceMap | CreateType::VmfsPassthroughRawDeviceMap | CreateType::VmfsRaw => {
-                return Err(Error::unsupported(
-                    path,
-                    format!("createType {:?}: raw device mappings are not supported yet", desc.create_type.as_str()),
-                ));
-            }
             _ => {}
         }
         let mut slots = Vec::with_capacity(desc.extents.len());
@@ -344,10 +344,7 @@ impl Link {
                         open_sparse_kind(b, Some(len), cache, write, line.kind.as_str())?
                     }
                     ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
-                        return Err(Error::unsupported(
-                            path,
-                            format!("{} extents (raw device mappings) are not supported yet", line.kind.as_str()),
-                        ));
+                        crate::rawdev::open_extent(path, &desc, line, opts, write)?
                     }
                     ExtentType::Other(t) => {
                         return Err(Error::unsupported(
@@ -555,10 +552,41 @@ impl Link {
             Err(Error::ReadOnly { path: self.path.clone(), what: format!("extent at byte {} is read-only", s.start) })
         })?;
         self.begin_write()?;
-        let parent = self.parent.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut parent = self.parent.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if parent.is_none() && self.names_parent() {
+            // A delta written without its parent open (an exported increment): zeros must still be
+            // stored to hide the parent, and a partial grain cannot be completed.
+            parent = Some(Arc::new(Detached(self.path.clone())));
+        }
         self.each_slot(offset, buf.len() as u64, |s, eo, bo, n| {
             let shifted = parent.as_deref().map(|p| Shifted { inner: p, base: s.start });
             s.ext.write_at(&buf[bo..bo + n], eo, shifted.as_ref().map(|x| x as &dyn ReadAt))
+        })
+    }
+
+    /// Makes `[offset, offset+len)` read as zeros while keeping it stored (see
+    /// [`Extent::zero_range`]): a raw device gets `BLKZEROOUT`, a flat file `FALLOC_FL_ZERO_RANGE`,
+    /// other extents written zeros. For clearing stale data; [`Link::discard`] frees space instead.
+    pub fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly { path: self.path.clone(), what: "disk is opened read-only".into() });
+        }
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.each_slot(offset, len, |s, eo, _, _| {
+            if s.ext.writable() {
+                return Ok(());
+            }
+            s.ext.write_at(&[], eo, None)?;
+            Err(Error::ReadOnly { path: self.path.clone(), what: format!("extent at byte {} is read-only", s.start) })
+        })?;
+        self.begin_write()?;
+        let parent = self.parent.read().unwrap_or_else(|p| p.into_inner()).clone();
+        self.each_slot(offset, len, |s, eo, _, n| {
+            let shifted = parent.as_deref().map(|p| Shifted { inner: p, base: s.start });
+            s.ext.zero_range(eo, n as u64, shifted.as_ref().map(|x| x as &dyn ReadAt))
         })
     }
 
@@ -570,7 +598,7 @@ impl Link {
         }
         self.check_range(offset, len)?;
         self.begin_write()?;
-        let has_parent = self.parent.read().unwrap_or_else(|p| p.into_inner()).is_some();
+        let has_parent = self.parent.read().unwrap_or_else(|p| p.into_inner()).is_some() || self.names_parent();
         let mut freed = 0;
         self.each_slot(offset, len, |s, eo, _, n| {
             freed += s.ext.discard(eo, n as u64, has_parent)?;
@@ -681,6 +709,26 @@ impl Link {
             s.ext.close()?;
         }
         Ok(())
+    }
+}
+
+impl Link {
+    /// True when the descriptor names a parent (a delta link), whether or not it is attached.
+    pub fn names_parent(&self) -> bool {
+        let d = self.descriptor.lock().unwrap_or_else(|p| p.into_inner());
+        d.parent_file_name_hint.is_some() || d.parent_cid != crate::descriptor::NO_PARENT_CID
+    }
+}
+
+/// Stands in for the parent of a delta written without its parent open.
+struct Detached(PathBuf);
+
+impl ReadAt for Detached {
+    fn read_at(&self, _buf: &mut [u8], offset: u64) -> Result<()> {
+        Err(Error::unsupported(
+            &self.0,
+            format!("a partial grain at byte {offset} needs the parent's data, but the delta was opened without its parent (open it as a chain)"),
+        ))
     }
 }
 

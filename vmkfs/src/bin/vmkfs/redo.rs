@@ -30,9 +30,17 @@ pub struct RedoArgs {
     /// Print the byte ranges that changed above a link (--since; default: the base).
     #[arg(long = "changed-blocks")]
     pub changed_blocks: bool,
-    /// With --changed-blocks: the link changes are counted from (incremental: the previous snapshot).
-    #[arg(long, value_name = "LINK", requires = "changed_blocks")]
+    /// With --changed-blocks or --export-delta: the link changes are counted from (incremental:
+    /// the previous snapshot; differential: the base).
+    #[arg(long, value_name = "LINK")]
     pub since: Option<PathBuf>,
+    /// Incremental export: write the blocks changed since --since LINK as a new REDO link DST that
+    /// chains onto a copy of LINK.
+    #[arg(long = "export-delta", value_name = "DST", requires = "since")]
+    pub export_delta: Option<PathBuf>,
+    /// Replication: apply an exported REDO link DELTA onto the target (a replica of its parent).
+    #[arg(long = "apply", value_name = "DELTA")]
+    pub apply: Option<PathBuf>,
     /// With --changed-blocks: block size (default 64k).
     #[arg(long = "block-size", value_name = "SIZE", requires = "changed_blocks")]
     pub block_size: Option<String>,
@@ -44,7 +52,10 @@ pub struct RedoArgs {
 /// How many REDO operations the command line selects.
 pub fn selected(cli: &Cli) -> usize {
     let r = &cli.redo;
-    [r.snapshot, r.commit, r.discard, r.chain, r.changed_blocks].iter().filter(|x| **x).count()
+    [r.snapshot, r.commit, r.discard, r.chain, r.changed_blocks, r.export_delta.is_some(), r.apply.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count()
 }
 
 /// Runs the selected REDO operation; `None` when none is selected.
@@ -66,6 +77,42 @@ fn run_inner(cli: &Cli) -> Result<i32> {
             println!("{}", serde_json::json!({"event": "snapshot", "link": new, "parent": disk}));
         } else {
             println!("{}", new.display());
+        }
+        return Ok(exit::OK);
+    }
+    if let Some(dst) = &r.export_delta {
+        let since = r.since.as_deref().expect("clap requires --since");
+        let mut progress = |_: u64, _: u64| {};
+        let out = vmkfs::redo_ops::export_delta(
+            disk,
+            since,
+            dst,
+            &opts,
+            cli.common.force,
+            &mut progress,
+            Some(crate::disk::install_interrupt_handler()),
+        )?;
+        if json {
+            println!("{}", serde_json::json!({"event": "exported", "delta": out, "since": since}));
+        } else {
+            println!("{}", out.display());
+        }
+        return Ok(exit::OK);
+    }
+    if let Some(delta) = &r.apply {
+        let mut progress = |_: u64, _: u64| {};
+        let cid = vmkfs::redo_ops::apply_delta(
+            delta,
+            disk,
+            &opts,
+            cli.common.force,
+            &mut progress,
+            Some(crate::disk::install_interrupt_handler()),
+        )?;
+        if json {
+            println!("{}", serde_json::json!({"event": "applied", "replica": disk, "cid": format!("{cid:08x}")}));
+        } else {
+            println!("Applied '{}' to '{}'.", delta.display(), disk.display());
         }
         return Ok(exit::OK);
     }
