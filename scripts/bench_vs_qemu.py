@@ -5,7 +5,12 @@ Both commands are followed by `sync` (vmkfs flushes its output itself; qemu-img 
 flushed times compare like with like; qemu's unflushed time is reported too. Peak memory (max RSS)
 comes from wait4(). Prints medians and the median of the pairwise ratios.
 
-usage: bench_vs_qemu.py [--rounds N] [--sizes 2048:0.5,16384:0.1] [--work DIR] [--vmkfs PATH]
+Output sizes (all files of the destination) are reported too. Cases: raw-thin, raw-zeroedthick,
+sparse-2gbsparse, raw-monosparse, sparse-thin, raw-stream (streamOptimized; `raw-stream@N` passes
+`--compress-level N` to vmkfs, qemu always uses zlib's default level).
+
+usage: bench_vs_qemu.py [--rounds N] [--sizes 2048:0.5,16384:0.1] [--cases raw-thin,raw-stream@1]
+                        [--work DIR] [--vmkfs PATH]
 """
 import argparse
 import os
@@ -31,6 +36,13 @@ def run(cmd, sync=True):
         os.sync()
     t2 = time.perf_counter()
     return t2 - t0, t1 - t0, ru.ru_maxrss
+
+
+def size_of(prefix):
+    """Total bytes of the files whose names start with prefix."""
+    d = os.path.dirname(prefix)
+    base = os.path.basename(prefix)
+    return sum(os.path.getsize(os.path.join(d, n)) for n in os.listdir(d) if n.startswith(base))
 
 
 def clean(prefix):
@@ -66,9 +78,13 @@ def main():
             "sparse-2gbsparse": (sparse, ["-d", "2gbsparse"], ["-o", "subformat=twoGbMaxExtentSparse"]),
             "raw-monosparse": (raw, ["-d", "monosparse"], ["-o", "subformat=monolithicSparse"]),
             "sparse-thin": (sparse, ["-d", "thin"], ["-o", "subformat=monolithicFlat"]),
+            "raw-stream": (raw, ["-d", "streamoptimized"], ["-o", "subformat=streamOptimized"]),
         }
         for case in a.cases.split(","):
-            src, vargs, qargs = cases[case]
+            name, _, level = case.partition("@")
+            src, vargs, qargs = cases[name]
+            if level:
+                vargs = vargs + ["--compress-level", level]
             v_cmd = [a.vmkfs, "-i", src] + vargs + [out + "-v.vmdk"]
             q_cmd = ["qemu-img", "convert", "-m", "8", "-W", "-O", "vmdk"] + qargs + [src, out + "-q.vmdk"]
             # Warm the page cache with the source, then one untimed run of each.
@@ -77,12 +93,15 @@ def main():
                 run(cmd)
                 clean(pre)
             v_t, q_t, q_un, ratios, v_rss, q_rss = [], [], [], [], [], []
+            v_size = q_size = 0
             for _ in range(a.rounds):
                 clean(out + "-v")
                 tv, _, rv = run(v_cmd)
+                v_size = size_of(out + "-v")
                 clean(out + "-v")
                 clean(out + "-q")
                 tq, tq_un, rq = run(q_cmd)
+                q_size = size_of(out + "-q")
                 clean(out + "-q")
                 v_t.append(tv)
                 q_t.append(tq)
@@ -92,12 +111,12 @@ def main():
                 q_rss.append(rq)
             rows.append((f"{int(mib) // 1024} GiB, {int(float(fill) * 100)}% data", case, statistics.median(v_t),
                          statistics.median(q_t), statistics.median(q_un), statistics.median(ratios),
-                         max(v_rss) / 1024, max(q_rss) / 1024))
+                         max(v_rss) / 1024, max(q_rss) / 1024, v_size / 2**20, q_size / 2**20))
     print()
-    print("| image | conversion | vmkfs (s, flushed) | qemu-img -m 8 -W (s, + sync) | qemu-img unflushed (s) | ratio vmkfs/qemu (median of pairs) | vmkfs peak RSS (MiB) | qemu peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| image | conversion | vmkfs (s, flushed) | qemu-img -m 8 -W (s, + sync) | qemu-img unflushed (s) | ratio vmkfs/qemu (median of pairs) | vmkfs peak RSS (MiB) | qemu peak RSS (MiB) | vmkfs output (MiB) | qemu output (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.0f} | {r[7]:.0f} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.0f} | {r[7]:.0f} | {r[8]:.1f} | {r[9]:.1f} |")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ pub struct Device {
 
 impl Device {
     /// Opens `path` in `mode`.
+    ///
+    /// A block device opened for writing is also opened with `O_EXCL`, so the kernel refuses it while
+    /// it is mounted or held exclusively by another process; that refusal, like a lock held by another
+    /// writer, is reported as [`io::ErrorKind::WouldBlock`].
     pub fn open(path: &Path, mode: OpenMode) -> io::Result<Device> {
         let mut opts = OpenOptions::new();
         opts.read(true);
@@ -36,12 +40,21 @@ impl Device {
             OpenMode::Read => {}
             OpenMode::Write => {
                 opts.write(true);
+                if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device()) {
+                    opts.custom_flags(libc::O_EXCL);
+                }
             }
             OpenMode::CreateNew => {
                 opts.write(true).create_new(true).mode(0o644);
             }
         }
-        let file = opts.open(path)?;
+        let file = opts.open(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                io::Error::new(io::ErrorKind::WouldBlock, "device is in use (mounted, or opened exclusively elsewhere)")
+            } else {
+                e
+            }
+        })?;
         let block_device = file.metadata()?.file_type().is_block_device();
         let writable = mode != OpenMode::Read;
         if writable {
@@ -62,6 +75,11 @@ impl Device {
     /// True for block devices (as opposed to regular files).
     pub fn is_block_device(&self) -> bool {
         self.block_device
+    }
+
+    /// The metadata of the open file (`fstat`): for a block device, `rdev` names it.
+    pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        self.file.metadata()
     }
 
     /// True when opened for writing.
@@ -139,6 +157,53 @@ impl Device {
     /// Deallocates `[offset, offset+len)`, which then reads as zeros (`FALLOC_FL_PUNCH_HOLE`).
     pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+    }
+
+    /// Makes `[offset, offset+len)` read as zeros, cheaply where the system can: `BLKZEROOUT` on a
+    /// block device (the device may offload it, e.g. SCSI WRITE SAME), `FALLOC_FL_ZERO_RANGE` on a
+    /// file (the range stays allocated), else `FALLOC_FL_PUNCH_HOLE`; where none of these is
+    /// available, zeros are written. Unlike [`Device::punch_hole`] this never fails for lack of
+    /// support.
+    pub fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let unsupported = |e: &io::Error| {
+            matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY | libc::ENOSYS))
+        };
+        if self.block_device {
+            let range: [u64; 2] = [offset, len];
+            // SAFETY: BLKZEROOUT reads two u64 values (start, length) through the pointer, which
+            // points at a live array of two u64.
+            let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKZEROOUT, range.as_ptr()) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if !unsupported(&e) {
+                return Err(e);
+            }
+        } else {
+            match self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+                Ok(()) => return Ok(()),
+                Err(e) if unsupported(&e) => {}
+                Err(e) => return Err(e),
+            }
+            match self.punch_hole(offset, len) {
+                Ok(()) => return Ok(()),
+                Err(e) if unsupported(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        const CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; CHUNK.min(len) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done);
+            self.write_all_at(&zeros[..n as usize], offset + done)?;
+            done += n;
+        }
+        Ok(())
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
@@ -230,6 +295,8 @@ impl Device {
 
 /// `_IOR(0x12, 114, size_t)`: the block device size in bytes.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+/// `_IO(0x12, 127)`: zero a byte range `[start, len]` of a block device.
+const BLKZEROOUT: libc::c_ulong = 0x127f;
 
 fn to_off(v: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(v).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
@@ -259,6 +326,22 @@ mod tests {
         let runs = d.data_runs(0, 8 << 20).unwrap();
         assert_eq!(runs, vec![(1 << 20, 4096)]);
         assert_eq!(d.size().unwrap(), 8 << 20);
+    }
+
+    #[test]
+    fn zero_range_zeroes_and_keeps_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let d = Device::open(&p, OpenMode::CreateNew).unwrap();
+        d.write_all_at(&[0xaau8; 3 << 20], 0).unwrap();
+        d.zero_range(4096, 1 << 20).unwrap();
+        d.zero_range(0, 0).unwrap();
+        let mut b = vec![0u8; 3 << 20];
+        d.read_exact_at(&mut b, 0).unwrap();
+        assert!(b[..4096].iter().all(|&x| x == 0xaa));
+        assert!(b[4096..4096 + (1 << 20)].iter().all(|&x| x == 0));
+        assert!(b[4096 + (1 << 20)..].iter().all(|&x| x == 0xaa));
+        assert_eq!(d.size().unwrap(), 3 << 20);
     }
 
     #[test]

@@ -240,12 +240,11 @@ pub struct NewDisk {
     /// `(temporary, final)` names; the descriptor (or the single file) last.
     files: Vec<(PathBuf, PathBuf)>,
     storage: Arc<dyn Storage>,
-    format: DiskFormat,
 }
 
 impl std::fmt::Debug for NewDisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewDisk").field("files", &self.files).field("format", &self.format).finish()
+        f.debug_struct("NewDisk").field("files", &self.files).finish()
     }
 }
 
@@ -253,11 +252,6 @@ impl NewDisk {
     /// The link to fill.
     pub fn link(&self) -> &Link {
         self.link.as_ref().expect("link is present until commit")
-    }
-
-    /// The format being created.
-    pub fn format(&self) -> DiskFormat {
-        self.format
     }
 
     /// Final paths of every file of the disk, descriptor last.
@@ -472,7 +466,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     }
 
     // From here on, `guard` removes whatever was created if anything fails.
-    let mut guard = NewDisk { link: None, files: Vec::new(), storage: storage.clone(), format };
+    let mut guard = NewDisk { link: None, files: Vec::new(), storage: storage.clone() };
     let cache = Arc::new(GtCache::default());
     let mut extents: Vec<Box<dyn Extent>> = Vec::new();
     let mut embedded = None;
@@ -646,8 +640,7 @@ pub fn create_stream(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<New
     if !opts.force && storage.exists(path) {
         return Err(Error::Exists { path: path.to_path_buf() });
     }
-    let mut disk =
-        NewDisk { link: None, files: Vec::new(), storage: storage.clone(), format: DiskFormat::StreamOptimized };
+    let mut disk = NewDisk { link: None, files: Vec::new(), storage: storage.clone() };
     let tmp = temp_name(path);
     let backing = storage.create_new(&tmp)?;
     disk.files.push((tmp, path.to_path_buf()));
@@ -694,7 +687,7 @@ pub fn create_delta(path: impl AsRef<Path>, capacity: u64, parent: &Parent, opts
     });
     desc.set_ddb("longContentID", format!("{}{cid:08x}", random_hex(12)));
     let storage = &opts.storage;
-    let mut guard = NewDisk { link: None, files: Vec::new(), storage: storage.clone(), format: DiskFormat::Thin };
+    let mut guard = NewDisk { link: None, files: Vec::new(), storage: storage.clone() };
     let tmp = temp_name(&data_final);
     let b = storage.create_new(&tmp)?;
     guard.files.push((tmp, data_final));

@@ -93,6 +93,10 @@ pub enum Error {
     /// A bad argument from the caller (size, format name, …).
     #[error("{0}")]
     InvalidArgument(String),
+    /// A raw device mapping: a bad mapping file, or a mapped device that is missing, busy or not
+    /// the device the mapping was made for.
+    #[error(transparent)]
+    Rdm(#[from] rdm::MappingError),
 }
 
 impl Error {
@@ -120,6 +124,13 @@ impl Error {
                 | Error::Unsupported { .. }
                 | Error::PathEscape { .. }
                 | Error::OutOfRange { .. }
+                | Error::Rdm(
+                    rdm::MappingError::Corrupt { .. }
+                        | rdm::MappingError::Version { .. }
+                        | rdm::MappingError::NotADevice { .. }
+                        | rdm::MappingError::NotFound { .. }
+                        | rdm::MappingError::Mismatch { .. }
+                )
         )
     }
 }

@@ -6,6 +6,8 @@
 //!   the [`AllocMap`] of where data is, and the unclean-shutdown and CID rules.
 //! - [`create`]: new disks in every format we write, built under temporary names.
 //! - [`storage`]: the seam through which a link reaches its files.
+//! - [`rawdev`]: raw device mappings (`VMFSRDM`, `VMFSRAW` extents), creating them, and
+//!   [`rdm_mode`], the RDM mode of a disk.
 
 #![warn(missing_docs)]
 
@@ -16,14 +18,17 @@ pub mod error;
 pub mod extent;
 pub mod link;
 pub mod map;
+pub mod rawdev;
 pub mod storage;
 
-pub use create::{Adapter, CreateOptions, DiskFormat, NewDisk};
+pub use create::{Adapter, CreateOptions, DiskFormat, NewDisk, NewStream};
 pub use descriptor::{CreateType, Descriptor};
 pub use error::{Error, Result};
 pub use extent::ReadAt;
 pub use link::{Container, Link, OpenOptions};
 pub use map::{AllocMap, Run, State};
+pub use rawdev::rdm_mode;
+pub use rdm::Mode as RdmMode;
 pub use storage::{Backing, HostStorage, Storage};
 
 /// Bytes per sector.

@@ -312,11 +312,8 @@ impl Link {
         cache: &Arc<GtCache>,
     ) -> Result<Link> {
         let opts = opener.opts;
-        match &desc.create_type {
-            CreateType::Other(t) => {
-                return Err(Error::unsupported(path, format!("createType {t:?} is not a known VMDK type")))
-            }
-            _ => {}
+        if let CreateType::Other(t) = &desc.create_type {
+            return Err(Error::unsupported(path, format!("createType {t:?} is not a known VMDK type")));
         }
         let mut slots = Vec::with_capacity(desc.extents.len());
         let mut start = 0u64;

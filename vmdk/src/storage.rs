@@ -46,6 +46,11 @@ pub trait Backing: Send + Sync + Debug {
     fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
         write_zeros(self, offset, len)
     }
+    /// Makes a range read as zeros, keeping it allocated, by the cheapest means the file has (a
+    /// block device's `BLKZEROOUT`, `FALLOC_FL_ZERO_RANGE`). The default writes zeros.
+    fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
+        write_zeros(self, offset, len)
+    }
     /// Starts writing back `[offset, offset+len)` to stable storage without waiting. The default
     /// does nothing.
     fn start_writeback(&self, _offset: u64, _len: u64) {}
@@ -104,6 +109,11 @@ pub struct HostFile {
 }
 
 impl HostFile {
+    /// Wraps a device or file opened elsewhere (a device found through an RDM mapping).
+    pub fn new(dev: Device) -> HostFile {
+        HostFile { dev }
+    }
+
     fn map<T>(&self, op: impl FnOnce() -> String, r: io::Result<T>) -> Result<T> {
         r.map_err(|e| Error::io(self.dev.path(), op(), e))
     }
@@ -160,6 +170,9 @@ impl Backing for HostFile {
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => write_zeros(self, offset, len),
             Err(e) => Err(Error::io(self.path(), format!("punch hole of {len} bytes at {offset}"), e)),
         }
+    }
+    fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
+        self.map(|| format!("zero {len} bytes at offset {offset}"), self.dev.zero_range(offset, len))
     }
     fn start_writeback(&self, offset: u64, len: u64) {
         // Only a hint: a failure here shows up again at the final sync.

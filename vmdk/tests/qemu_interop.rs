@@ -367,6 +367,7 @@ fn we_write(format: DiskFormat, seed: u64) {
         DiskFormat::TwoGbSparse => CreateType::TwoGbMaxExtentSparse,
         DiskFormat::MonoFlat => CreateType::MonolithicFlat,
         DiskFormat::TwoGbFlat => CreateType::TwoGbMaxExtentFlat,
+        DiskFormat::StreamOptimized => CreateType::StreamOptimized,
     };
     assert_eq!(link.descriptor().create_type, want_type);
     assert_same(&read_all(&link), &data, &format!("{}: reopened", format.name()));

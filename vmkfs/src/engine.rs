@@ -1,9 +1,10 @@
-//! The copy engine: the one place data moves from a source disk to a target link.
+//! The copy engine: the one place data moves from a source disk to a target.
 //!
 //! ```text
-//! source --map--> planner (chunks, grain aligned) --> N reader threads (pread, zero detection)
-//!     parallel targets (flat, thin, thick): each reader writes its own chunk (pwrite)
-//!     ordered targets (sparse):             one writer appends chunks in LBA order
+//! source --map--> planner (chunks, grain aligned) --> N reader threads (pread, zero detection,
+//!   or a sequential feed (a pipe) ----^                 Target::encode: identity, or compression)
+//!     parallel targets (flat, thin, thick): each reader writes its own chunk (Target::write)
+//!     ordered targets (sparse, stream):     one writer calls Target::write in LBA order
 //! ```
 //!
 //! The planner walks the source's allocation map in windows and hands out chunks of at most
@@ -14,8 +15,16 @@
 //! hold stale data) ranges without data are zeroed through the target's zeroing primitive. In dense
 //! mode (eager-zeroed targets) every byte of the target is written, zeros included.
 //!
-//! Memory is bounded: at most [`EngineOptions::in_flight`] chunk buffers exist at once, whatever
-//! the disk size.
+//! A source that can only be read once, in order (a pipe), is a [`Feed`] instead: the planner
+//! takes its pieces in order (reading the pipe under the planner's lock) and the readers decode
+//! them ([`copy_feed`]).
+//!
+//! Targets implement [`Target`]: `encode` runs on the reader threads (in parallel), `write` on the
+//! writer. A [`Link`] encodes nothing and writes the non-zero runs; a streamOptimized target
+//! compresses grains in `encode` and appends them in `write`.
+//!
+//! Memory is bounded: at most [`EngineOptions::in_flight`] chunk buffers (and their encodings)
+//! exist at once, whatever the disk size.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +59,115 @@ impl Source for Chain {
     }
 }
 
+/// A chunk of the source as the engine hands it to a [`Target`]: `buf` holds the disk from byte
+/// `offset`, and `runs` (`(start, len)` in `buf`) are the parts to store — the non-zero blocks, or
+/// all of `buf` in dense mode.
+#[derive(Debug, Clone, Copy)]
+pub struct Piece<'a> {
+    /// Disk offset of `buf[0]`.
+    pub offset: u64,
+    /// The chunk's bytes.
+    pub buf: &'a [u8],
+    /// The runs of `buf` to store.
+    pub runs: &'a [(usize, usize)],
+}
+
+/// What the engine writes to.
+///
+/// [`Target::encode`] runs on the reader threads, many chunks at once; [`Target::write`] runs on
+/// the reader threads too for parallel targets, and for ordered targets (`EngineOptions::ordered`)
+/// on one writer, chunk after chunk in disk order.
+pub trait Target: Sync {
+    /// A chunk made ready for writing (compressed grains, or nothing for an identity encoding).
+    type Encoded: Send;
+    /// Capacity in bytes.
+    fn capacity(&self) -> u64;
+    /// Prepares a chunk for [`Target::write`] (the costly, parallel part).
+    fn encode(&self, piece: &Piece<'_>) -> Result<Self::Encoded>;
+    /// Stores a chunk; returns the disk bytes stored.
+    fn write(&self, piece: &Piece<'_>, encoded: Self::Encoded) -> Result<u64>;
+    /// Makes `[offset, offset+len)` read as zeros (for `EngineOptions::zero_target`). The default
+    /// refuses.
+    fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
+        Err(Error::Usage(format!("this target cannot zero {len} bytes at {offset}")))
+    }
+    /// Starts writing back a chunk just written (a hint). The default does nothing.
+    fn start_writeback(&self, _offset: u64, _len: u64) {}
+}
+
+/// A link encodes nothing: each run is written with [`Link::write_at`].
+impl Target for Link {
+    type Encoded = ();
+    fn capacity(&self) -> u64 {
+        Link::capacity(self)
+    }
+    fn encode(&self, _piece: &Piece<'_>) -> Result<()> {
+        Ok(())
+    }
+    fn write(&self, piece: &Piece<'_>, _encoded: ()) -> Result<u64> {
+        let mut n = 0;
+        for &(s, l) in piece.runs {
+            self.write_at(&piece.buf[s..s + l], piece.offset + s as u64)?;
+            n += l as u64;
+        }
+        Ok(n)
+    }
+    fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
+        Ok(Link::zero_range(self, offset, len)?)
+    }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        Link::start_writeback(self, offset, len)
+    }
+}
+
+/// A shared target is a target (so `&Arc<Link>` works where `&Link` does).
+impl<T: Target + Send> Target for std::sync::Arc<T> {
+    type Encoded = T::Encoded;
+    fn capacity(&self) -> u64 {
+        (**self).capacity()
+    }
+    fn encode(&self, piece: &Piece<'_>) -> Result<Self::Encoded> {
+        (**self).encode(piece)
+    }
+    fn write(&self, piece: &Piece<'_>, encoded: Self::Encoded) -> Result<u64> {
+        (**self).write(piece, encoded)
+    }
+    fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
+        (**self).zero_range(offset, len)
+    }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        (**self).start_writeback(offset, len)
+    }
+}
+
+/// Fills a chunk buffer (already zeroed) on a reader thread.
+pub type FillFn = Box<dyn FnOnce(&mut [u8]) -> vmdk::Result<()> + Send>;
+
+/// A piece of a [`Feed`]: `len` bytes of the disk at `offset`, and how to produce them.
+pub struct FeedPiece {
+    /// Disk offset.
+    pub offset: u64,
+    /// Length in bytes (the piece must not cross a multiple of the chunk size).
+    pub len: u64,
+    /// Fills the piece's buffer (zeroed beforehand) on a reader thread: decompression, a copy.
+    pub fill: FillFn,
+}
+
+impl std::fmt::Debug for FeedPiece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedPiece").field("offset", &self.offset).field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+/// A source read once, in order (a pipe). Ranges it never hands out are zeros.
+pub trait Feed: Send {
+    /// Capacity in bytes.
+    fn capacity(&self) -> u64;
+    /// The next piece, in increasing offset order, not crossing a multiple of `chunk`; `None` at
+    /// the end. Called under the planner's lock: read the input here, decode in the piece's `fill`.
+    fn next(&mut self, chunk: u64) -> vmdk::Result<Option<FeedPiece>>;
+}
+
 /// How the engine runs.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
@@ -75,6 +193,10 @@ pub struct EngineOptions {
     /// hold stale data, like a raw device. Pair it with `skip_zeros = false`, so zero blocks inside
     /// data ranges are written too, and the target then reads exactly as the source.
     pub zero_target: bool,
+    /// Widen every data range of the map to multiples of this many bytes (a power of two dividing
+    /// `chunk`; 0 or 1: no widening), so a target that stores whole grains never sees a grain in
+    /// two chunks (streamOptimized).
+    pub align: u64,
 }
 
 impl EngineOptions {
@@ -94,6 +216,7 @@ impl EngineOptions {
             writeback: std::env::var_os("VMKFS_NO_WRITEBACK").is_none(),
             skip_zeros: true,
             zero_target: false,
+            align: 0,
         }
     }
 }
@@ -122,23 +245,43 @@ struct Chunk {
     len: u64,
     /// Read from the source (false: the chunk is zeros; only in dense mode).
     read: bool,
+    /// Bytes of a feed skipped since the previous chunk (counted as done for progress).
+    skipped: u64,
 }
 
-/// Hands out chunks in disk order, walking the source map in windows.
-struct Planner<'a> {
+/// How a chunk's buffer gets its bytes.
+enum Fill {
+    /// Read from the [`Source`].
+    Source,
+    /// No data: zeros.
+    Zeros,
+    /// A feed's piece.
+    With(FillFn),
+}
+
+/// Hands out chunks in disk order.
+trait Plan: Send {
+    fn next(&mut self) -> vmdk::Result<Option<(Chunk, Fill)>>;
+}
+
+/// Plans from a source's allocation map, walked in windows.
+struct MapPlan<'a> {
     src: &'a dyn Source,
     chunk: u64,
     dense: bool,
+    align: u64,
     window_end: u64,
     runs: std::vec::IntoIter<vmdk::Run>,
     cur: Option<(u64, u64, bool)>,
+    /// End of the last chunk handed out.
+    emitted: u64,
     next_idx: u64,
 }
 
 const WINDOW: u64 = 1 << 30;
 
-impl Planner<'_> {
-    fn next(&mut self) -> vmdk::Result<Option<Chunk>> {
+impl Plan for MapPlan<'_> {
+    fn next(&mut self) -> vmdk::Result<Option<(Chunk, Fill)>> {
         loop {
             if let Some((pos, end, read)) = self.cur {
                 if pos < end {
@@ -146,9 +289,10 @@ impl Planner<'_> {
                     let cut = ((pos / self.chunk) + 1) * self.chunk;
                     let stop = cut.min(end);
                     self.cur = Some((stop, end, read));
-                    let c = Chunk { idx: self.next_idx, offset: pos, len: stop - pos, read };
+                    self.emitted = stop;
+                    let c = Chunk { idx: self.next_idx, offset: pos, len: stop - pos, read, skipped: 0 };
                     self.next_idx += 1;
-                    return Ok(Some(c));
+                    return Ok(Some((c, if read { Fill::Source } else { Fill::Zeros })));
                 }
                 self.cur = None;
             }
@@ -156,7 +300,16 @@ impl Planner<'_> {
                 Some(r) => {
                     let data = r.state == State::Data;
                     if data || self.dense {
-                        self.cur = Some((r.offset, r.end(), data));
+                        let (mut start, mut end) = (r.offset, r.end());
+                        if self.align > 1 && data {
+                            start -= start % self.align;
+                            end = end.div_ceil(self.align).saturating_mul(self.align).min(self.src.capacity());
+                        }
+                        // A widened range may already have been handed out.
+                        start = start.max(self.emitted);
+                        if start < end {
+                            self.cur = Some((start, end, data));
+                        }
                     }
                 }
                 None => {
@@ -171,6 +324,56 @@ impl Planner<'_> {
                 }
             }
         }
+    }
+}
+
+/// Plans from a [`Feed`], checking its pieces, and in dense mode filling the gaps with zero chunks.
+struct FeedPlan<'a> {
+    feed: &'a mut dyn Feed,
+    chunk: u64,
+    dense: bool,
+    capacity: u64,
+    /// End of the last chunk handed out.
+    pos: u64,
+    pending: Option<FeedPiece>,
+    ended: bool,
+    next_idx: u64,
+}
+
+impl Plan for FeedPlan<'_> {
+    fn next(&mut self) -> vmdk::Result<Option<(Chunk, Fill)>> {
+        if self.pending.is_none() && !self.ended {
+            match self.feed.next(self.chunk)? {
+                None => self.ended = true,
+                Some(p) => {
+                    let end = p.offset.checked_add(p.len).filter(|e| *e <= self.capacity);
+                    let ok = p.len > 0
+                        && p.offset >= self.pos
+                        && end.is_some_and(|e| p.offset / self.chunk == (e - 1) / self.chunk);
+                    if !ok {
+                        return Err(vmdk::Error::InvalidArgument(format!(
+                            "input piece of {} bytes at {} is out of order, empty, past the capacity ({}) or across a chunk",
+                            p.len, p.offset, self.capacity
+                        )));
+                    }
+                    self.pending = Some(p);
+                }
+            }
+        }
+        let next_data = self.pending.as_ref().map(|p| p.offset).unwrap_or(self.capacity);
+        let idx = self.next_idx;
+        if self.dense && self.pos < next_data {
+            let stop = (((self.pos / self.chunk) + 1) * self.chunk).min(next_data);
+            let c = Chunk { idx, offset: self.pos, len: stop - self.pos, read: false, skipped: 0 };
+            self.pos = stop;
+            self.next_idx += 1;
+            return Ok(Some((c, Fill::Zeros)));
+        }
+        let Some(p) = self.pending.take() else { return Ok(None) };
+        let c = Chunk { idx, offset: p.offset, len: p.len, read: true, skipped: p.offset - self.pos };
+        self.pos = p.offset + p.len;
+        self.next_idx += 1;
+        Ok(Some((c, Fill::With(p.fill))))
     }
 }
 
@@ -214,16 +417,17 @@ pub fn nonzero_runs(buf: &[u8], block: usize) -> Vec<(usize, usize)> {
     out
 }
 
-/// A chunk read and waiting for the ordered writer: the chunk, its buffer, the runs to write.
-type Filled = (Chunk, Vec<u8>, Vec<(usize, usize)>);
+/// A chunk read, encoded and waiting for the ordered writer.
+struct Filled<E> {
+    chunk: Chunk,
+    buf: Vec<u8>,
+    runs: Vec<(usize, usize)>,
+    enc: E,
+}
 
-enum Msg {
-    /// A chunk read (ordered mode): its buffer and the runs to write.
-    Filled {
-        chunk: Chunk,
-        buf: Vec<u8>,
-        runs: Vec<(usize, usize)>,
-    },
+enum Msg<E> {
+    /// A chunk read and encoded (ordered mode).
+    Filled(Filled<E>),
     /// A chunk fully handled by its reader (parallel mode).
     Done {
         chunk: Chunk,
@@ -242,9 +446,9 @@ pub fn plan_total(src: &dyn Source, dense: bool) -> vmdk::Result<u64> {
 
 /// Copies `src` into `dst` (same capacity). `progress(done, total)` is called from the calling
 /// thread; `cancel`, when set, stops the copy with [`Error::Interrupted`].
-pub fn copy(
+pub fn copy<T: Target>(
     src: &dyn Source,
-    dst: &Link,
+    dst: &T,
     opts: &EngineOptions,
     progress: &mut dyn FnMut(u64, u64),
     cancel: Option<&AtomicBool>,
@@ -252,29 +456,89 @@ pub fn copy(
     if dst.capacity() < src.capacity() {
         return Err(Error::Usage(format!("target holds {} bytes, source {}", dst.capacity(), src.capacity())));
     }
-    assert!(opts.chunk.is_power_of_two() && opts.zero_block.is_power_of_two() && opts.zero_block as u64 <= opts.chunk);
-    let total = plan_total(src, opts.dense || opts.zero_target)?;
-    let mut stats = CopyStats { total, ..CopyStats::default() };
-    progress(0, total);
-    let planner = Mutex::new(Planner {
+    check_options(opts)?;
+    let dense = opts.dense || opts.zero_target;
+    let total = plan_total(src, dense)?;
+    let plan = MapPlan {
         src,
         chunk: opts.chunk,
-        dense: opts.dense || opts.zero_target,
+        dense,
+        align: opts.align,
         window_end: 0,
         runs: Vec::new().into_iter(),
         cur: None,
+        emitted: 0,
         next_idx: 0,
-    });
+    };
+    run(plan, Some(src), dst, opts, total, progress, cancel)
+}
+
+/// Copies what `feed` hands out into `dst` (at least the feed's capacity), in one pass over the
+/// feed. Progress counts bytes of the disk passed, out of the capacity.
+pub fn copy_feed<T: Target>(
+    feed: &mut dyn Feed,
+    dst: &T,
+    opts: &EngineOptions,
+    progress: &mut dyn FnMut(u64, u64),
+    cancel: Option<&AtomicBool>,
+) -> Result<CopyStats> {
+    let capacity = feed.capacity();
+    if dst.capacity() < capacity {
+        return Err(Error::Usage(format!("target holds {} bytes, source {capacity}", dst.capacity())));
+    }
+    check_options(opts)?;
+    let plan = FeedPlan {
+        feed,
+        chunk: opts.chunk,
+        dense: opts.dense || opts.zero_target,
+        capacity,
+        pos: 0,
+        pending: None,
+        ended: false,
+        next_idx: 0,
+    };
+    run(plan, None, dst, opts, capacity, progress, cancel)
+}
+
+fn check_options(opts: &EngineOptions) -> Result<()> {
+    let ok = opts.chunk.is_power_of_two()
+        && opts.zero_block.is_power_of_two()
+        && opts.zero_block as u64 <= opts.chunk
+        && (opts.align <= 1 || (opts.align.is_power_of_two() && opts.align <= opts.chunk));
+    if !ok {
+        return Err(Error::Usage(format!(
+            "engine: chunk {}, zero block {} and alignment {} must be powers of two, the chunk the largest",
+            opts.chunk, opts.zero_block, opts.align
+        )));
+    }
+    Ok(())
+}
+
+/// The engine proper: readers pull chunks from `plan`, fill and encode them, and either write them
+/// (parallel) or pass them to the calling thread, which writes them in order.
+fn run<P: Plan, T: Target>(
+    plan: P,
+    src: Option<&dyn Source>,
+    dst: &T,
+    opts: &EngineOptions,
+    total: u64,
+    progress: &mut dyn FnMut(u64, u64),
+    cancel: Option<&AtomicBool>,
+) -> Result<CopyStats> {
+    let mut stats = CopyStats { total, ..CopyStats::default() };
+    progress(0, total);
+    let planner = Mutex::new(plan);
     let threads = opts.threads.max(1);
     let in_flight = opts.in_flight.max(threads + 1);
     let abort = AtomicBool::new(false);
     let gate = Gate { written: Mutex::new(0), cv: Condvar::new() };
     let pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
     let zeros = vec![0u8; opts.chunk as usize];
-    let (tx, rx) = sync_channel::<Msg>(in_flight);
+    let (tx, rx) = sync_channel::<Msg<T::Encoded>>(in_flight);
     let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+    let whole = opts.dense || !opts.skip_zeros;
 
-    let worker = |tx: std::sync::mpsc::SyncSender<Msg>| {
+    let worker = |tx: std::sync::mpsc::SyncSender<Msg<T::Encoded>>| {
         let fail = |e: Error| {
             abort.store(true, Ordering::Release);
             gate.wake();
@@ -284,7 +548,7 @@ pub fn copy(
             if abort.load(Ordering::Acquire) {
                 return;
             }
-            let chunk = match planner.lock().unwrap_or_else(|p| p.into_inner()).next() {
+            let (chunk, fill) = match planner.lock().unwrap_or_else(|p| p.into_inner()).next() {
                 Ok(Some(c)) => c,
                 Ok(None) => return,
                 Err(e) => return fail(e.into()),
@@ -296,45 +560,57 @@ pub fn copy(
                 }
             }
             let len = chunk.len as usize;
-            if !chunk.read && !opts.ordered {
+            if matches!(fill, Fill::Zeros) && !opts.ordered {
                 // Dense mode, a range with no data: write zeros without reading (or zero the target's
                 // range through its zeroing primitive).
                 let r = if opts.zero_target {
                     dst.zero_range(chunk.offset, chunk.len)
                 } else {
-                    dst.write_at(&zeros[..len], chunk.offset)
+                    let runs = [(0, len)];
+                    let piece = Piece { offset: chunk.offset, buf: &zeros[..len], runs: &runs };
+                    dst.encode(&piece).and_then(|enc| dst.write(&piece, enc)).map(|_| ())
                 };
                 if let Err(e) = r {
-                    return fail(e.into());
+                    return fail(e);
                 }
                 let _ = tx.send(Msg::Done { chunk, written: chunk.len });
                 continue;
             }
             let mut buf = pool.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
             buf.resize(opts.chunk as usize, 0);
-            if !chunk.read {
-                buf[..len].fill(0);
-            } else if let Err(e) = src.read_at(&mut buf[..len], chunk.offset) {
+            let filled = match fill {
+                Fill::Zeros => {
+                    buf[..len].fill(0);
+                    Ok(())
+                }
+                Fill::Source => match src {
+                    Some(s) => s.read_at(&mut buf[..len], chunk.offset),
+                    None => Err(vmdk::Error::InvalidArgument("a feed's chunk asks to read a source".into())),
+                },
+                Fill::With(f) => {
+                    buf[..len].fill(0);
+                    f(&mut buf[..len])
+                }
+            };
+            if let Err(e) = filled {
                 return fail(e.into());
             }
-            let runs = if opts.dense || !opts.skip_zeros {
-                vec![(0, len)]
-            } else {
-                nonzero_runs(&buf[..len], opts.zero_block)
+            let runs = if whole { vec![(0, len)] } else { nonzero_runs(&buf[..len], opts.zero_block) };
+            let piece = Piece { offset: chunk.offset, buf: &buf[..len], runs: &runs };
+            let enc = match dst.encode(&piece) {
+                Ok(e) => e,
+                Err(e) => return fail(e),
             };
             if opts.ordered {
-                if tx.send(Msg::Filled { chunk, buf, runs }).is_err() {
+                if tx.send(Msg::Filled(Filled { chunk, buf, runs, enc })).is_err() {
                     return;
                 }
                 continue;
             }
-            let mut written = 0;
-            for &(s, l) in &runs {
-                if let Err(e) = dst.write_at(&buf[s..s + l], chunk.offset + s as u64) {
-                    return fail(e.into());
-                }
-                written += l as u64;
-            }
+            let written = match dst.write(&piece, enc) {
+                Ok(n) => n,
+                Err(e) => return fail(e),
+            };
             pool.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
             if opts.writeback && written > 0 {
                 dst.start_writeback(chunk.offset, chunk.len);
@@ -351,6 +627,7 @@ pub fn copy(
         .thread_name(|i| format!("vmkfs-copy-{i}"))
         .build()
         .map_err(|e| Error::Usage(format!("cannot start copy threads: {e}")))?;
+    let mut done = 0u64;
     pool_threads.in_place_scope(|s| {
         for _ in 0..threads {
             let tx = tx.clone();
@@ -358,9 +635,8 @@ pub fn copy(
             s.spawn(move |_| worker(tx));
         }
         drop(tx);
-        let mut pending: BTreeMap<u64, Filled> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, Filled<T::Encoded>> = BTreeMap::new();
         let mut next_write = 0u64;
-        let mut done = 0u64;
         let fail = |e: Error, result: &mut Result<()>| {
             if result.is_ok() {
                 *result = Err(e);
@@ -381,24 +657,23 @@ pub fn copy(
                 Msg::Done { chunk, written } => {
                     stats.read += if chunk.read { chunk.len } else { 0 };
                     stats.written += written;
-                    done += chunk.len;
+                    done += chunk.skipped + chunk.len;
                     progress(done, total);
                 }
-                Msg::Filled { chunk, buf, runs } => {
-                    pending.insert(chunk.idx, (chunk, buf, runs));
-                    while let Some((c, buf, runs)) = pending.remove(&next_write) {
-                        for &(s, l) in &runs {
-                            if let Err(e) = dst.write_at(&buf[s..s + l], c.offset + s as u64) {
-                                fail(e.into(), &mut result);
-                                break;
-                            }
-                            stats.written += l as u64;
+                Msg::Filled(f) => {
+                    pending.insert(f.chunk.idx, f);
+                    while let Some(f) = pending.remove(&next_write) {
+                        let c = f.chunk;
+                        let piece = Piece { offset: c.offset, buf: &f.buf[..c.len as usize], runs: &f.runs };
+                        match dst.write(&piece, f.enc) {
+                            Ok(n) => stats.written += n,
+                            Err(e) => fail(e, &mut result),
                         }
                         stats.read += if c.read { c.len } else { 0 };
-                        pool.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
+                        pool.lock().unwrap_or_else(|p| p.into_inner()).push(f.buf);
                         next_write += 1;
                         gate.advance(next_write);
-                        done += c.len;
+                        done += c.skipped + c.len;
                         progress(done, total);
                         if result.is_err() {
                             break;
@@ -411,6 +686,9 @@ pub fn copy(
     result?;
     if cancelled() {
         return Err(Error::Interrupted);
+    }
+    if done < total {
+        progress(total, total);
     }
     Ok(stats)
 }
@@ -429,5 +707,112 @@ mod tests {
         assert_eq!(nonzero_runs(&b, 16), vec![(0, 48)]);
         assert_eq!(nonzero_runs(&[0u8; 10], 4), vec![]);
         assert_eq!(nonzero_runs(&[0, 0, 0, 0, 0, 1], 4), vec![(4, 2)]);
+    }
+
+    /// A source whose map says data at odd places.
+    struct Odd {
+        data: Vec<u8>,
+        runs: Vec<(u64, u64)>,
+    }
+
+    impl Source for Odd {
+        fn capacity(&self) -> u64 {
+            self.data.len() as u64
+        }
+        fn map(&self, offset: u64, len: u64) -> vmdk::Result<AllocMap> {
+            let mut m = AllocMap::new();
+            let mut pos = offset;
+            for &(s, l) in &self.runs {
+                let (s, e) = (s.max(offset), (s + l).min(offset + len));
+                if s >= e {
+                    continue;
+                }
+                m.push(pos, s - pos, State::Absent, 0);
+                m.push(s, e - s, State::Data, 0);
+                pos = e;
+            }
+            m.push(pos, offset + len - pos, State::Absent, 0);
+            Ok(m)
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
+            buf.copy_from_slice(&self.data[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        }
+    }
+
+    /// Records the chunks a target is given.
+    struct Record(Mutex<Vec<(u64, u64)>>, u64);
+
+    impl Target for Record {
+        type Encoded = ();
+        fn capacity(&self) -> u64 {
+            self.1
+        }
+        fn encode(&self, _: &Piece<'_>) -> Result<()> {
+            Ok(())
+        }
+        fn write(&self, p: &Piece<'_>, _: ()) -> Result<u64> {
+            self.0.lock().unwrap().push((p.offset, p.buf.len() as u64));
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn aligned_plans_never_split_a_grain() {
+        let src = Odd { data: vec![1u8; 1 << 20], runs: vec![(4096, 4096), (16384, 100), (65536 * 3 + 7, 70000)] };
+        let t = Record(Mutex::new(Vec::new()), 1 << 20);
+        let mut o = EngineOptions::new();
+        o.chunk = 128 << 10;
+        o.align = 65536;
+        o.ordered = true;
+        copy(&src, &t, &o, &mut |_, _| {}, None).unwrap();
+        let got = t.0.into_inner().unwrap();
+        assert_eq!(got, vec![(0, 65536), (3 * 65536, 65536), (4 * 65536, 65536)]);
+    }
+
+    struct Pieces(Vec<(u64, u64)>, u64);
+
+    impl Feed for Pieces {
+        fn capacity(&self) -> u64 {
+            self.1
+        }
+        fn next(&mut self, _chunk: u64) -> vmdk::Result<Option<FeedPiece>> {
+            if self.0.is_empty() {
+                return Ok(None);
+            }
+            let (offset, len) = self.0.remove(0);
+            Ok(Some(FeedPiece {
+                offset,
+                len,
+                fill: Box::new(|b: &mut [u8]| {
+                    b.fill(7);
+                    Ok(())
+                }),
+            }))
+        }
+    }
+
+    #[test]
+    fn feeds_fill_gaps_in_dense_mode_and_report_progress() {
+        let t = Record(Mutex::new(Vec::new()), 1 << 20);
+        let mut o = EngineOptions::new();
+        o.chunk = 256 << 10;
+        o.ordered = true;
+        o.dense = true;
+        let mut last = (0, 0);
+        let mut feed = Pieces(vec![(100 << 10, 4096), (600 << 10, 8192)], 1 << 20);
+        copy_feed(&mut feed, &t, &o, &mut |d, t| last = (d, t), None).unwrap();
+        let got = t.0.into_inner().unwrap();
+        let mut pos = 0;
+        for (off, len) in &got {
+            assert_eq!(*off, pos);
+            pos += len;
+        }
+        assert_eq!(pos, 1 << 20);
+        assert_eq!(last, (1 << 20, 1 << 20));
+        // Out of order pieces are refused.
+        let t = Record(Mutex::new(Vec::new()), 1 << 20);
+        let mut feed = Pieces(vec![(600 << 10, 4096), (100 << 10, 4096)], 1 << 20);
+        assert!(copy_feed(&mut feed, &t, &o, &mut |_, _| {}, None).is_err());
     }
 }

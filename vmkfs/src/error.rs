@@ -36,6 +36,9 @@ pub enum Error {
     /// A change map could not be built or read.
     #[error(transparent)]
     ChangeMap(#[from] redo::ChangeMapError),
+    /// A VMFS volume could not be opened or read.
+    #[error(transparent)]
+    Vmfs(#[from] crate::vmfs::VmfsError),
     /// A bad argument.
     #[error("{0}")]
     Usage(String),
@@ -66,6 +69,8 @@ impl Error {
             Error::Redo(redo::RedoError::Interrupted) => exit::IO,
             Error::Redo(_) | Error::ChangeMap(_) => exit::BAD_INPUT,
             Error::Io { .. } | Error::Interrupted => exit::IO,
+            Error::Vmfs(e) if e.is_bad_input() => exit::BAD_INPUT,
+            Error::Vmfs(_) => exit::IO,
         }
     }
 }

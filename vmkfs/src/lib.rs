@@ -14,6 +14,8 @@ pub mod ops;
 pub mod rdm_ops;
 pub mod redo_ops;
 pub mod size;
+pub mod stream;
+pub mod vmfs;
 
 pub use error::{Error, Result};
 pub use rdm;

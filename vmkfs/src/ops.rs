@@ -38,8 +38,15 @@ pub fn write_descriptor_file(storage: &Arc<dyn Storage>, path: &Path, d: &Descri
 }
 
 /// `-U`: deletes a disk and every file it owns (the descriptor first, so a crash never leaves a
-/// descriptor naming missing files). Returns the files removed.
+/// descriptor naming missing files). Returns the files removed. A raw device mapping loses its
+/// descriptor and mapping file only: the device is never touched, and need not be present.
 pub fn delete(path: &Path, opts: &OpenOptions) -> Result<Vec<PathBuf>> {
+    if let Some(files) = crate::rdm_ops::mapping_files(path, opts)? {
+        for f in &files {
+            opts.storage.remove(f)?;
+        }
+        return Ok(files);
+    }
     let files = Link::open(path, opts)?.files();
     for f in &files {
         opts.storage.remove(f)?;

@@ -196,7 +196,12 @@ pub fn apply_delta(
     while off < cap {
         let n = (1u64 << 30).min(cap - off);
         for r in dl.map(off, n)?.runs().iter().filter(|r| r.state == vmdk::State::Zero) {
-            target.discard(r.offset, r.len)?;
+            // A hole in a replica that has a parent would show the parent: write zeros there.
+            if rchain.links().len() > 1 {
+                target.zero_range(r.offset, r.len)?;
+            } else {
+                target.discard(r.offset, r.len)?;
+            }
         }
         off += n;
     }

@@ -98,6 +98,12 @@ impl Extent for FlatExtent {
         out.push(base + pos, offset + len - pos, State::Zero, 0);
         Ok(())
     }
+    fn zero_range(&self, offset: u64, len: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly { path: self.backing.path().into(), what: "extent is read-only".into() });
+        }
+        self.backing.zero_range(self.start + offset, len)
+    }
     fn discard(&self, offset: u64, len: u64, _has_parent: bool) -> Result<u64> {
         if !self.writable {
             return Err(Error::ReadOnly { path: self.backing.path().into(), what: "extent is read-only".into() });

@@ -17,6 +17,8 @@ pub mod kdmv;
 pub mod sesparse;
 pub mod sparse;
 pub mod stream;
+pub mod stream_read;
+pub mod stream_write;
 pub mod zero;
 
 /// Reads the virtual disk below a link (its parent chain), used to fill partial grains on first write.
@@ -85,6 +87,20 @@ pub trait Extent: Send + Sync + Debug {
     fn discard(&self, offset: u64, len: u64, has_parent: bool) -> Result<u64> {
         let _ = (offset, len, has_parent);
         Ok(0)
+    }
+    /// Makes `[offset, offset+len)` read as zeros while keeping it stored (unlike
+    /// [`Extent::discard`]). The default writes zeros through [`Extent::write_at`]; flat extents
+    /// use their backing's zeroing primitive.
+    fn zero_range(&self, offset: u64, len: u64, below: Option<&dyn ReadAt>) -> Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; CHUNK.min(len) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done);
+            self.write_at(&zeros[..n as usize], offset + done, below)?;
+            done += n;
+        }
+        Ok(())
     }
     /// Starts writing back what was written to `[offset, offset+len)` without waiting (a hint that
     /// lets the final flush overlap with copying). The default does nothing.

@@ -1,5 +1,8 @@
-//! streamOptimized extents (read): zlib-compressed grains behind grain markers, found through the
-//! grain directory of the header or, when the header says "at end", of the footer.
+//! streamOptimized extents (random-access read): zlib-compressed grains behind grain markers, found
+//! through the grain directory of the header or, when the header says "at end", of the footer; for
+//! an "at end" file without a footer, through an index built by walking the markers.
+//!
+//! Writing is in [`super::stream_write`], sequential reading (pipes) in [`super::stream_read`].
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -10,6 +13,7 @@ use flate2::{Decompress, FlushDecompress, Status};
 use super::gtcache::GtCache;
 use super::kdmv::{SparseHeader, FLAG_COMPRESSED, GD_AT_END};
 use super::sparse::GrainDir;
+use super::stream_read::{BackingCursor, StreamReader};
 use super::{pieces, Extent, ExtentInfo, ReadAt};
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
@@ -23,33 +27,50 @@ pub const MARKER_GT: u32 = 1;
 pub const MARKER_GD: u32 = 2;
 /// Marker type: footer follows.
 pub const MARKER_FOOTER: u32 = 3;
+/// Marker type 4: undocumented ("progress" in open-vmdk; seen in vSphere files). Skipped.
+pub const MARKER_PROGRESS: u32 = 4;
 
 /// Reads the footer of a streamOptimized file: the header copy at EOF−1024, after a footer marker
-/// at EOF−1536. Returns the footer header.
-pub fn read_footer(backing: &Arc<dyn Backing>, file_len: u64) -> Result<SparseHeader> {
+/// at EOF−1536. Returns `None` when there is no footer marker there (no footer: a writer that left
+/// it out, or a truncated stream), and an error naming the offset when the marker is there but the
+/// footer is not a valid header.
+pub fn read_footer(backing: &Arc<dyn Backing>, file_len: u64) -> Result<Option<SparseHeader>> {
     let path = backing.path();
     if file_len < 1536 + 512 {
-        return Err(Error::corrupt(path, file_len, "file is too short to hold a footer and end-of-stream marker"));
+        return Ok(None);
     }
     let mut tail = [0u8; 1536];
     backing.read_exact_at(&mut tail, file_len - 1536)?;
     let marker = &tail[..512];
     if LE::read_u32(&marker[8..]) != 0 || LE::read_u32(&marker[12..]) != MARKER_FOOTER {
-        return Err(Error::corrupt(
-            path,
-            file_len - 1536,
-            "grain directory is `at end` but there is no footer marker 1536 bytes before the end (truncated stream?)",
-        ));
+        return Ok(None);
     }
     let mut f = [0u8; 512];
     f.copy_from_slice(&tail[512..1024]);
-    SparseHeader::parse(&f, path, file_len - 1024)
+    SparseHeader::parse(&f, path, file_len - 1024).map(Some)
+}
+
+/// Largest compressed grain we accept, exclusive (VirtualBox rejects twice the grain or more; qemu
+/// reads two grains' worth).
+pub fn max_compressed_size(grain_bytes: u64) -> u64 {
+    2 * grain_bytes + 1024
+}
+
+/// Where the grains of a stream are found.
+#[derive(Debug)]
+enum Index {
+    /// Through the grain directory and tables (of the header, or of the footer).
+    Dir(GrainDir),
+    /// Built by walking the markers of a `GD_AT_END` file without a usable footer: `(grain number,
+    /// sector of its marker)`, sorted by grain. At most one entry per 512 bytes of file.
+    Scan(Vec<(u64, u64)>),
 }
 
 /// A streamOptimized extent, read-only.
 #[derive(Debug)]
 pub struct StreamExtent {
-    dir: GrainDir,
+    index: Index,
+    backing: Arc<dyn Backing>,
     header: SparseHeader,
     grain_bytes: u64,
     len: u64,
@@ -59,7 +80,9 @@ pub struct StreamExtent {
 }
 
 impl StreamExtent {
-    /// Opens a streamOptimized extent whose header (sector 0) is `header`.
+    /// Opens a streamOptimized extent whose header (sector 0) is `header`. When the header says the
+    /// directory is at the end and there is no footer, the grains are indexed by walking the markers
+    /// (which fails, naming the offset, if the stream is truncated).
     pub fn open(
         backing: Arc<dyn Backing>,
         header: SparseHeader,
@@ -71,12 +94,6 @@ impl StreamExtent {
             return Err(Error::corrupt(&path, 8, "not a compressed extent"));
         }
         let file_len = backing.len()?;
-        // Byte offset of the header (or footer) whose gdOffset is used, for errors.
-        let header_at = if header.gd_offset == GD_AT_END { file_len.saturating_sub(1024) } else { 0 };
-        let header = if header.gd_offset == GD_AT_END { read_footer(&backing, file_len)? } else { header };
-        if header.gd_offset == GD_AT_END {
-            return Err(Error::corrupt(&path, file_len - 1024, "the footer's grain directory offset is also `at end`"));
-        }
         let capacity = header.capacity * 512;
         let len = len.unwrap_or(capacity);
         if len > capacity {
@@ -86,17 +103,60 @@ impl StreamExtent {
                 format!("capacity is {capacity} bytes but the descriptor maps {len}"),
             ));
         }
-        let gd = GrainDir::read_directory(
-            &backing,
-            header.gd_offset,
-            header.num_gdes(),
-            header.num_gtes_per_gt,
-            file_len,
-            "grain directory",
-            header_at + 56,
-        )?;
+        let footer = if header.gd_offset == GD_AT_END { read_footer(&backing, file_len)? } else { None };
+        if let Some(f) = &footer {
+            let at = file_len - 1024;
+            if f.gd_offset == GD_AT_END {
+                return Err(Error::corrupt(&path, at + 56, "the footer's grain directory offset is also `at end`"));
+            }
+            if (f.capacity, f.grain_size, f.num_gtes_per_gt)
+                != (header.capacity, header.grain_size, header.num_gtes_per_gt)
+            {
+                return Err(Error::corrupt(
+                    &path,
+                    at + 12,
+                    format!(
+                        "the footer says {} sectors in grains of {} ({} per table), the header {} in grains of {} ({})",
+                        f.capacity,
+                        f.grain_size,
+                        f.num_gtes_per_gt,
+                        header.capacity,
+                        header.grain_size,
+                        header.num_gtes_per_gt
+                    ),
+                ));
+            }
+        }
+        let (index, header) = match footer {
+            Some(f) => {
+                let gd = GrainDir::read_directory(
+                    &backing,
+                    f.gd_offset,
+                    f.num_gdes(),
+                    f.num_gtes_per_gt,
+                    file_len,
+                    "grain directory",
+                    file_len - 1024 + 56,
+                )?;
+                (Index::Dir(GrainDir::new(backing.clone(), gd, None, f.num_gtes_per_gt, cache)), f)
+            }
+            None if header.gd_offset == GD_AT_END => (Index::Scan(scan(&backing)?), header),
+            None => {
+                let gd = GrainDir::read_directory(
+                    &backing,
+                    header.gd_offset,
+                    header.num_gdes(),
+                    header.num_gtes_per_gt,
+                    file_len,
+                    "grain directory",
+                    56,
+                )?;
+                (Index::Dir(GrainDir::new(backing.clone(), gd, None, header.num_gtes_per_gt, cache)), header)
+            }
+        };
         Ok(StreamExtent {
-            dir: GrainDir::new(backing, gd, None, header.num_gtes_per_gt, cache),
+            index,
+            backing,
             grain_bytes: header.grain_size * 512,
             header,
             len,
@@ -106,18 +166,26 @@ impl StreamExtent {
     }
 
     fn path(&self) -> &Path {
-        self.dir.backing().path()
+        self.backing.path()
     }
 
-    /// Grain table entry of grain `g` (0 = not present).
+    /// Sector of grain `g`'s marker (0 = not present), and the byte offset of what says so.
     fn entry(&self, g: u64) -> Result<(u64, u64)> {
-        let gtes = self.dir.gtes() as u64;
-        let (gt, idx) = (g / gtes, g % gtes);
-        let v = match self.dir.table(gt)? {
-            Some(t) => t[idx as usize].load(std::sync::atomic::Ordering::Acquire),
-            None => 0,
-        };
-        Ok((v, self.dir.entry_offset(gt, idx)))
+        match &self.index {
+            Index::Dir(dir) => {
+                let gtes = dir.gtes() as u64;
+                let (gt, idx) = (g / gtes, g % gtes);
+                let v = match dir.table(gt)? {
+                    Some(t) => t[idx as usize].load(std::sync::atomic::Ordering::Acquire),
+                    None => 0,
+                };
+                Ok((v, dir.entry_offset(gt, idx)))
+            }
+            Index::Scan(v) => Ok(match v.binary_search_by_key(&g, |e| e.0) {
+                Ok(i) => (v[i].1, v[i].1 * 512),
+                Err(_) => (0, 0),
+            }),
+        }
     }
 
     /// Decompresses grain `g` whose marker is at `sector`.
@@ -127,15 +195,36 @@ impl StreamExtent {
                 return Ok(data.clone());
             }
         }
-        let data =
-            Arc::new(read_grain(self.dir.backing(), sector, g, &self.header, self.len, self.file_len, entry_at)?);
+        let data = Arc::new(read_grain(&self.backing, sector, g, &self.header, self.len, self.file_len, entry_at)?);
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((g, data.clone()));
         Ok(data)
     }
 }
 
+/// Indexes a `GD_AT_END` stream by walking its markers: `(grain number, marker sector)` sorted by
+/// grain, the last record winning for a grain written twice.
+fn scan(backing: &Arc<dyn Backing>) -> Result<Vec<(u64, u64)>> {
+    let cursor = BackingCursor::new(backing.clone())?;
+    let mut r = StreamReader::with_data(cursor, backing.path(), false)?;
+    let grain = r.header().grain_size;
+    let mut v = Vec::new();
+    while let Some(g) = r.next_grain()? {
+        v.push((g.lba / grain, g.at / 512));
+    }
+    // Stable: among equal grains, file order is kept, so the last one is the one to keep.
+    v.sort_by_key(|e| e.0);
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for e in v {
+        match out.last_mut() {
+            Some(l) if l.0 == e.0 => *l = e,
+            _ => out.push(e),
+        }
+    }
+    Ok(out)
+}
+
 /// Reads and inflates the compressed grain `g` whose marker starts at `sector`, checking the marker's
-/// LBA and size. Returns the grain's bytes (shorter only for a last grain past the capacity).
+/// LBA and size. Returns the grain's bytes (a whole grain; the part past the disk's end is zeros).
 pub fn read_grain(
     backing: &Arc<dyn Backing>,
     sector: u64,
@@ -161,7 +250,7 @@ pub fn read_grain(
             format!("grain marker says LBA {lba}, expected {} for grain {g}", g * header.grain_size),
         ));
     }
-    if size == 0 || size >= 2 * grain_bytes + 1024 {
+    if size == 0 || size >= max_compressed_size(grain_bytes) {
         return Err(Error::corrupt(
             path,
             at + 8,
@@ -180,22 +269,38 @@ pub fn read_grain(
     backing.read_exact_at(&mut comp, at + 12)?;
     let want = grain_bytes.min(len.saturating_sub(g * grain_bytes)) as usize;
     let mut out = vec![0u8; grain_bytes as usize];
+    inflate_grain(path, at + 12, &comp, g, grain_bytes, want, &mut out)?;
+    Ok(out)
+}
+
+/// Inflates the zlib stream `comp` of grain `g` (found at byte `at` of `path`) into `out`, which
+/// must end up holding at least `want` inflated bytes; output beyond `out` (a last grain inflated
+/// past the disk's end) is dropped.
+pub fn inflate_grain(
+    path: &Path,
+    at: u64,
+    comp: &[u8],
+    g: u64,
+    grain_bytes: u64,
+    want: usize,
+    out: &mut [u8],
+) -> Result<()> {
     let mut z = Decompress::new(true);
     let status = z
-        .decompress(&comp, &mut out, FlushDecompress::Finish)
-        .map_err(|e| Error::corrupt(path, at + 12, format!("grain {g} does not inflate: {e}")))?;
+        .decompress(comp, out, FlushDecompress::Finish)
+        .map_err(|e| Error::corrupt(path, at, format!("grain {g} does not inflate: {e}")))?;
     let n = z.total_out() as usize;
-    if status != Status::StreamEnd && n < grain_bytes as usize {
+    if status != Status::StreamEnd && n < out.len() {
         return Err(Error::corrupt(
             path,
-            at + 12,
+            at,
             format!("grain {g}: compressed data ends early ({n} of {grain_bytes} bytes)"),
         ));
     }
     if n < want {
-        return Err(Error::corrupt(path, at + 12, format!("grain {g} inflates to {n} bytes, expected {want}")));
+        return Err(Error::corrupt(path, at, format!("grain {g} inflates to {n} bytes, expected {want}")));
     }
-    Ok(out)
+    Ok(())
 }
 
 impl Extent for StreamExtent {

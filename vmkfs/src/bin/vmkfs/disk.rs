@@ -73,7 +73,7 @@ pub fn disk_format(cli: &Cli) -> Result<DiskFormat> {
     match &cli.common.format {
         None => Ok(DiskFormat::ZeroedThick),
         Some(f) => DiskFormat::parse(f).ok_or_else(|| {
-            let all: Vec<&str> = DiskFormat::ALL.iter().map(|f| f.name()).collect();
+            let all: Vec<&str> = DiskFormat::EVERY.iter().map(|f| f.name()).collect();
             Error::Usage(format!("unknown disk format {f:?} (expected one of: {}, thick)", all.join(", ")))
         }),
     }
@@ -161,15 +161,24 @@ fn run_create(cli: &Cli, size: &str) -> Result<i32> {
 fn run_clone(cli: &Cli, src: &Path) -> i32 {
     let result = (|| -> Result<PathBuf> {
         let dst = target(cli)?;
-        let format = disk_format(cli)?;
+        // `-d rdm:DEV`, `rdmp:DEV`, `raw:DEV`: onto a device (rdm.rs); otherwise a disk format.
+        let device = crate::rdm::device_target(cli)?;
+        if cli.rdm.target_is_zero && device.is_none() {
+            return Err(Error::Usage("--target-is-zero needs -d rdm:DEV, rdmp:DEV or raw:DEV".into()));
+        }
+        let format = if device.is_some() { DiskFormat::ZeroedThick } else { disk_format(cli)? };
+        let (format_name, description) = match &device {
+            Some(t) => (t.name(), t.description()),
+            None => (format.name(), format.description()),
+        };
         let adapter = adapter(cli)?;
         if cli.common.json {
             println!(
                 "{}",
-                serde_json::json!({"event": "start", "source": src, "destination": dst, "format": format.name()})
+                serde_json::json!({"event": "start", "source": src, "destination": dst, "format": format_name})
             );
         } else {
-            println!("Destination disk format: {}", format.description());
+            println!("Destination disk format: {description}");
             println!("Cloning disk '{}'...", src.display());
         }
         let tty = std::io::stdout().is_terminal() && !cli.common.json;
@@ -210,7 +219,12 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
         opts.source = open_options(cli);
         opts.progress = Some(&mut progress);
         opts.cancel = Some(install_interrupt_handler());
-        let out = clone_disk(src, dst, &mut opts).map(|r| r.path);
+        crate::stream::apply(cli, format, &mut opts)?;
+        let out = match &device {
+            Some(t) => vmkfs::rdm_ops::clone_to_device(src, dst, t, &mut opts, cli.rdm.target_is_zero),
+            None => clone_disk(src, dst, &mut opts),
+        }
+        .map(|r| r.path);
         if let Some(b) = &bar {
             b.finish_and_clear();
             if out.is_ok() {

@@ -4,7 +4,10 @@
 //! disks); `main.rs` holds the options every operation shares and the dispatch.
 
 mod disk;
+mod rdm;
 mod redo;
+mod stream;
+mod vmfs;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,13 +25,21 @@ pub struct Cli {
     #[command(flatten)]
     pub redo: redo::RedoArgs,
     #[command(flatten)]
+    pub rdm: rdm::RdmArgs,
+    #[command(flatten)]
+    pub vmfs: vmfs::VmfsArgs,
+    #[command(flatten)]
+    pub stream: stream::StreamArgs,
+    #[command(flatten)]
     pub common: Common,
 }
 
 /// Options shared by every operation.
 #[derive(Args, Debug)]
 pub struct Common {
-    /// Disk format: zeroedthick (default), eagerzeroedthick, thin, thick, 2gbsparse, monosparse, monoflat, 2gbflat.
+    /// Disk format: zeroedthick (default), eagerzeroedthick, thin, thick, 2gbsparse, monosparse, monoflat, 2gbflat,
+    /// streamoptimized; for -e - also raw (plain bytes);
+    /// for -i also rdm:DEV, rdmp:DEV, raw:DEV (clone onto a device).
     #[arg(short = 'd', long = "diskformat", value_name = "FMT")]
     pub format: Option<String>,
     /// Adapter type: ide, buslogic, lsilogic (default), lsisas, pvscsi.
@@ -47,7 +58,7 @@ pub struct Common {
     #[arg(short = 'v', long = "verbose", value_name = "N")]
     pub verbose: Option<u32>,
     /// Print help.
-    #[arg(short = 'h', long = "help", action = ArgAction::Help)]
+    #[arg(long = "help", action = ArgAction::Help)]
     pub help: Option<bool>,
     /// The disk operated on.
     #[arg(value_name = "TARGET")]
@@ -64,12 +75,21 @@ fn main() -> ExitCode {
         }
     };
     // Each subject module counts the operations it sees selected; exactly one must be.
-    let selected = disk::selected(&cli) + redo::selected(&cli);
+    let selected = disk::selected(&cli)
+        + redo::selected(&cli)
+        + rdm::selected(&cli)
+        + vmfs::selected(&cli)
+        + stream::selected(&cli);
     if selected != 1 {
         eprintln!("vmkfs: give exactly one operation (for example -i, -c, --info); see --help");
         return ExitCode::from(exit::USAGE as u8);
     }
-    let code = disk::run(&cli).or_else(|| redo::run(&cli)).unwrap_or(exit::USAGE);
+    let code = stream::run(&cli)
+        .or_else(|| disk::run(&cli))
+        .or_else(|| redo::run(&cli))
+        .or_else(|| rdm::run(&cli))
+        .or_else(|| vmfs::run(&cli))
+        .unwrap_or(exit::USAGE);
     ExitCode::from(code as u8)
 }
 
@@ -80,7 +100,8 @@ pub fn target(cli: &Cli) -> Result<&Path> {
 
 /// How to open disks read-only.
 pub fn open_options(cli: &Cli) -> OpenOptions {
-    OpenOptions { allow_outside: cli.common.allow_outside, ..OpenOptions::read() }
+    let storage = vmfs::storage(cli).unwrap_or_else(|| OpenOptions::read().storage);
+    OpenOptions { allow_outside: cli.common.allow_outside, storage, ..OpenOptions::read() }
 }
 
 /// How to open disks for writing.

@@ -1,0 +1,529 @@
+//! Reading streamOptimized files sequentially: walking the markers from overHead without seeking,
+//! so a stream can come from a pipe.
+//!
+//! Tolerates what the different writers produce (vmdk-format.md §3):
+//! - VMware and VirtualBox: `gdOffset = GD_AT_END`, GT markers inline, GD, footer, end-of-stream.
+//! - qemu: the directory and every table before overHead, no footer and no end-of-stream marker (the
+//!   file just ends, or ends in zero sectors, which read as an end-of-stream marker).
+//! - open-vmdk: the directory and tables before overHead and no GT/GD markers.
+//! - Metadata markers of unknown types (type 4 appears in vSphere files): skipped, 1 sector plus
+//!   their `numSectors`.
+//!
+//! A stream that ends early is an error naming the byte offset where it ends, never a shorter disk:
+//! a `GD_AT_END` stream must reach its end-of-stream marker, and a stream with its tables up front
+//! must hold every grain they point to.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use byteorder::{ByteOrder, LittleEndian as LE};
+
+use super::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, GD_AT_END};
+use super::stream::{inflate_grain, max_compressed_size, MARKER_EOS};
+use crate::descriptor::MAX_DESCRIPTOR_BYTES;
+use crate::error::{Error, Result};
+use crate::storage::Backing;
+
+/// Where a sequential reader gets its bytes: reads in order, and skips forward.
+pub trait SeqRead {
+    /// Fills `buf` as far as the input goes; fewer bytes than `buf.len()` only at the end of input.
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<usize>;
+    /// Skips `n` bytes; returns how many were skipped (fewer only at the end of input).
+    fn skip(&mut self, n: u64) -> Result<u64>;
+}
+
+/// A [`SeqRead`] over any [`Read`] (standard input, a socket, a byte slice); errors name `name`.
+#[derive(Debug)]
+pub struct Pipe<R> {
+    r: R,
+    name: PathBuf,
+    scratch: Vec<u8>,
+}
+
+impl<R: Read> Pipe<R> {
+    /// Reads from `r`, called `name` in errors (for example `<stdin>`).
+    pub fn new(r: R, name: impl Into<PathBuf>) -> Pipe<R> {
+        Pipe { r, name: name.into(), scratch: Vec::new() }
+    }
+}
+
+impl<R: Read> SeqRead for Pipe<R> {
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(&self.name, "read", e)),
+            }
+        }
+        Ok(n)
+    }
+    fn skip(&mut self, n: u64) -> Result<u64> {
+        if self.scratch.is_empty() {
+            self.scratch = vec![0u8; 64 << 10];
+        }
+        let mut done = 0;
+        while done < n {
+            let want = (n - done).min(self.scratch.len() as u64) as usize;
+            let mut s = std::mem::take(&mut self.scratch);
+            let got = self.read_full(&mut s[..want]);
+            self.scratch = s;
+            let got = got?;
+            done += got as u64;
+            if got < want {
+                break;
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// A [`SeqRead`] over a file, reading by position (skips cost nothing).
+#[derive(Debug)]
+pub struct BackingCursor {
+    backing: Arc<dyn Backing>,
+    pos: u64,
+    len: u64,
+}
+
+impl BackingCursor {
+    /// Reads `backing` from its start.
+    pub fn new(backing: Arc<dyn Backing>) -> Result<BackingCursor> {
+        let len = backing.len()?;
+        Ok(BackingCursor { backing, pos: 0, len })
+    }
+}
+
+impl SeqRead for BackingCursor {
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        self.backing.read_exact_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+    fn skip(&mut self, n: u64) -> Result<u64> {
+        let k = n.min(self.len.saturating_sub(self.pos));
+        self.pos += k;
+        Ok(k)
+    }
+}
+
+/// A compressed grain as found in the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawGrain {
+    /// Virtual sector where the grain starts (a multiple of the grain size).
+    pub lba: u64,
+    /// Byte offset of the grain marker in the stream.
+    pub at: u64,
+    /// The zlib stream (empty when the reader skips data).
+    pub data: Vec<u8>,
+}
+
+/// A sequential reader of a streamOptimized file: the header, the embedded descriptor, then each
+/// grain in the order the stream holds them.
+#[derive(Debug)]
+pub struct StreamReader<S> {
+    src: S,
+    path: PathBuf,
+    /// Byte offset in the stream.
+    pos: u64,
+    header: SparseHeader,
+    descriptor: Option<String>,
+    /// The highest sector a grain table entry before overHead points to (0: none seen).
+    max_entry: u64,
+    read_data: bool,
+    done: bool,
+    sector: Box<[u8; 512]>,
+}
+
+/// Bytes read at a time while passing the metadata before overHead.
+const HEAD_BLOCK: usize = 64 << 10;
+
+impl<S: SeqRead> StreamReader<S> {
+    /// Reads the header and everything up to overHead (the embedded descriptor, and the directory
+    /// and tables when a writer put them there). `path` names the stream in errors.
+    pub fn new(src: S, path: &Path) -> Result<StreamReader<S>> {
+        StreamReader::with_data(src, path, true)
+    }
+
+    /// Like [`StreamReader::new`]; with `read_data` false the grains' compressed bytes are skipped
+    /// (for building an index of a file).
+    pub fn with_data(mut src: S, path: &Path, read_data: bool) -> Result<StreamReader<S>> {
+        let mut sector = Box::new([0u8; 512]);
+        let n = src.read_full(&mut sector[..])?;
+        if n < 512 {
+            return Err(Error::corrupt(
+                path,
+                n as u64,
+                format!("stream is truncated: it ends after {n} bytes, inside the 512-byte header"),
+            ));
+        }
+        let header = SparseHeader::parse(&sector, path, 0)?;
+        if header.flags & FLAG_COMPRESSED == 0 || header.flags & FLAG_MARKERS == 0 {
+            return Err(Error::unsupported(
+                path,
+                format!(
+                    "flags {:#x}: only streamOptimized files (compressed grains with markers) can be read sequentially",
+                    header.flags
+                ),
+            ));
+        }
+        if header.overhead == 0 {
+            return Err(Error::corrupt(path, 64, "overHead is 0: grains would overlap the header"));
+        }
+        let mut r = StreamReader {
+            src,
+            path: path.to_path_buf(),
+            pos: 512,
+            header,
+            descriptor: None,
+            max_entry: 0,
+            read_data,
+            done: false,
+            sector,
+        };
+        r.read_head()?;
+        Ok(r)
+    }
+
+    /// The header (sector 0).
+    pub fn header(&self) -> &SparseHeader {
+        &self.header
+    }
+
+    /// The embedded descriptor's text, if the stream has one.
+    pub fn descriptor(&self) -> Option<&str> {
+        self.descriptor.as_deref()
+    }
+
+    /// Capacity of the virtual disk in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.header.capacity * 512
+    }
+
+    /// Bytes of one grain.
+    pub fn grain_bytes(&self) -> u64 {
+        self.header.grain_size * 512
+    }
+
+    /// Byte offset reached in the stream.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// The stream's name in errors.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn truncated(&self, at: u64, what: String) -> Error {
+        Error::corrupt(&self.path, at, format!("stream is truncated at byte {at}: {what}"))
+    }
+
+    /// Passes sectors 1..overHead, keeping the descriptor and the largest table entry.
+    fn read_head(&mut self) -> Result<()> {
+        let h = self.header.clone();
+        let end = h.overhead.checked_mul(512).ok_or_else(|| Error::corrupt(&self.path, 64, "overHead overflows"))?;
+        let range = |off: u64, sectors: u64| -> Option<(u64, u64)> {
+            let s = off.checked_mul(512)?;
+            let e = s.checked_add(sectors.checked_mul(512)?)?;
+            (off >= 1 && e <= end && e > s).then_some((s, e))
+        };
+        let desc = range(h.descriptor_offset, h.descriptor_size).filter(|(s, e)| e - s <= MAX_DESCRIPTOR_BYTES as u64);
+        let gd_bytes = h.num_gdes().saturating_mul(4);
+        let gd = if h.gd_offset == GD_AT_END {
+            None
+        } else {
+            range(h.gd_offset, gd_bytes.div_ceil(512)).map(|(s, _)| (s, s + gd_bytes))
+        };
+        let mut desc_buf = Vec::new();
+        let mut gd_buf = Vec::new();
+        // Tables (byte ranges), known once the directory has been read.
+        let mut tables: Vec<(u64, u64)> = Vec::new();
+        let mut next_table = 0;
+        let gt_bytes = h.num_gtes_per_gt as u64 * 4;
+        let mut block = vec![0u8; HEAD_BLOCK];
+        while self.pos < end {
+            let want = (end - self.pos).min(HEAD_BLOCK as u64) as usize;
+            let interesting = |p: u64| {
+                let hit = |r: Option<(u64, u64)>| r.is_some_and(|(s, e)| p < e && p + want as u64 > s);
+                hit(desc) || hit(gd) || tables.get(next_table).is_some_and(|(s, _)| *s < p + want as u64)
+            };
+            if !interesting(self.pos) {
+                let got = self.src.skip(want as u64)?;
+                if got < want as u64 {
+                    return Err(
+                        self.truncated(self.pos + got, format!("the metadata before overHead ends at byte {end}"))
+                    );
+                }
+                self.pos += got;
+                continue;
+            }
+            let got = self.src.read_full(&mut block[..want])?;
+            if got < want {
+                return Err(
+                    self.truncated(self.pos + got as u64, format!("the metadata before overHead ends at byte {end}"))
+                );
+            }
+            let (b0, b1) = (self.pos, self.pos + want as u64);
+            let copy = |r: Option<(u64, u64)>, out: &mut Vec<u8>| {
+                if let Some((s, e)) = r {
+                    let (a, z) = (s.max(b0), e.min(b1));
+                    if a < z {
+                        out.extend_from_slice(&block[(a - b0) as usize..(z - b0) as usize]);
+                    }
+                }
+            };
+            copy(desc, &mut desc_buf);
+            let had_gd = gd.is_some() && gd_buf.len() as u64 == gd_bytes;
+            copy(gd, &mut gd_buf);
+            if !had_gd && gd.is_some() && gd_buf.len() as u64 == gd_bytes {
+                // The whole directory is in: its tables, in file order, if they lie before overHead.
+                tables = gd_buf
+                    .chunks_exact(4)
+                    .map(|c| LE::read_u32(c) as u64 * 512)
+                    .filter(|&s| s >= 512 && s + gt_bytes <= end)
+                    .map(|s| (s, s + gt_bytes))
+                    .collect();
+                tables.sort_unstable();
+                tables.dedup();
+                // Tables that started in blocks already passed are not looked at.
+                next_table = tables.partition_point(|t| t.0 < b0);
+            }
+            // Table entries in this block.
+            while let Some(&(s, e)) = tables.get(next_table) {
+                if s >= b1 {
+                    break;
+                }
+                let (a, z) = (s.max(b0), e.min(b1));
+                if a < z {
+                    // Entries are 4-byte aligned relative to the table start, which is sector aligned.
+                    for c in block[(a - b0) as usize..(z - b0) as usize].chunks_exact(4) {
+                        self.max_entry = self.max_entry.max(LE::read_u32(c) as u64);
+                    }
+                }
+                if e <= b1 {
+                    next_table += 1;
+                } else {
+                    break;
+                }
+            }
+            self.pos = b1;
+        }
+        if !desc_buf.is_empty() {
+            let n = desc_buf.iter().position(|&b| b == 0).unwrap_or(desc_buf.len());
+            let text = String::from_utf8_lossy(&desc_buf[..n]).into_owned();
+            if !text.trim().is_empty() {
+                self.descriptor = Some(text);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next grain, or `None` at the end of the stream (an end-of-stream marker, or for a stream
+    /// whose tables are up front, the end of input after every grain they point to).
+    pub fn next_grain(&mut self) -> Result<Option<RawGrain>> {
+        if self.done {
+            return Ok(None);
+        }
+        let gb = self.grain_bytes();
+        loop {
+            let at = self.pos;
+            let n = self.src.read_full(&mut self.sector[..])?;
+            if n == 0 {
+                return self.end_of_input(at);
+            }
+            if n < 512 {
+                return Err(self.truncated(
+                    at + n as u64,
+                    format!("a marker at byte {at} needs 512 bytes, the stream ends after {n}"),
+                ));
+            }
+            self.pos += 512;
+            let val = LE::read_u64(&self.sector[0..]);
+            let size = LE::read_u32(&self.sector[8..]) as u64;
+            if size != 0 {
+                // A grain marker: LBA, compressed size, data from byte 12, padded to a sector.
+                if !val.is_multiple_of(self.header.grain_size) || val >= self.header.capacity {
+                    return Err(Error::corrupt(
+                        &self.path,
+                        at,
+                        format!(
+                            "grain marker says LBA {val}, which is not the start of a grain inside the disk ({} sectors, grains of {})",
+                            self.header.capacity, self.header.grain_size
+                        ),
+                    ));
+                }
+                if size >= max_compressed_size(gb) {
+                    return Err(Error::corrupt(
+                        &self.path,
+                        at + 8,
+                        format!("compressed grain size {size} is impossible for a {gb}-byte grain"),
+                    ));
+                }
+                let rest = (12 + size).div_ceil(512) * 512 - 512;
+                let first = (size as usize).min(500);
+                let mut data = Vec::new();
+                if self.read_data {
+                    // Grown as bytes arrive, so a marker cannot make us allocate more than the input holds.
+                    data.extend_from_slice(&self.sector[12..12 + first]);
+                    let need = size as usize - first;
+                    let mut got = 0;
+                    while got < need {
+                        let step = (need - got).min(256 << 10);
+                        let at = data.len();
+                        data.resize(at + step, 0);
+                        let n = self.src.read_full(&mut data[at..])?;
+                        data.truncate(at + n);
+                        got += n;
+                        if n < step {
+                            break;
+                        }
+                    }
+                    if got < need {
+                        return Err(self.truncated(
+                            self.pos + got as u64,
+                            format!("the grain at byte {at} (LBA {val}) holds {size} compressed bytes"),
+                        ));
+                    }
+                    // A missing tail of zero padding is left to the next read, which finds the end.
+                    let skipped = self.src.skip(rest - need as u64)?;
+                    self.pos += need as u64 + skipped;
+                } else {
+                    let need = (size as usize - first) as u64;
+                    let got = self.src.skip(rest)?;
+                    if got < need {
+                        return Err(self.truncated(
+                            self.pos + got,
+                            format!("the grain at byte {at} (LBA {val}) holds {size} compressed bytes"),
+                        ));
+                    }
+                    self.pos += got;
+                }
+                return Ok(Some(RawGrain { lba: val, at, data }));
+            }
+            // A metadata marker: type at byte 12, `val` sectors of metadata follow.
+            let kind = LE::read_u32(&self.sector[12..]);
+            if kind == MARKER_EOS {
+                if val == 0 && self.max_entry > at / 512 {
+                    // A zero sector before grains the tables point to: padding, not the end.
+                    continue;
+                }
+                self.done = true;
+                return Ok(None);
+            }
+            let bytes = val.checked_mul(512).ok_or_else(|| {
+                Error::corrupt(&self.path, at, format!("metadata marker of type {kind} claims {val} sectors"))
+            })?;
+            let got = self.src.skip(bytes)?;
+            if got < bytes {
+                return Err(self.truncated(
+                    self.pos + got,
+                    format!("the metadata marker of type {kind} at byte {at} is followed by {val} sectors"),
+                ));
+            }
+            self.pos += got;
+        }
+    }
+
+    fn end_of_input(&mut self, at: u64) -> Result<Option<RawGrain>> {
+        if self.header.gd_offset == GD_AT_END {
+            return Err(self.truncated(
+                at,
+                "the stream ends without an end-of-stream marker (the header's directory is `at end`)".into(),
+            ));
+        }
+        if self.max_entry > 0 && self.max_entry >= at / 512 {
+            return Err(self.truncated(
+                at,
+                format!("a grain table points to sector {}, past the end of the stream", self.max_entry),
+            ));
+        }
+        self.done = true;
+        Ok(None)
+    }
+
+    /// Inflates `g` into `out` (one grain; the part of a last grain past the capacity is dropped).
+    pub fn inflate(&self, g: &RawGrain, out: &mut [u8]) -> Result<()> {
+        inflate_into(&self.path, &self.header, g, out)
+    }
+}
+
+/// Inflates the grain `g` of a stream with `header` into `out` (at most one grain of bytes; the grain
+/// must fill it, except that a last grain may end at the capacity).
+pub fn inflate_into(path: &Path, header: &SparseHeader, g: &RawGrain, out: &mut [u8]) -> Result<()> {
+    let gb = header.grain_size * 512;
+    let start = g.lba * 512;
+    let want = gb.min((header.capacity * 512).saturating_sub(start)).min(out.len() as u64) as usize;
+    inflate_grain(path, g.at + 12, &g.data, g.lba / header.grain_size, gb, want, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extent::stream_write::{stream_header, EncodedGrains, GrainEncoder, StreamWriter, WriteSink};
+
+    fn sample(cap_grains: u64) -> (Vec<u8>, Vec<u8>) {
+        let gb = 65536usize;
+        let mut disk = vec![0u8; cap_grains as usize * gb];
+        for (i, c) in disk.chunks_mut(gb).enumerate() {
+            if i % 3 == 0 {
+                c[..100].fill((i % 250) as u8 + 1);
+            }
+        }
+        let h = stream_header(cap_grains * 128, 128, 20);
+        let mut w =
+            StreamWriter::new(WriteSink::new(Vec::new(), "<mem>"), h, b"# Disk DescriptorFile\n", Path::new("<mem>"))
+                .unwrap();
+        let mut e = GrainEncoder::new(6, gb).unwrap();
+        w.append(&EncodedGrains::encode(&mut e, 0, &disk).unwrap()).unwrap();
+        let (s, len) = w.finish().unwrap();
+        let file = s.into_inner();
+        assert_eq!(file.len() as u64, len);
+        (disk, file)
+    }
+
+    fn read_all(file: &[u8]) -> Result<Vec<u8>> {
+        let mut r = StreamReader::new(Pipe::new(file, "<mem>"), Path::new("<mem>"))?;
+        let mut disk = vec![0u8; r.capacity() as usize];
+        while let Some(g) = r.next_grain()? {
+            let s = (g.lba * 512) as usize;
+            let e = (s + r.grain_bytes() as usize).min(disk.len());
+            r.inflate(&g, &mut disk[s..e])?;
+        }
+        Ok(disk)
+    }
+
+    #[test]
+    fn round_trip_through_a_pipe() {
+        let (disk, file) = sample(1100);
+        assert_eq!(read_all(&file).unwrap(), disk);
+        let r = StreamReader::new(Pipe::new(&file[..], "<mem>"), Path::new("<mem>")).unwrap();
+        assert_eq!(r.descriptor(), Some("# Disk DescriptorFile\n"));
+    }
+
+    #[test]
+    fn truncation_is_an_error_naming_the_offset() {
+        let (_, file) = sample(40);
+        for cut in [100, 600, 128 * 512 + 700, file.len() - 512, file.len() - 1] {
+            let e = read_all(&file[..cut]).unwrap_err().to_string();
+            assert!(e.contains("truncated") && e.contains(&format!("byte offset {cut}:")), "{cut}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_markers_are_skipped() {
+        let (disk, file) = sample(8);
+        // Insert a type-4 marker with 2 sectors of payload right at overHead.
+        let at = 128 * 512;
+        let mut f = file[..at].to_vec();
+        f.extend_from_slice(&crate::extent::stream_write::metadata_marker(2, 4));
+        f.extend_from_slice(&[0xAB; 1024]);
+        f.extend_from_slice(&file[at..]);
+        // Table entries now point one record off, but the sequential reader does not use them.
+        assert_eq!(read_all(&f).unwrap(), disk);
+    }
+}

@@ -1,0 +1,531 @@
+//! Raw device mappings: `VMFSRDM` and `VMFSRAW` extents, creating RDM and raw disks, and the RDM
+//! mode of a disk.
+//!
+//! ESXi writes three kinds of device-backed descriptors (fact sheet §1.3, §5):
+//!
+//! ```text
+//! createType="vmfsRawDeviceMap"             RW <sectors> VMFSRDM "NAME-rdm.vmdk"    virtual mode
+//! createType="vmfsPassthroughRawDeviceMap"  RW <sectors> VMFSRDM "NAME-rdmp.vmdk"   physical mode
+//! createType="vmfsRaw"                      RW <sectors> VMFSRAW "/dev/…"           raw device
+//! ```
+//!
+//! A `VMFSRDM` extent names a mapping file (our own record, `rdm/FORMAT.md`), which names the device
+//! by a stable identity; opening the extent reads the record, finds the device through
+//! [`rdm::Mapping::open_device`] (refusing one whose identity or size changed) and then acts as a
+//! flat extent over the device: every byte is data on a block device, `SEEK_DATA`/`SEEK_HOLE` answer
+//! for a regular file. A `VMFSRAW` extent names the device itself; since the descriptor then points
+//! outside the disk's folder, it opens only with `allow_outside`.
+//!
+//! Device extents report the mapping file (or nothing, for `VMFSRAW`) as their file, never the
+//! device, so deleting or renaming a disk never touches the device.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rdm::{FoundBy, Mapping, Mode, OpenMode};
+
+use crate::create::{new_uuid, temp_name, Adapter};
+use crate::descriptor::{Access, CreateType, Descriptor, Entry, ExtentLine, ExtentType};
+use crate::error::{Error, Result};
+use crate::extent::flat::FlatExtent;
+use crate::extent::{Extent, ExtentInfo, ReadAt};
+use crate::link::{new_cid, Container, Link, OpenOptions};
+use crate::map::AllocMap;
+use crate::storage::{resolve_extent_path, Backing, HostFile, HostStorage, Storage};
+
+/// The RDM mode a descriptor declares: [`Mode::Virtual`] for `vmfsRawDeviceMap`, [`Mode::Physical`]
+/// for `vmfsPassthroughRawDeviceMap`, [`Mode::Raw`] for `vmfsRaw` or any `VMFSRAW` extent, `None`
+/// for a disk that is not device-backed. A `VMFSRDM` extent under any other createType (which
+/// [`Link::open`] refuses) counts as physical, the mode that allows the least.
+///
+/// Snapshot rules follow from it: [`Mode::allows_snapshots`] is true for virtual mode only.
+pub fn rdm_mode(d: &Descriptor) -> Option<Mode> {
+    match d.create_type {
+        CreateType::VmfsRawDeviceMap => Some(Mode::Virtual),
+        CreateType::VmfsPassthroughRawDeviceMap => Some(Mode::Physical),
+        CreateType::VmfsRaw => Some(Mode::Raw),
+        _ if d.extents.iter().any(|e| e.kind == ExtentType::VmfsRaw) => Some(Mode::Raw),
+        _ if d.extents.iter().any(|e| e.kind == ExtentType::VmfsRdm) => Some(Mode::Physical),
+        _ => None,
+    }
+}
+
+impl Link {
+    /// The RDM mode of this link (see [`rdm_mode`]): `Some(Mode::Virtual)` for a virtual-mode
+    /// mapping, `Some(Mode::Physical)` for a passthrough one, `Some(Mode::Raw)` for a raw device,
+    /// `None` for an ordinary disk. A REDO link (snapshot) may be put on top only when the mode is
+    /// `None` or [`Mode::allows_snapshots`].
+    pub fn rdm_mode(&self) -> Option<Mode> {
+        rdm_mode(&self.descriptor())
+    }
+}
+
+/// The createType of each mode.
+pub fn create_type(mode: Mode) -> CreateType {
+    match mode {
+        Mode::Virtual => CreateType::VmfsRawDeviceMap,
+        Mode::Physical => CreateType::VmfsPassthroughRawDeviceMap,
+        Mode::Raw => CreateType::VmfsRaw,
+    }
+}
+
+/// Reads and parses a mapping file through `storage` (at most [`rdm::mapping::MAX_RECORD`] bytes
+/// are read).
+pub fn read_mapping(storage: &Arc<dyn Storage>, path: &Path) -> Result<Mapping> {
+    let b = storage.open(path, false)?;
+    let len = b.len()?;
+    if len > rdm::mapping::MAX_RECORD as u64 {
+        return Err(Error::Rdm(rdm::MappingError::Corrupt {
+            path: path.into(),
+            offset: 0,
+            what: format!("file is {len} bytes; a mapping record is at most {}", rdm::mapping::MAX_RECORD),
+        }));
+    }
+    let mut raw = vec![0u8; len as usize];
+    b.read_exact_at(&mut raw, 0)?;
+    Ok(Mapping::parse(&raw, path)?)
+}
+
+/// An extent over a raw device: a flat extent whose backing is the device, described by the
+/// mapping file it was found through.
+#[derive(Debug)]
+pub struct DeviceExtent {
+    flat: FlatExtent,
+    kind: &'static str,
+    /// The mapping file (VMFSRDM); `None` for VMFSRAW.
+    mapping_file: Option<PathBuf>,
+    /// The mapping, for VMFSRDM.
+    mapping: Option<Mapping>,
+    /// How the device was found, for VMFSRDM.
+    found_by: Option<FoundBy>,
+}
+
+impl DeviceExtent {
+    /// The device path opened.
+    pub fn device(&self) -> &Path {
+        self.flat.backing().path()
+    }
+
+    /// The mapping record (VMFSRDM extents).
+    pub fn mapping(&self) -> Option<&Mapping> {
+        self.mapping.as_ref()
+    }
+
+    /// How the device was found (VMFSRDM extents).
+    pub fn found_by(&self) -> Option<&FoundBy> {
+        self.found_by.as_ref()
+    }
+}
+
+impl Extent for DeviceExtent {
+    fn len(&self) -> u64 {
+        self.flat.len()
+    }
+    fn info(&self) -> ExtentInfo {
+        ExtentInfo { kind: self.kind, file: self.mapping_file.clone(), ..self.flat.info() }
+    }
+    fn writable(&self) -> bool {
+        self.flat.writable()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.flat.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt>) -> Result<()> {
+        self.flat.write_at(buf, offset, below)
+    }
+    fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
+        self.flat.map(offset, len, base, out)
+    }
+    fn discard(&self, offset: u64, len: u64, has_parent: bool) -> Result<u64> {
+        self.flat.discard(offset, len, has_parent)
+    }
+    fn zero_range(&self, offset: u64, len: u64, below: Option<&dyn ReadAt>) -> Result<()> {
+        self.flat.zero_range(offset, len, below)
+    }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        self.flat.start_writeback(offset, len)
+    }
+    fn flush(&self) -> Result<()> {
+        self.flat.flush()
+    }
+}
+
+fn device_backing(dev: rdm::Device) -> Arc<dyn Backing> {
+    Arc::new(HostFile::new(dev))
+}
+
+/// Opens a `VMFSRDM` or `VMFSRAW` extent line of the descriptor at `descriptor` (called by
+/// [`Link::open`]). Devices are always host paths, opened through [`rdm`] (exclusively when
+/// `write`), whatever storage the descriptor lives in.
+pub(crate) fn open_extent(
+    descriptor: &Path,
+    desc: &Descriptor,
+    line: &ExtentLine,
+    opts: &OpenOptions,
+    write: bool,
+) -> Result<Box<dyn Extent>> {
+    let len = line.sectors * 512;
+    let name = line.file.as_deref().unwrap_or("");
+    let mode = if write { OpenMode::Write } else { OpenMode::Read };
+    match line.kind {
+        ExtentType::VmfsRdm => {
+            let map_path = resolve_extent_path(descriptor, name, opts.allow_outside)?;
+            let mapping = read_mapping(&opts.storage, &map_path)?;
+            let declared = match desc.create_type {
+                CreateType::VmfsRawDeviceMap => Mode::Virtual,
+                CreateType::VmfsPassthroughRawDeviceMap => Mode::Physical,
+                ref t => {
+                    return Err(Error::unsupported(
+                        descriptor,
+                        format!("a VMFSRDM extent under createType {:?} (expected vmfsRawDeviceMap or vmfsPassthroughRawDeviceMap)", t.as_str()),
+                    ))
+                }
+            };
+            if mapping.mode != declared {
+                return Err(Error::corrupt(
+                    &map_path,
+                    10,
+                    format!(
+                        "the mapping file records {} mode but the descriptor's createType {:?} says {} mode",
+                        mapping.mode.name(),
+                        desc.create_type.as_str(),
+                        declared.name()
+                    ),
+                ));
+            }
+            let r = mapping.open_device(mode, &map_path)?;
+            let flat =
+                FlatExtent::open(device_backing(r.device), line.offset.unwrap_or(0) * 512, len, "VMFSRDM", write)?;
+            Ok(Box::new(DeviceExtent {
+                flat,
+                kind: "VMFSRDM",
+                mapping_file: Some(map_path),
+                mapping: Some(mapping),
+                found_by: Some(r.found_by),
+            }))
+        }
+        ExtentType::VmfsRaw => {
+            let dev_path = resolve_extent_path(descriptor, name, opts.allow_outside)?;
+            let dev = rdm::mapping::open_device(&dev_path, mode)?;
+            let flat = FlatExtent::open(device_backing(dev), line.offset.unwrap_or(0) * 512, len, "VMFSRAW", write)?;
+            Ok(Box::new(DeviceExtent { flat, kind: "VMFSRAW", mapping_file: None, mapping: None, found_by: None }))
+        }
+        ref k => Err(Error::unsupported(descriptor, format!("{} is not a device extent", k.as_str()))),
+    }
+}
+
+/// Options for [`create_device_disk`].
+#[derive(Debug, Clone)]
+pub struct DeviceDiskOptions {
+    /// [`Mode::Virtual`] or [`Mode::Physical`]: a descriptor and a mapping file; [`Mode::Raw`]: a
+    /// `vmfsRaw` descriptor naming the device directly.
+    pub mode: Mode,
+    /// The device (a block device, or a regular file standing in for one).
+    pub device: PathBuf,
+    /// Refuse a device holding fewer bytes than this (a clone's source capacity).
+    pub min_capacity: Option<u64>,
+    /// The adapter recorded in the descriptor.
+    pub adapter: Adapter,
+    /// Replace an existing descriptor or mapping file.
+    pub force: bool,
+    /// Open the device exclusively for writing and return a writable link over it (for cloning
+    /// onto the device); otherwise the device is only read, for its identity and size.
+    pub write: bool,
+    /// Where the descriptor and mapping file are created (the device is always a host path).
+    pub storage: Arc<dyn Storage>,
+}
+
+impl DeviceDiskOptions {
+    /// Defaults: lsilogic, no minimum, no overwrite, device read-only, host storage.
+    pub fn new(mode: Mode, device: impl Into<PathBuf>) -> DeviceDiskOptions {
+        DeviceDiskOptions {
+            mode,
+            device: device.into(),
+            min_capacity: None,
+            adapter: Adapter::LsiLogic,
+            force: false,
+            write: false,
+            storage: HostStorage::shared(),
+        }
+    }
+}
+
+/// The files a device disk at `path` consists of: the mapping file (RDM modes), then the
+/// descriptor.
+pub fn device_disk_files(path: &Path, mode: Mode) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if mode != Mode::Raw {
+        v.push(path.with_file_name(Mapping::file_name(&stem(path), mode)));
+    }
+    v.push(path.to_path_buf());
+    v
+}
+
+fn stem(path: &Path) -> String {
+    let n = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    n.strip_suffix(".vmdk").unwrap_or(&n).to_string()
+}
+
+/// A device disk being created: its files under temporary names and, when opened for writing, a
+/// writable link over the device. [`NewDeviceDisk::commit`] flushes and renames the mapping file,
+/// then the descriptor, into place; dropping it removes the temporary files (the device keeps
+/// whatever was written to it).
+pub struct NewDeviceDisk {
+    link: Option<Link>,
+    descriptor: Option<Arc<dyn Backing>>,
+    /// `(temporary, final)`, descriptor last.
+    files: Vec<(PathBuf, PathBuf)>,
+    storage: Arc<dyn Storage>,
+    mapping: Option<Mapping>,
+    capacity: u64,
+}
+
+impl std::fmt::Debug for NewDeviceDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDeviceDisk").field("files", &self.files).field("capacity", &self.capacity).finish()
+    }
+}
+
+impl NewDeviceDisk {
+    /// The writable link over the device (`None` unless created with `write`).
+    pub fn link(&self) -> Option<&Link> {
+        self.link.as_ref()
+    }
+
+    /// The mapping written (RDM modes).
+    pub fn mapping(&self) -> Option<&Mapping> {
+        self.mapping.as_ref()
+    }
+
+    /// The disk's capacity in bytes (the device size, rounded down to a sector).
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Final paths of the disk's files, descriptor last.
+    pub fn final_paths(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|f| f.1.clone()).collect()
+    }
+
+    /// Flushes the device and the files, renames them into place and syncs the folder. Returns
+    /// the descriptor's path.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        if let Some(link) = self.link.take() {
+            link.close()?;
+        }
+        if let Some(d) = self.descriptor.take() {
+            d.sync()?;
+        }
+        for (tmp, fin) in &self.files {
+            self.storage.rename(tmp, fin)?;
+        }
+        let main = self.files.last().map(|f| f.1.clone()).unwrap_or_default();
+        self.storage.sync_dir(main.parent().unwrap_or(Path::new("")))?;
+        self.files.clear();
+        Ok(main)
+    }
+}
+
+impl Drop for NewDeviceDisk {
+    fn drop(&mut self) {
+        drop(self.link.take());
+        drop(self.descriptor.take());
+        for (tmp, _) in &self.files {
+            let _ = self.storage.remove(tmp);
+        }
+    }
+}
+
+/// Creates a device disk at `path` (the descriptor): for RDM modes a mapping file
+/// `NAME-rdm.vmdk` / `NAME-rdmp.vmdk` beside it, for [`Mode::Raw`] a `VMFSRAW` extent naming the
+/// device. The capacity is the device's size in whole sectors, as ESXi records a LUN.
+pub fn create_device_disk(path: impl AsRef<Path>, opts: &DeviceDiskOptions) -> Result<NewDeviceDisk> {
+    let path = path.as_ref();
+    let storage = &opts.storage;
+    let finals = device_disk_files(path, opts.mode);
+    if path.file_name().is_none() {
+        return Err(Error::InvalidArgument(format!("{} is not a file path", path.display())));
+    }
+    for f in &finals {
+        if !opts.force && storage.exists(f) {
+            return Err(Error::Exists { path: f.clone() });
+        }
+    }
+    let (mapping, dev) =
+        Mapping::for_device(&opts.device, opts.mode, if opts.write { OpenMode::Write } else { OpenMode::Read })?;
+    let size = mapping.identity.size;
+    let capacity = size / 512 * 512;
+    if capacity == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{}: a device of {size} bytes holds no whole sector",
+            mapping.device_path.display()
+        )));
+    }
+    if let Some(min) = opts.min_capacity {
+        if capacity < min {
+            return Err(Error::InvalidArgument(format!(
+                "{}: the device holds {capacity} bytes but the source needs {min}",
+                mapping.device_path.display()
+            )));
+        }
+    }
+    let sectors = capacity / 512;
+    let cid = new_cid(0xffff_ffff);
+    let mut desc = Descriptor::new(create_type(opts.mode), cid);
+    desc.header_extra.push(Entry { key: "isNativeSnapshot".into(), value: "no".into(), quoted: true });
+    let (kind, file) = if opts.mode == Mode::Raw {
+        (ExtentType::VmfsRaw, mapping.device_path.display().to_string())
+    } else {
+        (ExtentType::VmfsRdm, Mapping::file_name(&stem(path), opts.mode))
+    };
+    desc.extents.push(ExtentLine {
+        access: Access::ReadWrite,
+        sectors,
+        kind,
+        file: Some(file),
+        offset: None,
+        extra: vec![],
+    });
+    let (c, h, s) = opts.adapter.geometry(sectors);
+    desc.set_ddb("adapterType", opts.adapter.ddb_value());
+    desc.set_ddb("geometry.cylinders", c.to_string());
+    desc.set_ddb("geometry.heads", h.to_string());
+    desc.set_ddb("geometry.sectors", s.to_string());
+    let mut long = [0u8; 12];
+    crate::random_bytes(&mut long);
+    let long: String = long.iter().map(|b| format!("{b:02x}")).collect();
+    desc.set_ddb("longContentID", format!("{long}{cid:08x}"));
+    desc.set_ddb("uuid", new_uuid());
+    desc.set_ddb("virtualHWVersion", "11");
+
+    let mut guard = NewDeviceDisk {
+        link: None,
+        descriptor: None,
+        files: Vec::new(),
+        storage: storage.clone(),
+        mapping: (opts.mode != Mode::Raw).then(|| mapping.clone()),
+        capacity,
+    };
+    if opts.mode != Mode::Raw {
+        let fin = &finals[0];
+        let tmp = temp_name(fin);
+        let b = storage.create_new(&tmp)?;
+        guard.files.push((tmp, fin.clone()));
+        b.write_all_at(&mapping.encode(), 0)?;
+        b.sync()?;
+    }
+    let tmp = temp_name(path);
+    let b = storage.create_new(&tmp)?;
+    guard.files.push((tmp, path.to_path_buf()));
+    b.write_all_at(desc.to_text().as_bytes(), 0)?;
+    if opts.write {
+        let kind = if opts.mode == Mode::Raw { "VMFSRAW" } else { "VMFSRDM" };
+        let flat = FlatExtent::open(device_backing(dev), 0, capacity, kind, true)?;
+        let ext = DeviceExtent {
+            flat,
+            kind,
+            mapping_file: (opts.mode != Mode::Raw).then(|| finals[0].clone()),
+            found_by: (opts.mode != Mode::Raw).then_some(FoundBy::Path),
+            mapping: guard.mapping.clone(),
+        };
+        guard.link = Some(Link::from_parts(path, Container::Descriptor, desc, Some(b), None, vec![Box::new(ext)]));
+    } else {
+        guard.descriptor = Some(b);
+    }
+    Ok(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_of_descriptors() {
+        let mut d = Descriptor::new(CreateType::VmfsRawDeviceMap, 1);
+        assert_eq!(rdm_mode(&d), Some(Mode::Virtual));
+        d.create_type = CreateType::VmfsPassthroughRawDeviceMap;
+        assert_eq!(rdm_mode(&d), Some(Mode::Physical));
+        d.create_type = CreateType::VmfsRaw;
+        assert_eq!(rdm_mode(&d), Some(Mode::Raw));
+        d.create_type = CreateType::Vmfs;
+        assert_eq!(rdm_mode(&d), None);
+        d.create_type = CreateType::Custom;
+        d.extents.push(ExtentLine {
+            access: Access::ReadWrite,
+            sectors: 1,
+            kind: ExtentType::VmfsRdm,
+            file: Some("x".into()),
+            offset: None,
+            extra: vec![],
+        });
+        assert_eq!(rdm_mode(&d), Some(Mode::Physical));
+    }
+
+    #[test]
+    fn create_and_open_over_a_file_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let lun = dir.path().join("lun.img");
+        std::fs::write(&lun, vec![0x5au8; 1 << 20]).unwrap();
+        let disk = dir.path().join("vm.vmdk");
+        let mut o = DeviceDiskOptions::new(Mode::Virtual, &lun);
+        o.write = true;
+        let nd = create_device_disk(&disk, &o).unwrap();
+        assert_eq!(nd.capacity(), 1 << 20);
+        nd.link().unwrap().write_at(&[1, 2, 3], 512).unwrap();
+        nd.link().unwrap().zero_range(4096, 8192).unwrap();
+        let files = nd.final_paths();
+        assert_eq!(files, vec![dir.path().join("vm-rdm.vmdk"), disk.clone()]);
+        nd.commit().unwrap();
+        let text = std::fs::read_to_string(&disk).unwrap();
+        assert!(text.contains("createType=\"vmfsRawDeviceMap\"\n"), "{text}");
+        assert!(text.contains("# Extent description\nRW 2048 VMFSRDM \"vm-rdm.vmdk\"\n"), "{text}");
+        let raw = std::fs::read(&lun).unwrap();
+        assert_eq!(&raw[512..515], &[1, 2, 3]);
+        assert!(raw[4096..12288].iter().all(|&b| b == 0));
+        assert_eq!(raw[12288], 0x5a);
+
+        let l = Link::open(&disk, &OpenOptions::read()).unwrap();
+        assert_eq!(l.rdm_mode(), Some(Mode::Virtual));
+        assert_eq!(l.capacity(), 1 << 20);
+        assert_eq!(l.files(), vec![disk.clone(), dir.path().join("vm-rdm.vmdk")]);
+        let mut b = [0u8; 4];
+        l.read_at(&mut b, 511).unwrap();
+        assert_eq!(b, [0x5a, 1, 2, 3]);
+        drop(l);
+
+        // Shrinking the device makes the disk refuse to open, naming both sizes.
+        std::fs::OpenOptions::new().write(true).open(&lun).unwrap().set_len(1 << 19).unwrap();
+        let e = Link::open(&disk, &OpenOptions::read()).unwrap_err().to_string();
+        assert!(e.contains("expected 1048576 bytes, found 524288 bytes"), "{e}");
+    }
+
+    #[test]
+    fn raw_needs_outside_paths_and_mode_must_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let lun = dir.path().join("lun.img");
+        std::fs::write(&lun, vec![0u8; 4096]).unwrap();
+        let disk = dir.path().join("raw.vmdk");
+        create_device_disk(&disk, &DeviceDiskOptions::new(Mode::Raw, &lun)).unwrap().commit().unwrap();
+        let text = std::fs::read_to_string(&disk).unwrap();
+        assert!(text.contains("createType=\"vmfsRaw\"") && text.contains(" VMFSRAW \""), "{text}");
+        assert!(matches!(Link::open(&disk, &OpenOptions::read()), Err(Error::PathEscape { .. })));
+        let o = OpenOptions { allow_outside: true, ..OpenOptions::read() };
+        let l = Link::open(&disk, &o).unwrap();
+        assert_eq!(l.rdm_mode(), Some(Mode::Raw));
+        assert_eq!(l.files(), vec![disk.clone()]);
+        drop(l);
+
+        // A descriptor saying physical over a virtual-mode mapping file is refused.
+        let v = dir.path().join("v.vmdk");
+        create_device_disk(&v, &DeviceDiskOptions::new(Mode::Virtual, &lun)).unwrap().commit().unwrap();
+        let t = std::fs::read_to_string(&v).unwrap().replace("vmfsRawDeviceMap", "vmfsPassthroughRawDeviceMap");
+        std::fs::write(&v, t).unwrap();
+        let e = Link::open(&v, &OpenOptions::read()).unwrap_err().to_string();
+        assert!(e.contains("records virtual mode"), "{e}");
+        // Existing files are not replaced without force.
+        assert!(matches!(
+            create_device_disk(&v, &DeviceDiskOptions::new(Mode::Virtual, &lun)),
+            Err(Error::Exists { .. })
+        ));
+    }
+}

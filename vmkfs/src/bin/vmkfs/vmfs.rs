@@ -1,0 +1,298 @@
+//! VMFS volumes: `--volume DEV[,DEV…]` (paths of every other operation resolve inside the volume),
+//! `-P/--queryfs`, `-l/--list [PATH]` (`-h` for human-readable sizes).
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use clap::{Args, CommandFactory};
+use vmkfs::error::{exit, Error, Result};
+use vmkfs::vmdk::{self, Backing, Storage};
+use vmkfs::vmfs::{FileKind, Stat, VmfsStorage, Volume};
+
+use crate::{human, Cli};
+
+/// VMFS volume options.
+#[derive(Args, Debug)]
+pub struct VmfsArgs {
+    /// Resolve every path inside the VMFS volume on DEV (image files or block devices; give every
+    /// device of a spanned volume, comma-separated). The volume is read-only.
+    #[arg(long = "volume", value_name = "DEV[,DEV...]", value_delimiter = ',')]
+    pub volume: Vec<PathBuf>,
+    /// Print the volume's attributes: version, label, UUID, capacity and free space, block sizes,
+    /// extents, live heartbeats (with --volume, or the devices as the target).
+    #[arg(short = 'P', long = "queryfs")]
+    pub queryfs: bool,
+    /// List directory PATH of the volume (default /): type, size, allocated, mtime, name.
+    #[arg(short = 'l', long = "list", value_name = "PATH", num_args = 0..=1, default_missing_value = "/")]
+    pub list: Option<String>,
+    /// Human-readable sizes (with -l and -P). Alone, prints help.
+    #[arg(short = 'h', long = "human-readable")]
+    pub human: bool,
+}
+
+/// How many VMFS operations the command line selects.
+pub fn selected(cli: &Cli) -> usize {
+    let v = &cli.vmfs;
+    let n = v.queryfs as usize + v.list.is_some() as usize;
+    // `-h` alone keeps printing help, as it always has.
+    if n == 0 && v.human && others_selected(cli) == 0 {
+        return 1;
+    }
+    n
+}
+
+fn others_selected(cli: &Cli) -> usize {
+    crate::disk::selected(cli) + crate::redo::selected(cli) + crate::rdm::selected(cli)
+}
+
+/// Runs the selected VMFS operation; `None` when none is selected.
+pub fn run(cli: &Cli) -> Option<i32> {
+    let v = &cli.vmfs;
+    if !v.queryfs && v.list.is_none() {
+        if v.human && others_selected(cli) == 0 {
+            let _ = Cli::command().print_help();
+            return Some(exit::OK);
+        }
+        return None;
+    }
+    let r = if v.queryfs { run_queryfs(cli) } else { run_list(cli, v.list.as_deref().unwrap_or("/")) };
+    Some(r.unwrap_or_else(|e| crate::report_error(cli, &e)))
+}
+
+static VOLUME: OnceLock<std::result::Result<Volume, String>> = OnceLock::new();
+
+/// The volume of `--volume` (opened once).
+fn volume_of(devs: &[PathBuf]) -> std::result::Result<Volume, String> {
+    VOLUME.get_or_init(|| Volume::open(devs).map_err(|e| e.to_string())).clone()
+}
+
+/// The storage paths resolve in: the volume's when `--volume` is given.
+pub fn storage(cli: &Cli) -> Option<Arc<dyn Storage>> {
+    if cli.vmfs.volume.is_empty() {
+        return None;
+    }
+    Some(match volume_of(&cli.vmfs.volume) {
+        Ok(v) => VmfsStorage::shared(v),
+        Err(e) => Arc::new(Unopenable(e)),
+    })
+}
+
+fn open_volume(cli: &Cli) -> Result<Volume> {
+    let devs: Vec<PathBuf> = if !cli.vmfs.volume.is_empty() {
+        cli.vmfs.volume.clone()
+    } else if let Some(t) = &cli.common.target {
+        t.to_string_lossy().split(',').filter(|s| !s.is_empty()).map(PathBuf::from).collect()
+    } else {
+        return Err(Error::Usage("give the volume's devices with --volume DEV[,DEV...]".into()));
+    };
+    Volume::open(&devs).map_err(Error::from)
+}
+
+/// A volume that failed to open: every access reports why.
+#[derive(Debug)]
+struct Unopenable(String);
+
+impl Unopenable {
+    fn err(&self) -> vmdk::Error {
+        vmdk::Error::unsupported("--volume", self.0.clone())
+    }
+}
+
+impl Storage for Unopenable {
+    fn open(&self, _: &std::path::Path, _: bool) -> vmdk::Result<Arc<dyn Backing>> {
+        Err(self.err())
+    }
+    fn create_new(&self, _: &std::path::Path) -> vmdk::Result<Arc<dyn Backing>> {
+        Err(self.err())
+    }
+    fn exists(&self, _: &std::path::Path) -> bool {
+        false
+    }
+    fn rename(&self, _: &std::path::Path, _: &std::path::Path) -> vmdk::Result<()> {
+        Err(self.err())
+    }
+    fn remove(&self, _: &std::path::Path) -> vmdk::Result<()> {
+        Err(self.err())
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of seconds since 1970.
+pub fn utc(t: u64) -> String {
+    let (days, secs) = (t / 86400, t % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// Decimal units the way vmkfstools -h prints them (`256 MB`, `1.5 GB`).
+fn vm_human(n: u64) -> String {
+    const U: [&str; 6] = ["bytes", "KB", "MB", "GB", "TB", "PB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} bytes")
+    } else if (v - v.round()).abs() < 0.05 {
+        format!("{} {}", v.round(), U[i])
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn max_file_size(vol: &Volume) -> u64 {
+    match vol.descriptor().generation.number() {
+        3 => vol.geometry().fbs * 262_144 - 512,
+        5 => 69_201_586_814_976,
+        _ => 70_368_744_177_664,
+    }
+}
+
+fn run_queryfs(cli: &Cli) -> Result<i32> {
+    let vol = open_volume(cli)?;
+    let fs = vol.descriptor();
+    let g = vol.geometry();
+    let usage = vol.usage().map_err(Error::from)?;
+    let devices = vol.devices();
+    let heartbeats = vol.heartbeats().map_err(Error::from)?;
+    let max = max_file_size(&vol);
+    if cli.common.json {
+        let j = serde_json::json!({
+            "version": fs.version_text(),
+            "raw_major_version": fs.major,
+            "minor_version": fs.minor,
+            "vmfs_l": fs.local,
+            "label": fs.label,
+            "uuid": fs.uuid,
+            "logical_device": vol.lv_uuid(),
+            "created": fs.creation_time,
+            "capacity": usage.capacity,
+            "free": usage.free,
+            "blocks": usage.blocks,
+            "free_blocks": usage.free_blocks,
+            "file_block_size": g.fbs,
+            "sub_block_size": g.sbs,
+            "large_file_block_size": if fs.is_vmfs6() { Some(g.lfbs) } else { None },
+            "metadata_alignment": g.md_align,
+            "max_file_size": max,
+            "volume_size": vol.size(),
+            "devices": devices,
+            "live_heartbeats": heartbeats,
+        });
+        println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+        return Ok(exit::OK);
+    }
+    println!(
+        "{} (Raw Major Version: {}) file system spanning {} partitions.",
+        fs.version_text(),
+        fs.major,
+        devices.len()
+    );
+    println!("File system label (if any): {}", fs.label);
+    println!("Mode: {}", if fs.local { "private" } else { "public" });
+    if cli.vmfs.human {
+        println!(
+            "Capacity {}, {} available, file block size {}, max supported file size {}",
+            vm_human(usage.capacity),
+            vm_human(usage.free),
+            vm_human(g.fbs),
+            vm_human(max)
+        );
+    } else {
+        println!(
+            "Capacity {} ({} file blocks * {}), {} ({} blocks) avail, max supported file size {}",
+            usage.capacity, usage.blocks, g.fbs, usage.free, usage.free_blocks, max
+        );
+    }
+    if fs.is_vmfs6() {
+        println!(
+            "Small file block size {}, large file block size {}, sub-block size {}, metadata alignment {}",
+            sz(cli, g.fbs),
+            sz(cli, g.lfbs),
+            sz(cli, g.sbs),
+            g.md_align
+        );
+    } else {
+        println!("Sub-block size {}", sz(cli, g.sbs));
+    }
+    println!("Volume Creation Time: {} UTC", utc(fs.creation_time as u64));
+    println!("UUID: {}", fs.uuid);
+    println!("Logical device: {}", vol.lv_uuid());
+    println!("Partitions spanned (on \"lvm\"):");
+    for d in &devices {
+        let part = if d.partition == 0 { String::new() } else { format!(":{}", d.partition) };
+        println!("\t{}{} ({}, LVM{})", d.path.display(), part, sz(cli, d.bytes), d.lvm_version);
+    }
+    for h in &heartbeats {
+        let addr = if h.address.is_empty() { String::new() } else { format!(" ({})", h.address) };
+        println!(
+            "Warning: live heartbeat of host {}{addr} at offset {:#x}: the volume is (or was, when imaged) in use; metadata may change while it is read",
+            h.owner, h.offset
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn sz(cli: &Cli, n: u64) -> String {
+    if cli.vmfs.human {
+        vm_human(n)
+    } else {
+        n.to_string()
+    }
+}
+
+fn run_list(cli: &Cli, path: &str) -> Result<i32> {
+    if cli.vmfs.volume.is_empty() {
+        return Err(Error::Usage("-l needs the volume: --volume DEV[,DEV...]".into()));
+    }
+    let vol = open_volume(cli)?;
+    let st = vol.stat(path).map_err(Error::from)?;
+    let rows: Vec<Stat> = if st.kind == FileKind::Directory {
+        vol.list(path).map_err(Error::from)?.into_iter().map(|(_, s)| s).collect()
+    } else {
+        vec![st]
+    };
+    if cli.common.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|s| {
+                let name = s.path.rsplit('/').next().unwrap_or("").to_string();
+                serde_json::json!({
+                    "name": name, "path": s.path, "type": s.kind.name(), "size": s.size, "allocated": s.allocated,
+                    "mtime": s.mtime, "mode": format!("{:o}", s.mode), "uid": s.uid, "gid": s.gid, "links": s.links,
+                    "target": s.link_target, "rdm": s.rdm,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(exit::OK);
+    }
+    let size = |n: u64| if cli.vmfs.human { human(n) } else { n.to_string() };
+    println!("{:<8} {:>14} {:>14}  {:<19}  Name", "Type", "Size", "Allocated", "Modified (UTC)");
+    for s in &rows {
+        let name = s.path.rsplit('/').next().unwrap_or("");
+        let extra = match (&s.link_target, &s.rdm) {
+            (Some(t), _) => format!(" -> {t}"),
+            (_, Some(r)) => format!(" (raw device mapping: {})", r.describe()),
+            _ => String::new(),
+        };
+        println!(
+            "{:<8} {:>14} {:>14}  {:<19}  {name}{extra}",
+            s.kind.name(),
+            size(s.size),
+            size(s.allocated),
+            utc(s.mtime as u64)
+        );
+    }
+    Ok(exit::OK)
+}
