@@ -542,8 +542,9 @@ pub fn planned_files(path: &Path, format: DiskFormat, capacity: u64, split_secto
 /// A streamOptimized file being written: an empty file under a temporary name, and the header
 /// and embedded descriptor it must start with. Append the stream to [`NewStream::backing`] (with
 /// [`StreamWriter`](crate::extent::stream_write::StreamWriter) over a
-/// [`BackingSink`](crate::extent::stream_write::BackingSink)), then [`NewStream::commit`]. Dropping it
-/// without committing removes the file, like [`NewDisk`] (which keeps the temporary name).
+/// [`BackingSink`](crate::extent::stream_write::BackingSink)), then [`NewStream::commit`]. The file is
+/// held by a [`NewDisk`] without a link (the one place temporary files are handled): dropping a
+/// `NewStream` without committing removes it.
 #[derive(Debug)]
 pub struct NewStream {
     disk: NewDisk,

@@ -114,6 +114,20 @@ pub fn rename(old: &Path, new: &Path, opts: &OpenOptions) -> Result<PathBuf> {
             storage.sync_dir(&new_dir)?;
         }
     }
+    // ESX 2 REDO logs name their parent by their own name (`OLD.REDO`): they move along.
+    let (mut o, mut n) = (old.as_os_str().to_owned(), new.as_os_str().to_owned());
+    loop {
+        o.push(".REDO");
+        n.push(".REDO");
+        let (op, np) = (PathBuf::from(&o), PathBuf::from(&n));
+        if !storage.exists(&op) {
+            break;
+        }
+        if storage.exists(&np) {
+            return Err(vmdk::Error::Exists { path: np }.into());
+        }
+        storage.rename(&op, &np)?;
+    }
     fix_child_hints(old, new, opts)?;
     Ok(new.to_path_buf())
 }
@@ -172,6 +186,13 @@ pub fn extend(path: &Path, new_capacity: u64, eager: bool, opts: &OpenOptions) -
         return Err(Error::Usage(format!(
             "{}: new size {new_capacity} is not larger than the current {cap} bytes (disks never shrink)",
             path.display()
+        )));
+    }
+    if let Some(child) = redo::snapshot::children_of(path, opts).first() {
+        return Err(Error::Usage(format!(
+            "{}: cannot extend a disk that has REDO links ({} is built on it): every link of a chain must keep the same capacity; commit or discard them first",
+            path.display(),
+            child.display()
         )));
     }
     if container != Container::Descriptor {

@@ -183,8 +183,26 @@ fn capacity_mismatch() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (_s1, s2) = esx_chain(d);
-    // The base grown behind the chain's back (`-X` keeps the CID, so only the capacity differs).
+    // `-X` refuses to grow a disk that has REDO links on it.
+    let o = vmkfs(&["-X", "8m", "base.vmdk"], d);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("REDO links"));
+    // The base grown behind the chain's back (the CID kept, so only the capacity differs): move the
+    // child away, grow the base, put the child back.
+    let hidden = d.join("hidden");
+    std::fs::create_dir(&hidden).unwrap();
+    let moved: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("base-0"))
+        .collect();
+    for n in &moved {
+        std::fs::rename(d.join(n), hidden.join(n)).unwrap();
+    }
     ok(&["-X", "8m", "base.vmdk"], d);
+    for n in &moved {
+        std::fs::rename(hidden.join(n), d.join(n)).unwrap();
+    }
     let (code, okf, st, v) = chain(d, &s2);
     assert_eq!((code, okf), (1, false), "{v}");
     assert!(st[1].contains("capacity mismatch") && st[1].contains("4194304") && st[1].contains("8388608"), "{v}");
@@ -285,7 +303,6 @@ fn rename_keeps_child_hints_valid() {
 /// `-E` of a disk with an ESX 2 child (`DISK.REDO`, parent implied by its name) orphans the child:
 /// the rename has to carry the REDO log along (`NEW.REDO`).
 #[test]
-#[ignore = "known bug in ops::rename (-E): ESX 2 REDO children are not renamed along"]
 fn rename_carries_legacy_redo_children() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
