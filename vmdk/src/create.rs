@@ -236,10 +236,12 @@ impl CreateOptions {
 
 /// A disk being created: a writable link over temporarily named files.
 pub struct NewDisk {
-    link: Option<Link>,
+    pub(crate) link: Option<Link>,
     /// `(temporary, final)` names; the descriptor (or the single file) last.
-    files: Vec<(PathBuf, PathBuf)>,
-    storage: Arc<dyn Storage>,
+    pub(crate) files: Vec<(PathBuf, PathBuf)>,
+    pub(crate) storage: Arc<dyn Storage>,
+    /// Files written outside a link (a descriptor with no link over it) that commit must sync.
+    pub(crate) unsynced: Vec<Arc<dyn crate::storage::Backing>>,
 }
 
 impl std::fmt::Debug for NewDisk {
@@ -265,6 +267,9 @@ impl NewDisk {
         if let Some(link) = self.link.take() {
             link.close()?;
         }
+        for b in self.unsynced.drain(..) {
+            b.sync()?;
+        }
         for (tmp, fin) in &self.files {
             self.storage.rename(tmp, fin)?;
         }
@@ -278,6 +283,7 @@ impl NewDisk {
 impl Drop for NewDisk {
     fn drop(&mut self) {
         drop(self.link.take());
+        self.unsynced.clear();
         for (tmp, _) in &self.files {
             let _ = self.storage.remove(tmp);
         }
@@ -466,7 +472,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     }
 
     // From here on, `guard` removes whatever was created if anything fails.
-    let mut guard = NewDisk { link: None, files: Vec::new(), storage: storage.clone() };
+    let mut guard = NewDisk { link: None, files: Vec::new(), storage: storage.clone(), unsynced: Vec::new() };
     let cache = Arc::new(GtCache::default());
     let mut extents: Vec<Box<dyn Extent>> = Vec::new();
     let mut embedded = None;
@@ -641,7 +647,7 @@ pub fn create_stream(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<New
     if !opts.force && storage.exists(path) {
         return Err(Error::Exists { path: path.to_path_buf() });
     }
-    let mut disk = NewDisk { link: None, files: Vec::new(), storage: storage.clone() };
+    let mut disk = NewDisk { link: None, files: Vec::new(), storage: storage.clone(), unsynced: Vec::new() };
     let tmp = temp_name(path);
     let backing = storage.create_new(&tmp)?;
     disk.files.push((tmp, path.to_path_buf()));
@@ -688,7 +694,7 @@ pub fn create_delta(path: impl AsRef<Path>, capacity: u64, parent: &Parent, opts
     });
     desc.set_ddb("longContentID", format!("{}{cid:08x}", random_hex(12)));
     let storage = &opts.storage;
-    let mut guard = NewDisk { link: None, files: Vec::new(), storage: storage.clone() };
+    let mut guard = NewDisk { link: None, files: Vec::new(), storage: storage.clone(), unsynced: Vec::new() };
     let tmp = temp_name(&data_final);
     let b = storage.create_new(&tmp)?;
     guard.files.push((tmp, data_final));

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use rdm::{FoundBy, Mapping, Mode, OpenMode};
 
-use crate::create::{new_uuid, temp_name, Adapter};
+use crate::create::{new_uuid, temp_name, Adapter, NewDisk};
 use crate::descriptor::{Access, CreateType, Descriptor, Entry, ExtentLine, ExtentType};
 use crate::error::{Error, Result};
 use crate::extent::flat::FlatExtent;
@@ -271,25 +271,23 @@ fn stem(path: &Path) -> String {
 /// then the descriptor, into place; dropping it removes the temporary files (the device keeps
 /// whatever was written to it).
 pub struct NewDeviceDisk {
-    link: Option<Link>,
-    descriptor: Option<Arc<dyn Backing>>,
-    /// `(temporary, final)`, descriptor last.
-    files: Vec<(PathBuf, PathBuf)>,
-    storage: Arc<dyn Storage>,
+    /// The files under temporary names and the link over the device (one home for commit and
+    /// cleanup: [`NewDisk`]).
+    disk: NewDisk,
     mapping: Option<Mapping>,
     capacity: u64,
 }
 
 impl std::fmt::Debug for NewDeviceDisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewDeviceDisk").field("files", &self.files).field("capacity", &self.capacity).finish()
+        f.debug_struct("NewDeviceDisk").field("disk", &self.disk).field("capacity", &self.capacity).finish()
     }
 }
 
 impl NewDeviceDisk {
     /// The writable link over the device (`None` unless created with `write`).
     pub fn link(&self) -> Option<&Link> {
-        self.link.as_ref()
+        self.disk.link.as_ref()
     }
 
     /// The mapping written (RDM modes).
@@ -304,35 +302,13 @@ impl NewDeviceDisk {
 
     /// Final paths of the disk's files, descriptor last.
     pub fn final_paths(&self) -> Vec<PathBuf> {
-        self.files.iter().map(|f| f.1.clone()).collect()
+        self.disk.final_paths()
     }
 
     /// Flushes the device and the files, renames them into place and syncs the folder. Returns
     /// the descriptor's path.
-    pub fn commit(mut self) -> Result<PathBuf> {
-        if let Some(link) = self.link.take() {
-            link.close()?;
-        }
-        if let Some(d) = self.descriptor.take() {
-            d.sync()?;
-        }
-        for (tmp, fin) in &self.files {
-            self.storage.rename(tmp, fin)?;
-        }
-        let main = self.files.last().map(|f| f.1.clone()).unwrap_or_default();
-        self.storage.sync_dir(main.parent().unwrap_or(Path::new("")))?;
-        self.files.clear();
-        Ok(main)
-    }
-}
-
-impl Drop for NewDeviceDisk {
-    fn drop(&mut self) {
-        drop(self.link.take());
-        drop(self.descriptor.take());
-        for (tmp, _) in &self.files {
-            let _ = self.storage.remove(tmp);
-        }
+    pub fn commit(self) -> Result<PathBuf> {
+        self.disk.commit()
     }
 }
 
@@ -399,10 +375,7 @@ pub fn create_device_disk(path: impl AsRef<Path>, opts: &DeviceDiskOptions) -> R
     desc.set_ddb("virtualHWVersion", "11");
 
     let mut guard = NewDeviceDisk {
-        link: None,
-        descriptor: None,
-        files: Vec::new(),
-        storage: storage.clone(),
+        disk: NewDisk { link: None, files: Vec::new(), storage: storage.clone(), unsynced: Vec::new() },
         mapping: (opts.mode != Mode::Raw).then(|| mapping.clone()),
         capacity,
     };
@@ -410,13 +383,13 @@ pub fn create_device_disk(path: impl AsRef<Path>, opts: &DeviceDiskOptions) -> R
         let fin = &finals[0];
         let tmp = temp_name(fin);
         let b = storage.create_new(&tmp)?;
-        guard.files.push((tmp, fin.clone()));
+        guard.disk.files.push((tmp, fin.clone()));
         b.write_all_at(&mapping.encode(), 0)?;
         b.sync()?;
     }
     let tmp = temp_name(path);
     let b = storage.create_new(&tmp)?;
-    guard.files.push((tmp, path.to_path_buf()));
+    guard.disk.files.push((tmp, path.to_path_buf()));
     b.write_all_at(desc.to_text().as_bytes(), 0)?;
     if opts.write {
         let kind = if opts.mode == Mode::Raw { "VMFSRAW" } else { "VMFSRDM" };
@@ -428,9 +401,9 @@ pub fn create_device_disk(path: impl AsRef<Path>, opts: &DeviceDiskOptions) -> R
             found_by: (opts.mode != Mode::Raw).then_some(FoundBy::Path),
             mapping: guard.mapping.clone(),
         };
-        guard.link = Some(Link::from_parts(path, Container::Descriptor, desc, Some(b), None, vec![Box::new(ext)]));
+        guard.disk.link = Some(Link::from_parts(path, Container::Descriptor, desc, Some(b), None, vec![Box::new(ext)]));
     } else {
-        guard.descriptor = Some(b);
+        guard.disk.unsynced.push(b);
     }
     Ok(guard)
 }
