@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 pub enum OpenMode {
     /// Read only; no lock is taken.
     Read,
+    /// Read only, with a shared advisory lock (`flock(LOCK_SH)`): other readers may hold it too, a
+    /// writer's exclusive lock conflicts ([`io::ErrorKind::WouldBlock`]).
+    ReadShared,
     /// Read and write, with an exclusive advisory lock (`flock`); a second writer gets
     /// [`io::ErrorKind::WouldBlock`].
     Write,
@@ -37,7 +40,7 @@ impl Device {
         let mut opts = OpenOptions::new();
         opts.read(true);
         match mode {
-            OpenMode::Read => {}
+            OpenMode::Read | OpenMode::ReadShared => {}
             OpenMode::Write => {
                 opts.write(true);
                 if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device()) {
@@ -48,23 +51,98 @@ impl Device {
                 opts.write(true).create_new(true).mode(0o644);
             }
         }
-        let file = opts.open(path).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                io::Error::new(io::ErrorKind::WouldBlock, "device is in use (mounted, or opened exclusively elsewhere)")
-            } else {
-                e
+        let file = opts.open(path).map_err(busy)?;
+        Device::with_lock(file, path, mode)
+    }
+
+    /// Opens `rel` inside the folder `dir` in `mode`, refusing — with
+    /// [`io::ErrorKind::PermissionDenied`] and the message "leaves the folder" — any path that
+    /// resolves outside `dir`: `..` components, absolute paths, and symbolic links (at any component)
+    /// whose target is outside (`openat2` with `RESOLVE_BENEATH`; where the kernel lacks it, the
+    /// resolved path is checked before opening).
+    pub fn open_beneath(dir: &Path, rel: &Path, mode: OpenMode) -> io::Result<Device> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let escape = || io::Error::new(io::ErrorKind::PermissionDenied, "leaves the folder");
+        let full = dir.join(rel);
+        let d = std::fs::File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })?;
+        let c = CString::new(rel.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let flags = match mode {
+            OpenMode::Read | OpenMode::ReadShared => libc::O_RDONLY,
+            OpenMode::Write => libc::O_RDWR,
+            OpenMode::CreateNew => libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+        };
+        // SAFETY: `open_how` is a plain C struct of integers, for which all zeros is valid.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (flags | libc::O_CLOEXEC) as u64;
+        how.mode = if mode == OpenMode::CreateNew { 0o644 } else { 0 };
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: openat2 reads the NUL-terminated path and `size_of::<open_how>()` bytes of `how`,
+        // both alive across the call; it returns a new descriptor we then own, or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                d.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        let file = if fd >= 0 {
+            use std::os::unix::io::FromRawFd;
+            // SAFETY: `fd` is a descriptor openat2 just returned; nothing else owns it.
+            unsafe { File::from_raw_fd(fd as libc::c_int) }
+        } else {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EXDEV | libc::ELOOP) => return Err(escape()),
+                Some(libc::ENOSYS | libc::EPERM) => {
+                    // No openat2 (an old kernel, or a sandbox filtering it): resolve and check.
+                    let base = std::fs::canonicalize(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })?;
+                    let target = match std::fs::canonicalize(&full) {
+                        Ok(t) => t,
+                        Err(_) if mode == OpenMode::CreateNew => full.clone(),
+                        Err(e) => return Err(e),
+                    };
+                    if !target.starts_with(&base)
+                        || rel
+                            .components()
+                            .any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+                    {
+                        return Err(escape());
+                    }
+                    return Device::open(&full, mode);
+                }
+                _ => return Err(busy(e)),
             }
-        })?;
+        };
+        Device::with_lock(file, &full, mode)
+    }
+
+    fn with_lock(file: File, path: &Path, mode: OpenMode) -> io::Result<Device> {
         let block_device = file.metadata()?.file_type().is_block_device();
-        let writable = mode != OpenMode::Read;
-        if writable {
+        let writable = matches!(mode, OpenMode::Write | OpenMode::CreateNew);
+        let lock = match mode {
+            OpenMode::Read => None,
+            OpenMode::ReadShared => Some(libc::LOCK_SH),
+            OpenMode::Write | OpenMode::CreateNew => Some(libc::LOCK_EX),
+        };
+        if let Some(op) = lock {
             // SAFETY: flock on a valid, owned file descriptor has no memory-safety requirements.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
             if rc != 0 {
                 return Err(io::Error::last_os_error());
             }
         }
         Ok(Device { file, path: path.to_path_buf(), block_device, writable })
+    }
+
+    /// The `(device, inode)` pair of the open file: two handles name the same file exactly when
+    /// their identities are equal.
+    pub fn identity(&self) -> io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.file.metadata()?;
+        Ok((m.dev(), m.ino()))
     }
 
     /// The path this device was opened by.
@@ -293,6 +371,105 @@ impl Device {
     }
 }
 
+/// Renames `from` to `to` unless `to` exists (`renameat2(RENAME_NOREPLACE)`; where the file system
+/// lacks it, a hard link then an unlink, which is just as exclusive). An existing `to` is
+/// [`io::ErrorKind::AlreadyExists`] and nothing changes.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both arguments are valid NUL-terminated strings that live across the call.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) {
+        return Err(e);
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
+}
+
+/// A device that refuses to be opened because it is mounted or held exclusively reads as locked.
+fn busy(e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::EBUSY) {
+        io::Error::new(io::ErrorKind::WouldBlock, "device is in use (mounted, or opened exclusively elsewhere)")
+    } else {
+        e
+    }
+}
+
+/// True when a process with id `pid` exists (it may belong to another user).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// A process holding an advisory lock on a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    /// Its process id.
+    pub pid: u32,
+    /// Its command line (arguments joined by spaces), when readable.
+    pub command: Option<String>,
+    /// True for an exclusive (write) lock.
+    pub exclusive: bool,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let own = self.pid == std::process::id();
+        write!(f, "{}process {}", if own { "this " } else { "" }, self.pid)?;
+        if let Some(c) = &self.command {
+            write!(f, " ({c})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The processes holding `flock` locks on the file at `path`, from `/proc/locks` (empty when it
+/// cannot be read, or when nobody holds one).
+pub fn lock_holders(path: &Path) -> Vec<LockHolder> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(path) else { return Vec::new() };
+    let Ok(table) = std::fs::read_to_string("/proc/locks") else { return Vec::new() };
+    let (major, minor) = (libc::major(m.dev()), libc::minor(m.dev()));
+    let mut out: Vec<LockHolder> = Vec::new();
+    for line in table.lines() {
+        // `1: FLOCK  ADVISORY  WRITE 2006 fe:00:5308633 0 EOF` (blocked waiters have `->`).
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[1] != "FLOCK" {
+            continue;
+        }
+        let mut id = f[5].split(':');
+        let (Some(ma), Some(mi), Some(ino)) = (id.next(), id.next(), id.next()) else { continue };
+        let same = u32::from_str_radix(ma, 16).ok() == Some(major)
+            && u32::from_str_radix(mi, 16).ok() == Some(minor)
+            && ino.parse::<u64>().ok() == Some(m.ino());
+        let Ok(pid) = f[4].parse::<u32>() else { continue };
+        if !same || out.iter().any(|h| h.pid == pid) {
+            continue;
+        }
+        let command = std::fs::read(format!("/proc/{pid}/cmdline")).ok().map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        out.push(LockHolder { pid, command: command.filter(|c| !c.is_empty()), exclusive: f[3] == "WRITE" });
+    }
+    out
+}
+
 /// `_IOR(0x12, 114, size_t)`: the block device size in bytes.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 /// `_IO(0x12, 127)`: zero a byte range `[start, len]` of a block device.
@@ -351,7 +528,62 @@ mod tests {
         let _a = Device::open(&p, OpenMode::CreateNew).unwrap();
         let e = Device::open(&p, OpenMode::Write).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
-        // Readers take no lock.
+        // Plain readers take no lock; shared readers conflict with the writer.
         Device::open(&p, OpenMode::Read).unwrap();
+        let e = Device::open(&p, OpenMode::ReadShared).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        let holders = lock_holders(&p);
+        assert_eq!(holders.len(), 1, "{holders:?}");
+        assert_eq!(holders[0].pid, std::process::id());
+        assert!(holders[0].exclusive);
+    }
+
+    #[test]
+    fn shared_readers_coexist_and_exclude_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        drop(Device::open(&p, OpenMode::CreateNew).unwrap());
+        let a = Device::open(&p, OpenMode::ReadShared).unwrap();
+        let _b = Device::open(&p, OpenMode::ReadShared).unwrap();
+        assert_eq!(Device::open(&p, OpenMode::Write).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert!(!lock_holders(&p)[0].exclusive);
+        drop(a);
+    }
+
+    #[test]
+    fn open_beneath_stays_in_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, outer) = (dir.path().join("vm"), dir.path().join("secret"));
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::write(&outer, b"outside").unwrap();
+        std::fs::write(inner.join("ok"), b"inside").unwrap();
+        std::os::unix::fs::symlink("ok", inner.join("near")).unwrap();
+        std::os::unix::fs::symlink(&outer, inner.join("far")).unwrap();
+        std::os::unix::fs::symlink("../secret", inner.join("up")).unwrap();
+        for ok in ["ok", "near", "./ok"] {
+            let d = Device::open_beneath(&inner, Path::new(ok), OpenMode::Read).unwrap();
+            assert_eq!(d.size().unwrap(), 6, "{ok}");
+        }
+        for bad in ["far", "up", "../secret", "/etc/passwd"] {
+            let e = Device::open_beneath(&inner, Path::new(bad), OpenMode::Read).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{bad}: {e}");
+        }
+        let e = Device::open_beneath(&inner, Path::new("far"), OpenMode::Write).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(std::fs::read(&outer).unwrap(), b"outside");
+    }
+
+    #[test]
+    fn rename_noreplace_refuses_an_existing_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        assert_eq!(rename_noreplace(&a, &b).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&b).unwrap(), b"b");
+        std::fs::remove_file(&b).unwrap();
+        rename_noreplace(&a, &b).unwrap();
+        assert!(!a.exists());
+        assert_eq!(std::fs::read(&b).unwrap(), b"a");
     }
 }

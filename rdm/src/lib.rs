@@ -17,6 +17,6 @@ pub mod device;
 pub mod identity;
 pub mod mapping;
 
-pub use device::{Device, OpenMode};
+pub use device::{lock_holders, process_alive, rename_noreplace, Device, LockHolder, OpenMode};
 pub use identity::{DeviceKind, Difference, FoundBy, Identity};
 pub use mapping::{Mapping, MappingError, Mode, Resolved};

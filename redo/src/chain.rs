@@ -13,8 +13,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vmdk::descriptor::NO_PARENT_CID;
-use vmdk::storage::resolve_extent_path;
+pub use vmdk::family::ParentRef;
 use vmdk::{AllocMap, Container, Link, OpenOptions, ReadAt};
 
 /// Longest chain we follow (a guard against cycles and runaway chains).
@@ -40,14 +39,6 @@ pub enum ChainError {
         hint: String,
         /// A disk in the same folder whose CID is the child's parentCID.
         renamed: Option<PathBuf>,
-    },
-    /// A link has a parentCID but no parent hint.
-    #[error("{child}: parentCID is {parent_cid:08x} but there is no parentFileNameHint", child = .child.display())]
-    NoHint {
-        /// The child link.
-        child: PathBuf,
-        /// Its parentCID.
-        parent_cid: u32,
     },
     /// The parent's capacity differs from the child's.
     #[error("{child}: capacity {child_capacity} differs from its parent {parent}'s {parent_capacity}", child = .child.display(), parent = .parent.display())]
@@ -89,39 +80,10 @@ pub enum ChainError {
     },
 }
 
-/// Where a link's parent is, as the link says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParentRef {
-    /// The parent's path.
-    pub path: PathBuf,
-    /// The CID the child expects (None for ESX 2 REDO logs).
-    pub expected_cid: Option<u32>,
-    /// The hint as written (or the name it was derived from).
-    pub hint: String,
-}
-
-/// The parent of `link`, if it has one.
-pub fn parent_of(link: &Link) -> Result<Option<ParentRef>, ChainError> {
-    let d = link.descriptor();
-    if let Some(hint) = d.parent_file_name_hint.clone() {
-        let path = resolve_extent_path(link.path(), &hint, true)?;
-        return Ok(Some(ParentRef { path, expected_cid: Some(d.parent_cid), hint }));
-    }
-    if link.container() == Container::BareExtent && d.create_type == vmdk::CreateType::VmfsSparse {
-        let name = link.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if let Some(parent) = name.strip_suffix(".REDO") {
-            return Ok(Some(ParentRef {
-                path: link.path().with_file_name(parent),
-                expected_cid: None,
-                hint: parent.into(),
-            }));
-        }
-    }
-    if d.parent_cid != NO_PARENT_CID && link.container() != Container::BareExtent && link.container() != Container::Raw
-    {
-        return Err(ChainError::NoHint { child: link.path().into(), parent_cid: d.parent_cid });
-    }
-    Ok(None)
+/// The parent of `link`, if it has one (see [`vmdk::family::parent_ref`]); a hint leaving the
+/// link's folder needs `allow_outside`.
+pub fn parent_of(link: &Link, allow_outside: bool) -> Result<Option<ParentRef>, ChainError> {
+    Ok(link.parent_ref(allow_outside)?)
 }
 
 /// True when `child_expects` is the parent's CID, or the CID a commit in progress promised it.
@@ -139,13 +101,35 @@ fn find_by_cid(dir: &Path, cid: u32, skip: &Path) -> Option<PathBuf> {
         if p.extension().is_none_or(|x| x != "vmdk") || p == skip {
             continue;
         }
-        if let Ok(l) = Link::open(&p, &OpenOptions::read()) {
+        if let Ok(l) = Link::open(&p, &OpenOptions { lock: false, ..OpenOptions::read() }) {
             if l.container() != Container::Raw && l.descriptor().cid == cid {
                 return Some(p);
             }
         }
     }
     None
+}
+
+/// Refuses a parent that shares a file with a link above it (a child whose extent is its parent's
+/// file would destroy the parent's data when written, and commit or discard would delete it).
+fn refuse_shared_files(above: &[Arc<Link>], parent: &Link) -> Result<(), ChainError> {
+    for l in above {
+        for (p, id) in parent.file_identities() {
+            if let Some((q, _)) = l.file_identities().iter().find(|(_, i)| i == id) {
+                return Err(vmdk::Error::Alias {
+                    path: l.path().into(),
+                    what: format!(
+                        "its file {} is also {}, a file of its parent {}",
+                        q.display(),
+                        p.display(),
+                        parent.path().display()
+                    ),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A chain of links, top first.
@@ -170,13 +154,20 @@ impl Chain {
     /// Opens the link at `path` and every parent below it. Only the top link is opened for writing
     /// (when `opts.write` is set).
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Chain, ChainError> {
-        let top_path = path.as_ref().to_path_buf();
-        let mut links = vec![Arc::new(Link::open(&top_path, opts)?)];
-        let ro = OpenOptions { write: false, ..opts.clone() };
+        let top = Arc::new(Link::open(path.as_ref(), opts)?);
+        Chain::open_below(top, opts)
+    }
+
+    /// Opens every parent below the already open link `top` (read-only, with shared locks, as
+    /// `opts` says otherwise).
+    pub fn open_below(top: Arc<Link>, opts: &OpenOptions) -> Result<Chain, ChainError> {
+        let top_path = top.path().to_path_buf();
+        let mut links = vec![top];
+        let ro = OpenOptions { write: false, exclusive: false, allow_children: true, ..opts.clone() };
         let mut seen: HashSet<PathBuf> = HashSet::from([canonical(&top_path)]);
         loop {
             let child = links.last().expect("chain has a top link").clone();
-            let Some(pref) = parent_of(&child)? else { break };
+            let Some(pref) = parent_of(&child, opts.allow_outside)? else { break };
             if links.len() > MAX_DEPTH {
                 return Err(ChainError::TooDeep { top: top_path });
             }
@@ -191,10 +182,12 @@ impl Chain {
                     renamed,
                 });
             }
+            vmdk::storage::confine(opts.storage.as_ref(), child.path(), &pref.path, &pref.hint, opts.allow_outside)?;
             if !seen.insert(canonical(&pref.path)) {
                 return Err(ChainError::Cycle { child: child.path().into(), parent: pref.path });
             }
             let parent = Arc::new(Link::open(&pref.path, &ro)?);
+            refuse_shared_files(&links, &parent)?;
             if parent.capacity() != child.capacity() {
                 return Err(ChainError::CapacityMismatch {
                     child: child.path().into(),
@@ -344,7 +337,7 @@ pub fn diagnose(path: &Path, opts: &OpenOptions) -> Vec<LinkReport> {
         r.capacity = link.capacity();
         r.cid = format!("{:08x}", d.cid);
         r.parent_cid = format!("{:08x}", d.parent_cid);
-        let pref = match parent_of(&link) {
+        let pref = match parent_of(&link, opts.allow_outside) {
             Ok(Some(p)) => p,
             Ok(None) => {
                 out.push(r);

@@ -1,28 +1,29 @@
 //! Committing a REDO link into its parent, crash-safely.
 //!
-//! The protocol (every step leaves a chain that reads the same data, and re-running finishes it):
+//! The protocol, through the transaction home ([`vmdk::txn`]):
 //!
-//! 1. Open the parent for writing **without changing its CID**, so the link's `parentCID` stays
-//!    valid while the parent's content changes underneath it. The link still holds everything it
-//!    held, and it sits above the parent, so reads through it are unchanged at every moment.
-//! 2. Copy the link's own data (and its known-zero ranges) into the parent; flush. Copying again is
-//!    harmless, so a rerun after a crash simply starts over.
-//! 3. Choose the parent's next CID and record it in the parent as `ddb.vmkfs.pendingCID` (reused if a
-//!    previous run already chose one). Chains accept a child whose `parentCID` is either value.
-//! 4. Re-point the link's children at the parent (hint and `parentCID` = the pending CID); an ESX 2
-//!    child `LINK.REDO` is renamed `PARENT.REDO`, which atomically makes the parent its parent. When
-//!    the link is itself `PARENT.REDO`, the child is renamed over it after step 6, so that a rerun
-//!    never finds the child under the link's name. An ESX 2 child that has links of its own is
-//!    refused up front: renaming it would orphan them.
-//! 5. Delete the link's files (the descriptor first).
-//! 6. Give the parent its new CID and drop the pending key; close it cleanly.
+//! 1. Lock: the link and its children exclusively (their files change), the parent exclusively
+//!    (its data changes), the chain below the parent shared. A parent with other children is
+//!    refused: merging would change what they read.
+//! 2. Write the commit's intent record with the command that finishes it (`rerun`), then copy the
+//!    link's own data (and its known-zero ranges) into the parent, which keeps its CID meanwhile;
+//!    flush. This **data phase** cannot be undone and is idempotent: until it is over, every
+//!    command on these disks is refused with "re-run the commit", and the re-run takes the record
+//!    over and copies again.
+//! 3. Record the steps that finish the commit — each child re-pointed at the parent (hint only: its
+//!    `parentCID` already names the link's CID, which the parent is about to take over; an ESX 2
+//!    child `LINK.REDO` is renamed `PARENT.REDO`), the link's files removed, the parent given the
+//!    link's CID — and make them. From here an interruption is finished by whichever command comes
+//!    next.
 //!
-//! Other children of the same parent see its CID change and are refused, as VMware refuses them:
-//! the parent they were made from has been modified.
+//! The parent takes over the link's CID because it now holds exactly the link's content: a full
+//! copy made of the link earlier (a backup) and the parent are then known to be the same disk, so
+//! deltas exported from the chain keep applying to that copy.
 
 use std::path::{Path, PathBuf};
 
 use vmdk::link::new_cid;
+use vmdk::txn::{self, Intent, Step};
 use vmdk::{Container, Link, OpenOptions};
 
 use crate::chain::{cid_accepted, parent_of, Chain, ChainError, PENDING_CID_KEY};
@@ -39,25 +40,48 @@ pub struct CommitReport {
     pub removed: Vec<PathBuf>,
     /// The parent's new CID.
     pub cid: u32,
+    /// True when this run finished a commit that an earlier, interrupted run had started.
+    pub resumed: bool,
 }
+
+/// The name commit intent records carry.
+pub const OP: &str = "commit";
 
 /// Merges the REDO link at `path` into its parent. `copy(link, parent)` must write every `Data`
 /// range of `link` (its own data, zeros included) into the top of `parent`; the vmkfs clone engine
-/// does this. Known-zero ranges of the link are applied here.
+/// does this. Known-zero ranges of the link are applied here. `rerun` is the command that finishes
+/// this commit if it is interrupted (recorded for the user; e.g. `vmkfs -m PATH`).
+///
+/// If an earlier commit of `path` was interrupted, this finishes it (re-copying when its data phase
+/// had not ended).
 pub fn commit_with(
     path: &Path,
     opts: &OpenOptions,
+    rerun: Vec<String>,
     copy: impl FnOnce(&Link, &Chain) -> Result<(), RedoError>,
 ) -> Result<CommitReport, RedoError> {
-    let ro = OpenOptions { write: false, ..opts.clone() };
-    let link = Link::open(path, &ro)?;
-    let Some(pref) = parent_of(&link)? else {
+    let storage = &opts.storage;
+    let mut resumed = txn::pending(storage, path)?;
+    if let Some(i) = resumed.take() {
+        if i.record().op != OP {
+            // Another operation's record for this disk: the ordinary settling decides.
+            drop(i);
+            txn::settle(storage.as_ref(), path)?;
+        } else if i.record().rerun.is_none() {
+            return finish_recorded(i, opts);
+        } else {
+            resumed = Some(i);
+        }
+    }
+    let lock = OpenOptions { write: false, exclusive: true, allow_children: true, ..opts.clone() };
+    let link = Link::open(path, &lock)?;
+    let Some(pref) = parent_of(&link, opts.allow_outside)? else {
         return Err(RedoError::Refused {
             path: path.into(),
             why: "is a base disk: there is nothing to commit it into".into(),
         });
     };
-    if !opts.storage.exists(&pref.path) {
+    if !storage.exists(&pref.path) {
         return Err(ChainError::MissingParent {
             child: path.into(),
             parent: pref.path,
@@ -66,11 +90,21 @@ pub fn commit_with(
         }
         .into());
     }
+    if let Some(other) = children_of(&pref.path, opts).into_iter().find(|c| storage.real_path(c) != *link.real_path()) {
+        return Err(RedoError::Refused {
+            path: path.into(),
+            why: format!(
+                "its parent {} has another child, {}, which reads the parent as it is now: commit would change it",
+                pref.path.display(),
+                other.display()
+            ),
+        });
+    }
     // ESX 2 children (`LINK.REDO`) name their parent only implicitly, so re-pointing one means
     // renaming it to `PARENT.REDO`; check that this is possible before anything changes.
     let legacy_moves = plan_legacy_children(path, &pref.path, opts)?;
-    // Step 1: the parent (and the chain under it) opened for writing, CID kept.
-    let parent_chain = Chain::open(&pref.path, &OpenOptions { write: true, keep_cid: true, ..opts.clone() })?;
+    let parent_opts = OpenOptions { write: true, keep_cid: true, allow_children: true, ..opts.clone() };
+    let parent_chain = Chain::open(&pref.path, &parent_opts)?;
     let parent = parent_chain.top().clone();
     if parent.capacity() != link.capacity() {
         return Err(ChainError::CapacityMismatch {
@@ -92,11 +126,92 @@ pub fn commit_with(
             .into());
         }
     }
-    // Step 2: the data.
+    // The children, held exclusively: their descriptors change.
+    let kids: Vec<Link> =
+        children_of(path, opts).iter().map(|c| Link::open(c, &lock)).collect::<Result<_, vmdk::Error>>()?;
+    let mut disks: Vec<PathBuf> = vec![parent.real_path().to_path_buf()];
+    disks.extend(kids.iter().map(|k| k.real_path().to_path_buf()));
+    let mut intent = match resumed {
+        Some(mut i) => {
+            i.set_rerun(rerun)?;
+            i
+        }
+        None => Intent::begin(storage, link.real_path(), OP, &disks, Some(rerun))?,
+    };
+    // The data phase.
     copy(&link, &parent_chain)?;
-    // Known-zero ranges: freed in a base; written as zeros in a parent that has a parent of its own
-    // (a hole there would show the grandparent, and not every link can store a zeroed grain).
-    let parent_has_parent = parent_chain.links().len() > 1;
+    apply_zeros(&link, &parent, parent_chain.links().len() > 1)?;
+    parent.flush()?;
+    // The steps.
+    let has_cid = |l: &Link| l.container() != Container::BareExtent && l.container() != Container::Raw;
+    let pd = parent.descriptor();
+    let cid = if !has_cid(&parent) {
+        pd.cid
+    } else if has_cid(&link) {
+        link.descriptor().cid
+    } else {
+        new_cid(pd.cid)
+    };
+    let mut steps = Vec::new();
+    let mut children = Vec::new();
+    let mut takes_name: Option<PathBuf> = None;
+    for kid in &kids {
+        if kid.container() == Container::BareExtent {
+            let to = legacy_moves.iter().find(|(c, _)| storage.real_path(c) == *kid.real_path()).map(|(_, t)| t);
+            let to = to.ok_or_else(|| RedoError::Refused {
+                path: path.into(),
+                why: format!("{} appeared during the commit", kid.path().display()),
+            })?;
+            // When the link is itself `PARENT.REDO`, the child takes its name after the link's
+            // files are gone.
+            if storage.real_path(to) == *link.real_path() {
+                takes_name = Some(kid.real_path().to_path_buf());
+            } else {
+                steps.push(Step::RenameNew { from: kid.real_path().into(), to: storage.real_path(to) });
+            }
+            children.push(to.clone());
+            continue;
+        }
+        let mut d = kid.descriptor();
+        d.parent_file_name_hint = Some(relative_hint(kid.path(), &pref.path));
+        d.parent_cid = cid;
+        if let Some((_, step)) = kid.descriptor_update(&d)? {
+            steps.push(step);
+        }
+        children.push(kid.path().to_path_buf());
+    }
+    let files = link.files();
+    for f in &files {
+        let real = storage.real_path(f);
+        match &takes_name {
+            // The child is renamed over the link's file instead.
+            Some(kid) if real == *link.real_path() => steps.push(Step::Rename { from: kid.clone(), to: real }),
+            _ => steps.push(Step::Remove { path: real }),
+        }
+    }
+    if has_cid(&parent) {
+        let mut d = pd.clone();
+        d.set_cid(cid);
+        d.remove_ddb(PENDING_CID_KEY);
+        if let Some((_, step)) = parent.descriptor_update(&d)? {
+            steps.push(step);
+        }
+    }
+    intent.set_steps(steps)?;
+    // Every handle goes before the steps are made (they rewrite and remove these files); the
+    // record's lock keeps other commands out meanwhile.
+    drop(kids);
+    drop(link);
+    drop(parent);
+    parent_chain.close()?;
+    intent.finish()?;
+    Ok(CommitReport { parent: pref.path, children, removed: files, cid, resumed: false })
+}
+
+/// Applies the known-zero ranges of `link` to `parent`: freed in a base; written as zeros in a
+/// parent that has a parent of its own (a hole there would show the grandparent, and not every link
+/// can store a zeroed grain).
+fn apply_zeros(link: &Link, parent: &Link, parent_has_parent: bool) -> Result<(), RedoError> {
     let cap = link.capacity();
     let mut off = 0;
     while off < cap {
@@ -110,103 +225,42 @@ pub fn commit_with(
         }
         off += n;
     }
-    parent.flush()?;
-    // Step 3: the pending CID.
-    let has_cid = parent.container() != Container::BareExtent && parent.container() != Container::Raw;
-    let pending = parent.descriptor().ddb(PENDING_CID_KEY).and_then(|v| u32::from_str_radix(v.trim(), 16).ok());
-    let cid = pending.unwrap_or_else(|| new_cid(parent.descriptor().cid));
-    if has_cid && pending.is_none() {
-        parent.update_descriptor(|d| d.set_ddb(PENDING_CID_KEY, format!("{cid:08x}")))?;
-        parent.flush()?;
-    }
-    // Step 4: the children.
-    let mut children = Vec::new();
-    let files = link.files();
-    drop(link);
-    // An ESX 2 child that takes the link's own name is renamed last, once the parent is complete:
-    // until then the link stays, so a rerun after a crash commits the link again (harmlessly), never
-    // the child that would otherwise already carry its name.
-    let mut takes_name: Option<PathBuf> = None;
-    for child in children_of(path, opts) {
-        let cl = Link::open(&child, &ro)?;
-        let container = cl.container();
-        drop(cl);
-        if container == Container::BareExtent {
-            // ESX 2: `LINK.REDO` becomes `PARENT.REDO`, which implies the parent (when the link is
-            // itself `PARENT.REDO`, the child takes its name in one atomic rename, at the end).
-            let to = legacy_moves.iter().find(|(c, _)| *c == child).map(|(_, t)| t.clone()).ok_or_else(|| {
-                RedoError::Refused { path: path.into(), why: format!("{} appeared during the commit", child.display()) }
-            })?;
-            if to == path {
-                takes_name = Some(child);
-            } else {
-                opts.storage.rename(&child, &to)?;
-            }
-            children.push(to);
-            continue;
-        }
-        let hint = relative_hint(&child, &pref.path);
-        let cl = Link::open(&child, &OpenOptions { write: true, keep_cid: true, ..opts.clone() })?;
-        // A parent without a CID of its own (an ESX 2 REDO log) is known by the CID every such link
-        // reports (`ffffffff`), the value a snapshot of it records.
-        let parent_cid = if has_cid { cid } else { parent.descriptor().cid };
-        cl.update_descriptor(|d| {
-            d.parent_file_name_hint = Some(hint.clone());
-            d.parent_cid = parent_cid;
-        })?;
-        cl.close()?;
-        children.push(child);
-    }
-    // Step 5: the link's files (all of them if nothing took its name).
-    let mut removed = Vec::new();
-    for f in &files {
-        if takes_name.is_some() && f == path {
-            continue;
-        }
-        opts.storage.remove(f)?;
-        removed.push(f.clone());
-    }
-    opts.storage.sync_dir(path.parent().unwrap_or(Path::new("")))?;
-    // Step 6: the parent's new CID.
-    if has_cid {
-        parent.update_descriptor(|d| {
-            d.set_cid(cid);
-            d.remove_ddb(PENDING_CID_KEY);
-        })?;
-    }
-    drop(parent);
-    parent_chain.close()?;
-    if let Some(child) = takes_name {
-        opts.storage.rename(&child, path)?;
-        opts.storage.sync_dir(path.parent().unwrap_or(Path::new("")))?;
-    }
-    Ok(CommitReport { parent: pref.path, children, removed, cid })
+    Ok(())
+}
+
+/// Finishes a commit whose data phase an earlier run completed: its steps are recorded.
+fn finish_recorded(intent: Intent, opts: &OpenOptions) -> Result<CommitReport, RedoError> {
+    let rec = intent.record().clone();
+    intent.finish()?;
+    let parent = rec.disks.get(1).cloned().unwrap_or_default();
+    let cid = Link::open(&parent, &OpenOptions { write: false, ..opts.clone() })?.descriptor().cid;
+    let removed =
+        rec.steps.iter().filter_map(|s| if let Step::Remove { path } = s { Some(path.clone()) } else { None });
+    Ok(CommitReport { parent, children: rec.disks[2..].to_vec(), removed: removed.collect(), cid, resumed: true })
 }
 
 /// Where each ESX 2 child of `link` goes when `link` is merged into `parent`: `PARENT.REDO`.
 /// Refused when that name is taken by another disk, when the parent is in another folder, or when
 /// the child has links of its own (renaming it would orphan them: commit from the top down).
 fn plan_legacy_children(link: &Path, parent: &Path, opts: &OpenOptions) -> Result<Vec<(PathBuf, PathBuf)>, RedoError> {
-    let ro = OpenOptions { write: false, ..opts.clone() };
+    let storage = &opts.storage;
     let mut out = Vec::new();
     for child in children_of(link, opts) {
-        if Link::open(&child, &ro)?.container() != Container::BareExtent {
+        let is_bare =
+            vmdk::family::peek(storage.as_ref(), &child)?.is_some_and(|p| p.container == Container::BareExtent);
+        if !is_bare {
             continue;
         }
         let refuse = |why: String| RedoError::Refused { path: link.into(), why };
-        let name = parent.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let to = parent.with_file_name(format!("{name}.REDO"));
-        let dir = |p: &Path| {
-            std::fs::canonicalize(p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")))
-        };
-        if dir(&to).ok() != dir(&child).ok() {
+        let to = parent.with_file_name(format!("{}.REDO", txn::file_name(parent)));
+        if txn::folder(&storage.real_path(&to)) != txn::folder(&storage.real_path(&child)) {
             return Err(refuse(format!(
                 "its ESX 2 REDO log {} would have to move to {}'s folder to keep its parent",
                 child.display(),
                 parent.display()
             )));
         }
-        if to != link && opts.storage.exists(&to) {
+        if storage.real_path(&to) != storage.real_path(link) && storage.exists(&to) {
             return Err(refuse(format!(
                 "its ESX 2 REDO log {} would have to be renamed to {}, which exists",
                 child.display(),
@@ -231,7 +285,7 @@ fn relative_hint(child: &Path, parent: &Path) -> String {
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let (c, p) = (abs(child), abs(parent));
     if c.parent() == p.parent() {
-        p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        txn::file_name(&p)
     } else {
         p.display().to_string()
     }

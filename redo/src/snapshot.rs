@@ -10,9 +10,11 @@
 //! The new link's `parentCID` is the parent's CID now, so a later change to the parent is caught.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use vmdk::create::{create, create_delta, CreateOptions, DiskFormat, Parent};
 use vmdk::extent::cowd::{self, CowdHeader};
+use vmdk::txn::{Intent, NewFiles, Step};
 use vmdk::{Container, CreateType, Link, OpenOptions};
 
 use crate::chain::{parent_of, Chain, ChainError};
@@ -92,10 +94,17 @@ fn refuse_passthrough(link: &Link) -> Result<(), RedoError> {
 }
 
 /// Adds a REDO link on top of the chain whose top is `path`; returns the new link's path.
+///
+/// The top is locked exclusively while the new link is made (no writer may change it under the
+/// snapshot, whose `parentCID` records its CID now), and the new link is created like every disk:
+/// under temporary names, put in place through one intent record.
 pub fn snapshot(path: &Path, opts: &OpenOptions, legacy: bool) -> Result<PathBuf, RedoError> {
     let ro = OpenOptions { write: false, ..opts.clone() };
-    // Opening the whole chain checks it is sound before anything is added on top.
-    let chain = Chain::open(path, &ro)?;
+    // Opening the whole chain checks it is sound before anything is added on top; the top is held
+    // exclusively (a link may get a second child: that changes nothing in it).
+    let top_opts = OpenOptions { exclusive: true, allow_children: true, ..ro.clone() };
+    let top = Arc::new(Link::open(path, &top_opts)?);
+    let chain = Chain::open_below(top, &ro)?;
     let top = chain.top().clone();
     refuse_passthrough(&top)?;
     let d = top.descriptor();
@@ -109,30 +118,21 @@ pub fn snapshot(path: &Path, opts: &OpenOptions, legacy: bool) -> Result<PathBuf
     } else {
         Shape::Hosted
     };
-    drop(chain);
     let storage = &opts.storage;
-    match shape {
+    let new = match shape {
         Shape::LegacyRedo => {
             let new = path.with_file_name(format!("{}.REDO", file_name(path)));
-            if storage.exists(&new) {
-                return Err(vmdk::Error::Exists { path: new }.into());
-            }
             let sectors = u32::try_from(cap / 512).map_err(|_| RedoError::Refused {
                 path: path.into(),
                 why: "ESX 2 REDO logs hold at most 2 TiB".into(),
             })?;
-            let tmp = new.with_file_name(format!(".{}.vmkfs-{}.tmp", file_name(&new), std::process::id()));
-            let _ = storage.remove(&tmp);
-            let b = storage.create_new(&tmp)?;
-            let r = cowd::create(&b, &CowdHeader::new(sectors, 1, Some(&file_name(path)))).and_then(|_| b.sync());
+            let mut files = NewFiles::begin(storage, &new, "snapshot", false)?;
+            let b = files.create(&new)?;
+            cowd::create(&b, &CowdHeader::new(sectors, 1, Some(&file_name(path))))?;
+            b.sync()?;
             drop(b);
-            if let Err(e) = r {
-                let _ = storage.remove(&tmp);
-                return Err(e.into());
-            }
-            storage.rename(&tmp, &new)?;
-            storage.sync_dir(new.parent().unwrap_or(Path::new("")))?;
-            Ok(new)
+            files.commit(Vec::new())?;
+            new
         }
         Shape::EsxDelta | Shape::Hosted => {
             let stem = base_stem(path);
@@ -156,54 +156,36 @@ pub fn snapshot(path: &Path, opts: &OpenOptions, legacy: bool) -> Result<PathBuf
             } else {
                 create(&new, &copts)?
             };
-            Ok(nd.commit()?)
+            nd.commit()?
         }
-    }
+    };
+    drop(top);
+    drop(chain);
+    Ok(new)
 }
 
-/// Links in `link`'s folder whose parent is `link`.
+/// Links in `link`'s folder whose parent is `link` (see [`vmdk::family::children`]).
 pub fn children_of(link: &Path, opts: &OpenOptions) -> Vec<PathBuf> {
-    let target = std::fs::canonicalize(link).unwrap_or_else(|_| link.to_path_buf());
-    let dir = link.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
-    for e in entries.flatten() {
-        let p = e.path();
-        let name = file_name(&p);
-        if !(name.ends_with(".vmdk") || name.ends_with(".REDO")) || name.starts_with('.') {
-            continue;
-        }
-        let Ok(l) = Link::open(&p, &OpenOptions { write: false, ..opts.clone() }) else { continue };
-        if let Ok(Some(pr)) = parent_of(&l) {
-            if std::fs::canonicalize(&pr.path).unwrap_or(pr.path) == target {
-                out.push(p);
-            }
-        }
-    }
-    out
+    vmdk::family::children(opts.storage.as_ref(), link)
 }
 
-/// `--discard`: drops the top link `path` without merging it. Refused when another link names it as
-/// its parent.
+/// `--discard`: drops the top link `path` without merging it. Refused when another link names it
+/// as its parent, and when a commit of it was interrupted (only re-running the commit may finish
+/// that: its parent already holds part of its data). The files go through one intent record.
 pub fn discard(path: &Path, opts: &OpenOptions) -> Result<Vec<PathBuf>, RedoError> {
-    let link = Link::open(path, &OpenOptions { write: false, ..opts.clone() })?;
-    if parent_of(&link)?.is_none() {
+    let lo = OpenOptions { write: false, exclusive: true, allow_children: true, ..opts.clone() };
+    let link = Link::open(path, &lo)?;
+    if parent_of(&link, true)?.is_none() {
         return Err(RedoError::Refused {
             path: path.into(),
             why: "is a base disk, not a REDO link (use -U to delete a disk)".into(),
         });
     }
-    let kids = children_of(path, opts);
-    if let Some(k) = kids.first() {
-        return Err(RedoError::Refused {
-            path: path.into(),
-            why: format!("is not the top of its chain: {} is built on it (discard that first, or commit)", k.display()),
-        });
-    }
+    link.refuse_if_parent("discarding it")?;
     let files = link.files();
+    let mut intent = Intent::begin(&opts.storage, link.real_path(), "discard", &[], None)?;
+    intent.set_steps(files.iter().map(|f| Step::Remove { path: opts.storage.real_path(f) }).collect())?;
     drop(link);
-    for f in &files {
-        opts.storage.remove(f)?;
-    }
+    intent.finish()?;
     Ok(files)
 }

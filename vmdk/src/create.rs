@@ -18,6 +18,10 @@ use crate::extent::stream_write::stream_header;
 use crate::extent::Extent;
 use crate::link::{new_cid, Container, Link};
 use crate::storage::{write_zeros, Backing, HostStorage, Storage};
+use crate::txn::NewFiles;
+
+/// The CID value that means "none" (bare extents and raw images report it).
+const NO_CID: u32 = crate::descriptor::NO_PARENT_CID;
 
 /// VMware's full extent size for split disks, in sectors (2047 MiB).
 pub const VMWARE_SPLIT_SECTORS: u64 = 4_192_256;
@@ -206,6 +210,10 @@ pub struct CreateOptions {
     pub zero_fill: bool,
     /// Make a child (delta) link of this parent instead of a base disk.
     pub parent: Option<Parent>,
+    /// The CID to give the new disk instead of a fresh one: the CID of the disk whose content it
+    /// will hold (a full copy of a disk is that disk's content, so deltas made against the
+    /// original apply to the copy).
+    pub cid: Option<u32>,
 }
 
 /// The parent a new delta link records.
@@ -230,18 +238,23 @@ impl CreateOptions {
             storage: HostStorage::shared(),
             zero_fill: true,
             parent: None,
+            cid: None,
         }
     }
 }
 
 /// A disk being created: a writable link over temporarily named files.
+///
+/// The files are a [`NewFiles`] set, so the disk's name is reserved from the start (a second
+/// creator of the same disk is refused as locked) and [`NewDisk::commit`] puts every file in place
+/// through one intent record; dropping an uncommitted `NewDisk` removes its temporary files.
 pub struct NewDisk {
     pub(crate) link: Option<Link>,
-    /// `(temporary, final)` names; the descriptor (or the single file) last.
-    pub(crate) files: Vec<(PathBuf, PathBuf)>,
-    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) files: NewFiles,
     /// Files written outside a link (a descriptor with no link over it) that commit must sync.
     pub(crate) unsynced: Vec<Arc<dyn crate::storage::Backing>>,
+    /// The disk being replaced (`force`), held (locked) until the new one takes its place.
+    pub(crate) replaced: Option<Link>,
 }
 
 impl std::fmt::Debug for NewDisk {
@@ -251,6 +264,30 @@ impl std::fmt::Debug for NewDisk {
 }
 
 impl NewDisk {
+    /// Reserves `path` for a new disk (see [`NewFiles::begin`]); with `force` an existing disk
+    /// there is opened for writing (so it must not be in use or have children) and every file it
+    /// owns is removed once the new disk is in place.
+    pub(crate) fn begin(storage: &Arc<dyn Storage>, path: &Path, force: bool) -> Result<NewDisk> {
+        let mut files = NewFiles::begin(storage, path, "create", force)?;
+        let mut replaced = None;
+        if force && storage.exists(path) {
+            let o = crate::link::OpenOptions { write: true, storage: storage.clone(), ..Default::default() };
+            match Link::open(path, &o) {
+                Ok(old) => {
+                    old.refuse_if_parent("replacing it")?;
+                    files.replaces(old.files());
+                    replaced = Some(old);
+                }
+                Err(e @ (Error::Locked { .. } | Error::Interrupted { .. } | Error::HasChildren { .. })) => {
+                    return Err(e)
+                }
+                // A damaged disk cannot say which files it owns: only the names written are replaced.
+                Err(_) => {}
+            }
+        }
+        Ok(NewDisk { link: None, files, unsynced: Vec::new(), replaced })
+    }
+
     /// The link to fill.
     pub fn link(&self) -> &Link {
         self.link.as_ref().expect("link is present until commit")
@@ -258,35 +295,23 @@ impl NewDisk {
 
     /// Final paths of every file of the disk, descriptor last.
     pub fn final_paths(&self) -> Vec<PathBuf> {
-        self.files.iter().map(|f| f.1.clone()).collect()
+        self.files.final_paths()
     }
 
-    /// Flushes everything, then renames the files into place (extents first, descriptor last) and
-    /// syncs the folder.
-    pub fn commit(mut self) -> Result<PathBuf> {
-        if let Some(link) = self.link.take() {
+    /// Flushes everything, then puts the files in place (extents first, descriptor last) through
+    /// one intent record, so that an interruption leaves no disk or the whole disk.
+    pub fn commit(self) -> Result<PathBuf> {
+        let NewDisk { link, files, unsynced, replaced } = self;
+        if let Some(link) = link {
             link.close()?;
         }
-        for b in self.unsynced.drain(..) {
+        for b in unsynced {
             b.sync()?;
         }
-        for (tmp, fin) in &self.files {
-            self.storage.rename(tmp, fin)?;
-        }
-        let main = self.files.last().map(|f| f.1.clone()).unwrap_or_default();
-        self.storage.sync_dir(main.parent().unwrap_or(Path::new("")))?;
-        self.files.clear();
+        let main = files.final_paths().last().cloned().unwrap_or_default();
+        drop(replaced);
+        files.commit(Vec::new())?;
         Ok(main)
-    }
-}
-
-impl Drop for NewDisk {
-    fn drop(&mut self) {
-        drop(self.link.take());
-        self.unsynced.clear();
-        for (tmp, _) in &self.files {
-            let _ = self.storage.remove(tmp);
-        }
     }
 }
 
@@ -300,38 +325,6 @@ fn data_file_name(stem: &str, format: DiskFormat, i: usize) -> String {
         DiskFormat::TwoGbFlat => format!("{stem}-f{:03}.vmdk", i + 1),
         DiskFormat::MonoSparse | DiskFormat::StreamOptimized => format!("{stem}.vmdk"),
     }
-}
-
-pub(crate) fn temp_name(fin: &Path) -> PathBuf {
-    let name = fin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tag = crate::random_u32();
-    fin.with_file_name(format!(".{name}.vmkfs-{}-{tag:08x}.tmp", std::process::id()))
-}
-
-/// Removes temporary files that an earlier, killed process left for the disk files `finals`
-/// (`.NAME.vmkfs-PID-TAG.tmp` whose PID no longer runs). Host file system only; returns what was
-/// removed.
-pub fn remove_stale_temps(finals: &[PathBuf]) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    for fin in finals {
-        let Some(name) = fin.file_name().map(|n| n.to_string_lossy().into_owned()) else { continue };
-        let dir = fin.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        let prefix = format!(".{name}.vmkfs-");
-        for e in entries.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = n.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tmp")) else { continue };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
-            // SAFETY: kill with signal 0 only checks whether the process exists.
-            let alive = pid == std::process::id() as i32
-                || unsafe { libc::kill(pid, 0) } == 0
-                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-            if !alive && std::fs::remove_file(e.path()).is_ok() {
-                removed.push(e.path());
-            }
-        }
-    }
-    removed
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -417,7 +410,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
         }
     }
 
-    let cid = new_cid(0xffff_ffff);
+    let cid = opts.cid.filter(|c| *c != NO_CID).unwrap_or_else(|| new_cid(NO_CID));
     let create_type = match format {
         DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => CreateType::Vmfs,
         DiskFormat::MonoSparse => CreateType::MonolithicSparse,
@@ -472,15 +465,13 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     }
 
     // From here on, `guard` removes whatever was created if anything fails.
-    let mut guard = NewDisk { link: None, files: Vec::new(), storage: storage.clone(), unsynced: Vec::new() };
+    let mut guard = NewDisk::begin(storage, path, opts.force)?;
     let cache = Arc::new(GtCache::default());
     let mut extents: Vec<Box<dyn Extent>> = Vec::new();
     let mut embedded = None;
     for (i, &n) in sizes.iter().enumerate() {
         let fin = &data_final[i];
-        let tmp = temp_name(fin);
-        let b = storage.create_new(&tmp)?;
-        guard.files.push((tmp.clone(), fin.clone()));
+        let b = guard.files.create(fin)?;
         let bytes = n * 512;
         match format {
             DiskFormat::MonoSparse | DiskFormat::TwoGbSparse => {
@@ -518,15 +509,13 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     }
     let mut separate = None;
     if format != DiskFormat::MonoSparse {
-        let tmp = temp_name(path);
-        let b = storage.create_new(&tmp)?;
-        guard.files.push((tmp, path.to_path_buf()));
+        let b = guard.files.create(path)?;
         let text = desc.to_text();
         b.write_all_at(text.as_bytes(), 0)?;
         separate = Some(b);
     }
     let container = if format == DiskFormat::MonoSparse { Container::Embedded } else { Container::Descriptor };
-    guard.link = Some(Link::from_parts(path, container, desc, separate, embedded, extents));
+    guard.link = Some(Link::from_parts(path, storage, container, desc, separate, embedded, extents));
     Ok(guard)
 }
 
@@ -589,12 +578,13 @@ impl NewStream {
 
 /// The header and embedded descriptor of a streamOptimized disk of `capacity` bytes whose file is
 /// called `file_name`: createType `streamOptimized`, the adapter (VMware tools expect `lsilogic`),
-/// geometry, `ddb.toolsVersion`, `ddb.virtualHWVersion`, a fresh CID, UUID and longContentID.
+/// geometry, `ddb.toolsVersion`, `ddb.virtualHWVersion`, the CID `cid` (a fresh one when `None`), a fresh UUID and longContentID.
 pub fn stream_layout(
     file_name: &str,
     capacity: u64,
     adapter: Adapter,
     grain_sectors: u64,
+    cid: Option<u32>,
 ) -> Result<(SparseHeader, String)> {
     if capacity == 0 || !capacity.is_multiple_of(512) {
         return Err(Error::InvalidArgument(format!("capacity {capacity} must be a positive multiple of 512 bytes")));
@@ -608,7 +598,7 @@ pub fn stream_layout(
     if sectors > crate::descriptor::MAX_SECTORS {
         return Err(Error::InvalidArgument(format!("capacity {capacity} is too large")));
     }
-    let cid = new_cid(0xffff_ffff);
+    let cid = cid.filter(|c| *c != NO_CID).unwrap_or_else(|| new_cid(NO_CID));
     let mut desc = Descriptor::new(CreateType::StreamOptimized, cid);
     desc.extents.push(ExtentLine {
         access: Access::ReadWrite,
@@ -642,15 +632,9 @@ pub fn create_stream(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<New
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
-    let (header, descriptor) = stream_layout(&name, opts.capacity, opts.adapter, opts.grain_sectors)?;
-    let storage = &opts.storage;
-    if !opts.force && storage.exists(path) {
-        return Err(Error::Exists { path: path.to_path_buf() });
-    }
-    let mut disk = NewDisk { link: None, files: Vec::new(), storage: storage.clone(), unsynced: Vec::new() };
-    let tmp = temp_name(path);
-    let backing = storage.create_new(&tmp)?;
-    disk.files.push((tmp, path.to_path_buf()));
+    let (header, descriptor) = stream_layout(&name, opts.capacity, opts.adapter, opts.grain_sectors, opts.cid)?;
+    let mut disk = NewDisk::begin(&opts.storage, path, opts.force)?;
+    let backing = disk.files.create(path)?;
     Ok(NewStream { disk, backing, header, descriptor })
 }
 
@@ -675,7 +659,7 @@ pub fn create_delta(path: impl AsRef<Path>, capacity: u64, parent: &Parent, opts
             return Err(Error::Exists { path: f.clone() });
         }
     }
-    let cid = new_cid(0xffff_ffff);
+    let cid = opts.cid.filter(|c| *c != NO_CID).unwrap_or_else(|| new_cid(NO_CID));
     let mut desc = Descriptor::new(CreateType::VmfsSparse, cid);
     desc.parent_cid = parent.cid;
     desc.parent_file_name_hint = Some(parent.hint.clone());
@@ -694,17 +678,13 @@ pub fn create_delta(path: impl AsRef<Path>, capacity: u64, parent: &Parent, opts
     });
     desc.set_ddb("longContentID", format!("{}{cid:08x}", random_hex(12)));
     let storage = &opts.storage;
-    let mut guard = NewDisk { link: None, files: Vec::new(), storage: storage.clone(), unsynced: Vec::new() };
-    let tmp = temp_name(&data_final);
-    let b = storage.create_new(&tmp)?;
-    guard.files.push((tmp, data_final));
+    let mut guard = NewDisk::begin(storage, path, opts.force)?;
+    let b = guard.files.create(&data_final)?;
     cowd::create(&b, &CowdHeader::new(sectors, 1, None))?;
     let ext = SparseExtent::open_cowd(b, Some(capacity), Arc::new(GtCache::default()), true)?;
-    let tmp = temp_name(path);
-    let d = storage.create_new(&tmp)?;
-    guard.files.push((tmp, path.to_path_buf()));
+    let d = guard.files.create(path)?;
     d.write_all_at(desc.to_text().as_bytes(), 0)?;
-    guard.link = Some(Link::from_parts(path, Container::Descriptor, desc, Some(d), None, vec![Box::new(ext)]));
+    guard.link = Some(Link::from_parts(path, storage, Container::Descriptor, desc, Some(d), None, vec![Box::new(ext)]));
     Ok(guard)
 }
 

@@ -51,7 +51,7 @@ pub enum Error {
         what: String,
     },
     /// An extent path leaves the disk's folder and the caller did not allow that.
-    #[error("{path}: extent file {extent:?} is outside the disk's folder (absolute or `..`); refusing unless explicitly allowed", path = .path.display())]
+    #[error("{path}: {extent:?} is outside the disk's folder (an absolute path, `..`, or a symbolic link leading out); refusing unless explicitly allowed (--allow-outside-paths)", path = .path.display())]
     PathEscape {
         /// The descriptor naming the extent.
         path: PathBuf,
@@ -84,11 +84,43 @@ pub enum Error {
         /// The existing file.
         path: PathBuf,
     },
-    /// Another process holds the write lock.
-    #[error("{path}: locked by another writer", path = .path.display())]
+    /// Another process (or VMware) holds a lock that conflicts with the one needed.
+    #[error("{path}: locked by {holder}", path = .path.display())]
     Locked {
         /// The locked file.
         path: PathBuf,
+        /// Who holds it: `process 1234 (vmkfs --write-at 0 x.vmdk)`, `another process`, or
+        /// `VMware (lock folder x.vmdk.lck)`.
+        holder: String,
+    },
+    /// An operation on this disk was interrupted in a phase that only re-running it can finish
+    /// (its data was being copied in place); until then the disk is refused.
+    #[error("{path}: an interrupted {op} has not finished: re-run `{rerun}` to complete it", path = .path.display())]
+    Interrupted {
+        /// The disk refused.
+        path: PathBuf,
+        /// The operation (`commit`, `apply`, …).
+        op: String,
+        /// The command that finishes it.
+        rerun: String,
+    },
+    /// The disk has child links, which read through it: it must not change.
+    #[error("{path}: {what}: {child} is built on it (a link that has children is read-only; commit or discard the children first)", path = .path.display(), child = .child.display())]
+    HasChildren {
+        /// The parent.
+        path: PathBuf,
+        /// One child.
+        child: PathBuf,
+        /// What was refused.
+        what: String,
+    },
+    /// Two extents (or two links of a chain) are the same file.
+    #[error("{path}: {what}", path = .path.display())]
+    Alias {
+        /// The disk.
+        path: PathBuf,
+        /// Which files coincide.
+        what: String,
     },
     /// A bad argument from the caller (size, format name, …).
     #[error("{0}")]

@@ -16,10 +16,12 @@ pub mod create;
 pub mod descriptor;
 pub mod error;
 pub mod extent;
+pub mod family;
 pub mod link;
 pub mod map;
 pub mod rawdev;
 pub mod storage;
+pub mod txn;
 
 pub use create::{Adapter, CreateOptions, DiskFormat, NewDisk, NewStream};
 pub use descriptor::{CreateType, Descriptor};

@@ -23,8 +23,10 @@ use crate::extent::sparse::SparseExtent;
 use crate::extent::stream::StreamExtent;
 use crate::extent::zero::ZeroExtent;
 use crate::extent::{Extent, ExtentInfo, ReadAt, Shifted};
+use crate::family::{self, ParentRef};
 use crate::map::AllocMap;
-use crate::storage::{resolve_extent_path, Backing, HostStorage, Storage};
+use crate::storage::{resolve_extent_path, Backing, HostStorage, LockMode, Storage};
+use crate::txn;
 
 /// How to open a link.
 #[derive(Debug, Clone)]
@@ -38,11 +40,33 @@ pub struct OpenOptions {
     /// Keep the CID on the first write (a commit merging a child into this link keeps the child's
     /// `parentCID` valid until the merge is complete, then sets the new CID itself).
     pub keep_cid: bool,
+    /// Take the lock protocol's lock on the main file (shared to read, exclusive to write) and
+    /// finish interrupted operations on the disk first ([`txn::settle`]). Off only for looking at
+    /// a file without taking part in the protocol.
+    pub lock: bool,
+    /// How long to wait for a conflicting lock to go before failing with [`Error::Locked`].
+    pub wait: std::time::Duration,
+    /// Allow opening for writing a link that has children (links naming it as their parent). Off
+    /// by default: such a link is read-only, since its children read through it. Operations that
+    /// change only its metadata in ways the children follow (commit into it, rename) set it.
+    pub allow_children: bool,
+    /// Take the exclusive lock even when not opening for writing: for operations that change the
+    /// link's files rather than its data (rename, delete, discard, snapshot on top of it).
+    pub exclusive: bool,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { write: false, allow_outside: false, storage: HostStorage::shared(), keep_cid: false }
+        OpenOptions {
+            write: false,
+            allow_outside: false,
+            storage: HostStorage::shared(),
+            keep_cid: false,
+            lock: true,
+            wait: crate::storage::LOCK_RETRY,
+            allow_children: false,
+            exclusive: false,
+        }
     }
 }
 
@@ -74,8 +98,17 @@ pub enum Container {
 /// Where the descriptor is kept, for rewriting it (CID changes).
 #[derive(Debug)]
 enum Home {
-    Separate(Arc<dyn Backing>),
-    Embedded { backing: Arc<dyn Backing>, offset: u64, room: u64 },
+    /// A descriptor file of its own. `replace`: rewritten by atomic replacement (an existing disk),
+    /// else in place (a disk being created, under a temporary name nobody else opens).
+    Separate {
+        backing: Mutex<Arc<dyn Backing>>,
+        replace: bool,
+    },
+    Embedded {
+        backing: Arc<dyn Backing>,
+        offset: u64,
+        room: u64,
+    },
     None,
 }
 
@@ -88,6 +121,12 @@ struct Slot {
 /// One link of a disk.
 pub struct Link {
     path: PathBuf,
+    /// `path` with symbolic links resolved: where the descriptor is replaced, and the name the
+    /// transaction home knows the disk by.
+    real: PathBuf,
+    storage: Arc<dyn Storage>,
+    /// Every file of the link with its `(device, inode)` identity, where the storage has one.
+    identities: Vec<(PathBuf, (u64, u64))>,
     container: Container,
     descriptor: Mutex<Descriptor>,
     home: Home,
@@ -115,6 +154,30 @@ struct Opener<'a> {
 }
 
 impl Opener<'_> {
+    /// Opens the main file, with the lock of the lock protocol when the options ask for it.
+    fn get_main(&mut self, path: &Path) -> Result<Arc<dyn Backing>> {
+        if !self.opts.lock {
+            return self.get(path, self.opts.write);
+        }
+        let exclusive = self.opts.write || self.opts.exclusive;
+        let mode = if exclusive { LockMode::Exclusive } else { LockMode::Shared };
+        let b = self.opts.storage.open_locked(path, mode, self.opts.wait)?;
+        self.open.insert(path.to_path_buf(), (b.clone(), exclusive));
+        Ok(b)
+    }
+
+    /// Opens the extent file `name` of the descriptor at `descriptor` (resolved to `path`): beneath
+    /// the descriptor's folder unless the options allow paths outside it.
+    fn get_extent(&mut self, descriptor: &Path, name: &str, path: &Path, write: bool) -> Result<Arc<dyn Backing>> {
+        if self.opts.allow_outside || self.open.get(path).is_some_and(|(_, w)| *w || !write) {
+            return self.get(path, write);
+        }
+        let dir = descriptor.parent().unwrap_or(Path::new(""));
+        let b = self.opts.storage.open_beneath(dir, name, write, descriptor)?;
+        self.open.insert(path.to_path_buf(), (b.clone(), write));
+        Ok(b)
+    }
+
     fn get(&mut self, path: &Path, write: bool) -> Result<Arc<dyn Backing>> {
         if let Some((b, writable)) = self.open.get(path) {
             if *writable || !write {
@@ -191,10 +254,55 @@ fn open_sparse_kind(
 
 impl Link {
     /// Opens the disk at `path`.
+    ///
+    /// With `opts.lock` (the default) this takes part in the lock protocol: interrupted operations
+    /// recorded for the disk are finished first ([`txn::settle`]), VMware's lock folders
+    /// (`FILE.lck`) count as a lock held by a running VM, and the main file is locked (shared to
+    /// read, exclusive to write) for the link's whole life. Opening for writing a link that has
+    /// children is refused unless `opts.allow_children`.
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Link> {
         let path = path.as_ref();
+        if opts.lock {
+            txn::settle(opts.storage.as_ref(), path)?;
+            check_vmware_lock(opts.storage.as_ref(), path)?;
+        }
+        let link = Link::open_unchecked(path, opts)?;
+        if opts.lock {
+            for f in link.files().iter().skip(1) {
+                check_vmware_lock(opts.storage.as_ref(), f)?;
+            }
+        }
+        if (opts.write || opts.exclusive) && opts.lock && !opts.allow_children {
+            link.refuse_if_parent(if opts.write { "opening it for writing" } else { "changing its files" })?;
+        }
+        Ok(link)
+    }
+
+    /// Refuses (with [`Error::HasChildren`]) when a link in this link's folder names it as its
+    /// parent: `what` says what was refused.
+    pub fn refuse_if_parent(&self, what: &str) -> Result<()> {
+        match family::children(self.storage.as_ref(), &self.path).into_iter().next() {
+            Some(child) => Err(Error::HasChildren { path: self.path.clone(), child, what: what.into() }),
+            None => Ok(()),
+        }
+    }
+
+    /// The links in this link's folder that name it as their parent.
+    pub fn children(&self) -> Vec<PathBuf> {
+        family::children(self.storage.as_ref(), &self.path)
+    }
+
+    /// The parent this link names (see [`family::parent_ref`]); hints that leave the link's folder
+    /// need `allow_outside`.
+    pub fn parent_ref(&self, allow_outside: bool) -> Result<Option<ParentRef>> {
+        family::parent_ref(&self.path, &self.descriptor(), self.container, allow_outside)
+    }
+
+    /// Opens the file and its extents: no settling of interrupted operations, no VMware lock or
+    /// children checks (the main file's lock is still taken as `opts` says).
+    fn open_unchecked(path: &Path, opts: &OpenOptions) -> Result<Link> {
         let mut opener = Opener { opts, open: HashMap::new() };
-        let main = opener.get(path, opts.write)?;
+        let main = opener.get_main(path)?;
         let head = read_head(&main, 4096)?;
         let cache = Arc::new(GtCache::default());
         let m = magic(&head).map(u32::from_le_bytes);
@@ -286,7 +394,8 @@ impl Link {
             }
             let raw = read_head(&main, len)?;
             let d = Descriptor::parse(&String::from_utf8_lossy(&raw), path)?;
-            return Link::assemble(path, Container::Descriptor, d, Home::Separate(main), None, &mut opener, &cache);
+            let home = Home::Separate { backing: Mutex::new(main), replace: true };
+            return Link::assemble(path, Container::Descriptor, d, home, None, &mut opener, &cache);
         }
         // A plain raw image: one flat extent over the whole file.
         let ext = FlatExtent::raw_image(main.clone(), opts.write)?;
@@ -318,10 +427,12 @@ impl Link {
         let mut slots = Vec::with_capacity(desc.extents.len());
         let mut start = 0u64;
         let mut first = first;
+        let mut uses: Vec<FileUse> = Vec::new();
         for line in &desc.extents {
             let len = line.sectors * 512;
             let write = opts.write && line.access == Access::ReadWrite;
             let ext: Box<dyn Extent> = if let Some(f) = first.take() {
+                uses.push(FileUse { path: path.to_path_buf(), range: (0, u64::MAX), flat: false });
                 f
             } else {
                 let file = || -> Result<PathBuf> {
@@ -331,13 +442,17 @@ impl Link {
                 match &line.kind {
                     ExtentType::Zero => Box::new(ZeroExtent::new(len, path.to_path_buf())),
                     ExtentType::Flat | ExtentType::Vmfs => {
-                        let b = opener.get(&file()?, write)?;
+                        let f = file()?;
+                        let b = opener.get_extent(path, line.file.as_deref().unwrap_or(""), &f, write)?;
                         let off = line.offset.unwrap_or(0) * 512;
+                        uses.push(FileUse { path: f, range: (off, off.saturating_add(len)), flat: true });
                         let kind = if line.kind == ExtentType::Flat { "FLAT" } else { "VMFS" };
                         Box::new(FlatExtent::open(b, off, len, kind, write)?)
                     }
                     ExtentType::Sparse | ExtentType::VmfsSparse | ExtentType::SeSparse => {
-                        let b = opener.get(&file()?, write)?;
+                        let f = file()?;
+                        let b = opener.get_extent(path, line.file.as_deref().unwrap_or(""), &f, write)?;
+                        uses.push(FileUse { path: f, range: (0, u64::MAX), flat: false });
                         open_sparse_kind(b, Some(len), cache, write, line.kind.as_str())?
                     }
                     ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
@@ -362,8 +477,15 @@ impl Link {
             start += len;
         }
         let writable = opts.write;
+        refuse_aliases(path, container, &uses, opener)?;
+        let mut identities: Vec<(PathBuf, (u64, u64))> =
+            opener.open.iter().filter_map(|(p, (b, _))| b.identity().map(|i| (p.clone(), i))).collect();
+        identities.sort();
         Ok(Link {
             path: path.to_path_buf(),
+            real: opts.storage.real_path(path),
+            storage: opts.storage.clone(),
+            identities,
             container,
             descriptor: Mutex::new(desc),
             home,
@@ -383,6 +505,7 @@ impl Link {
     /// or `(file, offset, room)` for an embedded one.
     pub(crate) fn from_parts(
         path: &Path,
+        storage: &Arc<dyn Storage>,
         container: Container,
         desc: Descriptor,
         separate: Option<Arc<dyn Backing>>,
@@ -390,7 +513,7 @@ impl Link {
         extents: Vec<Box<dyn Extent>>,
     ) -> Link {
         let home = match (separate, embedded) {
-            (Some(b), _) => Home::Separate(b),
+            (Some(b), _) => Home::Separate { backing: Mutex::new(b), replace: false },
             (None, Some((backing, offset, room))) => Home::Embedded { backing, offset, room },
             _ => Home::None,
         };
@@ -405,6 +528,9 @@ impl Link {
             .collect();
         Link {
             path: path.to_path_buf(),
+            real: storage.real_path(path),
+            storage: storage.clone(),
+            identities: Vec::new(),
             container,
             descriptor: Mutex::new(desc),
             home,
@@ -656,27 +782,81 @@ impl Link {
         self.write_descriptor()
     }
 
+    /// Writes the descriptor out: a separate descriptor of an existing disk by atomic replacement
+    /// (the new file keeps this link's exclusive lock), an embedded one by rewriting only the bytes
+    /// that changed, each run of them one write.
     fn write_descriptor(&self) -> Result<()> {
         let text = self.descriptor().to_text();
         match &self.home {
-            Home::Separate(b) => {
-                b.write_all_at(text.as_bytes(), 0)?;
-                b.set_len(text.len() as u64)?;
+            Home::Separate { backing, replace } => {
+                let mut b = backing.lock().unwrap_or_else(|p| p.into_inner());
+                if *replace {
+                    *b = txn::replace_file(&self.storage, &self.real, text.as_bytes())?;
+                } else {
+                    b.write_all_at(text.as_bytes(), 0)?;
+                    b.set_len(text.len() as u64)?;
+                }
             }
             Home::Embedded { backing, offset, room } => {
-                if text.len() as u64 > *room {
-                    return Err(Error::unsupported(
-                        backing.path(),
-                        format!("descriptor of {} bytes does not fit the embedded area of {room} bytes", text.len()),
-                    ));
+                let raw = self.embedded_bytes(&text, *room)?;
+                let mut old = vec![0u8; raw.len()];
+                backing.read_exact_at(&mut old, *offset)?;
+                for (start, end) in changed_runs(&old, &raw) {
+                    backing.write_all_at(&raw[start..end], *offset + start as u64)?;
                 }
-                let mut raw = vec![0u8; *room as usize];
-                raw[..text.len()].copy_from_slice(text.as_bytes());
-                backing.write_all_at(&raw, *offset)?;
             }
             Home::None => {}
         }
         Ok(())
+    }
+
+    fn embedded_bytes(&self, text: &str, room: u64) -> Result<Vec<u8>> {
+        if text.len() as u64 > room {
+            return Err(Error::unsupported(
+                &self.path,
+                format!("descriptor of {} bytes does not fit the embedded area of {room} bytes", text.len()),
+            ));
+        }
+        let mut raw = vec![0u8; room as usize];
+        raw[..text.len()].copy_from_slice(text.as_bytes());
+        Ok(raw)
+    }
+
+    /// How to rewrite this link's descriptor as `d` from an intent record ([`txn::Step`]s): for a
+    /// separate descriptor, the new file under a temporary name (written and synced, returned with
+    /// the step renaming it over the descriptor); for an embedded one, the in-place write. `None`
+    /// for links without a descriptor of their own (bare extents, raw images).
+    pub fn descriptor_update(&self, d: &Descriptor) -> Result<Option<(Option<PathBuf>, txn::Step)>> {
+        let text = d.to_text();
+        match &self.home {
+            Home::Separate { .. } => {
+                let tmp = txn::temp_name(&self.real);
+                let b = self.storage.create_new(&tmp)?;
+                b.write_all_at(text.as_bytes(), 0)?;
+                b.sync()?;
+                Ok(Some((Some(tmp.clone()), txn::Step::Rename { from: tmp, to: self.real.clone() })))
+            }
+            Home::Embedded { offset, room, .. } => {
+                Ok(Some((None, txn::Step::write(self.real.clone(), *offset, &self.embedded_bytes(&text, *room)?))))
+            }
+            Home::None => Ok(None),
+        }
+    }
+
+    /// Every file of the link (as opened) with its `(device, inode)` identity: a chain refuses two
+    /// links sharing a file.
+    pub fn file_identities(&self) -> &[(PathBuf, (u64, u64))] {
+        &self.identities
+    }
+
+    /// The path with symbolic links resolved.
+    pub fn real_path(&self) -> &Path {
+        &self.real
+    }
+
+    /// The storage the link's files are in.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
     }
 
     /// Flushes all written data and metadata to stable storage.
@@ -684,9 +864,9 @@ impl Link {
         for s in &self.slots {
             s.ext.flush()?;
         }
-        if let Home::Separate(b) = &self.home {
+        if let Home::Separate { backing, .. } = &self.home {
             if self.writable {
-                b.sync()?;
+                backing.lock().unwrap_or_else(|p| p.into_inner()).sync()?;
             }
         }
         Ok(())
@@ -715,6 +895,81 @@ impl Link {
         let d = self.descriptor.lock().unwrap_or_else(|p| p.into_inner());
         d.parent_file_name_hint.is_some() || d.parent_cid != crate::descriptor::NO_PARENT_CID
     }
+}
+
+/// The `(start, end)` byte ranges where `old` and `new` (of equal length) differ, runs closer than a
+/// sector merged.
+fn changed_runs(old: &[u8], new: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, (a, b)) in old.iter().zip(new).enumerate() {
+        if a == b {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(r) if i <= r.1 + 512 => r.1 = i + 1,
+            _ => runs.push((i, i + 1)),
+        }
+    }
+    runs
+}
+
+/// A file an extent lives in, and the bytes of it the extent uses.
+struct FileUse {
+    path: PathBuf,
+    range: (u64, u64),
+    /// Flat extents may share a file (at different offsets); grain-table extents own theirs.
+    flat: bool,
+}
+
+/// Refuses layouts in which two extents would write the same bytes, or an extent would write over
+/// the descriptor: a file named twice by different names (a hard or symbolic link: same device and
+/// inode), a grain-table file shared with another extent, flat extents overlapping in one file, and
+/// a separate descriptor that is also an extent.
+fn refuse_aliases(path: &Path, container: Container, uses: &[FileUse], opener: &Opener<'_>) -> Result<()> {
+    let id = |p: &Path| opener.open.get(p).and_then(|(b, _)| b.identity());
+    let main = id(path);
+    let alias = |what: String| Error::Alias { path: path.into(), what };
+    for (i, u) in uses.iter().enumerate() {
+        let uid = id(&u.path);
+        if container == Container::Descriptor && (u.path == path || (uid.is_some() && uid == main)) {
+            return Err(alias(format!("extent {i} ({}) is the descriptor file itself", u.path.display())));
+        }
+        for (j, v) in uses.iter().enumerate().skip(i + 1) {
+            let same_name = u.path == v.path;
+            if !same_name && (uid.is_none() || uid != id(&v.path)) {
+                continue;
+            }
+            if !same_name {
+                return Err(alias(format!(
+                    "extents {i} and {j} name the same file by two names ({} and {})",
+                    u.path.display(),
+                    v.path.display()
+                )));
+            }
+            let overlap = u.range.0 < v.range.1 && v.range.0 < u.range.1;
+            if !u.flat || !v.flat || overlap {
+                return Err(alias(format!(
+                    "extents {i} and {j} both use bytes {}..{} of {}",
+                    u.range.0.max(v.range.0),
+                    u.range.1.min(v.range.1),
+                    u.path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a file that a running VMware product has open: its lock folder `FILE.lck` exists.
+fn check_vmware_lock(storage: &dyn Storage, file: &Path) -> Result<()> {
+    let lck = txn::vmware_lock_folder(file);
+    if storage.is_dir(&lck) {
+        return Err(Error::Locked {
+            path: file.into(),
+            holder: format!("VMware (lock folder {} exists: a running virtual machine has it open)", lck.display()),
+        });
+    }
+    Ok(())
 }
 
 /// Stands in for the parent of a delta written without its parent open.

@@ -24,14 +24,14 @@ use std::sync::Arc;
 
 use rdm::{FoundBy, Mapping, Mode, OpenMode};
 
-use crate::create::{new_uuid, temp_name, Adapter, NewDisk};
+use crate::create::{new_uuid, Adapter, NewDisk};
 use crate::descriptor::{Access, CreateType, Descriptor, Entry, ExtentLine, ExtentType};
 use crate::error::{Error, Result};
 use crate::extent::flat::FlatExtent;
 use crate::extent::{Extent, ExtentInfo, ReadAt};
 use crate::link::{new_cid, Container, Link, OpenOptions};
 use crate::map::AllocMap;
-use crate::storage::{resolve_extent_path, Backing, HostFile, HostStorage, Storage};
+use crate::storage::{confine, resolve_extent_path, Backing, HostFile, HostStorage, Storage};
 
 /// The RDM mode a descriptor declares: [`Mode::Virtual`] for `vmfsRawDeviceMap`, [`Mode::Physical`]
 /// for `vmfsPassthroughRawDeviceMap`, [`Mode::Raw`] for `vmfsRaw` or any `VMFSRAW` extent, `None`
@@ -170,6 +170,7 @@ pub(crate) fn open_extent(
     match line.kind {
         ExtentType::VmfsRdm => {
             let map_path = resolve_extent_path(descriptor, name, opts.allow_outside)?;
+            confine(opts.storage.as_ref(), descriptor, &map_path, name, opts.allow_outside)?;
             let mapping = read_mapping(&opts.storage, &map_path)?;
             let declared = match desc.create_type {
                 CreateType::VmfsRawDeviceMap => Mode::Virtual,
@@ -194,6 +195,12 @@ pub(crate) fn open_extent(
                 ));
             }
             let r = mapping.open_device(mode, &map_path)?;
+            // A device may be anywhere; a regular file standing in for one obeys the folder rule
+            // (a crafted record must not reach any host file).
+            if !r.device.is_block_device() {
+                let shown = r.device.path().display().to_string();
+                confine(opts.storage.as_ref(), descriptor, r.device.path(), &shown, opts.allow_outside)?;
+            }
             let flat =
                 FlatExtent::open(device_backing(r.device), line.offset.unwrap_or(0) * 512, len, "VMFSRDM", write)?;
             Ok(Box::new(DeviceExtent {
@@ -205,8 +212,13 @@ pub(crate) fn open_extent(
             }))
         }
         ExtentType::VmfsRaw => {
-            let dev_path = resolve_extent_path(descriptor, name, opts.allow_outside)?;
+            // `VMFSRAW` names the device by its absolute path: a block device may be anywhere, a
+            // regular file standing in for one must lie in the disk's folder.
+            let dev_path = resolve_extent_path(descriptor, name, true)?;
             let dev = rdm::mapping::open_device(&dev_path, mode)?;
+            if !dev.is_block_device() {
+                confine(opts.storage.as_ref(), descriptor, &dev_path, name, opts.allow_outside)?;
+            }
             let flat = FlatExtent::open(device_backing(dev), line.offset.unwrap_or(0) * 512, len, "VMFSRAW", write)?;
             Ok(Box::new(DeviceExtent { flat, kind: "VMFSRAW", mapping_file: None, mapping: None, found_by: None }))
         }
@@ -327,6 +339,7 @@ pub fn create_device_disk(path: impl AsRef<Path>, opts: &DeviceDiskOptions) -> R
             return Err(Error::Exists { path: f.clone() });
         }
     }
+    let disk = NewDisk::begin(storage, path, opts.force)?;
     let (mapping, dev) =
         Mapping::for_device(&opts.device, opts.mode, if opts.write { OpenMode::Write } else { OpenMode::Read })?;
     let size = mapping.identity.size;
@@ -374,22 +387,13 @@ pub fn create_device_disk(path: impl AsRef<Path>, opts: &DeviceDiskOptions) -> R
     desc.set_ddb("uuid", new_uuid());
     desc.set_ddb("virtualHWVersion", "11");
 
-    let mut guard = NewDeviceDisk {
-        disk: NewDisk { link: None, files: Vec::new(), storage: storage.clone(), unsynced: Vec::new() },
-        mapping: (opts.mode != Mode::Raw).then(|| mapping.clone()),
-        capacity,
-    };
+    let mut guard = NewDeviceDisk { disk, mapping: (opts.mode != Mode::Raw).then(|| mapping.clone()), capacity };
     if opts.mode != Mode::Raw {
-        let fin = &finals[0];
-        let tmp = temp_name(fin);
-        let b = storage.create_new(&tmp)?;
-        guard.disk.files.push((tmp, fin.clone()));
+        let b = guard.disk.files.create(&finals[0])?;
         b.write_all_at(&mapping.encode(), 0)?;
         b.sync()?;
     }
-    let tmp = temp_name(path);
-    let b = storage.create_new(&tmp)?;
-    guard.disk.files.push((tmp, path.to_path_buf()));
+    let b = guard.disk.files.create(path)?;
     b.write_all_at(desc.to_text().as_bytes(), 0)?;
     if opts.write {
         let kind = if opts.mode == Mode::Raw { "VMFSRAW" } else { "VMFSRDM" };
@@ -401,7 +405,8 @@ pub fn create_device_disk(path: impl AsRef<Path>, opts: &DeviceDiskOptions) -> R
             found_by: (opts.mode != Mode::Raw).then_some(FoundBy::Path),
             mapping: guard.mapping.clone(),
         };
-        guard.disk.link = Some(Link::from_parts(path, Container::Descriptor, desc, Some(b), None, vec![Box::new(ext)]));
+        guard.disk.link =
+            Some(Link::from_parts(path, storage, Container::Descriptor, desc, Some(b), None, vec![Box::new(ext)]));
     } else {
         guard.disk.unsynced.push(b);
     }
@@ -473,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn raw_needs_outside_paths_and_mode_must_agree() {
+    fn raw_disks_follow_the_folder_rule_and_mode_must_agree() {
         let dir = tempfile::tempdir().unwrap();
         let lun = dir.path().join("lun.img");
         std::fs::write(&lun, vec![0u8; 4096]).unwrap();
@@ -481,12 +486,18 @@ mod tests {
         create_device_disk(&disk, &DeviceDiskOptions::new(Mode::Raw, &lun)).unwrap().commit().unwrap();
         let text = std::fs::read_to_string(&disk).unwrap();
         assert!(text.contains("createType=\"vmfsRaw\"") && text.contains(" VMFSRAW \""), "{text}");
-        assert!(matches!(Link::open(&disk, &OpenOptions::read()), Err(Error::PathEscape { .. })));
-        let o = OpenOptions { allow_outside: true, ..OpenOptions::read() };
-        let l = Link::open(&disk, &o).unwrap();
+        // A raw disk over a file in its own folder reopens without flags.
+        let l = Link::open(&disk, &OpenOptions::read()).unwrap();
         assert_eq!(l.rdm_mode(), Some(Mode::Raw));
         assert_eq!(l.files(), vec![disk.clone()]);
         drop(l);
+        // One over a regular file elsewhere needs allow_outside.
+        let other = tempfile::tempdir().unwrap();
+        let far = other.path().join("far.vmdk");
+        create_device_disk(&far, &DeviceDiskOptions::new(Mode::Raw, &lun)).unwrap().commit().unwrap();
+        assert!(matches!(Link::open(&far, &OpenOptions::read()), Err(Error::PathEscape { .. })));
+        let o = OpenOptions { allow_outside: true, ..OpenOptions::read() };
+        drop(Link::open(&far, &o).unwrap());
 
         // A descriptor saying physical over a virtual-mode mapping file is refused.
         let v = dir.path().join("v.vmdk");

@@ -58,6 +58,20 @@ pub trait Backing: Send + Sync + Debug {
     fn device(&self) -> Option<&Device> {
         None
     }
+    /// The `(device, inode)` identity of the file, where the storage has one: two backings are the
+    /// same file exactly when their identities are equal.
+    fn identity(&self) -> Option<(u64, u64)> {
+        None
+    }
+}
+
+/// The lock a command holds on a disk's main file for its whole duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Reading through it: other readers may too, writers may not.
+    Shared,
+    /// Changing it: nobody else may read or write it.
+    Exclusive,
 }
 
 /// Writes `len` zero bytes at `offset` in chunks of at most 1 MiB.
@@ -88,6 +102,48 @@ pub trait Storage: Send + Sync + Debug {
     /// Flushes a directory entry change (after create/rename) to stable storage.
     fn sync_dir(&self, _dir: &Path) -> Result<()> {
         Ok(())
+    }
+    /// Opens the main file of a disk (its descriptor, or its only file) holding `lock` on it for as
+    /// long as the backing lives, waiting up to `wait` for a conflicting holder to let go; a holder
+    /// that stays is [`Error::Locked`] naming it. Storages without locks (a read-only VMFS volume)
+    /// just open the file.
+    fn open_locked(&self, path: &Path, lock: LockMode, _wait: std::time::Duration) -> Result<Arc<dyn Backing>> {
+        self.open(path, lock == LockMode::Exclusive)
+    }
+    /// Opens `rel` (a path relative to folder `dir`, as a descriptor names an extent) like
+    /// [`Storage::open`], refusing with [`Error::PathEscape`] a path that resolves outside `dir` —
+    /// through `..`, an absolute path, or a symbolic link at any component — so a disk never
+    /// reaches files outside its folder unless the caller allows it. `descriptor` is named in the
+    /// error. Storages without links just join the paths.
+    fn open_beneath(&self, dir: &Path, rel: &str, write: bool, descriptor: &Path) -> Result<Arc<dyn Backing>> {
+        let _ = descriptor;
+        self.open(&dir.join(rel), write)
+    }
+    /// Renames `from` to `to`, failing with [`Error::Exists`] (and changing nothing) if `to` exists.
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> Result<()> {
+        if self.exists(to) {
+            return Err(Error::Exists { path: to.into() });
+        }
+        self.rename(from, to)
+    }
+    /// The names in folder `dir`, sorted (empty where the storage cannot list, or the folder is
+    /// missing).
+    fn list_dir(&self, _dir: &Path) -> Vec<String> {
+        Vec::new()
+    }
+    /// True if `path` is a folder.
+    fn is_dir(&self, _path: &Path) -> bool {
+        false
+    }
+    /// `path` with every symbolic link resolved (the folder at least, when the file does not exist
+    /// yet), so that two names of one disk compare equal. Storages without links return `path`.
+    fn real_path(&self, path: &Path) -> PathBuf {
+        path.to_path_buf()
+    }
+    /// True when the storage can be changed (the host file system); false for read-only ones,
+    /// which then need no locks and hold no interrupted operations.
+    fn is_writable(&self) -> bool {
+        false
     }
 }
 
@@ -181,30 +237,120 @@ impl Backing for HostFile {
     fn device(&self) -> Option<&Device> {
         Some(&self.dev)
     }
+    fn identity(&self) -> Option<(u64, u64)> {
+        self.dev.identity().ok()
+    }
 }
 
-/// How long [`HostStorage::open`] retries a write lock before reporting [`Error::Locked`].
-const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long [`HostStorage::open`] retries a write lock before reporting [`Error::Locked`]: a child
+/// process that another thread is starting holds a copy of every open descriptor (and so the lock
+/// of a file this process just closed) until it execs, which takes milliseconds.
+pub const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Who holds a lock on `path`, for messages.
+fn holder_of(path: &Path) -> String {
+    let holders = rdm::lock_holders(path);
+    if holders.is_empty() {
+        "another process".into()
+    } else {
+        holders.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl HostStorage {
+    /// Opens `path` in `mode`, retrying a conflicting lock for up to `wait`. A locked open is kept
+    /// only if `path` still names the file that was locked (a writer may have replaced it by
+    /// renaming a new version over it), else it is retried on the new file.
+    fn open_mode(&self, path: &Path, mode: OpenMode, wait: std::time::Duration) -> Result<Arc<dyn Backing>> {
+        use std::os::unix::fs::MetadataExt;
+        let start = std::time::Instant::now();
+        loop {
+            match Device::open(path, mode) {
+                Ok(dev) => {
+                    if mode != OpenMode::Read && !dev.is_block_device() {
+                        let now = std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+                        if now.is_some() && now != dev.identity().ok() {
+                            continue;
+                        }
+                    }
+                    return Ok(Arc::new(HostFile { dev }));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if start.elapsed() >= wait {
+                        return Err(Error::Locked { path: path.into(), holder: holder_of(path) });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(e) => {
+                    let op = if mode == OpenMode::Write { "open for writing" } else { "open" };
+                    return Err(Error::io(path, op, e));
+                }
+            }
+        }
+    }
+}
 
 impl Storage for HostStorage {
     fn open(&self, path: &Path, write: bool) -> Result<Arc<dyn Backing>> {
         let mode = if write { OpenMode::Write } else { OpenMode::Read };
-        // A child process that another thread is starting holds a copy of every open descriptor
-        // (and so the lock of a file this process just closed) until it execs. Such a lock goes away
-        // within milliseconds, so retry briefly before blaming another writer.
+        self.open_mode(path, mode, LOCK_RETRY)
+    }
+    fn open_locked(&self, path: &Path, lock: LockMode, wait: std::time::Duration) -> Result<Arc<dyn Backing>> {
+        let mode = if lock == LockMode::Exclusive { OpenMode::Write } else { OpenMode::ReadShared };
+        self.open_mode(path, mode, wait.max(LOCK_RETRY))
+    }
+    fn open_beneath(&self, dir: &Path, rel: &str, write: bool, descriptor: &Path) -> Result<Arc<dyn Backing>> {
+        let mode = if write { OpenMode::Write } else { OpenMode::Read };
+        let full = dir.join(rel);
         let start = std::time::Instant::now();
         loop {
-            match Device::open(path, mode) {
+            match Device::open_beneath(dir, Path::new(rel), mode) {
                 Ok(dev) => return Ok(Arc::new(HostFile { dev })),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if start.elapsed() >= LOCK_RETRY {
-                        return Err(Error::Locked { path: path.into() });
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(2));
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied && e.to_string() == "leaves the folder" => {
+                    return Err(Error::PathEscape { path: descriptor.into(), extent: rel.into() })
                 }
-                Err(e) => return Err(Error::io(path, if write { "open for writing" } else { "open" }, e)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && start.elapsed() < LOCK_RETRY => {
+                    std::thread::sleep(std::time::Duration::from_millis(2))
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(Error::Locked { path: full.clone(), holder: holder_of(&full) })
+                }
+                Err(e) => return Err(Error::io(&full, if write { "open for writing" } else { "open" }, e)),
             }
         }
+    }
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> Result<()> {
+        rdm::rename_noreplace(from, to).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                Error::Exists { path: to.into() }
+            } else {
+                Error::io(from, format!("rename to {}", to.display()), e)
+            }
+        })
+    }
+    fn list_dir(&self, dir: &Path) -> Vec<String> {
+        let d = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let Ok(entries) = std::fs::read_dir(d) else { return Vec::new() };
+        let mut v: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+    }
+    fn real_path(&self, path: &Path) -> PathBuf {
+        if let Ok(p) = std::fs::canonicalize(path) {
+            return p;
+        }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| std::path::absolute(dir).unwrap_or(dir.to_path_buf()));
+        match path.file_name() {
+            Some(n) => dir.join(n),
+            None => dir,
+        }
+    }
+    fn is_writable(&self) -> bool {
+        true
     }
     fn create_new(&self, path: &Path) -> Result<Arc<dyn Backing>> {
         match Device::open(path, OpenMode::CreateNew) {
@@ -227,6 +373,22 @@ impl Storage for HostStorage {
         let f = std::fs::File::open(d).map_err(|e| Error::io(d, "open directory", e))?;
         f.sync_all().map_err(|e| Error::io(d, "sync directory", e))
     }
+}
+
+/// The one confinement rule for a path a disk names (an extent, a parent, a mapping file, a device
+/// standing in as a regular file): unless `allow_outside`, `path` must resolve — symbolic links
+/// followed — to a file beneath the folder of `descriptor` (the disk naming it), else
+/// [`Error::PathEscape`] naming `what` as written. (Extent files are also opened with
+/// [`Storage::open_beneath`], which holds the rule while opening.)
+pub fn confine(storage: &dyn Storage, descriptor: &Path, path: &Path, what: &str, allow_outside: bool) -> Result<()> {
+    if allow_outside {
+        return Ok(());
+    }
+    let dir = descriptor.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !storage.real_path(path).starts_with(storage.real_path(dir)) {
+        return Err(Error::PathEscape { path: descriptor.into(), extent: what.into() });
+    }
+    Ok(())
 }
 
 /// Joins an extent file name from a descriptor onto the descriptor's folder, refusing names that

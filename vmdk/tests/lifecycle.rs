@@ -88,19 +88,28 @@ fn bad_create_arguments() {
 }
 
 #[test]
-fn second_writer_is_locked_out_readers_are_not() {
+fn a_writer_locks_out_writers_and_readers() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("d.vmdk");
     create(&img, &opts(DiskFormat::TwoGbSparse, 3 * MIB)).unwrap().commit().unwrap();
     let w = Link::open(&img, &OpenOptions::write()).unwrap();
     let e = Link::open(&img, &OpenOptions::write()).unwrap_err();
     assert!(matches!(e, Error::Locked { .. }), "{e:?}");
+    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    assert!(matches!(e, Error::Locked { .. }), "{e:?}");
+    assert!(e.to_string().contains(&format!("locked by this process {}", std::process::id())), "{e}");
     w.write_at(b"data", 4 * MIB / 2).unwrap();
-    let r = Link::open(&img, &OpenOptions::read()).unwrap();
+    // A look outside the lock protocol still sees the data.
+    let r = Link::open(&img, &OpenOptions { lock: false, ..OpenOptions::read() }).unwrap();
     let mut b = [0u8; 4];
     r.read_at(&mut b, 4 * MIB / 2).unwrap();
     assert_eq!(&b, b"data");
     w.close().unwrap();
+    drop(r);
+    // Readers share: two of them at once, and a writer waits for both.
+    let (r1, r2) = (Link::open(&img, &OpenOptions::read()).unwrap(), Link::open(&img, &OpenOptions::read()).unwrap());
+    assert!(matches!(Link::open(&img, &OpenOptions::write()), Err(Error::Locked { .. })));
+    drop((r1, r2));
     Link::open(&img, &OpenOptions::write()).unwrap().close().unwrap();
 }
 
@@ -109,7 +118,7 @@ fn read_only_and_out_of_range() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("d.vmdk");
     create(&img, &opts(DiskFormat::MonoSparse, MIB)).unwrap().commit().unwrap();
-    let r = Link::open(&img, &OpenOptions::read()).unwrap();
+    let r = Link::open(&img, &OpenOptions { lock: false, ..OpenOptions::read() }).unwrap();
     assert!(matches!(r.write_at(b"x", 0), Err(Error::ReadOnly { .. })));
     let w = Link::open(&img, &OpenOptions::write()).unwrap();
     for (off, len) in [(MIB, 1), (MIB - 1, 2), (u64::MAX, 1), (u64::MAX - 10, 20)] {
@@ -143,11 +152,12 @@ fn unclean_flag_and_cid() {
         Link::open(&img, &OpenOptions::write()).unwrap().close().unwrap();
         let l = Link::open(&img, &OpenOptions::read()).unwrap();
         assert_eq!(l.descriptor().cid, cid0, "{}: CID changed without a write", format.name());
+        drop(l);
 
         // A write gives a new CID (with longContentID in step) and, until close, the unclean flag.
         let w = Link::open(&img, &OpenOptions::write()).unwrap();
         w.write_at(&[5u8; 100], 2 * MIB + 10).unwrap();
-        let during = Link::open(&img, &OpenOptions::read()).unwrap();
+        let during = Link::open(&img, &OpenOptions { lock: false, ..OpenOptions::read() }).unwrap();
         let d = during.descriptor();
         assert_ne!(d.cid, cid0, "{}", format.name());
         assert!(d.ddb("longContentID").unwrap().ends_with(&format!("{:08x}", d.cid)), "{}", format.name());
@@ -158,13 +168,15 @@ fn unclean_flag_and_cid() {
         let after = Link::open(&img, &OpenOptions::read()).unwrap();
         assert!(!after.was_unclean(), "{}", format.name());
         assert_eq!(after.descriptor().cid, d.cid);
+        drop(after);
 
         // A writer that never closes (a crash) leaves the flag set.
         if format.is_sparse() {
             let w = Link::open(&img, &OpenOptions::write()).unwrap();
             w.write_at(&[6u8; 100], 10).unwrap();
             std::mem::forget(w);
-            let l = Link::open(&img, &OpenOptions::read()).unwrap();
+            // (The forgotten writer still holds its lock in this process: look outside the protocol.)
+            let l = Link::open(&img, &OpenOptions { lock: false, ..OpenOptions::read() }).unwrap();
             assert!(l.was_unclean(), "{}", format.name());
             let mut b = [0u8; 100];
             l.read_at(&mut b, 10).unwrap();

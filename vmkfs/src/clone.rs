@@ -112,15 +112,10 @@ impl std::fmt::Debug for Destination {
 }
 
 impl Destination {
-    /// Creates the destination described by `copts` at `dst` (removing stale temporaries of killed
-    /// runs first). `level` is the zlib level of a streamOptimized destination.
+    /// Creates the destination described by `copts` at `dst` (the transaction home first finishes
+    /// or clears what killed runs left for it). `level` is the zlib level of a streamOptimized
+    /// destination.
     pub fn create(dst: &Path, copts: &CreateOptions, level: u32) -> Result<Destination> {
-        vmdk::create::remove_stale_temps(&vmdk::create::planned_files(
-            dst,
-            copts.format,
-            copts.capacity,
-            copts.split_sectors,
-        ));
         if copts.format == DiskFormat::StreamOptimized {
             let new = create_stream(dst, copts)?;
             let sink = BackingSink::new(new.backing().clone());
@@ -183,6 +178,7 @@ pub fn clone_disk(src: &Path, dst: &Path, opts: &mut CloneOptions<'_>) -> Result
     copts.adapter = adapter;
     copts.force = opts.force;
     copts.zero_fill = false;
+    copts.cid = content_id(&chain);
     let grain = copts.grain_sectors * 512;
     let new = Destination::create(dst, &copts, opts.compress_level)?;
     let files = new.final_paths();
@@ -205,6 +201,14 @@ pub fn clone_disk(src: &Path, dst: &Path, opts: &mut CloneOptions<'_>) -> Result
         );
     }
     Ok(CloneReport { path, files, stats })
+}
+
+/// The content identity (CID) a full copy of `chain` carries: its top link's, so that a copy of a
+/// static base is known to be that base (deltas exported against it apply to the copy). `None` for
+/// a top without a CID of its own (a raw image, a bare extent): the copy gets a fresh one.
+pub fn content_id(chain: &Chain) -> Option<u32> {
+    let top = chain.top();
+    matches!(top.container(), vmdk::Container::Descriptor | vmdk::Container::Embedded).then(|| top.descriptor().cid)
 }
 
 /// What [`export_to`] writes.
@@ -240,7 +244,8 @@ pub fn export_to<W: Write + Send>(
             let grain = vmdk::create::DEFAULT_GRAIN_SECTORS;
             // The stream holds whole sectors; a raw image of odd length reads as zero-padded.
             let cap = cap.div_ceil(512) * 512;
-            let (h, desc) = stream_layout(name, cap, opts.adapter.unwrap_or(Adapter::LsiLogic), grain)?;
+            let adapter = opts.adapter.unwrap_or(Adapter::LsiLogic);
+            let (h, desc) = stream_layout(name, cap, adapter, grain, content_id(&chain))?;
             let t = StreamTarget::new(WriteSink::new(out, out_name), h, &desc, out_name, opts.compress_level)?;
             let stats = copy(&chain, &t, &t.engine(base), progress, opts.cancel)?;
             let (_, n) = t.finish()?;
@@ -268,11 +273,12 @@ pub fn import<R: Read + Send>(
 ) -> Result<CloneReport> {
     let (format, given_adapter, force, level, tuned, cancel) =
         (opts.format, opts.adapter, opts.force, opts.compress_level, opts.engine, opts.cancel);
-    let make = |cap: u64, adapter: Option<Adapter>| -> Result<(Destination, EngineOptions)> {
+    let make = |cap: u64, adapter: Option<Adapter>, cid: Option<u32>| -> Result<(Destination, EngineOptions)> {
         let mut copts = CreateOptions::new(format, cap);
         copts.adapter = given_adapter.or(adapter).unwrap_or(Adapter::LsiLogic);
         copts.force = force;
         copts.zero_fill = false;
+        copts.cid = cid;
         let engine = tuned.unwrap_or_else(|| engine_for(format, copts.grain_sectors * 512));
         Ok((Destination::create(dst, &copts, level)?, engine))
     };
@@ -289,12 +295,10 @@ pub fn import<R: Read + Send>(
                     "--size {s} differs from the capacity of the stream on the input ({cap} bytes)"
                 )));
             }
-            let adapter = feed
-                .reader()
-                .descriptor()
-                .and_then(|t| vmdk::Descriptor::parse(t, name).ok())
-                .and_then(|d| d.ddb("adapterType").and_then(Adapter::parse));
-            let (new, engine) = make(cap, adapter)?;
+            let desc = feed.reader().descriptor().and_then(|t| vmdk::Descriptor::parse(t, name).ok());
+            let adapter = desc.as_ref().and_then(|d| d.ddb("adapterType").and_then(Adapter::parse));
+            // A restored backup stream is the disk it was made from: it keeps that content identity.
+            let (new, engine) = make(cap, adapter, desc.map(|d| d.cid))?;
             let engine = feed.engine(engine);
             let stats = new.fill(CopyFrom::Feed(&mut *feed), &engine, progress, cancel)?;
             (new, stats)
@@ -306,7 +310,7 @@ pub fn import<R: Read + Send>(
                         .into(),
                 )
             })?;
-            let (new, engine) = make(cap, None)?;
+            let (new, engine) = make(cap, None, None)?;
             let mut feed = RawFeed::new(r, name, cap);
             let stats = new.fill(CopyFrom::Feed(&mut feed), &engine, progress, cancel)?;
             (new, stats)

@@ -42,6 +42,9 @@ pub enum Error {
     /// A bad argument.
     #[error("{0}")]
     Usage(String),
+    /// The disks given do not allow the operation (a delta that does not follow the replica, …).
+    #[error("{0}")]
+    Refused(String),
     /// An I/O error outside a disk (standard output, …).
     #[error("{path}: {source}", path = .path.display())]
     Io {
@@ -67,7 +70,7 @@ impl Error {
             Error::Redo(redo::RedoError::Link(e)) => vmdk_code(e),
             Error::Redo(redo::RedoError::Chain(redo::ChainError::Link(e))) => vmdk_code(e),
             Error::Redo(redo::RedoError::Interrupted) => exit::IO,
-            Error::Redo(_) | Error::ChangeMap(_) => exit::BAD_INPUT,
+            Error::Redo(_) | Error::ChangeMap(_) | Error::Refused(_) => exit::BAD_INPUT,
             Error::Io { .. } | Error::Interrupted => exit::IO,
             Error::Vmfs(e) if e.is_bad_input() => exit::BAD_INPUT,
             Error::Vmfs(_) => exit::IO,
@@ -78,7 +81,10 @@ impl Error {
 fn vmdk_code(e: &vmdk::Error) -> i32 {
     match e {
         vmdk::Error::InvalidArgument(_) | vmdk::Error::Exists { .. } => exit::USAGE,
-        vmdk::Error::Locked { .. } | vmdk::Error::Rdm(rdm::MappingError::Busy { .. }) => exit::LOCKED,
+        vmdk::Error::Locked { .. }
+        | vmdk::Error::Interrupted { .. }
+        | vmdk::Error::HasChildren { .. }
+        | vmdk::Error::Rdm(rdm::MappingError::Busy { .. }) => exit::LOCKED,
         vmdk::Error::Rdm(rdm::MappingError::Io { source, .. }) if source.kind() != std::io::ErrorKind::NotFound => {
             exit::IO
         }

@@ -1,14 +1,14 @@
 //! Disk operations: delete, rename, extend, punch zeros, zero, inflate, compare.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use redo::Chain;
 use vmdk::create::{Adapter, VMWARE_SPLIT_SECTORS};
-use vmdk::descriptor::{Descriptor, ExtentLine, ExtentType};
+use vmdk::descriptor::{ExtentLine, ExtentType};
 use vmdk::extent::is_zero;
 use vmdk::storage::{resolve_extent_path, write_zeros};
-use vmdk::{Container, Link, OpenOptions, State, Storage};
+use vmdk::txn::{Intent, Step};
+use vmdk::{Container, Link, OpenOptions, State};
 
 use crate::error::{Error, Result};
 
@@ -23,99 +23,88 @@ fn stem(p: &Path) -> String {
     n.strip_suffix(".vmdk").unwrap_or(&n).to_string()
 }
 
-/// Writes a descriptor file atomically: a temporary file beside it, synced, then renamed over it.
-pub fn write_descriptor_file(storage: &Arc<dyn Storage>, path: &Path, d: &Descriptor) -> Result<()> {
-    let tmp = path.with_file_name(format!(".{}.vmkfs-desc.tmp", file_name(path)));
-    let _ = storage.remove(&tmp);
-    let b = storage.create_new(&tmp)?;
-    let text = d.to_text();
-    b.write_all_at(text.as_bytes(), 0)?;
-    b.sync()?;
-    drop(b);
-    storage.rename(&tmp, path)?;
-    storage.sync_dir(path.parent().unwrap_or(Path::new("")))?;
+/// Refuses to act on a disk through a symbolic link: renaming or deleting the link would leave
+/// the real disk behind, following it would act on a name the user did not give.
+fn refuse_symlink(path: &Path, what: &str) -> Result<()> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        return Err(Error::Usage(format!(
+            "{} is a symbolic link (to {}): {what} the disk by its real path, or remove the link itself with rm",
+            path.display(),
+            real.display()
+        )));
+    }
     Ok(())
 }
 
-/// `-U`: deletes a disk and every file it owns (the descriptor first, so a crash never leaves a
-/// descriptor naming missing files). Returns the files removed. A raw device mapping loses its
-/// descriptor and mapping file only: the device is never touched, and need not be present.
+/// Options that lock a disk exclusively without opening its extents for writing (for operations
+/// that change its files, not its data).
+fn exclusive(opts: &OpenOptions) -> OpenOptions {
+    OpenOptions { write: false, exclusive: true, ..opts.clone() }
+}
+
+/// `-U`: deletes a disk and every file it owns, through one intent record (so an interruption is
+/// finished by the next command; the descriptor goes first). Refused for a disk that has children,
+/// is in use, or is reached through a symbolic link. Returns the files removed. A raw device mapping
+/// loses its descriptor and mapping file only: the device is never touched, and need not be
+/// present.
 pub fn delete(path: &Path, opts: &OpenOptions) -> Result<Vec<PathBuf>> {
-    if let Some(files) = crate::rdm_ops::mapping_files(path, opts)? {
-        for f in &files {
-            opts.storage.remove(f)?;
+    refuse_symlink(path, "delete")?;
+    let storage = &opts.storage;
+    // The link (or, for a mapping whose device may be gone, just its descriptor) held exclusively.
+    let (files, held): (Vec<PathBuf>, Box<dyn std::any::Any>) = match crate::rdm_ops::mapping_files(path, opts)? {
+        Some(files) => {
+            vmdk::txn::settle(storage.as_ref(), path)?;
+            let lock = storage.open_locked(path, vmdk::storage::LockMode::Exclusive, opts.wait)?;
+            if let Some(child) = vmdk::family::children(storage.as_ref(), path).into_iter().next() {
+                return Err(vmdk::Error::HasChildren { path: path.into(), child, what: "deleting it".into() }.into());
+            }
+            (files, Box::new(lock))
         }
-        return Ok(files);
-    }
-    let files = Link::open(path, opts)?.files();
-    for f in &files {
-        opts.storage.remove(f)?;
-    }
+        None => {
+            let link = Link::open(path, &exclusive(opts))?;
+            (link.files(), Box::new(link))
+        }
+    };
+    let real = storage.real_path(path);
+    let mut intent = Intent::begin(storage, &real, "delete", &[], None)?;
+    intent.set_steps(files.iter().map(|f| Step::Remove { path: storage.real_path(f) }).collect())?;
+    drop(held);
+    intent.finish()?;
     Ok(files)
 }
 
-/// `-E`: renames a disk and every file it owns whose name starts with the disk's name, rewriting
-/// the descriptor, and the `parentFileNameHint` of child links in the new disk's folder.
+/// `-E`: renames a disk and every file it owns whose name starts with the disk's name (files
+/// elsewhere keep their names but move along into the new folder), rewriting the descriptor; ESX 2
+/// REDO logs `OLD.REDO` follow, and child links in the folder get hints naming `new`. Everything is
+/// prepared under temporary names and put in place through one intent record: an interruption is
+/// finished by the next command on either name. Never replaces an existing file.
 pub fn rename(old: &Path, new: &Path, opts: &OpenOptions) -> Result<PathBuf> {
+    refuse_symlink(old, "rename")?;
     let storage = &opts.storage;
+    if new.file_name().is_none() {
+        return Err(Error::Usage(format!("{} is not a disk file name", new.display())));
+    }
     if storage.exists(new) {
         return Err(vmdk::Error::Exists { path: new.into() }.into());
     }
-    let link = Link::open(old, opts)?;
-    let container = link.container();
-    let mut d = link.descriptor();
-    drop(link);
-    let (old_stem, new_stem) = (stem(old), stem(new));
-    let new_dir = new.parent().unwrap_or(Path::new("")).to_path_buf();
-    match container {
-        Container::Embedded => {
-            storage.rename(old, new)?;
-            let l = Link::open(new, &OpenOptions { write: true, ..opts.clone() })?;
-            l.update_descriptor(|d| {
-                if let Some(e) = d.extents.first_mut() {
-                    e.file = Some(file_name(new));
-                }
-            })?;
-            l.close()?;
-        }
-        Container::BareExtent | Container::Raw => storage.rename(old, new)?,
-        Container::Descriptor => {
-            let mut moves = Vec::new();
-            for e in d.extents.iter_mut() {
-                let Some(name) = e.file.clone() else { continue };
-                let from = resolve_extent_path(old, &name, opts.allow_outside)?;
-                let to_name = match name.strip_prefix(&old_stem) {
-                    Some(rest) if !name.contains('/') => format!("{new_stem}{rest}"),
-                    _ => name.clone(),
-                };
-                let to = new_dir.join(&to_name);
-                if to != from {
-                    if storage.exists(&to) {
-                        return Err(vmdk::Error::Exists { path: to }.into());
-                    }
-                    moves.push((from, to));
-                }
-                e.file = Some(to_name);
-            }
-            // New descriptor under a temporary name, extents moved, then the descriptor swapped in.
-            let tmp = new.with_file_name(format!(".{}.vmkfs-desc.tmp", file_name(new)));
-            let _ = storage.remove(&tmp);
-            let b = storage.create_new(&tmp)?;
-            b.write_all_at(d.to_text().as_bytes(), 0)?;
-            b.sync()?;
-            drop(b);
-            for (from, to) in &moves {
-                storage.rename(from, to)?;
-            }
-            storage.rename(&tmp, new)?;
-            if old != new {
-                storage.remove(old)?;
-            }
-            storage.sync_dir(&new_dir)?;
-        }
-    }
+    let lock = OpenOptions { allow_children: true, ..exclusive(opts) };
+    let link = Link::open(old, &lock)?;
+    let (real_old, real_new) = (link.real_path().to_path_buf(), storage.real_path(new));
+    let kids: Vec<Link> = link
+        .children()
+        .iter()
+        .filter(|c| {
+            vmdk::family::peek(storage.as_ref(), c).ok().flatten().is_some_and(|p| p.container != Container::BareExtent)
+        })
+        .map(|c| Link::open(c, &lock))
+        .collect::<vmdk::Result<_>>()?;
+    let mut disks = vec![real_new.clone()];
+    disks.extend(kids.iter().map(|k| k.real_path().to_path_buf()));
+    let mut intent = Intent::begin(storage, &real_old, "rename", &disks, None)?;
+    let mut steps = rename_steps(&link, &real_new, opts)?;
     // ESX 2 REDO logs name their parent by their own name (`OLD.REDO`): they move along.
-    let (mut o, mut n) = (old.as_os_str().to_owned(), new.as_os_str().to_owned());
+    let (mut o, mut n) = (real_old.as_os_str().to_owned(), real_new.as_os_str().to_owned());
     loop {
         o.push(".REDO");
         n.push(".REDO");
@@ -126,59 +115,85 @@ pub fn rename(old: &Path, new: &Path, opts: &OpenOptions) -> Result<PathBuf> {
         if storage.exists(&np) {
             return Err(vmdk::Error::Exists { path: np }.into());
         }
-        storage.rename(&op, &np)?;
+        steps.push(Step::RenameNew { from: op, to: np });
     }
-    fix_child_hints(old, new, opts)?;
+    for kid in &kids {
+        let mut d = kid.descriptor();
+        let same_dir = vmdk::txn::folder(kid.real_path()) == vmdk::txn::folder(&real_new);
+        let hint = if same_dir { file_name(&real_new) } else { real_new.display().to_string() };
+        d.parent_file_name_hint = Some(hint);
+        if let Some((_, step)) = kid.descriptor_update(&d)? {
+            steps.push(step);
+        }
+    }
+    intent.set_steps(steps)?;
+    drop(kids);
+    drop(link);
+    intent.finish()?;
     Ok(new.to_path_buf())
 }
 
-/// Rewrites `parentFileNameHint` of descriptors in `new`'s folder that named `old`.
-fn fix_child_hints(old: &Path, new: &Path, opts: &OpenOptions) -> Result<()> {
-    let dir = new.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
-    let old_abs = std::path::absolute(old).unwrap_or_else(|_| old.to_path_buf());
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.extension().is_none_or(|x| x != "vmdk") || p == new {
-            continue;
-        }
-        let Ok(link) = Link::open(&p, &OpenOptions::read()) else { continue };
-        let d = link.descriptor();
-        let Some(hint) = d.parent_file_name_hint.clone() else { continue };
-        let Ok(target) = resolve_extent_path(&p, &hint, true) else { continue };
-        if std::path::absolute(&target).unwrap_or(target) != old_abs {
-            continue;
-        }
-        let abs = |x: &Path| std::path::absolute(x).unwrap_or_else(|_| x.to_path_buf());
-        let same_dir = abs(new).parent() == abs(&p).parent();
-        let new_hint = if same_dir { file_name(new) } else { abs(new).display().to_string() };
-        let container = link.container();
-        drop(link);
-        match container {
-            Container::Descriptor => {
-                let mut d = d;
-                d.parent_file_name_hint = Some(new_hint);
-                write_descriptor_file(&opts.storage, &p, &d)?;
+/// The steps that move `link`'s own files to `new` (a real path) and give it a descriptor naming
+/// them.
+fn rename_steps(link: &Link, new: &Path, opts: &OpenOptions) -> Result<Vec<Step>> {
+    let storage = &opts.storage;
+    let old = link.real_path();
+    let mut d = link.descriptor();
+    let mut steps = Vec::new();
+    match link.container() {
+        Container::Embedded => {
+            if let Some(e) = d.extents.first_mut() {
+                e.file = Some(file_name(new));
             }
-            Container::Embedded => {
-                let l = Link::open(&p, &OpenOptions { write: true, ..opts.clone() })?;
-                l.update_descriptor(|d| d.parent_file_name_hint = Some(new_hint))?;
-                l.close()?;
+            steps.push(Step::RenameNew { from: old.into(), to: new.into() });
+            if let Some((_, Step::Write { offset, data, .. })) = link.descriptor_update(&d)? {
+                steps.push(Step::Write { path: new.into(), offset, data });
             }
-            _ => {}
+        }
+        Container::BareExtent | Container::Raw => steps.push(Step::RenameNew { from: old.into(), to: new.into() }),
+        Container::Descriptor => {
+            let (old_stem, new_stem) = (stem(old), stem(new));
+            let new_dir = vmdk::txn::folder(new).to_path_buf();
+            for e in d.extents.iter_mut() {
+                let Some(name) = e.file.clone() else { continue };
+                if matches!(e.kind, ExtentType::VmfsRaw) {
+                    continue; // names a device, which does not move
+                }
+                let from = storage.real_path(&resolve_extent_path(old, &name, opts.allow_outside)?);
+                let to_name = match name.strip_prefix(&old_stem) {
+                    Some(rest) if !name.contains('/') => format!("{new_stem}{rest}"),
+                    _ => file_name(&from),
+                };
+                let to = new_dir.join(&to_name);
+                if to != from {
+                    if storage.exists(&to) {
+                        return Err(vmdk::Error::Exists { path: to }.into());
+                    }
+                    steps.push(Step::RenameNew { from, to });
+                }
+                e.file = Some(to_name);
+            }
+            let tmp = vmdk::txn::temp_name(new);
+            let b = storage.create_new(&tmp)?;
+            b.write_all_at(d.to_text().as_bytes(), 0)?;
+            b.sync()?;
+            steps.push(Step::RenameNew { from: tmp, to: new.into() });
+            steps.push(Step::Remove { path: old.into() });
         }
     }
-    Ok(())
+    Ok(steps)
 }
 
 /// `-X`: grows a disk to `new_capacity` bytes (never shrinks). Flat extents grow in place (space
-/// reserved for thick disks, zeroed for `eager`), split formats gain extents, the geometry follows.
+/// reserved for thick disks, zeroed for `eager`; bytes past the old capacity are read by nobody
+/// until the descriptor says so), split formats gain extents made under temporary names; the new
+/// descriptor (geometry following) and any new extents go into place through one intent record.
+/// Refused for a link that has children (every link of a chain keeps one capacity).
 pub fn extend(path: &Path, new_capacity: u64, eager: bool, opts: &OpenOptions) -> Result<()> {
-    let link = Link::open(path, opts)?;
+    let link = Link::open(path, &exclusive(opts))?;
     let cap = link.capacity();
     let container = link.container();
     let mut d = link.descriptor();
-    drop(link);
     if !new_capacity.is_multiple_of(512) {
         return Err(Error::Usage(format!("size {new_capacity} is not a multiple of 512 bytes")));
     }
@@ -186,13 +201,6 @@ pub fn extend(path: &Path, new_capacity: u64, eager: bool, opts: &OpenOptions) -
         return Err(Error::Usage(format!(
             "{}: new size {new_capacity} is not larger than the current {cap} bytes (disks never shrink)",
             path.display()
-        )));
-    }
-    if let Some(child) = redo::snapshot::children_of(path, opts).first() {
-        return Err(Error::Usage(format!(
-            "{}: cannot extend a disk that has REDO links ({} is built on it): every link of a chain must keep the same capacity; commit or discard them first",
-            path.display(),
-            child.display()
         )));
     }
     if container != Container::Descriptor {
@@ -203,7 +211,8 @@ pub fn extend(path: &Path, new_capacity: u64, eager: bool, opts: &OpenOptions) -
     let add = (new_capacity - cap) / 512;
     let last = d.extents.last().cloned().ok_or_else(|| vmdk::Error::unsupported(path, "disk has no extents"))?;
     let split = matches!(d.create_type, vmdk::CreateType::TwoGbMaxExtentFlat | vmdk::CreateType::TwoGbMaxExtentSparse);
-    let mut created = Vec::new();
+    let intent = Intent::begin(storage, link.real_path(), "extend", &[], None)?;
+    let mut files = vmdk::txn::NewFiles::within(storage, intent);
     if !split && matches!(last.kind, ExtentType::Flat | ExtentType::Vmfs) {
         let f = resolve_extent_path(path, last.file.as_deref().unwrap_or(""), opts.allow_outside)?;
         let b = storage.open(&f, true)?;
@@ -228,9 +237,7 @@ pub fn extend(path: &Path, new_capacity: u64, eager: bool, opts: &OpenOptions) -
         while left > 0 {
             let n = left.min(VMWARE_SPLIT_SECTORS);
             let name = if sparse { format!("{base}-s{:03}.vmdk", i + 1) } else { format!("{base}-f{:03}.vmdk", i + 1) };
-            let f = path.with_file_name(&name);
-            let b = storage.create_new(&f)?;
-            created.push(f.clone());
+            let b = files.create(&path.with_file_name(&name))?;
             if sparse {
                 let layout = vmdk::extent::kdmv::Layout::plan(n, vmdk::create::DEFAULT_GRAIN_SECTORS, 0);
                 vmdk::extent::sparse::create(&b, &layout, None)?;
@@ -267,12 +274,9 @@ pub fn extend(path: &Path, new_capacity: u64, eager: bool, opts: &OpenOptions) -
         d.set_ddb("geometry.heads", h.to_string());
         d.set_ddb("geometry.sectors", s.to_string());
     }
-    if let Err(e) = write_descriptor_file(storage, path, &d) {
-        for f in created {
-            let _ = storage.remove(&f);
-        }
-        return Err(e);
-    }
+    let step = link.descriptor_update(&d)?.map(|(_, s)| s).into_iter().collect();
+    drop(link);
+    files.commit(step)?;
     Ok(())
 }
 

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use rdm::{Identity, Mapping, Mode, OpenMode};
 use redo::Chain;
 use serde::Serialize;
-use vmdk::create::{remove_stale_temps, Adapter};
+use vmdk::create::Adapter;
 use vmdk::descriptor::{looks_like_descriptor, Descriptor, ExtentType, MAX_DESCRIPTOR_BYTES};
-use vmdk::rawdev::{create_device_disk, device_disk_files, rdm_mode, read_mapping, DeviceDiskOptions};
+use vmdk::rawdev::{create_device_disk, rdm_mode, read_mapping, DeviceDiskOptions};
 use vmdk::storage::resolve_extent_path;
 use vmdk::OpenOptions;
 
@@ -95,7 +95,6 @@ pub fn create_mapping(
     if let Some(a) = adapter {
         o.adapter = a;
     }
-    remove_stale_temps(&device_disk_files(map, mode));
     let new = create_device_disk(map, &o)?;
     let files = new.final_paths();
     let capacity = new.capacity();
@@ -129,7 +128,6 @@ pub fn clone_to_device(
         .adapter
         .or_else(|| chain.top().descriptor().ddb("adapterType").and_then(Adapter::parse))
         .unwrap_or(Adapter::LsiLogic);
-    remove_stale_temps(&device_disk_files(dst, target.mode));
     let new = create_device_disk(dst, &o)?;
     let files = new.final_paths();
     let link = new.link().ok_or_else(|| Error::Usage("the device disk has no writable link".into()))?;

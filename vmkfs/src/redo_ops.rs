@@ -39,7 +39,8 @@ pub fn commit(
     progress: &mut dyn FnMut(u64, u64),
     cancel: Option<&AtomicBool>,
 ) -> Result<CommitReport> {
-    Ok(redo::commit_with(path, opts, |link, parent| {
+    let rerun = rerun_command(&["-m"], &[path], opts);
+    Ok(redo::commit_with(path, opts, rerun, |link: &Link, parent: &Chain| {
         let target = parent.top();
         let mut e = EngineOptions::new();
         e.skip_zeros = false;
@@ -51,6 +52,18 @@ pub fn commit(
             other => RedoError::Refused { path: path.into(), why: other.to_string() },
         })
     })?)
+}
+
+/// The command that finishes an interrupted operation, as recorded in its intent record: `vmkfs`,
+/// the `flags`, then each path made absolute (and `--allow-outside-paths` when it was given).
+pub fn rerun_command(flags: &[&str], paths: &[&Path], opts: &OpenOptions) -> Vec<String> {
+    let mut v = vec!["vmkfs".to_string()];
+    if opts.allow_outside {
+        v.push("--allow-outside-paths".into());
+    }
+    v.extend(flags.iter().map(|f| f.to_string()));
+    v.extend(paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()));
+    v
 }
 
 /// `--changed-blocks`: the blocks that changed above `since` (a link of the chain; default: the
@@ -153,10 +166,25 @@ pub fn export_delta(
     Ok(new.commit()?)
 }
 
+/// What [`apply_delta`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The delta's blocks were written; the replica now has this CID.
+    Now(u32),
+    /// The replica already had the delta's CID (an earlier run applied it): nothing was written.
+    Already(u32),
+}
+
 /// Replication: applies an exported REDO link (`delta`) onto `replica`, a copy of the link it was
 /// exported against. The replica's CID must be the delta's parentCID (unless `force`); afterwards
-/// the replica has the delta's CID, so the next incremental applies on top. Like a commit, the
-/// replica keeps its CID until every byte is in, so an interrupted apply can simply be rerun.
+/// the replica has the delta's CID, so the next incremental applies on top. A replica that already
+/// has the delta's CID is left as it is ([`Applied::Already`]), so a rerun after success is
+/// harmless; a delta for a later point is refused naming the CID the replica must reach first (and
+/// the delta in `delta`'s folder that would bring it there, if one is).
+///
+/// The copy into the replica is a data phase in the sense of [`vmdk::txn`]: while it runs (or after
+/// it was interrupted) the replica is refused to every command but this apply's re-run, which
+/// copies again and finishes.
 pub fn apply_delta(
     delta: &Path,
     replica: &Path,
@@ -164,19 +192,43 @@ pub fn apply_delta(
     force: bool,
     progress: &mut dyn FnMut(u64, u64),
     cancel: Option<&AtomicBool>,
-) -> Result<u32> {
-    let dl = Link::open(delta, &OpenOptions { write: false, ..opts.clone() })?;
-    let rchain = Chain::open(replica, &OpenOptions { write: true, keep_cid: true, ..opts.clone() })?;
-    let target = rchain.top();
-    let (want, have) = (dl.descriptor().parent_cid, target.descriptor().cid);
-    if want != have && !force {
-        return Err(redo::ChainError::CidMismatch {
-            child: delta.into(),
-            parent: replica.into(),
-            expected: want,
-            found: have,
+) -> Result<Applied> {
+    let storage = &opts.storage;
+    let rerun = rerun_command(&["--apply"], &[delta, replica], opts);
+    let mut resumed = None;
+    if let Some(i) = vmdk::txn::pending(storage, replica)? {
+        let rec = i.record().clone();
+        match (rec.op.as_str(), &rec.rerun) {
+            ("apply", Some(r)) if *r == rerun => resumed = Some(i),
+            ("apply", Some(_)) => {
+                let rerun = rec.rerun_text().unwrap_or_default();
+                return Err(vmdk::Error::Interrupted { path: replica.into(), op: rec.op, rerun }.into());
+            }
+            _ => {
+                drop(i);
+                vmdk::txn::settle(storage.as_ref(), replica)?;
+            }
         }
-        .into());
+    }
+    let dl = Link::open(delta, &OpenOptions { write: false, ..opts.clone() })?;
+    // A delta placed beside the replica names it as its parent: that child is the one being merged
+    // (as in a commit). Any other child reads the replica as it is and forbids the change.
+    let rchain =
+        Chain::open(replica, &OpenOptions { write: true, keep_cid: true, allow_children: true, ..opts.clone() })?;
+    let target = rchain.top();
+    let (want, have, cid) = (dl.descriptor().parent_cid, target.descriptor().cid, dl.descriptor().cid);
+    if resumed.is_none() && !force {
+        if have == cid {
+            return Ok(Applied::Already(cid));
+        }
+        if want != have {
+            return Err(out_of_order(delta, replica, want, have, opts));
+        }
+    }
+    if let Some(child) = target.children().into_iter().find(|c| storage.real_path(c) != *dl.real_path()) {
+        return Err(
+            vmdk::Error::HasChildren { path: replica.into(), child, what: "applying a delta to it".into() }.into()
+        );
     }
     if dl.capacity() != target.capacity() {
         return Err(redo::ChainError::CapacityMismatch {
@@ -187,6 +239,10 @@ pub fn apply_delta(
         }
         .into());
     }
+    let mut intent = match resumed {
+        Some(i) => i,
+        None => vmdk::txn::Intent::begin(storage, target.real_path(), "apply", &[], Some(rerun))?,
+    };
     let mut e = EngineOptions::new();
     e.skip_zeros = false;
     e.ordered = needs_ordered_writes(target);
@@ -206,11 +262,34 @@ pub fn apply_delta(
         off += n;
     }
     target.flush()?;
-    let cid = dl.descriptor().cid;
-    target.update_descriptor(|d| d.set_cid(cid))?;
+    let mut d = target.descriptor();
+    d.set_cid(cid);
+    let steps = target.descriptor_update(&d)?.map(|(_, s)| s).into_iter().collect();
+    intent.set_steps(steps)?;
     drop(dl);
     rchain.close()?;
-    Ok(cid)
+    intent.finish()?;
+    Ok(Applied::Now(cid))
+}
+
+/// The refusal of a delta that does not follow the replica's point: names the CID needed and, if
+/// one of the deltas beside `delta` would bring the replica there, that delta.
+fn out_of_order(delta: &Path, replica: &Path, want: u32, have: u32, opts: &OpenOptions) -> Error {
+    let dir = vmdk::txn::folder(delta);
+    let peek = |p: &Path| vmdk::family::peek(opts.storage.as_ref(), p).ok().flatten().map(|p| p.descriptor);
+    let missing = opts.storage.list_dir(dir).into_iter().map(|n| dir.join(n)).find(|p| {
+        p.extension().is_some_and(|x| x == "vmdk")
+            && peek(p).is_some_and(|d| d.cid == want && d.parent_cid == have && d.parent_file_name_hint.is_some())
+    });
+    let next = match missing {
+        Some(p) => format!("apply {} first", p.display()),
+        None => format!("the delta that takes CID {have:08x} to {want:08x} is missing"),
+    };
+    Error::Refused(format!(
+        "{}: out of order for {}: it applies to a replica at CID {want:08x}, but the replica is at {have:08x}: {next}",
+        delta.display(),
+        replica.display()
+    ))
 }
 
 /// The links of the chain at `path`, top first (for messages).

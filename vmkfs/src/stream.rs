@@ -417,7 +417,8 @@ mod tests {
     #[test]
     fn stream_round_trip_in_memory() {
         let d = disk();
-        let (h, desc) = vmdk::create::stream_layout("x.vmdk", d.len() as u64, vmdk::Adapter::LsiLogic, 128).unwrap();
+        let (h, desc) =
+            vmdk::create::stream_layout("x.vmdk", d.len() as u64, vmdk::Adapter::LsiLogic, 128, None).unwrap();
         let t = StreamTarget::new(WriteSink::new(Vec::new(), "<mem>"), h, &desc, Path::new("<mem>"), 1).unwrap();
         let mut raw = RawFeed::new(&d[..], "<mem>", d.len() as u64);
         let e = t.engine(EngineOptions::new());

@@ -97,7 +97,11 @@ fn rename_moves_every_file_and_fixes_child_hints() {
     ok(&["--compare", "kid.vmdk", "p.raw"], d);
     // Renaming onto an existing name is refused.
     assert_eq!(vmkfs(&["-E", "new.vmdk", "child.vmdk"], d).status.code(), Some(2));
-    // Delete removes every file.
+    // A disk with a child is not deleted (the child would be orphaned); without it, every file goes.
+    let o = vmkfs(&["-U", "new.vmdk"], d);
+    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("kid.vmdk is built on it"));
+    ok(&["-U", "kid.vmdk"], d);
     ok(&["-U", "new.vmdk"], d);
     assert!(!d.join("new.vmdk").exists() && !d.join("new-f001.vmdk").exists());
 }

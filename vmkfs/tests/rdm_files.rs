@@ -365,7 +365,8 @@ fn delete_removes_the_mapping_never_the_device() {
     std::fs::rename(d.join("lun.img"), d.join("moved.img")).unwrap();
     ok(&vmkfs(&["-U", "p.vmdk"], d));
     assert!(!d.join("p.vmdk").exists() && !d.join("p-rdmp.vmdk").exists());
-    ok(&vmkfs(&["-i", "moved.img", "-d", "raw:moved.img", "--force", "r.vmdk"], d));
+    std::fs::write(d.join("src.img"), &bytes).unwrap();
+    ok(&vmkfs(&["-i", "src.img", "-d", "raw:moved.img", "--force", "r.vmdk"], d));
     ok(&vmkfs(&["-U", "r.vmdk"], d));
     assert!(!d.join("r.vmdk").exists());
     assert_eq!(std::fs::read(d.join("moved.img")).unwrap(), bytes);
@@ -391,7 +392,14 @@ fn a_device_in_use_for_writing_is_refused() {
     let held = vmkfs::vmdk::Link::open(d.join("vm.vmdk"), &vmkfs::vmdk::OpenOptions::write()).unwrap();
     let e = fail(&vmkfs(&["-i", "vm.vmdk", "-d", "rdm:lun.img", "--force", "other.vmdk"], d), 5);
     assert!(e.contains("busy") || e.contains("locked"), "{e}");
-    // Readers are fine.
-    ok(&vmkfs(&["--read-at", "0", "--length", "16", "vm.vmdk"], d));
+    // Readers are locked out too while the writer holds the disk (they would read a disk that is
+    // changing under them); the refusal names the holder.
+    let e = fail(&vmkfs(&["--read-at", "0", "--length", "16", "vm.vmdk"], d), 5);
+    assert!(
+        e.contains(&format!("locked by this process {}", std::process::id()))
+            || e.contains(&format!("process {}", std::process::id())),
+        "{e}"
+    );
     drop(held);
+    ok(&vmkfs(&["--read-at", "0", "--length", "16", "vm.vmdk"], d));
 }

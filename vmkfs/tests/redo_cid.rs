@@ -156,8 +156,11 @@ fn cid_mismatch_when_the_parent_was_written() {
     let d = dir.path();
     let (s1, s2) = esx_chain(d);
     let before = Link::open(d.join(&s1), &OpenOptions::read()).unwrap().descriptor().cid;
-    // Open the middle link for writing and write to it: its CID changes under its child.
-    let l = Link::open(d.join(&s1), &OpenOptions::write()).unwrap();
+    // Writing to a link that has a child is refused…
+    let e = Link::open(d.join(&s1), &OpenOptions::write()).unwrap_err();
+    assert!(matches!(e, vmkfs::vmdk::Error::HasChildren { .. }), "{e}");
+    // …so write to it the way another tool would (ignoring its children): its CID changes under its child.
+    let l = Link::open(d.join(&s1), &OpenOptions { allow_children: true, ..OpenOptions::write() }).unwrap();
     l.write_at(&[9u8; 512], 0).unwrap();
     l.close().unwrap();
     let after = Link::open(d.join(&s1), &OpenOptions::read()).unwrap().descriptor().cid;
@@ -185,8 +188,8 @@ fn capacity_mismatch() {
     let (_s1, s2) = esx_chain(d);
     // `-X` refuses to grow a disk that has REDO links on it.
     let o = vmkfs(&["-X", "8m", "base.vmdk"], d);
-    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("REDO links"));
+    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is built on it"));
     // The base grown behind the chain's back (the CID kept, so only the capacity differs): move the
     // child away, grow the base, put the child back.
     let hidden = d.join("hidden");
@@ -320,9 +323,9 @@ fn refusals() {
     let (s1, s2) = esx_chain(d);
     // --discard of a link that has a child.
     let o = vmkfs(&["--discard", &s1], d);
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("not the top") && err.contains(&s2), "{err}");
+    assert!(err.contains("is built on it") && err.contains(&s2), "{err}");
     assert!(d.join(&s1).exists());
     // --discard and -m of a base.
     let o = vmkfs(&["--discard", "base.vmdk"], d);
@@ -343,7 +346,7 @@ fn refusals() {
     let r1 = snapshot(d, "base.vmdk", true);
     let _r2 = snapshot(d, &r1, true);
     let o = vmkfs(&["--discard", &r1], d);
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// A physical-mode (passthrough) RDM cannot be snapshotted: writes go straight to the LUN.

@@ -54,6 +54,9 @@ pub struct Common {
     /// Allow extent paths outside the disk's folder.
     #[arg(long = "allow-outside-paths")]
     pub allow_outside: bool,
+    /// Wait up to SECONDS for a disk another process has locked, instead of failing at once.
+    #[arg(long = "wait", value_name = "SECONDS")]
+    pub wait: Option<f64>,
     /// More detail on standard error.
     #[arg(short = 'v', long = "verbose", value_name = "N")]
     pub verbose: Option<u32>,
@@ -101,7 +104,11 @@ pub fn target(cli: &Cli) -> Result<&Path> {
 /// How to open disks read-only.
 pub fn open_options(cli: &Cli) -> OpenOptions {
     let storage = vmfs::storage(cli).unwrap_or_else(|| OpenOptions::read().storage);
-    OpenOptions { allow_outside: cli.common.allow_outside, storage, ..OpenOptions::read() }
+    let mut o = OpenOptions { allow_outside: cli.common.allow_outside, storage, ..OpenOptions::read() };
+    if let Some(w) = cli.common.wait.filter(|w| w.is_finite() && *w >= 0.0) {
+        o.wait = std::time::Duration::from_secs_f64(w.min(1e6));
+    }
+    o
 }
 
 /// How to open disks for writing.

@@ -101,7 +101,7 @@ fn run_inner(cli: &Cli) -> Result<i32> {
     }
     if let Some(delta) = &r.apply {
         let mut progress = |_: u64, _: u64| {};
-        let cid = vmkfs::redo_ops::apply_delta(
+        let applied = vmkfs::redo_ops::apply_delta(
             delta,
             disk,
             &opts,
@@ -109,8 +109,17 @@ fn run_inner(cli: &Cli) -> Result<i32> {
             &mut progress,
             Some(crate::disk::install_interrupt_handler()),
         )?;
+        let (cid, already) = match applied {
+            vmkfs::redo_ops::Applied::Now(c) => (c, false),
+            vmkfs::redo_ops::Applied::Already(c) => (c, true),
+        };
         if json {
-            println!("{}", serde_json::json!({"event": "applied", "replica": disk, "cid": format!("{cid:08x}")}));
+            println!(
+                "{}",
+                serde_json::json!({"event": "applied", "replica": disk, "cid": format!("{cid:08x}"), "already": already})
+            );
+        } else if already {
+            println!("'{}' already holds '{}' (CID {cid:08x}): nothing to do.", disk.display(), delta.display());
         } else {
             println!("Applied '{}' to '{}'.", delta.display(), disk.display());
         }
