@@ -140,6 +140,17 @@ pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Option<Duration>) ->
     Outcome { argv, dir, status, stdout, stderr, timed_out }
 }
 
+/// Runs `cmd` with its standard output discarded (for whole-disk reads), killing it after `timeout`.
+pub fn run_discarding_output(mut cmd: Command, timeout: Duration) -> Outcome {
+    let argv: Vec<String> =
+        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();
+    let dir = cmd.get_current_dir().map(Path::to_path_buf).unwrap_or_default();
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {argv:?}: {e}"));
+    let (status, stdout, stderr, timed_out) = wait_with_timeout(&mut child, Some(timeout));
+    Outcome { argv, dir, status, stdout, stderr, timed_out }
+}
+
 /// Waits for `child` (whose stdout and stderr are pipes), collecting both; kills it after `timeout`.
 pub fn wait_with_timeout(child: &mut Child, timeout: Option<Duration>) -> (ExitStatus, Vec<u8>, Vec<u8>, bool) {
     let drain = |r: Option<Box<dyn Read + Send>>| {
