@@ -140,7 +140,7 @@ fn digest(dir: &Path, disk: &str) -> DiskDigest {
 }
 
 fn zeros_digest(len: u64) -> DiskDigest {
-    DiskDigest { sha256: sha256_hex(&vec![0u8; len as usize]), len }
+    DiskDigest { sha256: sha256_hex(&vec![0u8; len as usize]) }
 }
 
 /// The content of `disk` followed by `extra` zero bytes (what a grown disk reads).
@@ -148,7 +148,7 @@ fn grown_digest(dir: &Path, disk: &str, extra: u64) -> DiskDigest {
     let cap = info_json(dir, disk)["capacity"].as_u64().unwrap();
     let mut v = read_at(dir, disk, 0, cap);
     v.resize((cap + extra) as usize, 0);
-    DiskDigest { sha256: sha256_hex(&v), len: cap + extra }
+    DiskDigest { sha256: sha256_hex(&v) }
 }
 
 fn fixture(root: &Path, name: &str, build: impl FnOnce(&Path)) -> PathBuf {
@@ -411,7 +411,7 @@ impl std::fmt::Display for DiskState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DiskState::Absent => write!(f, "absent"),
-            DiskState::Content(d) => write!(f, "{}… ({} bytes)", &d.sha256[..12], d.len),
+            DiskState::Content(d) => write!(f, "sha256 {}…", &d.sha256[..12.min(d.sha256.len())]),
             DiskState::Refused => write!(f, "refused (re-run)"),
             DiskState::Broken(why) => write!(f, "BROKEN: {why}"),
         }
@@ -492,10 +492,8 @@ fn check(dir: &Path, d: &Disk) -> (Option<i32>, String) {
 }
 
 fn source_hashes(dir: &Path, op: &Op) -> Vec<(String, String)> {
-    op.sources
-        .iter()
-        .map(|s| (s.clone(), sha256_file(&dir.join(s)).unwrap_or_else(|e| format!("unreadable: {e}"))))
-        .collect()
+    let sums = sha256_files(&op.sources.iter().map(|s| dir.join(s)).collect::<Vec<_>>());
+    op.sources.iter().cloned().zip(sums).collect()
 }
 
 /// Names of temporary, intent or lock files (hidden `.vmkfs` names).
