@@ -1,0 +1,623 @@
+//! Shared code of the process-level tests (`killpoints`, `concurrency`, `backup_cycle`,
+//! `mutation_campaign`): running the `vmkfs` binary (with standard input, a timeout, extra
+//! environment), probing for external tools, sha256 of files and of whole disks, deterministic data,
+//! folder listings and copies, and the fixture builders these tests share.
+//!
+//! Every test file uses a part of it, hence the `dead_code` allowance.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub const KIB: u64 = 1 << 10;
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary
+// ---------------------------------------------------------------------------------------------
+
+/// The `vmkfs` binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vmkfs")
+}
+
+/// A finished process: what ran, how it ended, what it printed.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// Its working directory.
+    pub dir: PathBuf,
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+    /// Killed by us after the timeout.
+    pub timed_out: bool,
+}
+
+impl Outcome {
+    /// The exit code (`None` when a signal ended it).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+    /// The signal that ended it.
+    pub fn signal(&self) -> Option<i32> {
+        self.status.signal()
+    }
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+    /// Standard output as text.
+    pub fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// Standard error as text.
+    pub fn err(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+    /// Both, for messages that some commands print on standard output (`Failed to clone disk: …`).
+    pub fn text(&self) -> String {
+        format!("{}{}", self.out(), self.err())
+    }
+    /// True when the process panicked (Rust's exit code 101 or a panic message).
+    pub fn panicked(&self) -> bool {
+        self.code() == Some(101) || self.err().contains("panicked")
+    }
+    /// "exit N", "signal N" or "timed out".
+    pub fn how(&self) -> String {
+        if self.timed_out {
+            "timed out".into()
+        } else if let Some(c) = self.code() {
+            format!("exit {c}")
+        } else {
+            format!("signal {}", self.signal().unwrap_or(0))
+        }
+    }
+    /// Everything about the run, for assertion messages (output cut to 4000 bytes each).
+    pub fn describe(&self) -> String {
+        let cut =
+            |s: String| if s.len() > 4000 { format!("{}… ({} bytes)", &s[..floor(&s, 4000)], s.len()) } else { s };
+        format!(
+            "`{}` in {}: {}\n  stdout: {}\n  stderr: {}",
+            self.argv.join(" "),
+            self.dir.display(),
+            self.how(),
+            cut(self.out()).trim_end(),
+            cut(self.err()).trim_end()
+        )
+    }
+}
+
+fn floor(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// A `vmkfs` command in `dir` (standard input: nothing, unless the caller changes it).
+pub fn vmkfs_cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args).current_dir(dir).stdin(Stdio::null());
+    c
+}
+
+/// Runs `cmd` to the end, feeding `stdin` (on its own thread, so a full pipe cannot deadlock) and
+/// killing it after `timeout`.
+pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Option<Duration>) -> Outcome {
+    let argv: Vec<String> =
+        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();
+    let dir = cmd.get_current_dir().map(Path::to_path_buf).unwrap_or_default();
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {argv:?}: {e}"));
+    let feeder = stdin.map(|data| {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        })
+    });
+    let (status, stdout, stderr, timed_out) = wait_with_timeout(&mut child, timeout);
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    Outcome { argv, dir, status, stdout, stderr, timed_out }
+}
+
+/// Runs `cmd` with its standard output discarded (for whole-disk reads), killing it after `timeout`.
+pub fn run_discarding_output(mut cmd: Command, timeout: Duration) -> Outcome {
+    let argv: Vec<String> =
+        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();
+    let dir = cmd.get_current_dir().map(Path::to_path_buf).unwrap_or_default();
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {argv:?}: {e}"));
+    let (status, stdout, stderr, timed_out) = wait_with_timeout(&mut child, Some(timeout));
+    Outcome { argv, dir, status, stdout, stderr, timed_out }
+}
+
+/// Waits for `child` (whose stdout and stderr are pipes), collecting both; kills it after `timeout`.
+pub fn wait_with_timeout(child: &mut Child, timeout: Option<Duration>) -> (ExitStatus, Vec<u8>, Vec<u8>, bool) {
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let start = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for child") {
+            break s;
+        }
+        if timeout.is_some_and(|t| start.elapsed() > t) {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait for killed child");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    (status, out.join().unwrap_or_default(), err.join().unwrap_or_default(), timed_out)
+}
+
+/// Runs `vmkfs ARGS` in `dir`.
+pub fn vmkfs(dir: &Path, args: &[&str]) -> Outcome {
+    run(vmkfs_cmd(dir, args), None, Some(Duration::from_secs(600)))
+}
+
+/// Runs `vmkfs ARGS` in `dir` with `input` on standard input.
+pub fn vmkfs_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Outcome {
+    run(vmkfs_cmd(dir, args), Some(input), Some(Duration::from_secs(600)))
+}
+
+/// Runs `vmkfs ARGS` in `dir`, which must succeed; returns its standard output, trimmed.
+pub fn vmkfs_ok(dir: &Path, args: &[&str]) -> String {
+    let o = vmkfs(dir, args);
+    assert!(o.success(), "{}", o.describe());
+    o.out().trim().to_string()
+}
+
+/// `vmkfs --write-at OFF DISK` with `data`, which must succeed.
+pub fn write_at(dir: &Path, disk: &str, off: u64, data: &[u8]) {
+    let o = vmkfs_stdin(dir, &["--write-at", &off.to_string(), disk], data);
+    assert!(o.success(), "{}", o.describe());
+}
+
+/// `vmkfs --read-at OFF --length LEN DISK`, which must succeed.
+pub fn read_at(dir: &Path, disk: &str, off: u64, len: u64) -> Vec<u8> {
+    let o = vmkfs(dir, &["--read-at", &off.to_string(), "--length", &len.to_string(), disk]);
+    assert!(o.success(), "{}", o.describe());
+    assert_eq!(o.stdout.len() as u64, len, "{}", o.describe());
+    o.stdout
+}
+
+/// The `--info --json` of a disk, which must succeed.
+pub fn info_json(dir: &Path, disk: &str) -> serde_json::Value {
+    let o = vmkfs(dir, &["--info", "--json", disk]);
+    assert!(o.success(), "{}", o.describe());
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("--info --json of {disk}: {e}: {}", o.out()))
+}
+
+/// A disk's CID (8 hex digits) from `--info --json`.
+pub fn cid_of(dir: &Path, disk: &str) -> String {
+    info_json(dir, disk)["cid"].as_str().expect("cid in --info --json").to_string()
+}
+
+/// The content of a whole disk: the sha256 of what `vmkfs --read-at 0 DISK` streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskDigest {
+    /// sha256 of every byte, hex.
+    pub sha256: String,
+}
+
+/// True when hashing goes to `sha256sum`: in debug builds of the tests (whose own sha256 runs at
+/// about 16 MB/s) when it is installed. Optimized builds hash in-process (SHA-NI where present).
+fn external_sha256() -> bool {
+    cfg!(debug_assertions) && have_tool("sha256sum")
+}
+
+/// Streams `vmkfs --read-at 0 DISK` (with `env` added) into sha256 (see [`external_sha256`]; the
+/// bytes are never held in memory). `Err` holds the failed run (its stdout is left empty).
+pub fn disk_digest(dir: &Path, disk: &str, env: &[(&str, &str)]) -> Result<DiskDigest, Outcome> {
+    let mut cmd = vmkfs_cmd(dir, &["--read-at", "0", disk]);
+    cmd.envs(env.iter().copied());
+    let argv = vec![bin().to_string(), "--read-at".into(), "0".into(), disk.into()];
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start vmkfs --read-at");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut err_pipe = child.stderr.take().expect("piped stderr");
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v);
+        v
+    });
+    let sha256 = if external_sha256() {
+        let o = Command::new("sha256sum").stdin(Stdio::from(stdout)).output().expect("run sha256sum");
+        String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string()
+    } else {
+        let mut h = Sha256::new();
+        std::io::copy(&mut { stdout }, &mut HashWriter(&mut h)).expect("read vmkfs --read-at output");
+        hex(&h.finalize())
+    };
+    let status = child.wait().expect("wait for vmkfs --read-at");
+    let stderr = err.join().unwrap_or_default();
+    if status.success() {
+        Ok(DiskDigest { sha256 })
+    } else {
+        Err(Outcome { argv, dir: dir.into(), status, stdout: Vec::new(), stderr, timed_out: false })
+    }
+}
+
+/// A `Write` that feeds a hasher.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools
+// ---------------------------------------------------------------------------------------------
+
+/// True when an executable `name` is on `PATH` (or at `/usr/sbin`, `/sbin`).
+pub fn have_tool(name: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).any(|d| {
+        let p = d.join(name);
+        std::fs::metadata(&p)
+            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+    })
+}
+
+/// Prints the `SKIP:` line tests use when a tool they need is missing.
+pub fn skip(what: &str) {
+    println!("SKIP: {what}");
+    eprintln!("SKIP: {what}");
+}
+
+/// `qemu-img ARGS` in `dir`.
+pub fn qemu_img(dir: &Path, args: &[&str]) -> Outcome {
+    let mut c = Command::new("qemu-img");
+    c.args(args).current_dir(dir).stdin(Stdio::null());
+    run(c, None, Some(Duration::from_secs(300)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hashes and data
+// ---------------------------------------------------------------------------------------------
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// sha256 of bytes, hex.
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex(&Sha256::digest(b))
+}
+
+/// sha256 of files' bytes, hex (one `sha256sum` for all of them, see [`external_sha256`]); a
+/// missing or unreadable file gives an `unreadable: …` string.
+pub fn sha256_files(paths: &[PathBuf]) -> Vec<String> {
+    let unreadable = |p: &Path| std::fs::metadata(p).err().map(|e| format!("unreadable: {e}"));
+    let present: Vec<&PathBuf> = paths.iter().filter(|p| unreadable(p).is_none()).collect();
+    let mut sums = std::collections::HashMap::new();
+    if external_sha256() && !present.is_empty() {
+        let o = Command::new("sha256sum").arg("-b").arg("--").args(&present).output().expect("run sha256sum");
+        // One line per file, in order: "HASH *PATH".
+        for (p, line) in present.iter().zip(String::from_utf8_lossy(&o.stdout).lines()) {
+            sums.insert((*p).clone(), line.split_whitespace().next().unwrap_or_default().to_string());
+        }
+    } else {
+        for p in present {
+            let mut h = Sha256::new();
+            let r = File::open(p).and_then(|mut f| std::io::copy(&mut f, &mut HashWriter(&mut h)));
+            sums.insert(p.clone(), r.map(|_| hex(&h.finalize())).unwrap_or_else(|e| format!("unreadable: {e}")));
+        }
+    }
+    paths
+        .iter()
+        .map(|p| unreadable(p).or_else(|| sums.get(p).cloned()).unwrap_or_else(|| "unreadable".into()))
+        .collect()
+}
+
+/// sha256 of one file's bytes, hex.
+pub fn sha256_file(path: &Path) -> String {
+    sha256_files(&[path.to_path_buf()]).remove(0)
+}
+
+/// Deterministic data: each 8-byte word is a hash of its byte offset and `seed`, so data written
+/// at one offset never equals data for another, and a misplaced block is always noticed. `offset`
+/// and `len` must be multiples of 8.
+pub fn pattern(offset: u64, len: usize, seed: u64) -> Vec<u8> {
+    assert!(offset.is_multiple_of(8) && len.is_multiple_of(8));
+    let mut v = vec![0u8; len];
+    for (i, c) in v.chunks_exact_mut(8).enumerate() {
+        let mut z = (offset / 8 + i as u64) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        c.copy_from_slice(&z.to_le_bytes());
+    }
+    v
+}
+
+/// SplitMix64, for seeded campaigns.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[0, n)` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    /// One element of a non-empty slice.
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Folders
+// ---------------------------------------------------------------------------------------------
+
+/// Every entry under `dir` (files, folders, links), as sorted paths relative to it; folders are
+/// listed with a trailing `/` and their content after them.
+pub fn listing(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, rel: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(base.join(rel)) else { return };
+        for e in rd.flatten() {
+            let r = rel.join(e.file_name());
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            out.push(format!("{}{}", r.display(), if is_dir { "/" } else { "" }));
+            if is_dir {
+                walk(base, &r, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, Path::new(""), &mut out);
+    out.sort();
+    out
+}
+
+/// `listing` with sizes, for failure reports.
+pub fn listing_with_sizes(dir: &Path) -> String {
+    listing(dir)
+        .iter()
+        .map(|n| match std::fs::symlink_metadata(dir.join(n)) {
+            Ok(m) if m.is_file() => format!("{n} ({} bytes)", m.len()),
+            _ => n.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Copies the content of `src` into the existing folder `dst`, keeping holes (`cp -a --sparse=always`).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg("--sparse=always")
+        .arg(format!("{}/.", src.display()))
+        .arg(dst)
+        .output()
+        .expect("run cp");
+    assert!(o.status.success(), "cp {} {}: {}", src.display(), dst.display(), String::from_utf8_lossy(&o.stderr));
+}
+
+/// sha256 of every file (recursively) under `dir`, with its relative path.
+pub fn hash_tree(dir: &Path) -> Vec<(String, String)> {
+    let names: Vec<String> = listing(dir).into_iter().filter(|n| !n.ends_with('/')).collect();
+    let sums = sha256_files(&names.iter().map(|n| dir.join(n)).collect::<Vec<_>>());
+    names.into_iter().zip(sums).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+/// Creates `disk` (`vmkfs -c`) of `cap` bytes in `format`.
+pub fn create_disk(dir: &Path, disk: &str, format: &str, cap: u64) {
+    vmkfs_ok(dir, &["-c", &cap.to_string(), "-d", format, disk]);
+}
+
+/// Writes `pattern(off, len, seed)` into `disk` at `off`; returns it.
+pub fn write_pattern(dir: &Path, disk: &str, off: u64, len: usize, seed: u64) -> Vec<u8> {
+    let data = pattern(off, len, seed);
+    write_at(dir, disk, off, &data);
+    data
+}
+
+/// A disk with a few MiB of patterned data: 3 MiB from 1 MiB and 64 KiB at `cap - 1 MiB` (for
+/// disks of 4 MiB or more), and 256 KiB of written zeros inside the data (which `-K` can punch).
+pub fn disk_with_data(dir: &Path, disk: &str, format: &str, cap: u64, seed: u64) {
+    create_disk(dir, disk, format, cap);
+    write_pattern(dir, disk, MIB, 3 * MIB as usize, seed);
+    write_pattern(dir, disk, cap - MIB, 64 * KIB as usize, seed);
+    write_at(dir, disk, 2 * MIB, &vec![0u8; 256 * KIB as usize]);
+}
+
+/// `vmkfs --snapshot DISK` (with `--legacy-redo`); returns the new link's path as printed.
+pub fn snapshot(dir: &Path, disk: &str, legacy: bool) -> String {
+    if legacy {
+        vmkfs_ok(dir, &["--snapshot", "--legacy-redo", disk])
+    } else {
+        vmkfs_ok(dir, &["--snapshot", disk])
+    }
+}
+
+/// Replaces the `CID=` line of a text descriptor file (a replica that kept its source's CID).
+pub fn set_descriptor_cid(path: &Path, cid: &str) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| if l.trim_start().to_ascii_lowercase().starts_with("cid=") { format!("CID={cid}") } else { l.into() })
+        .collect();
+    std::fs::write(path, out.join("\n") + "\n").unwrap();
+}
+
+/// Fields of a hosted sparse (`KDMV`) header, in the file's units (sectors).
+#[derive(Debug, Clone, Copy)]
+pub struct Kdmv {
+    pub version: u32,
+    pub flags: u32,
+    pub capacity: u64,
+    pub grain: u64,
+    pub desc_offset: u64,
+    pub desc_size: u64,
+    pub gtes_per_gt: u32,
+    pub rgd_offset: u64,
+    pub gd_offset: u64,
+    pub overhead: u64,
+}
+
+/// Byte offsets of the header fields (the layout of the format's `SparseExtentHeader`).
+pub mod kdmv_field {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 4;
+    pub const FLAGS: usize = 8;
+    pub const CAPACITY: usize = 12;
+    pub const GRAIN: usize = 20;
+    pub const DESC_OFFSET: usize = 28;
+    pub const DESC_SIZE: usize = 36;
+    pub const GTES_PER_GT: usize = 44;
+    pub const RGD_OFFSET: usize = 48;
+    pub const GD_OFFSET: usize = 56;
+    pub const OVERHEAD: usize = 64;
+    pub const UNCLEAN: usize = 72;
+    pub const COMPRESS: usize = 77;
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// Parses the header at the start of `bytes` (`None` without the `KDMV` magic).
+pub fn kdmv(bytes: &[u8]) -> Option<Kdmv> {
+    use kdmv_field as k;
+    if bytes.len() < 512 || &bytes[..4] != b"KDMV" {
+        return None;
+    }
+    Some(Kdmv {
+        version: le_u32(bytes, k::VERSION),
+        flags: le_u32(bytes, k::FLAGS),
+        capacity: le_u64(bytes, k::CAPACITY),
+        grain: le_u64(bytes, k::GRAIN),
+        desc_offset: le_u64(bytes, k::DESC_OFFSET),
+        desc_size: le_u64(bytes, k::DESC_SIZE),
+        gtes_per_gt: le_u32(bytes, k::GTES_PER_GT),
+        rgd_offset: le_u64(bytes, k::RGD_OFFSET),
+        gd_offset: le_u64(bytes, k::GD_OFFSET),
+        overhead: le_u64(bytes, k::OVERHEAD),
+    })
+}
+
+/// Zeroes the first non-zero entry of the first primary grain table of a hosted sparse file
+/// (leaving the redundant copy intact); returns the entry's byte offset and old value.
+pub fn zero_primary_gte(path: &Path) -> (u64, u32) {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut head = [0u8; 512];
+    f.read_exact_at(&mut head, 0).unwrap();
+    let h = kdmv(&head).unwrap_or_else(|| panic!("{} is not a hosted sparse file", path.display()));
+    let mut gde = [0u8; 4];
+    f.read_exact_at(&mut gde, h.gd_offset * 512).unwrap();
+    let gt = u32::from_le_bytes(gde) as u64 * 512;
+    let mut table = vec![0u8; h.gtes_per_gt as usize * 4];
+    f.read_exact_at(&mut table, gt).unwrap();
+    let i = (0..h.gtes_per_gt as usize)
+        .find(|&i| le_u32(&table, i * 4) > 1)
+        .unwrap_or_else(|| panic!("{}: the first grain table has no allocated grain", path.display()));
+    let at = gt + i as u64 * 4;
+    f.write_all_at(&[0; 4], at).unwrap();
+    f.sync_all().unwrap();
+    (at, le_u32(&table, i * 4))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running cases on worker threads
+// ---------------------------------------------------------------------------------------------
+
+/// `f` over `items` on `threads` worker threads (items are taken in order as workers free up);
+/// results in the order of `items`. `progress` is called after each item with (done, total).
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+    progress: impl Fn(usize, usize) + Sync,
+) -> Vec<R> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= items.len() {
+                    break;
+                }
+                let r = f(&items[i]);
+                results.lock().unwrap()[i] = Some(r);
+                progress(done.fetch_add(1, Ordering::SeqCst) + 1, items.len());
+            });
+        }
+    });
+    results.into_inner().unwrap().into_iter().map(|r| r.expect("every item ran")).collect()
+}
+
+/// An environment variable parsed as a number, or `default`.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// The cargo target folder (`target/`), from the binary's path (`target/<profile>/vmkfs`).
+pub fn target_dir() -> PathBuf {
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(t);
+    }
+    Path::new(bin()).parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("target"))
+}
