@@ -136,14 +136,19 @@ pub fn snapshot(path: &Path, opts: &OpenOptions, legacy: bool) -> Result<PathBuf
         }
         Shape::EsxDelta | Shape::Hosted => {
             let stem = base_stem(path);
-            let new = (1..1_000_000)
-                .map(|n| path.with_file_name(format!("{stem}-{n:06}.vmdk")))
-                .find(|p| {
-                    !storage.exists(p)
-                        && !storage
-                            .exists(&p.with_file_name(format!("{}-delta.vmdk", file_name(p).trim_end_matches(".vmdk"))))
-                })
-                .ok_or_else(|| RedoError::Refused { path: path.into(), why: "no free snapshot number".into() })?;
+            let mut new = None;
+            for n in 1..1_000_000 {
+                let p = path.with_file_name(format!("{stem}-{n:06}.vmdk"));
+                // A snapshot an interrupted run was making under this number is undone first.
+                vmdk::txn::settle(storage.as_ref(), &p)?;
+                let delta = p.with_file_name(format!("{}-delta.vmdk", file_name(&p).trim_end_matches(".vmdk")));
+                if !storage.exists(&p) && !storage.exists(&delta) {
+                    new = Some(p);
+                    break;
+                }
+            }
+            let new =
+                new.ok_or_else(|| RedoError::Refused { path: path.into(), why: "no free snapshot number".into() })?;
             let parent = Parent { hint: file_name(path), cid: d.cid };
             let mut copts = CreateOptions::new(DiskFormat::MonoSparse, cap);
             copts.storage = storage.clone();

@@ -55,6 +55,22 @@ impl Report {
 /// Checks (and with `repair`, repairs) the disk at `path`.
 pub fn check_disk(path: &Path, opts: &OpenOptions, repair: bool) -> Result<Report> {
     let mut report = Report::default();
+    // An interrupted operation is finished first (as by any command); one that only its own re-run
+    // can finish is the finding.
+    match crate::txn::settle(opts.storage.as_ref(), path) {
+        Err(Error::Interrupted { path: p, op, rerun }) => {
+            report.files.push(p.clone());
+            report.findings.push(Finding {
+                file: p,
+                offset: 0,
+                what: format!("an interrupted {op} has not finished: re-run `{rerun}` to complete it"),
+                repaired: None,
+            });
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
     let main = opts.storage.open(path, repair)?;
     let mut head = vec![0u8; main.len()?.min(4096) as usize];
     main.read_exact_at(&mut head, 0)?;

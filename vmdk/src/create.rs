@@ -400,15 +400,6 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     let storage = &opts.storage;
     let data_final: Vec<PathBuf> =
         (0..sizes.len()).map(|i| path.with_file_name(data_file_name(&stem, format, i))).collect();
-    let mut all_final = data_final.clone();
-    if format != DiskFormat::MonoSparse {
-        all_final.push(path.to_path_buf());
-    }
-    for f in &all_final {
-        if !opts.force && storage.exists(f) {
-            return Err(Error::Exists { path: f.clone() });
-        }
-    }
 
     let cid = opts.cid.filter(|c| *c != NO_CID).unwrap_or_else(|| new_cid(NO_CID));
     let create_type = match format {
@@ -654,11 +645,6 @@ pub fn create_delta(path: impl AsRef<Path>, capacity: u64, parent: &Parent, opts
     let stem = stem.strip_suffix(".vmdk").unwrap_or(&stem).to_string();
     let data_name = format!("{stem}-delta.vmdk");
     let data_final = path.with_file_name(&data_name);
-    for f in [&data_final, &path.to_path_buf()] {
-        if !opts.force && opts.storage.exists(f) {
-            return Err(Error::Exists { path: f.clone() });
-        }
-    }
     let cid = opts.cid.filter(|c| *c != NO_CID).unwrap_or_else(|| new_cid(NO_CID));
     let mut desc = Descriptor::new(CreateType::VmfsSparse, cid);
     desc.parent_cid = parent.cid;

@@ -89,9 +89,16 @@ pub enum Error {
     Locked {
         /// The locked file.
         path: PathBuf,
-        /// Who holds it: `process 1234 (vmkfs --write-at 0 x.vmdk)`, `another process`, or
-        /// `VMware (lock folder x.vmdk.lck)`.
+        /// Who holds it: `process 1234 (vmkfs --write-at 0 x.vmdk)`, or `another process`.
         holder: String,
+    },
+    /// A running VMware product has the file open: its lock folder `FILE.lck` exists.
+    #[error("{path}: in use by VMware (lock folder {}): a running virtual machine has the disk open", .folder.display(), path = .path.display())]
+    InUseByVmware {
+        /// The file.
+        path: PathBuf,
+        /// VMware's lock folder beside it.
+        folder: PathBuf,
     },
     /// An operation on this disk was interrupted in a phase that only re-running it can finish
     /// (its data was being copied in place); until then the disk is refused.

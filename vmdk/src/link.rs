@@ -537,8 +537,9 @@ impl Link {
             slots,
             capacity: start,
             writable: true,
-            keep_cid: false,
-            // A new disk already has a fresh CID; writes need not change it.
+            // A new disk has the CID its creator chose (a fresh one, or the content identity of the
+            // disk it is a copy of): filling it must not change that.
+            keep_cid: true,
             started: AtomicBool::new(false),
             start_lock: Mutex::new(()),
             closed: AtomicBool::new(false),
@@ -964,10 +965,8 @@ fn refuse_aliases(path: &Path, container: Container, uses: &[FileUse], opener: &
 fn check_vmware_lock(storage: &dyn Storage, file: &Path) -> Result<()> {
     let lck = txn::vmware_lock_folder(file);
     if storage.is_dir(&lck) {
-        return Err(Error::Locked {
-            path: file.into(),
-            holder: format!("VMware (lock folder {} exists: a running virtual machine has it open)", lck.display()),
-        });
+        let folder = lck.file_name().map(PathBuf::from).unwrap_or(lck);
+        return Err(Error::InUseByVmware { path: file.into(), folder });
     }
     Ok(())
 }

@@ -334,12 +334,12 @@ pub fn create_device_disk(path: impl AsRef<Path>, opts: &DeviceDiskOptions) -> R
     if path.file_name().is_none() {
         return Err(Error::InvalidArgument(format!("{} is not a file path", path.display())));
     }
+    let disk = NewDisk::begin(storage, path, opts.force)?;
     for f in &finals {
         if !opts.force && storage.exists(f) {
             return Err(Error::Exists { path: f.clone() });
         }
     }
-    let disk = NewDisk::begin(storage, path, opts.force)?;
     let (mapping, dev) =
         Mapping::for_device(&opts.device, opts.mode, if opts.write { OpenMode::Write } else { OpenMode::Read })?;
     let size = mapping.identity.size;

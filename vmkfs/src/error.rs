@@ -82,6 +82,7 @@ fn vmdk_code(e: &vmdk::Error) -> i32 {
     match e {
         vmdk::Error::InvalidArgument(_) | vmdk::Error::Exists { .. } => exit::USAGE,
         vmdk::Error::Locked { .. }
+        | vmdk::Error::InUseByVmware { .. }
         | vmdk::Error::Interrupted { .. }
         | vmdk::Error::HasChildren { .. }
         | vmdk::Error::Rdm(rdm::MappingError::Busy { .. }) => exit::LOCKED,

@@ -428,10 +428,21 @@ fn refused_with_rerun(o: &Outcome) -> bool {
     o.code() == Some(5) && o.text().contains("re-run")
 }
 
+/// The state of one disk as vmkfs sees it. The first command after a kill finishes (or undoes) the
+/// interrupted operation, so a disk present before that command may be gone after it: absent then.
 fn disk_state(dir: &Path, d: &Disk) -> DiskState {
-    if std::fs::symlink_metadata(dir.join(&d.path)).is_err() {
+    let gone = || std::fs::symlink_metadata(dir.join(&d.path)).is_err();
+    if gone() {
         return DiskState::Absent;
     }
+    let s = disk_state_of_present(dir, d);
+    if matches!(s, DiskState::Broken(_)) && gone() {
+        return DiskState::Absent;
+    }
+    s
+}
+
+fn disk_state_of_present(dir: &Path, d: &Disk) -> DiskState {
     if let Some((reference, content)) = &d.reference {
         let o = vm(dir, &["--compare", &d.path, reference]);
         return match o.code() {

@@ -114,7 +114,14 @@ impl NewFiles {
         steps.extend(extra);
         match self.intent.take() {
             Some(mut intent) => {
-                intent.set_steps(steps)?;
+                // A new disk (nothing replaced, nothing else changed) is undone if interrupted before
+                // it becomes visible; anything else is finished.
+                if !self.force && self.replaced.is_empty() && steps.iter().all(|s| matches!(s, Step::RenameNew { .. }))
+                {
+                    intent.set_creation_steps(steps)?;
+                } else {
+                    intent.set_steps(steps)?;
+                }
                 self.files.clear();
                 intent.finish()
             }

@@ -160,6 +160,12 @@ pub struct Record {
     pub steps: Vec<Step>,
     /// Every copy of this record (one per folder the operation touches).
     pub copies: Vec<PathBuf>,
+    /// A creation that is undone rather than finished when interrupted before its last step (the
+    /// rename that makes the new disk visible under its name): every step is a
+    /// [`Step::RenameNew`] of a new file, so undoing removes exactly what it made, and the disk
+    /// reads as before — absent — so re-running the creation simply starts again.
+    #[serde(default)]
+    pub undo_unless_last: bool,
 }
 
 impl Record {
@@ -292,7 +298,15 @@ impl Intent {
             }
         }
         let copies: Vec<PathBuf> = dirs.iter().map(|d| record_path(d, &primary)).collect();
-        let record = Record { op: op.into(), pid: std::process::id(), disks: all, rerun, steps: Vec::new(), copies };
+        let record = Record {
+            op: op.into(),
+            pid: std::process::id(),
+            disks: all,
+            rerun,
+            steps: Vec::new(),
+            copies,
+            undo_unless_last: false,
+        };
         let mut intent = Intent { storage: storage.clone(), record, locks: Vec::new(), finished: false };
         for c in intent.record.copies.clone() {
             let lock = intent.write_copy(&c, true)?;
@@ -342,6 +356,17 @@ impl Intent {
         self.rewrite()
     }
 
+    /// Records the steps of a creation: only [`Step::RenameNew`]s of new files, the one that makes
+    /// the disk visible last. Interrupted before that last one, the creation is undone by whoever
+    /// comes next (see [`Record::undo_unless_last`]); after it, finished.
+    pub fn set_creation_steps(&mut self, steps: Vec<Step>) -> Result<()> {
+        if !steps.iter().all(|s| matches!(s, Step::RenameNew { .. })) {
+            return Err(Error::InvalidArgument("a creation's steps must all be no-replace renames".into()));
+        }
+        self.record.undo_unless_last = true;
+        self.set_steps(steps)
+    }
+
     /// Enters (or re-enters) a data phase finished only by re-running `rerun`.
     pub fn set_rerun(&mut self, rerun: Vec<String>) -> Result<()> {
         self.record.rerun = Some(rerun);
@@ -365,7 +390,7 @@ impl Intent {
                 self.record.op
             )));
         }
-        replay(self.storage.as_ref(), &self.record, &self.record.copies[0])?;
+        replay(self.storage.as_ref(), &self.record, &self.record.copies[0], false)?;
         self.finished = true;
         own(&self.record.copies, false);
         Ok(())
@@ -405,8 +430,17 @@ fn remove_copies(storage: &dyn Storage, record: &Record) -> Result<()> {
     Ok(())
 }
 
-/// Makes every step of `record` (found at `at`), syncs the folders involved, removes the copies.
-fn replay(storage: &dyn Storage, record: &Record, at: &Path) -> Result<()> {
+/// Makes every step of `record` (found at `at`) — or, when `recovering` from an interruption,
+/// undoes a creation interrupted before its last step — syncs the folders involved, removes the
+/// copies.
+fn replay(storage: &dyn Storage, record: &Record, at: &Path, recovering: bool) -> Result<()> {
+    if recovering && record.undo_unless_last {
+        if let Some(Step::RenameNew { from, .. }) = record.steps.last() {
+            if storage.exists(from) {
+                return undo_creation(storage, record);
+            }
+        }
+    }
     let mut dirs: Vec<PathBuf> = Vec::new();
     for s in &record.steps {
         s.replay(storage, at)?;
@@ -421,6 +455,22 @@ fn replay(storage: &dyn Storage, record: &Record, at: &Path) -> Result<()> {
     }
     for d in &dirs {
         storage.sync_dir(d)?;
+    }
+    remove_copies(storage, record)
+}
+
+/// Undoes a creation interrupted before its last step: removes every new file, under whichever name
+/// it has, then the record.
+fn undo_creation(storage: &dyn Storage, record: &Record) -> Result<()> {
+    for s in &record.steps {
+        if let Step::RenameNew { from, to } = s {
+            if storage.exists(from) {
+                storage.remove(from)?;
+            } else if storage.exists(to) {
+                storage.remove(to)?;
+            }
+            storage.sync_dir(folder(to))?;
+        }
     }
     remove_copies(storage, record)
 }
@@ -485,7 +535,7 @@ pub fn settle(storage: &dyn Storage, path: &Path) -> Result<()> {
         if let Some(rerun) = rec.rerun_text() {
             return Err(Error::Interrupted { path: path.into(), op: rec.op.clone(), rerun });
         }
-        replay(storage, &rec, &rp)?;
+        replay(storage, &rec, &rp, true)?;
         drop(lock);
     }
     let keep: Vec<PathBuf> = keep.into_iter().collect();
@@ -538,6 +588,7 @@ mod tests {
             rerun: Some(vec!["vmkfs".into(), "-m".into(), "/a/x y.vmdk".into()]),
             steps: vec![Step::Remove { path: "/a/x.vmdk".into() }, Step::write("/a/p.vmdk", 512, b"CID")],
             copies: vec!["/a/.x.vmdk.vmkfs-intent".into()],
+            undo_unless_last: false,
         };
         let raw = r.encode();
         assert_eq!(Record::decode(&raw, Path::new("i")).unwrap(), r);
@@ -576,6 +627,42 @@ mod tests {
         assert_eq!(left, vec![std::ffi::OsString::from("d.vmdk")]);
         // Replaying again changes nothing.
         settle(st.as_ref(), &disk).unwrap();
+    }
+
+    #[test]
+    fn a_creation_interrupted_before_its_last_rename_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = HostStorage::shared();
+        let (disk, ext) = (dir.path().join("d.vmdk"), dir.path().join("d-flat.vmdk"));
+        let (td, te) = (temp_name(&disk), temp_name(&ext));
+        std::fs::write(&td, b"descriptor").unwrap();
+        std::fs::write(&te, b"extent").unwrap();
+        let mut i = Intent::begin(&st, &disk, "create", &[], None).unwrap();
+        i.set_creation_steps(vec![
+            Step::RenameNew { from: te.clone(), to: ext.clone() },
+            Step::RenameNew { from: td.clone(), to: disk.clone() },
+        ])
+        .unwrap();
+        // Killed after the extent's rename, before the descriptor's.
+        std::fs::rename(&te, &ext).unwrap();
+        drop(i);
+        settle(st.as_ref(), &disk).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+        // Past the last rename it is finished instead.
+        std::fs::write(&td, b"descriptor").unwrap();
+        std::fs::write(&te, b"extent").unwrap();
+        let mut i = Intent::begin(&st, &disk, "create", &[], None).unwrap();
+        i.set_creation_steps(vec![
+            Step::RenameNew { from: te.clone(), to: ext.clone() },
+            Step::RenameNew { from: td.clone(), to: disk.clone() },
+        ])
+        .unwrap();
+        std::fs::rename(&td, &disk).unwrap();
+        drop(i);
+        settle(st.as_ref(), &disk).unwrap();
+        assert_eq!(std::fs::read(&disk).unwrap(), b"descriptor");
+        assert_eq!(std::fs::read(&ext).unwrap(), b"extent");
     }
 
     #[test]
