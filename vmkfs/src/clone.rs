@@ -115,6 +115,7 @@ impl Destination {
     /// Creates the destination described by `copts` at `dst` (removing stale temporaries of killed
     /// runs first). `level` is the zlib level of a streamOptimized destination.
     pub fn create(dst: &Path, copts: &CreateOptions, level: u32) -> Result<Destination> {
+        vmdk::descriptor::check_capacity(dst, copts.format, copts.capacity, copts.split_sectors)?;
         vmdk::create::remove_stale_temps(&vmdk::create::planned_files(
             dst,
             copts.format,
