@@ -10,7 +10,7 @@ use vmkfs::error::{exit, Error, Result};
 use vmkfs::rdm::Mode;
 use vmkfs::rdm_ops::{create_mapping, query, DeviceTarget, RdmInfo};
 
-use crate::{disk, open_options, target, Cli};
+use crate::{disk, open_options, out, target, Cli};
 
 /// Raw device mapping operations.
 #[derive(Args, Debug)]
@@ -77,17 +77,14 @@ fn run_inner(cli: &Cli) -> Result<i32> {
 fn run_create(cli: &Cli, dev: &Path, map: &Path, mode: Mode) -> Result<i32> {
     let report = create_mapping(dev, map, mode, disk::adapter(cli)?, cli.common.force)?;
     if cli.common.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "event": "created",
-                "path": report.path,
-                "mode": mode.name(),
-                "device": report.mapping.device_path,
-                "capacity": report.capacity,
-                "files": report.files,
-            })
-        );
+        out::line(serde_json::json!({
+            "event": "created",
+            "path": report.path,
+            "mode": mode.name(),
+            "device": report.mapping.device_path,
+            "capacity": report.capacity,
+            "files": report.files,
+        }));
     }
     Ok(exit::OK)
 }
@@ -112,50 +109,52 @@ fn utc(secs: u64) -> String {
 fn print_query(i: &RdmInfo) {
     let p = i.path.display();
     match i.mode.as_str() {
-        "virtual" => println!("Disk {p} is a Non-passthrough Raw Device Mapping"),
-        "physical" => println!("Disk {p} is a Passthrough Raw Device Mapping"),
-        _ => println!("Disk {p} is a Passthrough Raw Device (vmfsRaw)"),
+        "virtual" => out::line(format_args!("Disk {p} is a Non-passthrough Raw Device Mapping")),
+        "physical" => out::line(format_args!("Disk {p} is a Passthrough Raw Device Mapping")),
+        _ => out::line(format_args!("Disk {p} is a Passthrough Raw Device (vmfsRaw)")),
     }
-    println!("Maps to: {}", i.maps_to.display());
+    out::line(format_args!("Maps to: {}", i.maps_to.display()));
     if let Some(m) = &i.mapping_file {
-        println!("Mapping file: {}", m.display());
+        out::line(format_args!("Mapping file: {}", m.display()));
     }
     if let Some(c) = i.capacity {
-        println!("Capacity: {c} bytes");
+        out::line(format_args!("Capacity: {c} bytes"));
     }
     if let Some(id) = &i.identity {
-        println!("Device: {}, {} bytes", id.kind, id.size);
+        out::line(format_args!("Device: {}, {} bytes", id.kind, id.size));
         if let Some(w) = &id.wwid {
-            println!("WWID: {w}");
+            out::line(format_args!("WWID: {w}"));
         }
         if let Some(s) = &id.serial {
-            println!("Serial: {s}");
+            out::line(format_args!("Serial: {s}"));
         }
         for n in &id.by_id {
-            println!("By-id: /dev/disk/by-id/{n}");
+            out::line(format_args!("By-id: /dev/disk/by-id/{n}"));
         }
         if let Some(l) = &id.loop_backing {
-            println!("Loop backing file: {l}");
+            out::line(format_args!("Loop backing file: {l}"));
         }
         if let Some(n) = id.partition {
-            println!("Partition: {n}");
+            out::line(format_args!("Partition: {n}"));
         }
         if let Some(c) = &id.canonical_path {
-            println!("Canonical path: {c}");
+            out::line(format_args!("Canonical path: {c}"));
         }
         let weak = id.wwid.is_none() && id.serial.is_none() && id.by_id.is_empty() && id.loop_backing.is_none();
         if weak && id.kind == "block device" {
-            println!("Identity: path and size only (the device shows no WWID, serial or by-id name)");
+            out::line(format_args!("Identity: path and size only (the device shows no WWID, serial or by-id name)"));
         }
     }
     if let Some(c) = i.created {
-        println!("Created: {}", utc(c));
+        out::line(format_args!("Created: {}", utc(c)));
     }
     match (&i.found_at, &i.problem) {
-        (Some(f), _) => {
-            println!("Status: device found at {} (by {})", f.display(), i.found_by.as_deref().unwrap_or("path"))
-        }
-        (None, Some(e)) => println!("Status: {e}"),
+        (Some(f), _) => out::line(format_args!(
+            "Status: device found at {} (by {})",
+            f.display(),
+            i.found_by.as_deref().unwrap_or("path")
+        )),
+        (None, Some(e)) => out::line(format_args!("Status: {e}")),
         (None, None) => {}
     }
 }
@@ -163,9 +162,9 @@ fn print_query(i: &RdmInfo) {
 fn run_query(cli: &Cli, path: &Path) -> Result<i32> {
     let Some(info) = query(path, &open_options(cli))? else {
         if cli.common.json {
-            println!("{}", serde_json::json!({"path": path, "rdm": false}));
+            out::line(serde_json::json!({"path": path, "rdm": false}));
         } else {
-            println!("Disk {} is not a Raw Device Mapping", path.display());
+            out::line(format_args!("Disk {} is not a Raw Device Mapping", path.display()));
         }
         return Ok(exit::NEGATIVE);
     };
@@ -174,7 +173,7 @@ fn run_query(cli: &Cli, path: &Path) -> Result<i32> {
         if let Some(o) = v.as_object_mut() {
             o.insert("rdm".into(), serde_json::Value::Bool(true));
         }
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        out::json_pretty(&v);
     } else {
         print_query(&info);
     }

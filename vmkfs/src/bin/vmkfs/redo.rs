@@ -1,13 +1,13 @@
 //! REDO chains: `--snapshot`, `-m/--commit`, `--discard`, `--chain`, `--changed-blocks`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
 use vmkfs::error::{exit, Result};
 use vmkfs::redo::changemap::DEFAULT_BLOCK;
 
-use crate::{open_options, parse_offset, target, Cli};
+use crate::{open_options, out, parse_offset, target, Cli};
 
 /// REDO-chain operations.
 #[derive(Args, Debug)]
@@ -74,9 +74,9 @@ fn run_inner(cli: &Cli) -> Result<i32> {
     if r.snapshot {
         let new = vmkfs::redo::snapshot(disk, &opts, r.legacy_redo)?;
         if json {
-            println!("{}", serde_json::json!({"event": "snapshot", "link": new, "parent": disk}));
+            out::line(serde_json::json!({"event": "snapshot", "link": new, "parent": disk}));
         } else {
-            println!("{}", new.display());
+            out::line(new.display());
         }
         return Ok(exit::OK);
     }
@@ -93,9 +93,9 @@ fn run_inner(cli: &Cli) -> Result<i32> {
             Some(crate::disk::install_interrupt_handler()),
         )?;
         if json {
-            println!("{}", serde_json::json!({"event": "exported", "delta": out, "since": since}));
+            out::line(serde_json::json!({"event": "exported", "delta": out, "since": since}));
         } else {
-            println!("{}", out.display());
+            out::line(out.display());
         }
         return Ok(exit::OK);
     }
@@ -110,9 +110,9 @@ fn run_inner(cli: &Cli) -> Result<i32> {
             Some(crate::disk::install_interrupt_handler()),
         )?;
         if json {
-            println!("{}", serde_json::json!({"event": "applied", "replica": disk, "cid": format!("{cid:08x}")}));
+            out::line(serde_json::json!({"event": "applied", "replica": disk, "cid": format!("{cid:08x}")}));
         } else {
-            println!("Applied '{}' to '{}'.", delta.display(), disk.display());
+            out::line(format_args!("Applied '{}' to '{}'.", delta.display(), disk.display()));
         }
         return Ok(exit::OK);
     }
@@ -124,36 +124,31 @@ fn run_inner(cli: &Cli) -> Result<i32> {
             if pct != last {
                 last = pct;
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"event": "progress", "done": done, "total": total, "percent": pct})
-                    );
+                    out::line(serde_json::json!({"event": "progress", "done": done, "total": total, "percent": pct}));
                 } else if tty {
-                    print!("\rCommit: {pct}% done.");
+                    out::text(format_args!("\rCommit: {pct}% done."));
                 } else {
-                    println!("Commit: {pct}% done.");
+                    out::line(format_args!("Commit: {pct}% done."));
                 }
-                let _ = std::io::stdout().flush();
             }
         };
         let rep = vmkfs::redo_ops::commit(disk, &opts, &mut progress, Some(crate::disk::install_interrupt_handler()))?;
         if tty {
-            println!();
+            out::line("");
         }
         if json {
-            println!(
-                "{}",
-                serde_json::json!({"event": "committed", "parent": rep.parent, "children": rep.children, "removed": rep.removed, "cid": format!("{:08x}", rep.cid)})
+            out::line(
+                serde_json::json!({"event": "committed", "parent": rep.parent, "children": rep.children, "removed": rep.removed, "cid": format!("{:08x}", rep.cid)}),
             );
         } else {
-            println!("Committed '{}' into '{}'.", disk.display(), rep.parent.display());
+            out::line(format_args!("Committed '{}' into '{}'.", disk.display(), rep.parent.display()));
         }
         return Ok(exit::OK);
     }
     if r.discard {
         let files = vmkfs::redo::discard(disk, &opts)?;
         if json {
-            println!("{}", serde_json::json!({"event": "discarded", "files": files}));
+            out::line(serde_json::json!({"event": "discarded", "files": files}));
         }
         return Ok(exit::OK);
     }
@@ -161,17 +156,17 @@ fn run_inner(cli: &Cli) -> Result<i32> {
         let rep = vmkfs::redo::diagnose(disk, &opts);
         let broken = rep.iter().any(|l| l.status != "ok");
         if json {
-            println!("{}", serde_json::json!({"links": rep, "ok": !broken}));
+            out::line(serde_json::json!({"links": rep, "ok": !broken}));
         } else {
             for (i, l) in rep.iter().enumerate() {
-                println!(
+                out::line(format_args!(
                     "{i}: {} [{}] CID {} parentCID {} {}",
                     l.path.display(),
                     l.format,
                     l.cid,
                     l.parent_cid,
                     if l.status == "ok" { "ok".to_string() } else { format!("BROKEN: {}", l.status) }
-                );
+                ));
             }
         }
         return Ok(if broken { exit::NEGATIVE } else { exit::OK });
@@ -186,10 +181,10 @@ fn run_inner(cli: &Cli) -> Result<i32> {
     }
     if json {
         let ranges: Vec<_> = m.ranges().map(|(s, l)| serde_json::json!({"start": s, "length": l})).collect();
-        println!("{}", serde_json::json!({"block": block, "changed": m.changed_bytes(), "ranges": ranges}));
+        out::line(serde_json::json!({"block": block, "changed": m.changed_bytes(), "ranges": ranges}));
     } else {
         for (s, l) in m.ranges() {
-            println!("{s} {l}");
+            out::line(format_args!("{s} {l}"));
         }
     }
     Ok(exit::OK)
