@@ -8,12 +8,13 @@ use vmkfs::clone::{clone_disk, CloneOptions};
 use vmkfs::error::{exit, Error, Result};
 use vmkfs::info::{info, DiskInfo};
 use vmkfs::ops::Comparison;
-use vmkfs::size::{parse_size, range_end};
+use vmkfs::size::{parse_bytes, parse_size, range_end};
 use vmkfs::vmdk::create::{create, Adapter, CreateOptions, DiskFormat};
 use vmkfs::vmdk::{OpenOptions, State};
 
+use crate::out::outln;
 use crate::progress::Messages;
-use crate::{human, open_options, out, parse_offset, rw_options, target, Cli};
+use crate::{human, open_options, out, rw_options, target, Cli};
 
 /// Disk operations.
 #[derive(Args, Debug)]
@@ -145,7 +146,7 @@ fn run_create(cli: &Cli, size: &str) -> Result<i32> {
     }
     opts.force = cli.common.force;
     if format == DiskFormat::EagerZeroedThick && !cli.common.json {
-        out::line(format_args!("Creating disk '{}' and zeroing it out...", path.display()));
+        outln!("Creating disk '{}' and zeroing it out...", path.display());
     }
     let new = create(path, &opts)?;
     let files = new.final_paths();
@@ -212,20 +213,20 @@ pub fn install_interrupt_handler() -> &'static std::sync::atomic::AtomicBool {
 }
 
 fn print_info(i: &DiskInfo) {
-    out::line(format_args!("Disk: {}", i.path.display()));
-    out::line(format_args!("Format: {}{}", i.format, if i.thin_provisioned { " (thin provisioned)" } else { "" }));
-    out::line(format_args!("Capacity: {} bytes ({})", i.capacity, human(i.capacity)));
-    out::line(format_args!("Allocated: {} bytes ({})", i.allocated, human(i.allocated)));
-    out::line(format_args!("CID: {}  parentCID: {}", i.cid, i.parent_cid));
+    outln!("Disk: {}", i.path.display());
+    outln!("Format: {}{}", i.format, if i.thin_provisioned { " (thin provisioned)" } else { "" });
+    outln!("Capacity: {} bytes ({})", i.capacity, human(i.capacity));
+    outln!("Allocated: {} bytes ({})", i.allocated, human(i.allocated));
+    outln!("CID: {}  parentCID: {}", i.cid, i.parent_cid);
     if let Some(p) = &i.parent {
-        out::line(format_args!("Parent: {p}"));
+        outln!("Parent: {p}");
     }
-    out::line(format_args!("Chain depth: {}", i.chain_depth));
+    outln!("Chain depth: {}", i.chain_depth);
     if let Some(a) = &i.adapter {
-        out::line(format_args!("Adapter: {a}"));
+        outln!("Adapter: {a}");
     }
     if let Some(g) = &i.geometry {
-        out::line(format_args!("Geometry: {}/{}/{}", g.cylinders, g.heads, g.sectors));
+        outln!("Geometry: {}/{}/{}", g.cylinders, g.heads, g.sectors);
     }
     if i.unclean {
         out::line("Warning: the disk was not closed cleanly (unclean-shutdown flag set)");
@@ -235,7 +236,7 @@ fn print_info(i: &DiskInfo) {
         let file = e.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "-".into());
         let grain = e.grain.map(|g| format!(" grain {}", human(g))).unwrap_or_default();
         let ver = e.version.map(|v| format!(" v{v}")).unwrap_or_default();
-        out::line(format_args!("  {:<10} {:>14} {}{}{}", e.kind, e.size, file, grain, ver));
+        outln!("  {:<10} {:>14} {}{}{}", e.kind, e.size, file, grain, ver);
     }
 }
 
@@ -256,7 +257,7 @@ fn run_geometry(cli: &Cli) -> Result<i32> {
     if cli.common.json {
         out::line(serde_json::json!({"cylinders": g.cylinders, "heads": g.heads, "sectors": g.sectors}));
     } else {
-        out::line(format_args!("Geometry information C/H/S is {}/{}/{}", g.cylinders, g.heads, g.sectors));
+        outln!("Geometry information C/H/S is {}/{}/{}", g.cylinders, g.heads, g.sectors);
     }
     Ok(exit::OK)
 }
@@ -298,7 +299,7 @@ fn run_op(cli: &Cli) -> Result<i32> {
         if cli.common.json {
             out::line(serde_json::json!({"event": "punched", "freed": freed}));
         } else {
-            out::line(format_args!("Punched {freed} bytes of zeros."));
+            outln!("Punched {freed} bytes of zeros.");
         }
         return Ok(exit::OK);
     }
@@ -331,9 +332,9 @@ fn run_op(cli: &Cli) -> Result<i32> {
             for f in &report.findings {
                 match &f.repaired {
                     Some(r) => {
-                        out::line(format_args!("{}: offset {}: {} (repaired: {r})", f.file.display(), f.offset, f.what))
+                        outln!("{}: offset {}: {} (repaired: {r})", f.file.display(), f.offset, f.what)
                     }
-                    None => out::line(format_args!("{}: offset {}: {}", f.file.display(), f.offset, f.what)),
+                    None => outln!("{}: offset {}: {}", f.file.display(), f.offset, f.what),
                 }
             }
             if report.is_clean() {
@@ -341,7 +342,7 @@ fn run_op(cli: &Cli) -> Result<i32> {
             } else if repair && report.unrepaired() == 0 {
                 out::line("Disk was successfully repaired");
             } else {
-                out::line(format_args!("Disk has {} problem(s)", report.unrepaired().max(report.findings.len())));
+                outln!("Disk has {} problem(s)", report.unrepaired().max(report.findings.len()));
             }
         }
         let bad = if repair { report.unrepaired() > 0 } else { !report.is_clean() };
@@ -387,7 +388,7 @@ fn run_map(cli: &Cli, disk: &Path, opts: &OpenOptions) -> Result<i32> {
                     State::Zero => "zero",
                     State::Absent => "absent",
                 };
-                out::line(format_args!("{:>16} {:>16} {:<6} depth {}", r.offset, r.len, what, r.depth));
+                outln!("{:>16} {:>16} {:<6} depth {}", r.offset, r.len, what, r.depth);
             }
             first = false;
         }
@@ -417,11 +418,7 @@ fn run_compare(cli: &Cli, a: &Path, b: &Path, opts: &OpenOptions) -> Result<i32>
                     serde_json::json!({"identical": false, "reason": "capacity", "a": a, "b": b, "capacity_a": ca, "capacity_b": cb}),
                 );
             } else {
-                out::line(format_args!(
-                    "Capacity mismatch: {} is {ca} bytes, {} is {cb} bytes.",
-                    a.display(),
-                    b.display()
-                ));
+                outln!("Capacity mismatch: {} is {ca} bytes, {} is {cb} bytes.", a.display(), b.display());
             }
             Ok(exit::NEGATIVE)
         }
@@ -429,7 +426,7 @@ fn run_compare(cli: &Cli, a: &Path, b: &Path, opts: &OpenOptions) -> Result<i32>
             if json {
                 out::line(serde_json::json!({"identical": false, "reason": "content", "first_difference": offset}));
             } else {
-                out::line(format_args!("Content mismatch at offset {offset}!"));
+                outln!("Content mismatch at offset {offset}!");
             }
             Ok(exit::NEGATIVE)
         }
@@ -439,8 +436,8 @@ fn run_compare(cli: &Cli, a: &Path, b: &Path, opts: &OpenOptions) -> Result<i32>
 /// `--read-at OFF [--length LEN]`: the bytes to standard output. The range is checked against the
 /// capacity before anything is read; a reader that goes away stops the transfer (exit 4).
 fn run_read_at(cli: &Cli, disk: &Path, off: &str, opts: &OpenOptions) -> Result<i32> {
-    let off = parse_offset(off)?;
-    let len = cli.disk.length.as_deref().map(parse_offset).transpose()?;
+    let off = parse_bytes(off, "offset")?;
+    let len = cli.disk.length.as_deref().map(|l| parse_bytes(l, "length")).transpose()?;
     if let Some(len) = len {
         range_end(off, len, u64::MAX)?; // an overflow is refused before the disk is opened
     }
@@ -462,7 +459,7 @@ fn run_read_at(cli: &Cli, disk: &Path, off: &str, opts: &OpenOptions) -> Result<
 /// `--write-at OFF`: standard input into the disk (its top link) from OFF. Input that would run
 /// past the end of the disk is refused before that piece is written.
 fn run_write_at(cli: &Cli, disk: &Path, off: &str) -> Result<i32> {
-    let off = parse_offset(off)?;
+    let off = parse_bytes(off, "offset")?;
     let chain = vmkfs::redo::Chain::open(disk, &rw_options(cli))?;
     let cap = chain.capacity();
     range_end(off, 0, cap)?;

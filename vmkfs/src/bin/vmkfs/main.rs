@@ -166,11 +166,6 @@ fn report(cli: &Cli, e: &Error, words: impl FnOnce(&str) -> String) -> i32 {
     e.exit_code()
 }
 
-/// Parses a byte offset or length (`N`, `Nk`, `Nm`, `Ng`, `Nt`; any multiple).
-pub fn parse_offset(s: &str) -> Result<u64> {
-    vmkfs::size::parse_bytes(s, "offset")
-}
-
 /// A byte count for people.
 pub fn human(n: u64) -> String {
     const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -20,6 +20,14 @@ static CLOSED: AtomicBool = AtomicBool::new(false);
 /// The first failure writing standard output that was not its reader going away.
 static FAILURE: Mutex<Option<io::Error>> = Mutex::new(None);
 
+/// `println!` through [`line`]: `outln!("Clone: {pct}% done.")`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::out::line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
 /// Prints a line on standard output (and flushes it, so progress shows as it happens).
 pub fn line(s: impl Display) {
     write_out(format_args!("{s}\n"));

@@ -10,6 +10,7 @@ use vmkfs::error::{exit, Error, Result};
 use vmkfs::rdm::Mode;
 use vmkfs::rdm_ops::{create_mapping, query, DeviceTarget, RdmInfo};
 
+use crate::out::outln;
 use crate::{disk, open_options, out, target, Cli};
 
 /// Raw device mapping operations.
@@ -109,52 +110,50 @@ fn utc(secs: u64) -> String {
 fn print_query(i: &RdmInfo) {
     let p = i.path.display();
     match i.mode.as_str() {
-        "virtual" => out::line(format_args!("Disk {p} is a Non-passthrough Raw Device Mapping")),
-        "physical" => out::line(format_args!("Disk {p} is a Passthrough Raw Device Mapping")),
-        _ => out::line(format_args!("Disk {p} is a Passthrough Raw Device (vmfsRaw)")),
+        "virtual" => outln!("Disk {p} is a Non-passthrough Raw Device Mapping"),
+        "physical" => outln!("Disk {p} is a Passthrough Raw Device Mapping"),
+        _ => outln!("Disk {p} is a Passthrough Raw Device (vmfsRaw)"),
     }
-    out::line(format_args!("Maps to: {}", i.maps_to.display()));
+    outln!("Maps to: {}", i.maps_to.display());
     if let Some(m) = &i.mapping_file {
-        out::line(format_args!("Mapping file: {}", m.display()));
+        outln!("Mapping file: {}", m.display());
     }
     if let Some(c) = i.capacity {
-        out::line(format_args!("Capacity: {c} bytes"));
+        outln!("Capacity: {c} bytes");
     }
     if let Some(id) = &i.identity {
-        out::line(format_args!("Device: {}, {} bytes", id.kind, id.size));
+        outln!("Device: {}, {} bytes", id.kind, id.size);
         if let Some(w) = &id.wwid {
-            out::line(format_args!("WWID: {w}"));
+            outln!("WWID: {w}");
         }
         if let Some(s) = &id.serial {
-            out::line(format_args!("Serial: {s}"));
+            outln!("Serial: {s}");
         }
         for n in &id.by_id {
-            out::line(format_args!("By-id: /dev/disk/by-id/{n}"));
+            outln!("By-id: /dev/disk/by-id/{n}");
         }
         if let Some(l) = &id.loop_backing {
-            out::line(format_args!("Loop backing file: {l}"));
+            outln!("Loop backing file: {l}");
         }
         if let Some(n) = id.partition {
-            out::line(format_args!("Partition: {n}"));
+            outln!("Partition: {n}");
         }
         if let Some(c) = &id.canonical_path {
-            out::line(format_args!("Canonical path: {c}"));
+            outln!("Canonical path: {c}");
         }
         let weak = id.wwid.is_none() && id.serial.is_none() && id.by_id.is_empty() && id.loop_backing.is_none();
         if weak && id.kind == "block device" {
-            out::line(format_args!("Identity: path and size only (the device shows no WWID, serial or by-id name)"));
+            outln!("Identity: path and size only (the device shows no WWID, serial or by-id name)");
         }
     }
     if let Some(c) = i.created {
-        out::line(format_args!("Created: {}", utc(c)));
+        outln!("Created: {}", utc(c));
     }
     match (&i.found_at, &i.problem) {
-        (Some(f), _) => out::line(format_args!(
-            "Status: device found at {} (by {})",
-            f.display(),
-            i.found_by.as_deref().unwrap_or("path")
-        )),
-        (None, Some(e)) => out::line(format_args!("Status: {e}")),
+        (Some(f), _) => {
+            outln!("Status: device found at {} (by {})", f.display(), i.found_by.as_deref().unwrap_or("path"))
+        }
+        (None, Some(e)) => outln!("Status: {e}"),
         (None, None) => {}
     }
 }
@@ -164,7 +163,7 @@ fn run_query(cli: &Cli, path: &Path) -> Result<i32> {
         if cli.common.json {
             out::line(serde_json::json!({"path": path, "rdm": false}));
         } else {
-            out::line(format_args!("Disk {} is not a Raw Device Mapping", path.display()));
+            outln!("Disk {} is not a Raw Device Mapping", path.display());
         }
         return Ok(exit::NEGATIVE);
     };

@@ -7,7 +7,8 @@ use clap::Args;
 use vmkfs::error::{exit, Result};
 use vmkfs::redo::changemap::DEFAULT_BLOCK;
 
-use crate::{open_options, out, parse_offset, target, Cli};
+use crate::out::outln;
+use crate::{open_options, out, target, Cli};
 
 /// REDO-chain operations.
 #[derive(Args, Debug)]
@@ -112,7 +113,7 @@ fn run_inner(cli: &Cli) -> Result<i32> {
         if json {
             out::line(serde_json::json!({"event": "applied", "replica": disk, "cid": format!("{cid:08x}")}));
         } else {
-            out::line(format_args!("Applied '{}' to '{}'.", delta.display(), disk.display()));
+            outln!("Applied '{}' to '{}'.", delta.display(), disk.display());
         }
         return Ok(exit::OK);
     }
@@ -128,7 +129,7 @@ fn run_inner(cli: &Cli) -> Result<i32> {
                 } else if tty {
                     out::text(format_args!("\rCommit: {pct}% done."));
                 } else {
-                    out::line(format_args!("Commit: {pct}% done."));
+                    outln!("Commit: {pct}% done.");
                 }
             }
         };
@@ -141,7 +142,7 @@ fn run_inner(cli: &Cli) -> Result<i32> {
                 serde_json::json!({"event": "committed", "parent": rep.parent, "children": rep.children, "removed": rep.removed, "cid": format!("{:08x}", rep.cid)}),
             );
         } else {
-            out::line(format_args!("Committed '{}' into '{}'.", disk.display(), rep.parent.display()));
+            outln!("Committed '{}' into '{}'.", disk.display(), rep.parent.display());
         }
         return Ok(exit::OK);
     }
@@ -159,20 +160,20 @@ fn run_inner(cli: &Cli) -> Result<i32> {
             out::line(serde_json::json!({"links": rep, "ok": !broken}));
         } else {
             for (i, l) in rep.iter().enumerate() {
-                out::line(format_args!(
+                outln!(
                     "{i}: {} [{}] CID {} parentCID {} {}",
                     l.path.display(),
                     l.format,
                     l.cid,
                     l.parent_cid,
                     if l.status == "ok" { "ok".to_string() } else { format!("BROKEN: {}", l.status) }
-                ));
+                );
             }
         }
         return Ok(if broken { exit::NEGATIVE } else { exit::OK });
     }
     let block = match &r.block_size {
-        Some(b) => parse_offset(b)?,
+        Some(b) => vmkfs::size::parse_bytes(b, "block size")?,
         None => DEFAULT_BLOCK,
     };
     let m = vmkfs::redo_ops::changed_blocks(disk, r.since.as_deref(), block, &opts)?;
@@ -184,7 +185,7 @@ fn run_inner(cli: &Cli) -> Result<i32> {
         out::line(serde_json::json!({"block": block, "changed": m.changed_bytes(), "ranges": ranges}));
     } else {
         for (s, l) in m.ranges() {
-            out::line(format_args!("{s} {l}"));
+            outln!("{s} {l}");
         }
     }
     Ok(exit::OK)

@@ -9,6 +9,7 @@ use vmkfs::error::{exit, Error, Result};
 use vmkfs::vmdk::{self, Backing, Storage};
 use vmkfs::vmfs::{FileKind, Stat, VmfsStorage, Volume};
 
+use crate::out::outln;
 use crate::{human, out, Cli};
 
 /// VMFS volume options.
@@ -192,53 +193,58 @@ fn run_queryfs(cli: &Cli) -> Result<i32> {
         out::json_pretty(&j);
         return Ok(exit::OK);
     }
-    out::line(format_args!(
+    outln!(
         "{} (Raw Major Version: {}) file system spanning {} partitions.",
         fs.version_text(),
         fs.major,
         devices.len()
-    ));
-    out::line(format_args!("File system label (if any): {}", fs.label));
-    out::line(format_args!("Mode: {}", if fs.local { "private" } else { "public" }));
+    );
+    outln!("File system label (if any): {}", fs.label);
+    outln!("Mode: {}", if fs.local { "private" } else { "public" });
     if cli.vmfs.human {
-        out::line(format_args!(
+        outln!(
             "Capacity {}, {} available, file block size {}, max supported file size {}",
             vm_human(usage.capacity),
             vm_human(usage.free),
             vm_human(g.fbs),
             vm_human(max)
-        ));
+        );
     } else {
-        out::line(format_args!(
+        outln!(
             "Capacity {} ({} file blocks * {}), {} ({} blocks) avail, max supported file size {}",
-            usage.capacity, usage.blocks, g.fbs, usage.free, usage.free_blocks, max
-        ));
+            usage.capacity,
+            usage.blocks,
+            g.fbs,
+            usage.free,
+            usage.free_blocks,
+            max
+        );
     }
     if fs.is_vmfs6() {
-        out::line(format_args!(
+        outln!(
             "Small file block size {}, large file block size {}, sub-block size {}, metadata alignment {}",
             sz(cli, g.fbs),
             sz(cli, g.lfbs),
             sz(cli, g.sbs),
             g.md_align
-        ));
+        );
     } else {
-        out::line(format_args!("Sub-block size {}", sz(cli, g.sbs)));
+        outln!("Sub-block size {}", sz(cli, g.sbs));
     }
-    out::line(format_args!("Volume Creation Time: {} UTC", utc(fs.creation_time as u64)));
-    out::line(format_args!("UUID: {}", fs.uuid));
-    out::line(format_args!("Logical device: {}", vol.lv_uuid()));
-    out::line(format_args!("Partitions spanned (on \"lvm\"):"));
+    outln!("Volume Creation Time: {} UTC", utc(fs.creation_time as u64));
+    outln!("UUID: {}", fs.uuid);
+    outln!("Logical device: {}", vol.lv_uuid());
+    outln!("Partitions spanned (on \"lvm\"):");
     for d in &devices {
         let part = if d.partition == 0 { String::new() } else { format!(":{}", d.partition) };
-        out::line(format_args!("\t{}{} ({}, LVM{})", d.path.display(), part, sz(cli, d.bytes), d.lvm_version));
+        outln!("\t{}{} ({}, LVM{})", d.path.display(), part, sz(cli, d.bytes), d.lvm_version);
     }
     for h in &heartbeats {
         let addr = if h.address.is_empty() { String::new() } else { format!(" ({})", h.address) };
-        out::line(format_args!(
+        outln!(
             "Warning: live heartbeat of host {}{addr} at offset {:#x}: the volume is (or was, when imaged) in use; metadata may change while it is read",
             h.owner, h.offset
-        ));
+        );
     }
     Ok(exit::OK)
 }
@@ -278,7 +284,7 @@ fn run_list(cli: &Cli, path: &str) -> Result<i32> {
         return Ok(exit::OK);
     }
     let size = |n: u64| if cli.vmfs.human { human(n) } else { n.to_string() };
-    out::line(format_args!("{:<8} {:>14} {:>14}  {:<19}  Name", "Type", "Size", "Allocated", "Modified (UTC)"));
+    outln!("{:<8} {:>14} {:>14}  {:<19}  Name", "Type", "Size", "Allocated", "Modified (UTC)");
     for s in &rows {
         let name = s.path.rsplit('/').next().unwrap_or("");
         let extra = match (&s.link_target, &s.rdm) {
@@ -286,13 +292,13 @@ fn run_list(cli: &Cli, path: &str) -> Result<i32> {
             (_, Some(r)) => format!(" (raw device mapping: {})", r.describe()),
             _ => String::new(),
         };
-        out::line(format_args!(
+        outln!(
             "{:<8} {:>14} {:>14}  {:<19}  {name}{extra}",
             s.kind.name(),
             size(s.size),
             size(s.allocated),
             utc(s.mtime as u64)
-        ));
+        );
     }
     Ok(exit::OK)
 }
