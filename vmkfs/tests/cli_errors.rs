@@ -561,3 +561,27 @@ fn sources_a_target_cannot_hold_are_bad_input() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert_eq!(names(d), before);
 }
+
+#[test]
+fn a_full_standard_output_is_an_io_error_not_a_quiet_end() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("SKIP: no /dev/full");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("p.raw"), vec![3u8; 1 << 20]).unwrap();
+    for args in [&["--info", "p.raw"][..], &["--map", "--json", "p.raw"], &["--read-at", "0", "p.raw"]] {
+        let o = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
+            .args(args)
+            .current_dir(d)
+            .stdout(full.try_clone().unwrap())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(4), "{args:?}: {}", text(&o.stderr));
+        let err = text(&o.stderr);
+        assert!(err.contains("<stdout>") && err.contains("No space left"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
