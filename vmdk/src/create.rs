@@ -344,6 +344,7 @@ pub fn new_uuid() -> String {
 /// Creates a disk at `path` (the descriptor, or the single file of monosparse).
 pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     let path = path.as_ref();
+    crate::descriptor::check_file_name(path)?;
     let cap = opts.capacity;
     if !cap.is_multiple_of(512) {
         return Err(Error::InvalidArgument(format!("capacity {cap} is not a multiple of 512 bytes")));
@@ -377,6 +378,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
             "a hosted sparse extent holds at most 2 TiB (use 2gbsparse or a flat format)".into(),
         ));
     }
+    crate::descriptor::check_capacity(path, format, cap, opts.split_sectors)?;
     let stem = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -619,11 +621,13 @@ pub fn stream_layout(
 /// layout of [`stream_layout`] for `opts.capacity`, `opts.adapter` and `opts.grain_sectors`.
 pub fn create_stream(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewStream> {
     let path = path.as_ref();
+    crate::descriptor::check_file_name(path)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
     let (header, descriptor) = stream_layout(&name, opts.capacity, opts.adapter, opts.grain_sectors, opts.cid)?;
+    crate::descriptor::check_capacity(path, DiskFormat::StreamOptimized, opts.capacity, opts.split_sectors)?;
     let mut disk = NewDisk::begin(&opts.storage, path, opts.force)?;
     let backing = disk.files.create(path)?;
     Ok(NewStream { disk, backing, header, descriptor })
@@ -635,6 +639,7 @@ pub fn create_stream(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<New
 pub fn create_delta(path: impl AsRef<Path>, capacity: u64, parent: &Parent, opts: &CreateOptions) -> Result<NewDisk> {
     use crate::extent::cowd::{self, CowdHeader};
     let path = path.as_ref();
+    crate::descriptor::check_file_name(path)?;
     if capacity == 0 || !capacity.is_multiple_of(512) {
         return Err(Error::InvalidArgument(format!("capacity {capacity} must be a positive multiple of 512 bytes")));
     }

@@ -536,6 +536,89 @@ fn parse_extent(access: Access, rest: &str) -> std::result::Result<ExtentLine, S
     Ok(ExtentLine { access, sectors, kind, file, offset, extra })
 }
 
+/// Largest byte offset a file can have (`off_t` is a signed 64-bit count): a disk's capacity, and
+/// so every flat extent, must fit below it.
+pub const MAX_FILE_BYTES: u64 = i64::MAX as u64;
+
+/// Refuses a disk file name that a descriptor cannot carry, before anything is created.
+///
+/// The descriptor names a disk's files by the disk's own name (`"NAME-flat.vmdk"`,
+/// `"NAME-s001.vmdk"`, `"NAME-rdm.vmdk"`, the file itself for an embedded descriptor), in double
+/// quotes on one line, with nothing to escape a quote; so the name must be valid UTF-8 and hold no
+/// `"` and no control character (a newline would split the line). A path without a file name
+/// (`.`, `..`, `/`) names no disk file. Errors are [`Error::InvalidArgument`] naming the character.
+pub fn check_file_name(path: &Path) -> Result<()> {
+    let Some(os) = path.file_name() else {
+        return Err(Error::InvalidArgument(format!("{} is not a file path (it names no disk file)", path.display())));
+    };
+    let name = os.to_str().ok_or_else(|| {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = os.as_bytes();
+        let at = std::str::from_utf8(bytes).err().map_or(0, |e| e.valid_up_to());
+        Error::InvalidArgument(format!(
+            "file name {:?} is not valid UTF-8 (byte {:#04x} at position {at}): a descriptor could not name it",
+            os.to_string_lossy(),
+            bytes.get(at).copied().unwrap_or(0)
+        ))
+    })?;
+    match name.char_indices().find(|&(_, c)| c == '"' || c.is_control()) {
+        None => Ok(()),
+        Some((at, c)) => Err(Error::InvalidArgument(format!(
+            "file name {name:?} contains {} at position {at}: a descriptor names its files in double quotes on one line and could not be read back",
+            describe_char(c)
+        ))),
+    }
+}
+
+/// `'"' (U+0022)`, `a newline (U+000A)`, `a control character (U+0007)`.
+fn describe_char(c: char) -> String {
+    match c {
+        '"' => "a double quote '\"' (U+0022)".to_string(),
+        '\n' => "a newline (U+000A)".to_string(),
+        '\r' => "a carriage return (U+000D)".to_string(),
+        '\t' => "a tab (U+0009)".to_string(),
+        c => format!("a control character (U+{:04X})", c as u32),
+    }
+}
+
+/// Refuses, before any file is created, a capacity that a disk in `format` cannot hold: not a
+/// positive number of whole sectors, beyond a file offset ([`MAX_FILE_BYTES`]), a hosted sparse
+/// extent of more than 2^32 − 1 sectors, or a split disk (extents of `split_sectors`) needing more
+/// than [`MAX_EXTENTS`] extents (a descriptor we could not read back). Errors are
+/// [`Error::Unsupported`] on `path`: the capacity usually comes from a source being cloned, and a
+/// source the target cannot hold is an unsupported input.
+pub fn check_capacity(path: &Path, format: crate::create::DiskFormat, capacity: u64, split_sectors: u64) -> Result<()> {
+    use crate::create::DiskFormat;
+    let refuse = |what: String| Err(Error::unsupported(path, what));
+    if capacity == 0 || !capacity.is_multiple_of(512) {
+        return refuse(format!(
+            "a capacity of {capacity} bytes: a disk holds a positive number of whole 512-byte sectors"
+        ));
+    }
+    if capacity > MAX_FILE_BYTES {
+        return refuse(format!(
+            "a capacity of {capacity} bytes is beyond what a file can hold (file offsets end at {MAX_FILE_BYTES} bytes)"
+        ));
+    }
+    let sectors = capacity / 512;
+    let split = matches!(format, DiskFormat::TwoGbSparse | DiskFormat::TwoGbFlat);
+    let extent_sectors = if split { sectors.min(split_sectors.max(1)) } else { sectors };
+    if format.is_sparse() && extent_sectors > u64::from(u32::MAX) {
+        return refuse(format!(
+            "a capacity of {capacity} bytes is beyond what a {} disk can hold (a hosted sparse extent holds at most 2 TiB; use 2gbsparse or a flat format)",
+            format.name()
+        ));
+    }
+    let extents = sectors.div_ceil(extent_sectors);
+    if extents > MAX_EXTENTS as u64 {
+        return refuse(format!(
+            "a capacity of {capacity} bytes is beyond what a {} disk can hold ({extents} extents of {extent_sectors} sectors; a descriptor holds at most {MAX_EXTENTS}; use a flat or monolithic format)",
+            format.name()
+        ));
+    }
+    Ok(())
+}
+
 /// True if `bytes` look like a text descriptor: after comment and blank lines, the first line is
 /// `version=…` (any case, spaces allowed).
 pub fn looks_like_descriptor(bytes: &[u8]) -> bool {
@@ -652,6 +735,66 @@ mod tests {
         d.set_ddb("longContentID", "0123456789abcdef0123456700000001");
         d.set_cid(0xdeadbeef);
         assert_eq!(d.ddb("longContentID"), Some("0123456789abcdef01234567deadbeef"));
+    }
+
+    #[test]
+    fn file_names_a_descriptor_cannot_carry_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        for ok in ["disk.vmdk", "a b.vmdk", "dir/ünï.vmdk", "/abs/x.vmdk", "it's.vmdk"] {
+            check_file_name(Path::new(ok)).unwrap();
+        }
+        for (bad, says) in [
+            ("a\"b.vmdk", "double quote"),
+            ("a\nb.vmdk", "newline"),
+            ("a\rb.vmdk", "carriage return"),
+            ("a\u{7}b.vmdk", "U+0007"),
+            ("a\u{85}b.vmdk", "U+0085"),
+            (".", "not a file path"),
+            ("/", "not a file path"),
+            ("x/..", "not a file path"),
+        ] {
+            let e = check_file_name(Path::new(bad)).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad:?}: {e:?}");
+            assert!(e.to_string().contains(says), "{bad:?}: {e}");
+        }
+        let e = check_file_name(Path::new(std::ffi::OsStr::from_bytes(b"ab\xffc.vmdk"))).unwrap_err();
+        assert!(e.to_string().contains("not valid UTF-8") && e.to_string().contains("0xff at position 2"), "{e}");
+        // A name that passes makes a descriptor that reads back.
+        let mut d = Descriptor::new(CreateType::Vmfs, 1);
+        d.extents.push(ExtentLine {
+            access: Access::ReadWrite,
+            sectors: 8,
+            kind: ExtentType::Vmfs,
+            file: Some("it's ünï-flat.vmdk".into()),
+            offset: None,
+            extra: vec![],
+        });
+        assert_eq!(Descriptor::parse(&d.to_text(), Path::new("x")).unwrap(), d);
+    }
+
+    #[test]
+    fn capacities_a_format_cannot_hold_are_refused() {
+        use crate::create::{DiskFormat, VMWARE_SPLIT_SECTORS};
+        let p = Path::new("d.vmdk");
+        let split = VMWARE_SPLIT_SECTORS;
+        check_capacity(p, DiskFormat::Thin, MAX_FILE_BYTES / 512 * 512, split).unwrap();
+        check_capacity(p, DiskFormat::MonoSparse, u64::from(u32::MAX) * 512, split).unwrap();
+        check_capacity(p, DiskFormat::TwoGbSparse, MAX_EXTENTS as u64 * split * 512, split).unwrap();
+        let cases = [
+            (DiskFormat::Thin, 0, "whole 512-byte sectors"),
+            (DiskFormat::MonoFlat, 1000, "whole 512-byte sectors"),
+            (DiskFormat::Thin, MAX_SECTORS * 512, "beyond what a file can hold"),
+            (DiskFormat::ZeroedThick, (MAX_FILE_BYTES / 512 + 1) * 512, "file offsets end at"),
+            (DiskFormat::StreamOptimized, u64::MAX / 512 * 512, "beyond what a file can hold"),
+            (DiskFormat::MonoSparse, (u64::from(u32::MAX) + 1) * 512, "at most 2 TiB"),
+            (DiskFormat::TwoGbSparse, (MAX_EXTENTS as u64 * split + 1) * 512, "at most 4096"),
+            (DiskFormat::TwoGbFlat, 1 << 60, "at most 4096"),
+        ];
+        for (format, cap, says) in cases {
+            let e = check_capacity(p, format, cap, split).unwrap_err();
+            assert!(matches!(e, Error::Unsupported { .. }), "{format:?} {cap}: {e:?}");
+            assert!(e.to_string().contains(says) && e.to_string().contains(&cap.to_string()), "{e}");
+        }
     }
 
     #[test]

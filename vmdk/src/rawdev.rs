@@ -329,6 +329,7 @@ impl NewDeviceDisk {
 /// device. The capacity is the device's size in whole sectors, as ESXi records a LUN.
 pub fn create_device_disk(path: impl AsRef<Path>, opts: &DeviceDiskOptions) -> Result<NewDeviceDisk> {
     let path = path.as_ref();
+    crate::descriptor::check_file_name(path)?;
     let storage = &opts.storage;
     let finals = device_disk_files(path, opts.mode);
     if path.file_name().is_none() {

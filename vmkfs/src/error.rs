@@ -60,6 +60,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when the error is a write into a pipe whose reader went away (`EPIPE`, as in
+    /// `vmkfs -e - … | head -c 100`): the command stops quietly instead of reporting it.
+    pub fn is_broken_pipe(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+
     /// The exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -92,5 +105,20 @@ fn vmdk_code(e: &vmdk::Error) -> i32 {
         vmdk::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => exit::BAD_INPUT,
         vmdk::Error::Io { .. } | vmdk::Error::ReadOnly { .. } => exit::IO,
         _ => exit::BAD_INPUT,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn broken_pipes_are_found_through_the_source_chain() {
+        let pipe = || std::io::Error::from(ErrorKind::BrokenPipe);
+        assert!(Error::Io { path: "<stdout>".into(), source: pipe() }.is_broken_pipe());
+        assert!(Error::from(vmdk::Error::io("<stdout>", "write 4096 bytes", pipe())).is_broken_pipe());
+        assert!(!Error::Io { path: "x".into(), source: ErrorKind::NotFound.into() }.is_broken_pipe());
+        assert!(!Error::Usage("broken pipe".into()).is_broken_pipe());
     }
 }

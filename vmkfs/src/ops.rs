@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use redo::Chain;
 use vmdk::create::{Adapter, VMWARE_SPLIT_SECTORS};
-use vmdk::descriptor::{ExtentLine, ExtentType};
+use vmdk::descriptor::{CreateType, ExtentLine, ExtentType};
 use vmdk::extent::is_zero;
 use vmdk::storage::{resolve_extent_path, write_zeros};
 use vmdk::txn::{Intent, Step};
@@ -284,7 +284,9 @@ fn open_rw(path: &Path, opts: &OpenOptions) -> Result<Chain> {
     Ok(Chain::open(path, &OpenOptions { write: true, ..opts.clone() })?)
 }
 
-/// `-K`: deallocates blocks of the top link that hold only zeros. Returns bytes freed.
+/// `-K`: deallocates blocks of the top link that hold only zeros. Returns bytes freed. An ESX flat
+/// disk (`createType="vmfs"`) that this leaves with holes is thin from then on: it gets
+/// `ddb.thinProvisioned = "1"`.
 pub fn punch_zero(path: &Path, opts: &OpenOptions) -> Result<u64> {
     let chain = open_rw(path, opts)?;
     let top = chain.top();
@@ -316,12 +318,26 @@ pub fn punch_zero(path: &Path, opts: &OpenOptions) -> Result<u64> {
         }
         off += n;
     }
-    chain.top().flush()?;
+    if freed > 0 && top.descriptor().create_type == CreateType::Vmfs {
+        set_thin_flag(top, true)?;
+    }
+    top.flush()?;
     Ok(freed)
 }
 
 fn all_flat(link: &Link) -> bool {
     link.extents().iter().all(|e| matches!(e.kind, "FLAT" | "VMFS" | "ZERO"))
+}
+
+/// Makes `ddb.thinProvisioned` say whether the link's flat extents have holes (`"1"`) or are fully
+/// allocated (no entry, as vmkfstools writes thick disks). The descriptor is rewritten only when
+/// the flag changes.
+fn set_thin_flag(link: &Link, thin: bool) -> Result<()> {
+    if (link.descriptor().ddb("thinProvisioned") == Some("1")) == thin {
+        return Ok(());
+    }
+    link.update_descriptor(|d| if thin { d.set_ddb("thinProvisioned", "1") } else { d.remove_ddb("thinProvisioned") })?;
+    Ok(())
 }
 
 /// Writes explicit zeros over every range of the top link that is not stored data (holes,
@@ -348,7 +364,7 @@ fn fill_holes(link: &Link) -> Result<u64> {
 }
 
 /// `-w`: zeroes the whole disk (its top link). Flat disks get zeros written everywhere (they end up
-/// eager-zeroed); sparse links drop every grain.
+/// eager-zeroed, so a thin one loses `ddb.thinProvisioned`); sparse links drop every grain.
 pub fn write_zeros_disk(path: &Path, opts: &OpenOptions) -> Result<()> {
     let chain = open_rw(path, opts)?;
     let top = chain.top();
@@ -361,6 +377,7 @@ pub fn write_zeros_disk(path: &Path, opts: &OpenOptions) -> Result<()> {
             top.write_at(&zeros[..len as usize], pos)?;
             pos += len;
         }
+        set_thin_flag(top, false)?;
     } else {
         top.discard(0, cap)?;
     }
@@ -368,9 +385,10 @@ pub fn write_zeros_disk(path: &Path, opts: &OpenOptions) -> Result<()> {
     Ok(())
 }
 
-/// `-j` (thin → eagerzeroedthick, dropping `ddb.thinProvisioned`) and `-k` (zeroedthick →
-/// eagerzeroedthick): writes zeros over every unwritten range of a flat disk.
-pub fn inflate(path: &Path, drop_thin: bool, opts: &OpenOptions) -> Result<u64> {
+/// `-j` (thin → eagerzeroedthick) and `-k` (zeroedthick → eagerzeroedthick): writes zeros over
+/// every unwritten range of a flat disk. Either leaves the disk fully allocated, so it loses
+/// `ddb.thinProvisioned`. Returns the bytes written.
+pub fn inflate(path: &Path, opts: &OpenOptions) -> Result<u64> {
     let chain = open_rw(path, opts)?;
     let top = chain.top();
     if !all_flat(top) {
@@ -384,24 +402,43 @@ pub fn inflate(path: &Path, drop_thin: bool, opts: &OpenOptions) -> Result<u64> 
         return Err(vmdk::Error::unsupported(path, "disk has ZERO extents, which hold no storage to zero").into());
     }
     let n = fill_holes(top)?;
-    if drop_thin {
-        top.update_descriptor(|d| d.remove_ddb("thinProvisioned"))?;
-    }
+    set_thin_flag(top, false)?;
     top.flush()?;
     Ok(n)
 }
 
-/// `--compare`: the first byte offset where two disks differ (`None`: identical). Ranges both maps
-/// say hold no data are not read.
-pub fn compare(a: &Path, b: &Path, opts: &OpenOptions) -> Result<Option<u64>> {
+/// What [`compare`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    /// Same capacity and the same bytes.
+    Identical,
+    /// The capacities (in bytes) differ; the contents were not read.
+    Capacity {
+        /// The first disk's capacity.
+        a: u64,
+        /// The second disk's capacity.
+        b: u64,
+    },
+    /// Same capacity, different bytes.
+    Content {
+        /// The first byte offset where they differ.
+        offset: u64,
+    },
+}
+
+/// `--compare`: whether two disks (or chains) are identical — same capacity, same bytes — and if
+/// not, why. Ranges both maps say hold no data are not read.
+pub fn compare(a: &Path, b: &Path, opts: &OpenOptions) -> Result<Comparison> {
     let (ca, cb) = (Chain::open(a, opts)?, Chain::open(b, opts)?);
-    let (la, lb) = (ca.capacity(), cb.capacity());
-    let common = la.min(lb);
+    let cap = ca.capacity();
+    if cb.capacity() != cap {
+        return Ok(Comparison::Capacity { a: cap, b: cb.capacity() });
+    }
     let mut ba = vec![0u8; CHUNK as usize];
     let mut bb = vec![0u8; CHUNK as usize];
     let mut off = 0;
-    while off < common {
-        let n = (1u64 << 30).min(common - off);
+    while off < cap {
+        let n = (1u64 << 30).min(cap - off);
         let (ma, mb) = (ca.map(off, n)?, cb.map(off, n)?);
         // Byte ranges where either side has data.
         let mut ranges: Vec<(u64, u64)> =
@@ -422,25 +459,12 @@ pub fn compare(a: &Path, b: &Path, opts: &OpenOptions) -> Result<Option<u64>> {
                 cb.read_at(&mut bb[..len], pos)?;
                 if ba[..len] != bb[..len] {
                     let i = ba[..len].iter().zip(&bb[..len]).position(|(x, y)| x != y).unwrap_or(0);
-                    return Ok(Some(pos + i as u64));
+                    return Ok(Comparison::Content { offset: pos + i as u64 });
                 }
                 pos += len as u64;
             }
         }
         off += n;
     }
-    if la != lb {
-        // The longer disk must read as zeros past the shorter one's end.
-        let (longer, l) = if la > lb { (&ca, la) } else { (&cb, lb) };
-        let mut pos = common;
-        while pos < l {
-            let len = CHUNK.min(l - pos) as usize;
-            longer.read_at(&mut ba[..len], pos)?;
-            if let Some(i) = ba[..len].iter().position(|&x| x != 0) {
-                return Ok(Some(pos + i as u64));
-            }
-            pos += len as u64;
-        }
-    }
-    Ok(None)
+    Ok(Comparison::Identical)
 }

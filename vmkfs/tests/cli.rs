@@ -104,10 +104,10 @@ fn existing_destination_is_never_overwritten_without_force() {
     std::fs::write(d.join("keep.vmdk"), b"precious").unwrap();
     let o = vmkfs(&["-i", "pattern.raw", "-d", "monosparse", "keep.vmdk"], d);
     assert_eq!(o.status.code(), Some(2));
-    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        out.contains("Failed to clone disk:") && out.contains("keep.vmdk") && out.contains("already exists"),
-        "{out}"
+        err.contains("Failed to clone disk:") && err.contains("keep.vmdk") && err.contains("already exists"),
+        "{err}"
     );
     assert_eq!(std::fs::read(d.join("keep.vmdk")).unwrap(), b"precious");
     // An extent file of the destination counts too.
@@ -136,8 +136,8 @@ fn corrupt_source_fails_cleanly_and_leaves_nothing() {
     std::fs::write(d.join("src.vmdk"), &f).unwrap();
     let before = names(d);
     let o = vmkfs(&["-i", "src.vmdk", "-d", "thin", "dst.vmdk"], d);
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stdout));
-    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stderr);
     assert!(out.contains("Failed to clone disk:"), "{out}");
     assert!(out.contains("src.vmdk") && out.contains(&format!("offset {}", gt * 512)), "{out}");
     assert!(out.contains("past the end of the file"), "{out}");

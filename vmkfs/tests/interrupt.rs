@@ -26,6 +26,7 @@ fn start_clone(dir: &Path) -> std::process::Child {
         .args(["-i", "big.raw", "-d", "eagerzeroedthick", "out.vmdk"])
         .current_dir(dir)
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }
@@ -51,7 +52,7 @@ fn sigterm_stops_cleanly() {
     // SAFETY: sending SIGTERM to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stderr);
     if out.status.success() {
         eprintln!("clone finished before the signal arrived; nothing to check ({text})");
         return;

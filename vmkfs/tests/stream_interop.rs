@@ -409,7 +409,7 @@ fn truncated_streams_are_errors_naming_the_offset() {
         let cut = overhead + recs[..recs.len() / 2].iter().map(|r| r.1.len()).sum::<usize>();
         for cut in [cut, cut + 100] {
             let o = vmkfs_stdin(&["-i", "-", "-d", "thin", "out.vmdk"], d, &q[..cut]);
-            let msg = String::from_utf8_lossy(&o.stdout).to_string();
+            let msg = String::from_utf8_lossy(&o.stderr).to_string();
             assert_eq!(o.status.code(), Some(3), "{msg}");
             assert!(msg.contains(&format!("corrupt at byte offset {cut}:")), "{msg}");
         }

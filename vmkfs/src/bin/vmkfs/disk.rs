@@ -1,17 +1,20 @@
 //! Creating, cloning, inspecting and changing disks: `-c`, `-i`, `-X`, `-U`, `-E`, `-K`, `-w`, `-j`,
 //! `-k`, `-x`, `-g`, `--info`, `--map`, `--compare`, `--read-at`, `--write-at`.
 
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use vmkfs::clone::{clone_disk, CloneOptions};
 use vmkfs::error::{exit, Error, Result};
 use vmkfs::info::{info, DiskInfo};
-use vmkfs::size::parse_size;
+use vmkfs::ops::Comparison;
+use vmkfs::size::{parse_bytes, parse_size, range_end};
 use vmkfs::vmdk::create::{create, Adapter, CreateOptions, DiskFormat};
+use vmkfs::vmdk::{OpenOptions, State};
 
-use crate::{human, open_options, parse_offset, rw_options, target, Cli};
+use crate::out::outln;
+use crate::progress::Messages;
+use crate::{human, open_options, out, rw_options, target, Cli};
 
 /// Disk operations.
 #[derive(Args, Debug)]
@@ -52,8 +55,9 @@ pub struct DiskArgs {
     /// Print the allocation runs of the disk (depth 0 = top link).
     #[arg(long)]
     pub map: bool,
-    /// Compare the target with disk B: exit 0 when identical, 1 when not.
-    #[arg(long, value_name = "B")]
+    /// Compare disk A (this option's value) with the target B: exit 0 when identical (same capacity,
+    /// same bytes), 1 when not, saying why.
+    #[arg(long, value_name = "A")]
     pub compare: Option<PathBuf>,
     /// Write LEN (--length) bytes of the disk from byte OFF to standard output.
     #[arg(long = "read-at", value_name = "OFF")]
@@ -142,24 +146,24 @@ fn run_create(cli: &Cli, size: &str) -> Result<i32> {
     }
     opts.force = cli.common.force;
     if format == DiskFormat::EagerZeroedThick && !cli.common.json {
-        println!("Creating disk '{}' and zeroing it out...", path.display());
+        outln!("Creating disk '{}' and zeroing it out...", path.display());
     }
     let new = create(path, &opts)?;
     let files = new.final_paths();
     new.commit()?;
     if cli.common.json {
-        println!(
-            "{}",
-            serde_json::json!({"event": "created", "path": path, "format": format.name(), "capacity": cap, "files": files})
+        out::line(
+            serde_json::json!({"event": "created", "path": path, "format": format.name(), "capacity": cap, "files": files}),
         );
     } else if format == DiskFormat::EagerZeroedThick {
-        println!("Create: 100% done.");
+        out::line("Create: 100% done.");
     }
     Ok(exit::OK)
 }
 
 fn run_clone(cli: &Cli, src: &Path) -> i32 {
-    let result = (|| -> Result<PathBuf> {
+    let mut msg = Messages::new(cli, false);
+    let result = (|| -> Result<serde_json::Value> {
         let dst = target(cli)?;
         // `-d rdm:DEV`, `rdmp:DEV`, `raw:DEV`: onto a device (rdm.rs); otherwise a disk format.
         let device = crate::rdm::device_target(cli)?;
@@ -172,47 +176,8 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
             None => (format.name(), format.description()),
         };
         let adapter = adapter(cli)?;
-        if cli.common.json {
-            println!(
-                "{}",
-                serde_json::json!({"event": "start", "source": src, "destination": dst, "format": format_name})
-            );
-        } else {
-            println!("Destination disk format: {description}");
-            println!("Cloning disk '{}'...", src.display());
-        }
-        let tty = std::io::stdout().is_terminal() && !cli.common.json;
-        let bar = tty.then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "Clone: {percent:>3}% [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            b
-        });
-        let mut last_pct = u64::MAX;
-        let json = cli.common.json;
-        let mut progress = |done: u64, total: u64| {
-            let pct = (done * 100).checked_div(total).unwrap_or(100);
-            if let Some(b) = &bar {
-                b.set_length(total);
-                b.set_position(done);
-            } else if pct != last_pct {
-                last_pct = pct;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"event": "progress", "done": done, "total": total, "percent": pct})
-                    );
-                } else {
-                    println!("Clone: {pct}% done.");
-                }
-                let _ = std::io::stdout().flush();
-            }
-        };
+        msg.start(src, dst, format_name, description);
+        let mut progress = |done: u64, total: u64| msg.progress(done, total);
         let mut opts = CloneOptions::new(format);
         opts.adapter = adapter;
         opts.force = cli.common.force;
@@ -220,36 +185,13 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
         opts.progress = Some(&mut progress);
         opts.cancel = Some(install_interrupt_handler());
         crate::stream::apply(cli, format, &mut opts)?;
-        let out = match &device {
-            Some(t) => vmkfs::rdm_ops::clone_to_device(src, dst, t, &mut opts, cli.rdm.target_is_zero),
-            None => clone_disk(src, dst, &mut opts),
-        }
-        .map(|r| r.path);
-        if let Some(b) = &bar {
-            b.finish_and_clear();
-            if out.is_ok() {
-                println!("Clone: 100% done.");
-            }
-        }
-        out
+        let r = match &device {
+            Some(t) => vmkfs::rdm_ops::clone_to_device(src, dst, t, &mut opts, cli.rdm.target_is_zero)?,
+            None => clone_disk(src, dst, &mut opts)?,
+        };
+        Ok(serde_json::json!({"event": "done", "destination": r.path}))
     })();
-    match result {
-        Ok(path) => {
-            if cli.common.json {
-                println!("{}", serde_json::json!({"event": "done", "destination": path}));
-            }
-            exit::OK
-        }
-        Err(e) => {
-            if cli.common.json {
-                println!("{}", serde_json::json!({"event": "error", "message": e.to_string(), "exit": e.exit_code()}));
-            } else {
-                let msg = e.to_string();
-                println!("Failed to clone disk: {}.", msg.trim_end_matches('.'));
-            }
-            e.exit_code()
-        }
-    }
+    msg.finish(cli, &result)
 }
 
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -271,37 +213,37 @@ pub fn install_interrupt_handler() -> &'static std::sync::atomic::AtomicBool {
 }
 
 fn print_info(i: &DiskInfo) {
-    println!("Disk: {}", i.path.display());
-    println!("Format: {}{}", i.format, if i.thin_provisioned { " (thin provisioned)" } else { "" });
-    println!("Capacity: {} bytes ({})", i.capacity, human(i.capacity));
-    println!("Allocated: {} bytes ({})", i.allocated, human(i.allocated));
-    println!("CID: {}  parentCID: {}", i.cid, i.parent_cid);
+    outln!("Disk: {}", i.path.display());
+    outln!("Format: {}{}", i.format, if i.thin_provisioned { " (thin provisioned)" } else { "" });
+    outln!("Capacity: {} bytes ({})", i.capacity, human(i.capacity));
+    outln!("Allocated: {} bytes ({})", i.allocated, human(i.allocated));
+    outln!("CID: {}  parentCID: {}", i.cid, i.parent_cid);
     if let Some(p) = &i.parent {
-        println!("Parent: {p}");
+        outln!("Parent: {p}");
     }
-    println!("Chain depth: {}", i.chain_depth);
+    outln!("Chain depth: {}", i.chain_depth);
     if let Some(a) = &i.adapter {
-        println!("Adapter: {a}");
+        outln!("Adapter: {a}");
     }
     if let Some(g) = &i.geometry {
-        println!("Geometry: {}/{}/{}", g.cylinders, g.heads, g.sectors);
+        outln!("Geometry: {}/{}/{}", g.cylinders, g.heads, g.sectors);
     }
     if i.unclean {
-        println!("Warning: the disk was not closed cleanly (unclean-shutdown flag set)");
+        out::line("Warning: the disk was not closed cleanly (unclean-shutdown flag set)");
     }
-    println!("Extents:");
+    out::line("Extents:");
     for e in &i.extents {
         let file = e.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "-".into());
         let grain = e.grain.map(|g| format!(" grain {}", human(g))).unwrap_or_default();
         let ver = e.version.map(|v| format!(" v{v}")).unwrap_or_default();
-        println!("  {:<10} {:>14} {}{}{}", e.kind, e.size, file, grain, ver);
+        outln!("  {:<10} {:>14} {}{}{}", e.kind, e.size, file, grain, ver);
     }
 }
 
 fn run_info(cli: &Cli) -> Result<i32> {
     let i = info(target(cli)?, &open_options(cli))?;
     if cli.common.json {
-        println!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());
+        out::json_pretty(&i);
     } else {
         print_info(&i);
     }
@@ -313,9 +255,9 @@ fn run_geometry(cli: &Cli) -> Result<i32> {
     let g =
         i.geometry.ok_or_else(|| Error::Usage(format!("{} has no geometry in its descriptor", i.path.display())))?;
     if cli.common.json {
-        println!("{}", serde_json::json!({"cylinders": g.cylinders, "heads": g.heads, "sectors": g.sectors}));
+        out::line(serde_json::json!({"cylinders": g.cylinders, "heads": g.heads, "sectors": g.sectors}));
     } else {
-        println!("Geometry information C/H/S is {}/{}/{}", g.cylinders, g.heads, g.sectors);
+        outln!("Geometry information C/H/S is {}/{}/{}", g.cylinders, g.heads, g.sectors);
     }
     Ok(exit::OK)
 }
@@ -332,30 +274,32 @@ fn run_op(cli: &Cli) -> Result<i32> {
         };
         ops::extend(disk, parse_size(size)?, eager, &opts)?;
         if cli.common.json {
-            println!("{}", serde_json::json!({"event": "extended", "path": disk, "capacity": parse_size(size)?}));
+            out::line(serde_json::json!({"event": "extended", "path": disk, "capacity": parse_size(size)?}));
         }
         return Ok(exit::OK);
     }
     if cli.disk.delete {
         let files = ops::delete(disk, &opts)?;
         if cli.common.json {
-            println!("{}", serde_json::json!({"event": "deleted", "files": files}));
+            out::line(serde_json::json!({"event": "deleted", "files": files}));
         }
         return Ok(exit::OK);
     }
     if let Some(old) = &cli.disk.rename {
+        // The new name goes into the descriptor: refuse one it cannot carry before moving anything.
+        vmkfs::vmdk::descriptor::check_file_name(disk)?;
         ops::rename(old, disk, &opts)?;
         if cli.common.json {
-            println!("{}", serde_json::json!({"event": "renamed", "from": old, "to": disk}));
+            out::line(serde_json::json!({"event": "renamed", "from": old, "to": disk}));
         }
         return Ok(exit::OK);
     }
     if cli.disk.punch_zero {
         let freed = ops::punch_zero(disk, &opts)?;
         if cli.common.json {
-            println!("{}", serde_json::json!({"event": "punched", "freed": freed}));
+            out::line(serde_json::json!({"event": "punched", "freed": freed}));
         } else {
-            println!("Punched {freed} bytes of zeros.");
+            outln!("Punched {freed} bytes of zeros.");
         }
         return Ok(exit::OK);
     }
@@ -364,9 +308,9 @@ fn run_op(cli: &Cli) -> Result<i32> {
         return Ok(exit::OK);
     }
     if cli.disk.inflate || cli.disk.eager_zero {
-        let n = ops::inflate(disk, cli.disk.inflate, &opts)?;
+        let n = ops::inflate(disk, &opts)?;
         if cli.common.json {
-            println!("{}", serde_json::json!({"event": "zeroed", "written": n}));
+            out::line(serde_json::json!({"event": "zeroed", "written": n}));
         }
         return Ok(exit::OK);
     }
@@ -383,127 +327,176 @@ fn run_op(cli: &Cli) -> Result<i32> {
                 .iter()
                 .map(|f| serde_json::json!({"file": f.file, "offset": f.offset, "problem": f.what, "repaired": f.repaired}))
                 .collect();
-            println!("{}", serde_json::json!({"clean": report.is_clean(), "findings": f, "files": report.files}));
+            out::line(serde_json::json!({"clean": report.is_clean(), "findings": f, "files": report.files}));
         } else {
             for f in &report.findings {
                 match &f.repaired {
-                    Some(r) => println!("{}: offset {}: {} (repaired: {r})", f.file.display(), f.offset, f.what),
-                    None => println!("{}: offset {}: {}", f.file.display(), f.offset, f.what),
+                    Some(r) => {
+                        outln!("{}: offset {}: {} (repaired: {r})", f.file.display(), f.offset, f.what)
+                    }
+                    None => outln!("{}: offset {}: {}", f.file.display(), f.offset, f.what),
                 }
             }
             if report.is_clean() {
-                println!("Disk is error free");
+                out::line("Disk is error free");
             } else if repair && report.unrepaired() == 0 {
-                println!("Disk was successfully repaired");
+                out::line("Disk was successfully repaired");
             } else {
-                println!("Disk has {} problem(s)", report.unrepaired().max(report.findings.len()));
+                outln!("Disk has {} problem(s)", report.unrepaired().max(report.findings.len()));
             }
         }
         let bad = if repair { report.unrepaired() > 0 } else { !report.is_clean() };
         return Ok(if bad { exit::NEGATIVE } else { exit::OK });
     }
     if cli.disk.map {
-        let chain = vmkfs::redo::Chain::open(disk, &opts)?;
-        let cap = chain.capacity();
-        let mut off = 0;
-        let mut first = true;
-        if cli.common.json {
-            print!("[");
-        }
-        while off < cap {
-            let n = (1u64 << 30).min(cap - off);
-            for r in chain.map(off, n)?.runs() {
-                let data = r.state == vmkfs::vmdk::State::Data;
-                let zero = !data;
-                if cli.common.json {
-                    print!(
-                        "{}{}",
-                        if first { "" } else { ",\n" },
-                        serde_json::json!({"start": r.offset, "length": r.len, "data": data, "zero": zero, "depth": r.depth})
-                    );
-                } else {
-                    let what = match r.state {
-                        vmkfs::vmdk::State::Data => "data",
-                        vmkfs::vmdk::State::Zero => "zero",
-                        vmkfs::vmdk::State::Absent => "absent",
-                    };
-                    println!("{:>16} {:>16} {:<6} depth {}", r.offset, r.len, what, r.depth);
-                }
-                first = false;
-            }
-            off += n;
-        }
-        if cli.common.json {
-            println!("]");
-        }
-        return Ok(exit::OK);
+        return run_map(cli, disk, &opts);
     }
-    if let Some(b) = &cli.disk.compare {
-        return match ops::compare(disk, b, &opts)? {
-            None => {
-                if cli.common.json {
-                    println!("{}", serde_json::json!({"identical": true}));
-                } else {
-                    println!("Disks are identical.");
-                }
-                Ok(exit::OK)
-            }
-            Some(off) => {
-                if cli.common.json {
-                    println!("{}", serde_json::json!({"identical": false, "first_difference": off}));
-                } else {
-                    println!("Content mismatch at offset {off}!");
-                }
-                Ok(exit::NEGATIVE)
-            }
-        };
+    if let Some(a) = &cli.disk.compare {
+        // `--compare A B`: A is the option's value, B the target.
+        return run_compare(cli, a, disk, &opts);
     }
     if let Some(off) = &cli.disk.read_at {
-        let off = parse_offset(off)?;
-        let chain = vmkfs::redo::Chain::open(disk, &opts)?;
-        let len = match &cli.disk.length {
-            Some(l) => parse_offset(l)?,
-            None => chain.capacity().saturating_sub(off),
-        };
-        let mut out = std::io::stdout().lock();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut pos = off;
-        let end = off.checked_add(len).ok_or_else(|| Error::Usage("offset + length overflows".into()))?;
-        while pos < end {
-            let n = (end - pos).min(buf.len() as u64) as usize;
-            chain.read_at(&mut buf[..n], pos)?;
-            out.write_all(&buf[..n]).map_err(|e| Error::Io { path: "<stdout>".into(), source: e })?;
-            pos += n as u64;
-        }
-        out.flush().map_err(|e| Error::Io { path: "<stdout>".into(), source: e })?;
-        return Ok(exit::OK);
+        return run_read_at(cli, disk, off, &opts);
     }
     if let Some(off) = &cli.disk.write_at {
-        let mut pos = parse_offset(off)?;
-        let chain = vmkfs::redo::Chain::open(disk, &rw_options(cli))?;
-        let mut input = std::io::stdin().lock();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let mut n = 0;
-            while n < buf.len() {
-                let r = std::io::Read::read(&mut input, &mut buf[n..])
-                    .map_err(|e| Error::Io { path: "<stdin>".into(), source: e })?;
-                if r == 0 {
-                    break;
-                }
-                n += r;
-            }
-            if n == 0 {
-                break;
-            }
-            chain.write_at(&buf[..n], pos)?;
-            pos += n as u64;
-            if n < buf.len() {
-                break;
-            }
-        }
-        chain.top().flush()?;
-        return Ok(exit::OK);
+        return run_write_at(cli, disk, off);
     }
     Err(Error::Usage("no operation".into()))
+}
+
+/// `--map`: the allocation runs, one per line (a JSON array with `--json`). Stops early when the
+/// reader of standard output goes away.
+fn run_map(cli: &Cli, disk: &Path, opts: &OpenOptions) -> Result<i32> {
+    let chain = vmkfs::redo::Chain::open(disk, opts)?;
+    let cap = chain.capacity();
+    let json = cli.common.json;
+    let mut off = 0;
+    let mut first = true;
+    if json {
+        out::text("[");
+    }
+    while off < cap && !out::closed() {
+        let n = (1u64 << 30).min(cap - off);
+        for r in chain.map(off, n)?.runs() {
+            let data = r.state == State::Data;
+            if json {
+                let run = serde_json::json!({"start": r.offset, "length": r.len, "data": data, "zero": !data, "depth": r.depth});
+                out::text(format_args!("{}{run}", if first { "" } else { ",\n" }));
+            } else {
+                let what = match r.state {
+                    State::Data => "data",
+                    State::Zero => "zero",
+                    State::Absent => "absent",
+                };
+                outln!("{:>16} {:>16} {:<6} depth {}", r.offset, r.len, what, r.depth);
+            }
+            first = false;
+        }
+        off += n;
+    }
+    if json {
+        out::line("]");
+    }
+    Ok(exit::OK)
+}
+
+/// `--compare A B`: exit 0 when identical, 1 (saying why) when the capacities or the contents differ.
+fn run_compare(cli: &Cli, a: &Path, b: &Path, opts: &OpenOptions) -> Result<i32> {
+    let json = cli.common.json;
+    match vmkfs::ops::compare(a, b, opts)? {
+        Comparison::Identical => {
+            if json {
+                out::line(serde_json::json!({"identical": true}));
+            } else {
+                out::line("Disks are identical.");
+            }
+            Ok(exit::OK)
+        }
+        Comparison::Capacity { a: ca, b: cb } => {
+            if json {
+                out::line(
+                    serde_json::json!({"identical": false, "reason": "capacity", "a": a, "b": b, "capacity_a": ca, "capacity_b": cb}),
+                );
+            } else {
+                outln!("Capacity mismatch: {} is {ca} bytes, {} is {cb} bytes.", a.display(), b.display());
+            }
+            Ok(exit::NEGATIVE)
+        }
+        Comparison::Content { offset } => {
+            if json {
+                out::line(serde_json::json!({"identical": false, "reason": "content", "first_difference": offset}));
+            } else {
+                outln!("Content mismatch at offset {offset}!");
+            }
+            Ok(exit::NEGATIVE)
+        }
+    }
+}
+
+/// `--read-at OFF [--length LEN]`: the bytes to standard output. The range is checked against the
+/// capacity before anything is read; a reader that goes away stops the transfer (exit 4).
+fn run_read_at(cli: &Cli, disk: &Path, off: &str, opts: &OpenOptions) -> Result<i32> {
+    let off = parse_bytes(off, "offset")?;
+    let len = cli.disk.length.as_deref().map(|l| parse_bytes(l, "length")).transpose()?;
+    if let Some(len) = len {
+        range_end(off, len, u64::MAX)?; // an overflow is refused before the disk is opened
+    }
+    let chain = vmkfs::redo::Chain::open(disk, opts)?;
+    let cap = chain.capacity();
+    let end = range_end(off, len.unwrap_or(cap.saturating_sub(off)), cap)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = off;
+    while pos < end {
+        let n = (end - pos).min(buf.len() as u64) as usize;
+        chain.read_at(&mut buf[..n], pos)?;
+        out::data(&buf[..n])?;
+        pos += n as u64;
+    }
+    out::flush_data()?;
+    Ok(exit::OK)
+}
+
+/// `--write-at OFF`: standard input into the disk (its top link) from OFF. Input that would run
+/// past the end of the disk is refused before that piece is written.
+fn run_write_at(cli: &Cli, disk: &Path, off: &str) -> Result<i32> {
+    let off = parse_bytes(off, "offset")?;
+    let chain = vmkfs::redo::Chain::open(disk, &rw_options(cli))?;
+    let cap = chain.capacity();
+    range_end(off, 0, cap)?;
+    let mut input = std::io::stdin().lock();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = off;
+    loop {
+        let n = read_full(&mut input, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        range_end(pos, n as u64, cap).map_err(|e| {
+            Error::Usage(format!(
+                "standard input runs past the end of the disk: {e} ({} bytes were written)",
+                pos - off
+            ))
+        })?;
+        chain.write_at(&buf[..n], pos)?;
+        pos += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    chain.top().flush()?;
+    Ok(exit::OK)
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut impl std::io::Read, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(r) => n += r,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Io { path: "<stdin>".into(), source: e }),
+        }
+    }
+    Ok(n)
 }

@@ -4,6 +4,8 @@
 //! disks); `main.rs` holds the options every operation shares and the dispatch.
 
 mod disk;
+mod out;
+mod progress;
 mod rdm;
 mod redo;
 mod stream;
@@ -84,8 +86,11 @@ fn main() -> ExitCode {
         + vmfs::selected(&cli)
         + stream::selected(&cli);
     if selected != 1 {
-        eprintln!("vmkfs: give exactly one operation (for example -i, -c, --info); see --help");
+        out::err_line("vmkfs: give exactly one operation (for example -i, -c, --info); see --help");
         return ExitCode::from(exit::USAGE as u8);
+    }
+    if let Err(e) = check_disk_names(&cli) {
+        return ExitCode::from(report_error(&cli, &e) as u8);
     }
     let code = stream::run(&cli)
         .or_else(|| disk::run(&cli))
@@ -93,7 +98,33 @@ fn main() -> ExitCode {
         .or_else(|| rdm::run(&cli))
         .or_else(|| vmfs::run(&cli))
         .unwrap_or(exit::USAGE);
-    ExitCode::from(code as u8)
+    ExitCode::from(out::finish(code) as u8)
+}
+
+/// Refuses, before any I/O, a disk argument that names no disk file: `.`, `..`, `/`, a path
+/// ending in `/`, or (on the host) a directory. `-` (standard input or output) passes where a
+/// pipe is allowed; `-P`'s target is a list of devices.
+fn check_disk_names(cli: &Cli) -> Result<()> {
+    let mut names: Vec<&Path> = Vec::new();
+    if !cli.vmfs.queryfs {
+        names.extend(cli.common.target.as_deref());
+    }
+    let (d, r, s) = (&cli.disk, &cli.redo, &cli.stream);
+    names.extend(d.clone.as_deref().filter(|p| *p != Path::new("-")));
+    names.extend(s.export_file.as_deref().filter(|p| *p != Path::new("-")));
+    names.extend(d.rename.as_deref());
+    names.extend(d.compare.as_deref());
+    names.extend(r.since.as_deref());
+    names.extend(r.export_delta.as_deref());
+    names.extend(r.apply.as_deref());
+    let on_host = cli.vmfs.volume.is_empty();
+    for p in names {
+        let dir_like = p.file_name().is_none() || p.as_os_str().as_encoded_bytes().ends_with(b"/");
+        if dir_like || (on_host && p.is_dir()) {
+            return Err(Error::Usage(format!("{}: a directory, not a disk file name", p.display())));
+        }
+    }
+    Ok(())
 }
 
 /// The target path (the last positional argument).
@@ -116,36 +147,30 @@ pub fn rw_options(cli: &Cli) -> OpenOptions {
     OpenOptions { write: true, ..open_options(cli) }
 }
 
-/// Prints an error the way every operation does (a JSON object with `--json`), returning its exit code.
+/// Prints an error on standard error the way every operation does (`vmkfs: REASON`, or one JSON
+/// object with `--json`), returning its exit code.
 pub fn report_error(cli: &Cli, e: &Error) -> i32 {
-    if cli.common.json {
-        println!("{}", serde_json::json!({"event": "error", "message": e.to_string(), "exit": e.exit_code()}));
-    } else {
-        eprintln!("vmkfs: {e}");
-    }
-    e.exit_code()
+    report(cli, e, |m| format!("vmkfs: {m}"))
 }
 
-/// Parses a byte offset or length (`N`, `Nk`, `Nm`, `Ng`, `Nt`; any multiple).
-pub fn parse_offset(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last() {
-        Some(c) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_lowercase() {
-                'k' => 1 << 10,
-                'm' => 1 << 20,
-                'g' => 1 << 30,
-                't' => 1 << 40,
-                _ => return Err(Error::Usage(format!("{s:?}: unknown unit {c:?}"))),
-            };
-            (&t[..t.len() - 1], m)
-        }
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| Error::Usage(format!("{s:?} is not a byte offset")))
+/// Prints the error of a clone, import or export in vmkfstools' words, `Failed to clone disk:
+/// REASON.` (or one JSON object with `--json`), on standard error, returning its exit code.
+pub fn report_clone_error(cli: &Cli, e: &Error) -> i32 {
+    report(cli, e, |m| format!("Failed to clone disk: {}.", m.trim_end_matches('.')))
+}
+
+fn report(cli: &Cli, e: &Error, words: impl FnOnce(&str) -> String) -> i32 {
+    if e.is_broken_pipe() {
+        // The reader of the data on standard output went away: the transfer did not complete,
+        // and there is no one to tell.
+        return exit::IO;
+    }
+    if cli.common.json {
+        out::err_line(serde_json::json!({"event": "error", "message": e.to_string(), "exit": e.exit_code()}));
+    } else {
+        out::err_line(words(&e.to_string()));
+    }
+    e.exit_code()
 }
 
 /// A byte count for people.

@@ -10,7 +10,8 @@ use vmkfs::error::{exit, Error, Result};
 use vmkfs::rdm::Mode;
 use vmkfs::rdm_ops::{create_mapping, query, DeviceTarget, RdmInfo};
 
-use crate::{disk, open_options, target, Cli};
+use crate::out::outln;
+use crate::{disk, open_options, out, target, Cli};
 
 /// Raw device mapping operations.
 #[derive(Args, Debug)]
@@ -77,17 +78,14 @@ fn run_inner(cli: &Cli) -> Result<i32> {
 fn run_create(cli: &Cli, dev: &Path, map: &Path, mode: Mode) -> Result<i32> {
     let report = create_mapping(dev, map, mode, disk::adapter(cli)?, cli.common.force)?;
     if cli.common.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "event": "created",
-                "path": report.path,
-                "mode": mode.name(),
-                "device": report.mapping.device_path,
-                "capacity": report.capacity,
-                "files": report.files,
-            })
-        );
+        out::line(serde_json::json!({
+            "event": "created",
+            "path": report.path,
+            "mode": mode.name(),
+            "device": report.mapping.device_path,
+            "capacity": report.capacity,
+            "files": report.files,
+        }));
     }
     Ok(exit::OK)
 }
@@ -112,50 +110,50 @@ fn utc(secs: u64) -> String {
 fn print_query(i: &RdmInfo) {
     let p = i.path.display();
     match i.mode.as_str() {
-        "virtual" => println!("Disk {p} is a Non-passthrough Raw Device Mapping"),
-        "physical" => println!("Disk {p} is a Passthrough Raw Device Mapping"),
-        _ => println!("Disk {p} is a Passthrough Raw Device (vmfsRaw)"),
+        "virtual" => outln!("Disk {p} is a Non-passthrough Raw Device Mapping"),
+        "physical" => outln!("Disk {p} is a Passthrough Raw Device Mapping"),
+        _ => outln!("Disk {p} is a Passthrough Raw Device (vmfsRaw)"),
     }
-    println!("Maps to: {}", i.maps_to.display());
+    outln!("Maps to: {}", i.maps_to.display());
     if let Some(m) = &i.mapping_file {
-        println!("Mapping file: {}", m.display());
+        outln!("Mapping file: {}", m.display());
     }
     if let Some(c) = i.capacity {
-        println!("Capacity: {c} bytes");
+        outln!("Capacity: {c} bytes");
     }
     if let Some(id) = &i.identity {
-        println!("Device: {}, {} bytes", id.kind, id.size);
+        outln!("Device: {}, {} bytes", id.kind, id.size);
         if let Some(w) = &id.wwid {
-            println!("WWID: {w}");
+            outln!("WWID: {w}");
         }
         if let Some(s) = &id.serial {
-            println!("Serial: {s}");
+            outln!("Serial: {s}");
         }
         for n in &id.by_id {
-            println!("By-id: /dev/disk/by-id/{n}");
+            outln!("By-id: /dev/disk/by-id/{n}");
         }
         if let Some(l) = &id.loop_backing {
-            println!("Loop backing file: {l}");
+            outln!("Loop backing file: {l}");
         }
         if let Some(n) = id.partition {
-            println!("Partition: {n}");
+            outln!("Partition: {n}");
         }
         if let Some(c) = &id.canonical_path {
-            println!("Canonical path: {c}");
+            outln!("Canonical path: {c}");
         }
         let weak = id.wwid.is_none() && id.serial.is_none() && id.by_id.is_empty() && id.loop_backing.is_none();
         if weak && id.kind == "block device" {
-            println!("Identity: path and size only (the device shows no WWID, serial or by-id name)");
+            outln!("Identity: path and size only (the device shows no WWID, serial or by-id name)");
         }
     }
     if let Some(c) = i.created {
-        println!("Created: {}", utc(c));
+        outln!("Created: {}", utc(c));
     }
     match (&i.found_at, &i.problem) {
         (Some(f), _) => {
-            println!("Status: device found at {} (by {})", f.display(), i.found_by.as_deref().unwrap_or("path"))
+            outln!("Status: device found at {} (by {})", f.display(), i.found_by.as_deref().unwrap_or("path"))
         }
-        (None, Some(e)) => println!("Status: {e}"),
+        (None, Some(e)) => outln!("Status: {e}"),
         (None, None) => {}
     }
 }
@@ -163,9 +161,9 @@ fn print_query(i: &RdmInfo) {
 fn run_query(cli: &Cli, path: &Path) -> Result<i32> {
     let Some(info) = query(path, &open_options(cli))? else {
         if cli.common.json {
-            println!("{}", serde_json::json!({"path": path, "rdm": false}));
+            out::line(serde_json::json!({"path": path, "rdm": false}));
         } else {
-            println!("Disk {} is not a Raw Device Mapping", path.display());
+            outln!("Disk {} is not a Raw Device Mapping", path.display());
         }
         return Ok(exit::NEGATIVE);
     };
@@ -174,7 +172,7 @@ fn run_query(cli: &Cli, path: &Path) -> Result<i32> {
         if let Some(o) = v.as_object_mut() {
             o.insert("rdm".into(), serde_json::Value::Bool(true));
         }
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        out::json_pretty(&v);
     } else {
         print_query(&info);
     }

@@ -1,13 +1,14 @@
 //! REDO chains: `--snapshot`, `-m/--commit`, `--discard`, `--chain`, `--changed-blocks`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
 use vmkfs::error::{exit, Result};
 use vmkfs::redo::changemap::DEFAULT_BLOCK;
 
-use crate::{open_options, parse_offset, target, Cli};
+use crate::out::outln;
+use crate::{open_options, out, target, Cli};
 
 /// REDO-chain operations.
 #[derive(Args, Debug)]
@@ -74,9 +75,9 @@ fn run_inner(cli: &Cli) -> Result<i32> {
     if r.snapshot {
         let new = vmkfs::redo::snapshot(disk, &opts, r.legacy_redo)?;
         if json {
-            println!("{}", serde_json::json!({"event": "snapshot", "link": new, "parent": disk}));
+            out::line(serde_json::json!({"event": "snapshot", "link": new, "parent": disk}));
         } else {
-            println!("{}", new.display());
+            out::line(new.display());
         }
         return Ok(exit::OK);
     }
@@ -93,9 +94,9 @@ fn run_inner(cli: &Cli) -> Result<i32> {
             Some(crate::disk::install_interrupt_handler()),
         )?;
         if json {
-            println!("{}", serde_json::json!({"event": "exported", "delta": out, "since": since}));
+            out::line(serde_json::json!({"event": "exported", "delta": out, "since": since}));
         } else {
-            println!("{}", out.display());
+            out::line(out.display());
         }
         return Ok(exit::OK);
     }
@@ -114,14 +115,13 @@ fn run_inner(cli: &Cli) -> Result<i32> {
             vmkfs::redo_ops::Applied::Already(c) => (c, true),
         };
         if json {
-            println!(
-                "{}",
-                serde_json::json!({"event": "applied", "replica": disk, "cid": format!("{cid:08x}"), "already": already})
+            out::line(
+                serde_json::json!({"event": "applied", "replica": disk, "cid": format!("{cid:08x}"), "already": already}),
             );
         } else if already {
-            println!("'{}' already holds '{}' (CID {cid:08x}): nothing to do.", disk.display(), delta.display());
+            outln!("'{}' already holds '{}' (CID {cid:08x}): nothing to do.", disk.display(), delta.display());
         } else {
-            println!("Applied '{}' to '{}'.", delta.display(), disk.display());
+            outln!("Applied '{}' to '{}'.", delta.display(), disk.display());
         }
         return Ok(exit::OK);
     }
@@ -133,36 +133,31 @@ fn run_inner(cli: &Cli) -> Result<i32> {
             if pct != last {
                 last = pct;
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"event": "progress", "done": done, "total": total, "percent": pct})
-                    );
+                    out::line(serde_json::json!({"event": "progress", "done": done, "total": total, "percent": pct}));
                 } else if tty {
-                    print!("\rCommit: {pct}% done.");
+                    out::text(format_args!("\rCommit: {pct}% done."));
                 } else {
-                    println!("Commit: {pct}% done.");
+                    outln!("Commit: {pct}% done.");
                 }
-                let _ = std::io::stdout().flush();
             }
         };
         let rep = vmkfs::redo_ops::commit(disk, &opts, &mut progress, Some(crate::disk::install_interrupt_handler()))?;
         if tty {
-            println!();
+            out::line("");
         }
         if json {
-            println!(
-                "{}",
-                serde_json::json!({"event": "committed", "parent": rep.parent, "children": rep.children, "removed": rep.removed, "cid": format!("{:08x}", rep.cid)})
+            out::line(
+                serde_json::json!({"event": "committed", "parent": rep.parent, "children": rep.children, "removed": rep.removed, "cid": format!("{:08x}", rep.cid)}),
             );
         } else {
-            println!("Committed '{}' into '{}'.", disk.display(), rep.parent.display());
+            outln!("Committed '{}' into '{}'.", disk.display(), rep.parent.display());
         }
         return Ok(exit::OK);
     }
     if r.discard {
         let files = vmkfs::redo::discard(disk, &opts)?;
         if json {
-            println!("{}", serde_json::json!({"event": "discarded", "files": files}));
+            out::line(serde_json::json!({"event": "discarded", "files": files}));
         }
         return Ok(exit::OK);
     }
@@ -170,10 +165,10 @@ fn run_inner(cli: &Cli) -> Result<i32> {
         let rep = vmkfs::redo::diagnose(disk, &opts);
         let broken = rep.iter().any(|l| l.status != "ok");
         if json {
-            println!("{}", serde_json::json!({"links": rep, "ok": !broken}));
+            out::line(serde_json::json!({"links": rep, "ok": !broken}));
         } else {
             for (i, l) in rep.iter().enumerate() {
-                println!(
+                outln!(
                     "{i}: {} [{}] CID {} parentCID {} {}",
                     l.path.display(),
                     l.format,
@@ -186,7 +181,7 @@ fn run_inner(cli: &Cli) -> Result<i32> {
         return Ok(if broken { exit::NEGATIVE } else { exit::OK });
     }
     let block = match &r.block_size {
-        Some(b) => parse_offset(b)?,
+        Some(b) => vmkfs::size::parse_bytes(b, "block size")?,
         None => DEFAULT_BLOCK,
     };
     let m = vmkfs::redo_ops::changed_blocks(disk, r.since.as_deref(), block, &opts)?;
@@ -195,10 +190,10 @@ fn run_inner(cli: &Cli) -> Result<i32> {
     }
     if json {
         let ranges: Vec<_> = m.ranges().map(|(s, l)| serde_json::json!({"start": s, "length": l})).collect();
-        println!("{}", serde_json::json!({"block": block, "changed": m.changed_bytes(), "ranges": ranges}));
+        out::line(serde_json::json!({"block": block, "changed": m.changed_bytes(), "ranges": ranges}));
     } else {
         for (s, l) in m.ranges() {
-            println!("{s} {l}");
+            outln!("{s} {l}");
         }
     }
     Ok(exit::OK)

@@ -6,16 +6,17 @@
 //! standard error.
 
 use std::fs::File;
-use std::io::{BufReader, IsTerminal, Write};
+use std::io::{BufReader, IsTerminal};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use vmkfs::clone::{clone_disk, export_to, import, CloneOptions, PipeFormat};
-use vmkfs::error::{exit, Error, Result};
+use vmkfs::error::{Error, Result};
 use vmkfs::size::parse_size;
 use vmkfs::vmdk::create::DiskFormat;
 
+use crate::progress::Messages;
 use crate::{open_options, target, Cli};
 
 /// Export and pipe options.
@@ -64,101 +65,6 @@ fn compress_level(cli: &Cli, stream: bool) -> Result<u32> {
         Some(_) if !stream => Err(Error::Usage("--compress-level applies to -d streamoptimized only".into())),
         Some(l) => Ok(l),
         None => Ok(vmkfs::stream::DEFAULT_COMPRESS_LEVEL),
-    }
-}
-
-/// Where messages go: standard output, or standard error when standard output carries the disk.
-struct Messages {
-    json: bool,
-    to_stderr: bool,
-    bar: Option<indicatif::ProgressBar>,
-    last_pct: u64,
-}
-
-impl Messages {
-    fn new(cli: &Cli, to_stderr: bool) -> Messages {
-        let json = cli.common.json;
-        let tty = !json && if to_stderr { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
-        let bar = tty.then(|| {
-            let target = if to_stderr {
-                indicatif::ProgressDrawTarget::stderr()
-            } else {
-                indicatif::ProgressDrawTarget::stdout()
-            };
-            let b = indicatif::ProgressBar::with_draw_target(Some(0), target);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "Clone: {percent:>3}% [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            b
-        });
-        Messages { json, to_stderr, bar, last_pct: u64::MAX }
-    }
-
-    fn line(&self, s: &str) {
-        if self.to_stderr {
-            eprintln!("{s}");
-        } else {
-            println!("{s}");
-            let _ = std::io::stdout().flush();
-        }
-    }
-
-    fn event(&self, v: serde_json::Value) {
-        self.line(&v.to_string());
-    }
-
-    fn start(&self, src: &Path, dst: &Path, format: &str, description: &str) {
-        if self.json {
-            self.event(serde_json::json!({"event": "start", "source": src, "destination": dst, "format": format}));
-        } else {
-            self.line(&format!("Destination disk format: {description}"));
-            self.line(&format!("Cloning disk '{}'...", src.display()));
-        }
-    }
-
-    fn progress(&mut self, done: u64, total: u64) {
-        let pct = (done * 100).checked_div(total).unwrap_or(100).min(100);
-        if let Some(b) = &self.bar {
-            b.set_length(total);
-            b.set_position(done);
-        } else if pct != self.last_pct {
-            self.last_pct = pct;
-            if self.json {
-                self.event(serde_json::json!({"event": "progress", "done": done, "total": total, "percent": pct}));
-            } else {
-                self.line(&format!("Clone: {pct}% done."));
-            }
-        }
-    }
-
-    fn finish(&self, result: &Result<serde_json::Value>) -> i32 {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-            if result.is_ok() {
-                self.line("Clone: 100% done.");
-            }
-        }
-        match result {
-            Ok(done) => {
-                if self.json {
-                    self.event(done.clone());
-                }
-                exit::OK
-            }
-            Err(e) => {
-                if self.json {
-                    self.event(serde_json::json!({"event": "error", "message": e.to_string(), "exit": e.exit_code()}));
-                } else {
-                    let msg = e.to_string();
-                    self.line(&format!("Failed to clone disk: {}.", msg.trim_end_matches('.')));
-                }
-                e.exit_code()
-            }
-        }
     }
 }
 
@@ -232,7 +138,7 @@ fn run_export(cli: &Cli, dst: &Path) -> i32 {
         let r = clone_disk(src, dst, &mut opts)?;
         Ok(serde_json::json!({"event": "done", "destination": r.path}))
     })();
-    msg.finish(&result)
+    msg.finish(cli, &result)
 }
 
 fn run_import(cli: &Cli) -> i32 {
@@ -264,5 +170,5 @@ fn run_import(cli: &Cli) -> i32 {
         let r = import(input, Path::new("<stdin>"), dst, size, &mut opts)?;
         Ok(serde_json::json!({"event": "done", "destination": r.path}))
     })();
-    msg.finish(&result)
+    msg.finish(cli, &result)
 }

@@ -9,7 +9,8 @@ use vmkfs::error::{exit, Error, Result};
 use vmkfs::vmdk::{self, Backing, Storage};
 use vmkfs::vmfs::{FileKind, Stat, VmfsStorage, Volume};
 
-use crate::{human, Cli};
+use crate::out::outln;
+use crate::{human, out, Cli};
 
 /// VMFS volume options.
 #[derive(Args, Debug)]
@@ -189,19 +190,19 @@ fn run_queryfs(cli: &Cli) -> Result<i32> {
             "devices": devices,
             "live_heartbeats": heartbeats,
         });
-        println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+        out::json_pretty(&j);
         return Ok(exit::OK);
     }
-    println!(
+    outln!(
         "{} (Raw Major Version: {}) file system spanning {} partitions.",
         fs.version_text(),
         fs.major,
         devices.len()
     );
-    println!("File system label (if any): {}", fs.label);
-    println!("Mode: {}", if fs.local { "private" } else { "public" });
+    outln!("File system label (if any): {}", fs.label);
+    outln!("Mode: {}", if fs.local { "private" } else { "public" });
     if cli.vmfs.human {
-        println!(
+        outln!(
             "Capacity {}, {} available, file block size {}, max supported file size {}",
             vm_human(usage.capacity),
             vm_human(usage.free),
@@ -209,13 +210,18 @@ fn run_queryfs(cli: &Cli) -> Result<i32> {
             vm_human(max)
         );
     } else {
-        println!(
+        outln!(
             "Capacity {} ({} file blocks * {}), {} ({} blocks) avail, max supported file size {}",
-            usage.capacity, usage.blocks, g.fbs, usage.free, usage.free_blocks, max
+            usage.capacity,
+            usage.blocks,
+            g.fbs,
+            usage.free,
+            usage.free_blocks,
+            max
         );
     }
     if fs.is_vmfs6() {
-        println!(
+        outln!(
             "Small file block size {}, large file block size {}, sub-block size {}, metadata alignment {}",
             sz(cli, g.fbs),
             sz(cli, g.lfbs),
@@ -223,19 +229,19 @@ fn run_queryfs(cli: &Cli) -> Result<i32> {
             g.md_align
         );
     } else {
-        println!("Sub-block size {}", sz(cli, g.sbs));
+        outln!("Sub-block size {}", sz(cli, g.sbs));
     }
-    println!("Volume Creation Time: {} UTC", utc(fs.creation_time as u64));
-    println!("UUID: {}", fs.uuid);
-    println!("Logical device: {}", vol.lv_uuid());
-    println!("Partitions spanned (on \"lvm\"):");
+    outln!("Volume Creation Time: {} UTC", utc(fs.creation_time as u64));
+    outln!("UUID: {}", fs.uuid);
+    outln!("Logical device: {}", vol.lv_uuid());
+    outln!("Partitions spanned (on \"lvm\"):");
     for d in &devices {
         let part = if d.partition == 0 { String::new() } else { format!(":{}", d.partition) };
-        println!("\t{}{} ({}, LVM{})", d.path.display(), part, sz(cli, d.bytes), d.lvm_version);
+        outln!("\t{}{} ({}, LVM{})", d.path.display(), part, sz(cli, d.bytes), d.lvm_version);
     }
     for h in &heartbeats {
         let addr = if h.address.is_empty() { String::new() } else { format!(" ({})", h.address) };
-        println!(
+        outln!(
             "Warning: live heartbeat of host {}{addr} at offset {:#x}: the volume is (or was, when imaged) in use; metadata may change while it is read",
             h.owner, h.offset
         );
@@ -274,11 +280,11 @@ fn run_list(cli: &Cli, path: &str) -> Result<i32> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        out::json_pretty(&v);
         return Ok(exit::OK);
     }
     let size = |n: u64| if cli.vmfs.human { human(n) } else { n.to_string() };
-    println!("{:<8} {:>14} {:>14}  {:<19}  Name", "Type", "Size", "Allocated", "Modified (UTC)");
+    outln!("{:<8} {:>14} {:>14}  {:<19}  Name", "Type", "Size", "Allocated", "Modified (UTC)");
     for s in &rows {
         let name = s.path.rsplit('/').next().unwrap_or("");
         let extra = match (&s.link_target, &s.rdm) {
@@ -286,7 +292,7 @@ fn run_list(cli: &Cli, path: &str) -> Result<i32> {
             (_, Some(r)) => format!(" (raw device mapping: {})", r.describe()),
             _ => String::new(),
         };
-        println!(
+        outln!(
             "{:<8} {:>14} {:>14}  {:<19}  {name}{extra}",
             s.kind.name(),
             size(s.size),
