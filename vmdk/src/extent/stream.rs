@@ -292,7 +292,10 @@ pub fn read_grain(
         return Err(Error::corrupt(
             path,
             entry_at,
-            format!("grain table entry for grain {g} points to sector {sector}, inside the metadata before overHead (sector {})", header.overhead),
+            format!(
+                "grain table entry for grain {g} points to sector {sector}, inside the metadata before overHead (sector {})",
+                header.overhead
+            ),
         ));
     }
     let mut m = [0u8; 12];

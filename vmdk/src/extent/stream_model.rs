@@ -330,21 +330,62 @@ impl StreamModel {
         Ok(f)
     }
 
-    /// Checks the entries of a directory the header names (read from byte `gd_at`): every table
-    /// lies between the header and overHead, as the writers that put the directory there lay it
-    /// out.
+    /// Checks the entries of a directory the header names (read from byte `gd_at`) as the writers
+    /// that put the directory there lay it out (qemu, open-vmdk): every table is present, lies
+    /// between the header and overHead, and overlaps neither another table nor the directory. (A
+    /// damaged table size makes entries run into padding or into other tables, which this refuses
+    /// before either reader could map grains through the wrong entries.)
     pub fn check_header_tables(&self, gd: &[u32], gd_at: u64) -> Result<()> {
+        let bad = |i: usize, what: String| Error::corrupt(&self.path, gd_at + i as u64 * 4, what);
+        let gt = self.gt_sectors();
+        let dir = (self.header.gd_offset, self.header.gd_offset + self.gd_sectors());
         for (i, &e) in gd.iter().enumerate() {
-            if e != 0 && self.before_overhead(e as u64, self.gt_sectors()).is_none() {
-                return Err(Error::corrupt(
-                    &self.path,
-                    gd_at + i as u64 * 4,
+            let e = e as u64;
+            if e == 0 {
+                return Err(bad(
+                    i,
                     format!(
-                        "grain directory entry {i} points to a grain table at sector {e}, which does not lie between the header and overHead (sector {})",
+                        "grain directory entry {i} names no grain table; a directory in the header has every table"
+                    ),
+                ));
+            }
+            if self.before_overhead(e, gt).is_none() || (e < dir.1 && e + gt > dir.0) {
+                return Err(bad(
+                    i,
+                    format!(
+                        "grain directory entry {i} points to a grain table at sector {e}, which does not lie between the directory and overHead (sector {})",
                         self.header.overhead
                     ),
                 ));
             }
+        }
+        let mut order: Vec<(u32, usize)> = gd.iter().copied().zip(0..).collect();
+        order.sort_unstable();
+        for w in order.windows(2) {
+            if (w[1].0 as u64) < w[0].0 as u64 + gt {
+                return Err(bad(
+                    w[1].1,
+                    format!(
+                        "grain directory entries {} and {} name overlapping grain tables (sectors {} and {}, {gt} sectors each)",
+                        w[0].1, w[1].1, w[0].0, w[1].0
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a grain table entry `e` found at byte `at`: 0, or a grain at or after overHead.
+    pub fn check_table_entry(&self, e: u64, at: u64) -> Result<()> {
+        if e != 0 && e < self.header.overhead {
+            return Err(Error::corrupt(
+                &self.path,
+                at,
+                format!(
+                    "grain table entry points to sector {e}, inside the metadata before overHead (sector {})",
+                    self.header.overhead
+                ),
+            ));
         }
         Ok(())
     }

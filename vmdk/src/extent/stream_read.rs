@@ -332,8 +332,10 @@ impl<S: SeqRead> StreamReader<S> {
                 let (a, z) = (s.max(b0), e.min(b1));
                 if a < z {
                     // Entries are 4-byte aligned relative to the table start, which is sector aligned.
-                    for c in block[(a - b0) as usize..(z - b0) as usize].chunks_exact(4) {
-                        self.max_entry = self.max_entry.max(LE::read_u32(c) as u64);
+                    for (k, c) in block[(a - b0) as usize..(z - b0) as usize].chunks_exact(4).enumerate() {
+                        let e = LE::read_u32(c) as u64;
+                        self.model.check_table_entry(e, a + k as u64 * 4)?;
+                        self.max_entry = self.max_entry.max(e);
                     }
                 }
                 if e <= b1 {
