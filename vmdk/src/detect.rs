@@ -130,7 +130,7 @@ fn exact(path: &Path, head: &[u8]) -> Result<Option<Format>> {
 /// A file without an exact signature: a damaged VMDK (an error, or a descriptor for the parser to
 /// explain), or a raw image.
 fn near_miss(path: &Path, head: &[u8], tail: Option<&[u8]>, file_len: u64) -> Result<Format> {
-    if let Some(what) = near_kdmv(head).or_else(|| near_cowd(head)).or_else(|| near_sesparse(head)) {
+    if let Some(what) = near_kdmv(head).or_else(|| near_cowd(head, file_len)).or_else(|| near_sesparse(head)) {
         return Err(Error::corrupt(path, 0, what));
     }
     if let Some(what) = near_mapping(head, file_len) {
@@ -208,15 +208,22 @@ fn near_kdmv(head: &[u8]) -> Option<String> {
     ))
 }
 
-/// A COWD header with a damaged magic: version 1 or 3, small flags, a capacity, a directory right
-/// after the header whose size fits the capacity.
-fn near_cowd(head: &[u8]) -> Option<String> {
+/// A COWD header with a damaged magic: version 1 or 3, small flags, a capacity, a directory after
+/// the header whose size fits the capacity. With the magic destroyed (more than
+/// [`NEAR_MAGIC_BITS`] off) the rest must be exactly as ESX writes it: the directory right after the
+/// header, the free sector past it and inside the file, the header's padding zero.
+fn near_cowd(head: &[u8], file_len: u64) -> Option<String> {
     let magic = cowd::MAGIC.to_le_bytes();
     let fixed = with_magic(head, &magic, cowd::HEADER_BYTES)?;
     let h = CowdHeader::parse(&fixed, Path::new("")).ok()?;
     let plausible = matches!(h.version, 1 | 3) && h.flags < 0x100 && h.num_sectors > 0 && h.gd_offset >= 4;
     let bits = bit_distance(&head[..4], &magic);
-    if !plausible || (bits > NEAR_MAGIC_BITS && h.gd_offset != 4) {
+    let free = h.free_sector as u64;
+    let as_esx_writes = h.gd_offset == 4
+        && free >= h.overhead()
+        && free.saturating_mul(512) <= file_len
+        && fixed[cowd::PAD_OFFSET..].iter().all(|&b| b == 0);
+    if !plausible || (bits > NEAR_MAGIC_BITS && !as_esx_writes) {
         return None;
     }
     Some(format!(
@@ -340,6 +347,29 @@ mod tests {
         c[0] = b'X';
         let e = classify(p(), &c, None, 1 << 20).unwrap_err();
         assert!(e.to_string().contains("COWD"), "{e}");
+    }
+
+    #[test]
+    fn destroyed_magics_need_the_whole_header() {
+        // A COWD header with its magic zeroed is still recognized...
+        let mut c = CowdHeader::new(4096, 1, None).to_bytes();
+        c.resize(4096, 0);
+        c[..4].fill(0);
+        let e = classify(p(), &c, None, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("COWD") && e.to_string().contains("15 bits off"), "{e}");
+        // ...but a binary head of small integers that merely fits COWD's field ranges is not.
+        let mut b = vec![0u8; 4096];
+        for (i, v) in [0xdead_beefu32, 1, 3, 100, 1, 4, 1, 7].iter().enumerate() {
+            b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        b[2000] = 1;
+        assert_eq!(classify(p(), &b, None, 1 << 20).unwrap(), Format::Raw);
+        // A hosted sparse header without its magic and without the newline bytes is not either.
+        let mut h = Layout::plan(2048, 128, 20).header.to_bytes().to_vec();
+        h.resize(4096, 0);
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[73..77].fill(0);
+        assert_eq!(classify(p(), &h, None, 1 << 20).unwrap(), Format::Raw);
     }
 
     #[test]
