@@ -239,7 +239,6 @@ impl Link {
         opener: &mut Opener<'_>,
         cache: &Arc<GtCache>,
     ) -> Result<Link> {
-        detect::check_descriptor_fields(&main, &h)?;
         let write = opener.opts.write;
         let (desc, home, first): (Option<Descriptor>, Home, Box<dyn Extent>) = if h.is_compressed() {
             // The stream's own model checks its descriptor (the same checks the pipe reader makes).
@@ -251,6 +250,7 @@ impl Link {
             let first = StreamExtent::with_model(main.clone(), &model, None, cache.clone())?;
             (model.descriptor().cloned(), home, Box::new(first))
         } else {
+            detect::check_descriptor_fields(&main, &h)?;
             let mut desc = None;
             let mut home = Home::None;
             if let Some(area) = kdmv::read_descriptor_area(&main, &h)?.filter(|a| !a.is_blank()) {

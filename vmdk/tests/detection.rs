@@ -626,9 +626,11 @@ fn streams_read_the_same_both_ways_or_are_refused_by_both() {
         refused_by_both(&p, &format!("{what}, 100 bytes longer"), Some(b.len() as u64 + 100), "");
         let p = patched(s, &v("short"), |b| b.truncate(b.len() - 100));
         refused_by_both(&p, &format!("{what}, 100 bytes shorter"), None, "truncated");
-        // A blank descriptor.
+        // A blank descriptor, and a descriptor the header no longer declares.
         let p = patched(s, &v("blank"), |b| b[512..21 * 512].fill(0));
         refused_by_both(&p, &format!("{what}, blank descriptor"), Some(512), "blank");
+        let p = patched(s, &v("undeclared"), |b| b[28..36].fill(0));
+        refused_by_both(&p, &format!("{what}, descriptorOffset 0"), Some(28), "descriptorOffset is 0");
         if has_footer {
             // A grain table marker that says two tables, a directory marker that says two sectors,
             // a footer naming a directory one sector off.

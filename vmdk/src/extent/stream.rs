@@ -24,10 +24,12 @@ use crate::map::{AllocMap, State};
 use crate::storage::Backing;
 
 /// Builds the [`StreamModel`] of the stream in `backing` whose header (sector 0) is `header`:
-/// checks the header, the file length and the embedded descriptor.
+/// checks the header, the file length and the embedded descriptor (including descriptor text left
+/// where a header declaring none would have it).
 pub fn read_model(backing: &Arc<dyn Backing>, header: SparseHeader) -> Result<StreamModel> {
     let mut model = StreamModel::new(header, backing.path())?;
     model.check_length(backing.len()?)?;
+    crate::detect::check_descriptor_fields(backing, model.header())?;
     let area = kdmv::read_descriptor_area(backing, model.header())?;
     model.set_descriptor(area.as_ref().map(|a| a.text.as_str()))?;
     Ok(model)

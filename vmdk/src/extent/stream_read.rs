@@ -12,6 +12,13 @@
 //! A stream that ends early is an error naming the byte offset where it ends, never a shorter disk:
 //! a `GD_AT_END` stream must reach its end-of-stream marker, and a stream with its tables up front
 //! must hold every grain they point to.
+//!
+//! The stream's shape is checked by [`super::stream_model::StreamModel`], as the random-access
+//! reader checks it: header, embedded descriptor (createType and extent size), the tables up front,
+//! the sizes stated by grain table, directory and footer markers, the footer itself (which must name
+//! a directory that follows a directory marker, and be followed by the end-of-stream marker and
+//! nothing else), and whole sectors. What follows any other end-of-stream marker must be zero
+//! padding: records there would be lost.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -265,9 +272,12 @@ impl<S: SeqRead> StreamReader<S> {
     fn read_head(&mut self) -> Result<()> {
         let end = self.model.overhead_bytes();
         let desc = self.model.descriptor_range();
+        let undeclared =
+            crate::detect::undeclared_descriptor_sector(self.model.header()).map(|(s, _)| (s * 512, s * 512 + 512));
         let gd = self.model.header_directory();
         let gd_bytes = gd.map(|(s, e)| e - s).unwrap_or(0);
         let mut desc_buf = Vec::new();
+        let mut undeclared_buf = Vec::new();
         let mut gd_buf = Vec::new();
         // Tables (byte ranges), known once the directory has been read.
         let mut tables: Vec<(u64, u64)> = Vec::new();
@@ -278,7 +288,10 @@ impl<S: SeqRead> StreamReader<S> {
             let want = (end - self.pos).min(HEAD_BLOCK as u64) as usize;
             let interesting = |p: u64| {
                 let hit = |r: Option<(u64, u64)>| r.is_some_and(|(s, e)| p < e && p + want as u64 > s);
-                hit(desc) || hit(gd) || tables.get(next_table).is_some_and(|(s, _)| *s < p + want as u64)
+                hit(desc)
+                    || hit(undeclared)
+                    || hit(gd)
+                    || tables.get(next_table).is_some_and(|(s, _)| *s < p + want as u64)
             };
             if !interesting(self.pos) {
                 let got = self.src.skip(want as u64)?;
@@ -306,6 +319,7 @@ impl<S: SeqRead> StreamReader<S> {
                 }
             };
             copy(desc, &mut desc_buf);
+            copy(undeclared, &mut undeclared_buf);
             let had_gd = gd.is_some() && gd_buf.len() as u64 == gd_bytes;
             copy(gd, &mut gd_buf);
             if let (false, Some((gd_start, _))) = (had_gd, gd) {
@@ -346,6 +360,7 @@ impl<S: SeqRead> StreamReader<S> {
             }
             self.pos = b1;
         }
+        crate::detect::check_undeclared_descriptor(self.model.header(), &undeclared_buf, self.path())?;
         let n = desc_buf.iter().position(|&b| b == 0).unwrap_or(desc_buf.len());
         let text = String::from_utf8_lossy(&desc_buf[..n]).into_owned();
         self.model.set_descriptor(desc.map(|_| text.as_str()))?;
