@@ -201,7 +201,8 @@ pub const PARAMS: usize = 8;
 /// input is a few parameter bytes (grain size, entries per table, capacity, flags) followed by the
 /// bytes of the grain tables and grains: the header is built valid, the directory either generated
 /// (tables laid out right after it, as qemu does) or taken from the input, so the fuzzer reaches the
-/// table walk and the grain reads at once.
+/// table walk and the grain reads at once. A compressed file whose directory is at the end gets
+/// VMware's layout instead (tables inline after their markers, directory, footer, end-of-stream).
 pub fn kdmv_file(data: &[u8], compressed: bool) -> Vec<u8> {
     if data.starts_with(b"KDMV") {
         return data.to_vec();
@@ -246,6 +247,9 @@ pub fn kdmv_file(data: &[u8], compressed: bool) -> Vec<u8> {
     let mut file = h.to_vec();
     file.resize((overhead * 512) as usize, 0);
     let body = data.get(PARAMS..).unwrap_or(&[]);
+    if at_end {
+        return inline_stream(file, &h, body, mode & 4 != 0, gt_count, gd_sectors, gt_sectors);
+    }
     if mode & 4 == 0 {
         // Generated directory; the input fills the tables and the grains.
         for i in 0..gt_count {
@@ -257,17 +261,58 @@ pub fn kdmv_file(data: &[u8], compressed: bool) -> Vec<u8> {
         // The input is the directory, tables and grains.
         overlay(&mut file, (gd * 512) as usize, body);
     }
-    if at_end {
-        // Footer marker, footer (the header with the real directory offset), end-of-stream marker.
-        let mut tail = vec![0u8; 1536];
-        put_u64(&mut tail, 0, 1);
-        put_u32(&mut tail, 12, 3);
-        tail[512..1024].copy_from_slice(&h);
-        put_u64(&mut tail, 512 + 56, gd);
-        let pad = file.len().div_ceil(512) * 512;
-        file.resize(pad, 0);
-        file.extend_from_slice(&tail);
+    file
+}
+
+/// A metadata marker sector: `numSectors`, size 0, `kind`.
+fn marker(num_sectors: u64, kind: u32) -> [u8; 512] {
+    let mut m = [0u8; 512];
+    put_u64(&mut m, 0, num_sectors);
+    put_u32(&mut m, 12, kind);
+    m
+}
+
+/// Completes `file` (header and metadata up to overHead) in VMware's stream layout: each grain
+/// table inline after its marker (filled from `body`), the rest of `body` (grains), the directory
+/// after its marker (generated, or with `fuzzed_gd` taken from the start of `body`), the footer
+/// after its marker and the end-of-stream marker.
+fn inline_stream(
+    mut file: Vec<u8>,
+    header: &[u8; 512],
+    body: &[u8],
+    fuzzed_gd: bool,
+    gt_count: u64,
+    gd_sectors: u64,
+    gt_sectors: u64,
+) -> Vec<u8> {
+    let gd_bytes = (gd_sectors * 512) as usize;
+    let (mut gd, mut rest) = (vec![0u8; gd_bytes], body);
+    if fuzzed_gd {
+        let n = rest.len().min(gd_bytes);
+        gd[..n].copy_from_slice(&rest[..n]);
+        rest = &rest[n..];
     }
+    for i in 0..gt_count as usize {
+        file.extend_from_slice(&marker(gt_sectors, 1));
+        if !fuzzed_gd {
+            put_u32(&mut gd, i * 4, (file.len() / 512) as u32);
+        }
+        let n = rest.len().min((gt_sectors * 512) as usize);
+        let at = file.len();
+        file.extend_from_slice(&rest[..n]);
+        file.resize(at + (gt_sectors * 512) as usize, 0);
+        rest = &rest[n..];
+    }
+    file.extend_from_slice(rest);
+    file.resize(file.len().div_ceil(512) * 512, 0);
+    file.extend_from_slice(&marker(gd_sectors, 2));
+    let gd_sector = (file.len() / 512) as u64;
+    file.extend_from_slice(&gd);
+    file.extend_from_slice(&marker(1, 3));
+    let mut footer = *header;
+    put_u64(&mut footer, 56, gd_sector);
+    file.extend_from_slice(&footer);
+    file.extend_from_slice(&marker(0, 0));
     file
 }
 

@@ -389,7 +389,15 @@ impl Descriptor {
                     saw_create_type = true;
                 }
                 "parentfilenamehint" => d.parent_file_name_hint = Some(value.to_string()),
-                _ => d.header_extra.push(Entry { key: key.to_string(), value: value.to_string(), quoted }),
+                _ => {
+                    if let Some(known) = damaged_key(key) {
+                        return Err(err(
+                            lineno,
+                            format!("key {key:?} looks like a damaged {known:?} (expected `{known}=`); refusing to guess what it meant"),
+                        ));
+                    }
+                    d.header_extra.push(Entry { key: key.to_string(), value: value.to_string(), quoted })
+                }
             }
         }
         if !saw_version {
@@ -619,6 +627,102 @@ pub fn check_capacity(path: &Path, format: crate::create::DiskFormat, capacity: 
     Ok(())
 }
 
+/// The header keys VMware writes, in their canonical spelling.
+pub const KNOWN_HEADER_KEYS: &[&str] = &[
+    "version",
+    "encoding",
+    "CID",
+    "parentCID",
+    "createType",
+    "parentFileNameHint",
+    "isNativeSnapshot",
+    "changeTrackPath",
+];
+
+/// The known header key that `key` is a damaged spelling of, if any: one changed character for the
+/// short `CID` (same length), one edit for keys up to 5 characters, up to two (a transposition
+/// counts as one) for longer ones. An exact match (any case) is not damage.
+pub fn damaged_key(key: &str) -> Option<&'static str> {
+    let k = key.trim().to_ascii_lowercase();
+    if KNOWN_HEADER_KEYS.iter().any(|n| n.eq_ignore_ascii_case(&k)) {
+        return None;
+    }
+    KNOWN_HEADER_KEYS.iter().copied().find(|n| {
+        let n = n.to_ascii_lowercase();
+        let d = edit_distance(k.as_bytes(), n.as_bytes());
+        match n.len() {
+            0..=3 => d == 1 && k.chars().count() == n.len(),
+            4..=5 => d == 1,
+            _ => d <= 2,
+        }
+    })
+}
+
+/// Optimal-string-alignment distance (insertions, deletions, substitutions and adjacent
+/// transpositions); inputs are short keys.
+fn edit_distance(a: &[u8], b: &[u8]) -> usize {
+    if a.len().abs_diff(b.len()) > 2 {
+        return 3; // more than any threshold used
+    }
+    let (n, m) = (a.len(), b.len());
+    let mut d = vec![vec![0usize; m + 1]; n + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=n {
+        for j in 1..=m {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[n][m]
+}
+
+/// How many distinct marks of a text descriptor the start of `bytes` (up to the first NUL, at most
+/// 4096 bytes) carries: the `# Disk DescriptorFile` comment, a `version` key, a `createType` key
+/// (either possibly damaged), a `CID` or `parentCID` key, an extent line (`RW 2048 SPARSE …`), a
+/// `ddb.` key. Two or more mean the text is a descriptor even when [`looks_like_descriptor`] says
+/// no (its first key is damaged): it is then parsed, and the parser names the damaged line.
+pub fn descriptor_evidence(bytes: &[u8]) -> usize {
+    let head = &bytes[..bytes.len().min(4096)];
+    let end = head.iter().position(|&b| b == 0).unwrap_or(head.len());
+    let text = String::from_utf8_lossy(&head[..end]);
+    let mut marks = [false; 6];
+    for raw in text.split('\n') {
+        let line = raw.trim_end_matches('\r').trim();
+        if let Some(c) = line.strip_prefix('#') {
+            let squeezed: String = c.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+            marks[0] |= squeezed.starts_with("diskdescriptorfile");
+            continue;
+        }
+        let mut words = line.split_ascii_whitespace();
+        if let (Some(a), Some(n), Some(t)) = (words.next(), words.next(), words.next()) {
+            if Access::parse(a).is_some()
+                && n.parse::<u64>().is_ok()
+                && !matches!(ExtentType::parse(t), ExtentType::Other(_))
+            {
+                marks[4] = true;
+                continue;
+            }
+        }
+        let Some((k, _)) = line.split_once('=') else { continue };
+        let k = k.trim();
+        let known = |n: &str| k.eq_ignore_ascii_case(n) || damaged_key(k) == Some(n);
+        marks[1] |= known("version");
+        marks[2] |= known("createType");
+        marks[3] |= k.eq_ignore_ascii_case("CID") || k.eq_ignore_ascii_case("parentCID");
+        marks[5] |= k.len() > 4 && k.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("ddb."));
+    }
+    marks.iter().filter(|&&m| m).count()
+}
+
 /// True if `bytes` look like a text descriptor: after comment and blank lines, the first line is
 /// `version=…` (any case, spaces allowed).
 pub fn looks_like_descriptor(bytes: &[u8]) -> bool {
@@ -795,6 +899,39 @@ mod tests {
             assert!(matches!(e, Error::Unsupported { .. }), "{format:?} {cap}: {e:?}");
             assert!(e.to_string().contains(says) && e.to_string().contains(&cap.to_string()), "{e}");
         }
+    }
+
+    #[test]
+    fn damaged_keys_are_named() {
+        for (bad, known) in [
+            ("versoin", "version"),
+            ("vers1on", "version"),
+            ("createTpye", "createType"),
+            ("CreateTyp", "createType"),
+            ("CJD", "CID"),
+            ("parentCIT", "parentCID"),
+            ("parentFileNameHnit", "parentFileNameHint"),
+        ] {
+            assert_eq!(damaged_key(bad), Some(known), "{bad}");
+            let text = format!("version=1\nCID=1\ncreateType=\"vmfs\"\n{bad}=1\nRW 8 ZERO\n");
+            let e = Descriptor::parse(&text, Path::new("d.vmdk")).unwrap_err();
+            assert!(e.to_string().contains("line 4") && e.to_string().contains(known), "{e}");
+        }
+        for fine in ["version", "VERSION", "cid", "uuid", "ID", "CIDs2", "changeTrackPath", "myKey", "adapter"] {
+            assert_eq!(damaged_key(fine), None, "{fine}");
+        }
+    }
+
+    #[test]
+    fn evidence_of_a_descriptor() {
+        let good =
+            b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\ncreateType=\"vmfs\"\nRW 8 VMFS \"x\"\nddb.a = \"b\"\n";
+        assert_eq!(descriptor_evidence(good), 6);
+        let damaged = b"# Disk DescriptorFile\nversoin=1\nCID=fffffffe\n";
+        assert!(!looks_like_descriptor(damaged));
+        assert_eq!(descriptor_evidence(damaged), 3);
+        assert!(descriptor_evidence(b"hello world\nRW is a word\nkey=value\n") < 2);
+        assert!(descriptor_evidence(&[0u8; 512]) == 0);
     }
 
     #[test]

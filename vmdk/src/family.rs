@@ -8,9 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::descriptor::{looks_like_descriptor, CreateType, Descriptor, MAX_DESCRIPTOR_BYTES, NO_PARENT_CID};
+use crate::descriptor::{CreateType, Descriptor, MAX_DESCRIPTOR_BYTES, NO_PARENT_CID};
+use crate::detect::Format;
 use crate::error::{Error, Result};
-use crate::extent::{cowd, kdmv};
+use crate::extent::kdmv;
 use crate::link::Container;
 use crate::storage::{resolve_extent_path, Storage};
 use crate::txn::{file_name, folder, is_temp_name};
@@ -61,42 +62,34 @@ pub struct Peek {
 }
 
 /// Reads just enough of `path` to know its descriptor: a text descriptor, the embedded descriptor
-/// of a hosted sparse file, or what a bare COWD file implies. No lock is taken and no extent is
-/// opened. `Ok(None)` for anything else (raw images, seSparse and other bare extents name no parent).
+/// of a hosted sparse or stream file, or what a bare COWD file implies. No lock is taken and no
+/// extent is opened; what the file is comes from [`crate::detect`], as for [`crate::Link::open`].
+/// `Ok(None)` for anything else (raw images, seSparse and other bare extents name no parent).
 pub fn peek(storage: &dyn Storage, path: &Path) -> Result<Option<Peek>> {
     let b = storage.open(path, false)?;
-    let len = b.len()?;
-    let mut head = vec![0u8; len.min(4096) as usize];
-    b.read_exact_at(&mut head, 0)?;
-    let magic = head.get(..4).map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
-    if magic == Some(kdmv::MAGIC) && head.len() >= 512 {
-        let mut s0 = [0u8; 512];
-        s0.copy_from_slice(&head[..512]);
-        let h = kdmv::SparseHeader::parse(&s0, path, 0)?;
-        let (off, size) = (h.descriptor_offset.saturating_mul(512), h.descriptor_size.saturating_mul(512));
-        if off == 0 || size == 0 || size > MAX_DESCRIPTOR_BYTES as u64 || off.saturating_add(size) > len {
-            return Ok(None);
+    match crate::detect::detect(&b)? {
+        Format::Sparse(h) => match kdmv::read_descriptor_area(&b, &h)?.filter(|a| !a.is_blank()) {
+            Some(area) => {
+                Ok(Some(Peek { descriptor: Descriptor::parse(&area.text, path)?, container: Container::Embedded }))
+            }
+            None => Ok(None),
+        },
+        Format::Cowd => {
+            let d = Descriptor::new(CreateType::VmfsSparse, NO_PARENT_CID);
+            Ok(Some(Peek { descriptor: d, container: Container::BareExtent }))
         }
-        let mut raw = vec![0u8; size as usize];
-        b.read_exact_at(&mut raw, off)?;
-        let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-        let text = String::from_utf8_lossy(&raw[..end]);
-        if text.trim().is_empty() {
-            return Ok(None);
+        Format::Descriptor => {
+            let len = b.len()?;
+            if len > MAX_DESCRIPTOR_BYTES as u64 {
+                return Ok(None);
+            }
+            let mut raw = vec![0u8; len as usize];
+            b.read_exact_at(&mut raw, 0)?;
+            let d = Descriptor::parse(&String::from_utf8_lossy(&raw), path)?;
+            Ok(Some(Peek { descriptor: d, container: Container::Descriptor }))
         }
-        return Ok(Some(Peek { descriptor: Descriptor::parse(&text, path)?, container: Container::Embedded }));
+        _ => Ok(None),
     }
-    if magic == Some(cowd::MAGIC) {
-        let d = Descriptor::new(CreateType::VmfsSparse, NO_PARENT_CID);
-        return Ok(Some(Peek { descriptor: d, container: Container::BareExtent }));
-    }
-    if looks_like_descriptor(&head) && len <= MAX_DESCRIPTOR_BYTES as u64 {
-        let mut raw = vec![0u8; len as usize];
-        b.read_exact_at(&mut raw, 0)?;
-        let d = Descriptor::parse(&String::from_utf8_lossy(&raw), path)?;
-        return Ok(Some(Peek { descriptor: d, container: Container::Descriptor }));
-    }
-    Ok(None)
 }
 
 /// The links in `disk`'s folder that read through `disk`: they name it as their parent (compared

@@ -1,6 +1,8 @@
 //! VMDK virtual disks, one link at a time.
 //!
 //! - [`descriptor`]: the text descriptor (lenient parser, canonical writer).
+//! - [`detect`]: what a file is (descriptor, sparse, stream, COWD, seSparse, mapping, raw image),
+//!   with damaged signatures reported rather than taken for raw images.
 //! - [`extent`]: each extent kind (flat, zero, hosted sparse, streamOptimized, COWD, seSparse).
 //! - [`Link`]: a descriptor plus its extents, with positional reads and writes from many threads,
 //!   the [`AllocMap`] of where data is, and the unclean-shutdown and CID rules.
@@ -14,6 +16,7 @@
 pub mod check;
 pub mod create;
 pub mod descriptor;
+pub mod detect;
 pub mod error;
 pub mod extent;
 pub mod family;

@@ -2,7 +2,7 @@
 //!
 //! [`Link::open`] accepts a text descriptor, a hosted sparse file with an embedded descriptor (whose
 //! extent line may name a different file: the file opened is what counts), a bare COWD or seSparse
-//! extent, or a plain raw image (a flat disk). Reads and writes are positional and take `&self`, so
+//! extent, or a plain raw image (a flat disk); [`crate::detect`] decides which. Reads and writes are positional and take `&self`, so
 //! many threads can share one link.
 
 use std::collections::HashMap;
@@ -10,17 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::descriptor::{
-    looks_like_descriptor, Access, CreateType, Descriptor, ExtentLine, ExtentType, MAX_DESCRIPTOR_BYTES,
-};
+use crate::descriptor::{Access, CreateType, Descriptor, ExtentLine, ExtentType, MAX_DESCRIPTOR_BYTES};
+use crate::detect::{self, Format};
 use crate::error::{Error, Result};
-use crate::extent::cowd;
 use crate::extent::flat::FlatExtent;
 use crate::extent::gtcache::GtCache;
-use crate::extent::kdmv::{self, SparseHeader, FLAG_COMPRESSED};
-use crate::extent::sesparse::{self, SeSparseExtent};
+use crate::extent::kdmv::{self, SparseHeader};
+use crate::extent::sesparse::SeSparseExtent;
 use crate::extent::sparse::SparseExtent;
-use crate::extent::stream::StreamExtent;
+use crate::extent::stream::{self, StreamExtent};
 use crate::extent::zero::ZeroExtent;
 use crate::extent::{Extent, ExtentInfo, ReadAt, Shifted};
 use crate::family::{self, ParentRef};
@@ -199,61 +197,57 @@ fn read_head(b: &Arc<dyn Backing>, n: u64) -> Result<Vec<u8>> {
     Ok(v)
 }
 
-fn read_sector0(b: &Arc<dyn Backing>) -> Result<[u8; 512]> {
-    let mut s = [0u8; 512];
-    if b.len()? < 512 {
-        return Err(Error::corrupt(
-            b.path(),
-            0,
-            format!("file of {} bytes is shorter than a 512-byte sparse header", b.len()?),
-        ));
-    }
-    b.read_exact_at(&mut s, 0)?;
-    Ok(s)
-}
-
-fn magic(head: &[u8]) -> Option<[u8; 4]> {
-    head.get(..4).map(|m| [m[0], m[1], m[2], m[3]])
-}
-
-/// Opens the extent in `backing` whose type is found by its magic (KDMV plain or compressed, COWD,
-/// seSparse). `expected` is the descriptor's extent type, for the error message.
+/// Opens the extent in `backing` whose type [`detect`] finds (KDMV plain or compressed, COWD,
+/// seSparse), for an extent line of type `expected` in a descriptor of `create_type` (whose rule
+/// about compressed flags the header must follow).
 fn open_sparse_kind(
     backing: Arc<dyn Backing>,
     len: Option<u64>,
     cache: &Arc<GtCache>,
     write: bool,
     expected: &str,
+    create_type: &CreateType,
 ) -> Result<Box<dyn Extent>> {
-    let head = read_head(&backing, 8)?;
-    match magic(&head) {
-        Some(m) if u32::from_le_bytes(m) == kdmv::MAGIC => {
-            let h = SparseHeader::parse(&read_sector0(&backing)?, backing.path(), 0)?;
-            if h.flags & FLAG_COMPRESSED != 0 {
+    match detect::detect(&backing)? {
+        Format::Sparse(h) => {
+            h.check_create_type(create_type, backing.path(), 0)?;
+            if h.is_compressed() {
                 Ok(Box::new(StreamExtent::open(backing, h, len, cache.clone())?))
             } else {
                 Ok(Box::new(SparseExtent::open(backing, h, len, cache.clone(), write)?))
             }
         }
-        Some(m) if u32::from_le_bytes(m) == cowd::MAGIC => {
-            Ok(Box::new(SparseExtent::open_cowd(backing, len, cache.clone(), write)?))
+        Format::Cowd => Ok(Box::new(SparseExtent::open_cowd(backing, len, cache.clone(), write)?)),
+        Format::SeSparse => Ok(Box::new(SeSparseExtent::open(backing, len, cache.clone())?)),
+        _ => {
+            let head = read_head(&backing, 4)?;
+            Err(Error::corrupt(
+                backing.path(),
+                0,
+                format!("{expected} extent has no KDMV, COWD or seSparse magic (found {head:02x?})"),
+            ))
         }
-        _ if head.len() == 8 && u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) == sesparse::MAGIC => {
-            Ok(Box::new(SeSparseExtent::open(backing, len, cache.clone())?))
-        }
-        _ => Err(Error::corrupt(
-            backing.path(),
-            0,
-            format!(
-                "{expected} extent has no KDMV, COWD or seSparse magic (found {:02x?})",
-                &head[..head.len().min(4)]
-            ),
-        )),
     }
 }
 
+/// A descriptor for a file that has none (a bare extent or a raw image): one extent of `kind`
+/// over the file itself.
+fn synthesized(
+    create_type: CreateType,
+    kind: ExtentType,
+    sectors: u64,
+    file: String,
+    offset: Option<u64>,
+) -> Descriptor {
+    let mut d = Descriptor::new(create_type, 0xffff_ffff);
+    d.extents.push(ExtentLine { access: Access::ReadWrite, sectors, kind, file: Some(file), offset, extra: vec![] });
+    d
+}
+
 impl Link {
-    /// Opens the disk at `path`.
+    /// Opens the disk at `path`. What the file is (descriptor, hosted sparse or stream, COWD,
+    /// seSparse, mapping record, raw image) is decided by [`detect`]; a damaged signature is an
+    /// error, never a raw image.
     ///
     /// With `opts.lock` (the default) this takes part in the lock protocol: interrupted operations
     /// recorded for the disk are finished first ([`txn::settle`]), VMware's lock folders
@@ -303,112 +297,90 @@ impl Link {
     fn open_unchecked(path: &Path, opts: &OpenOptions) -> Result<Link> {
         let mut opener = Opener { opts, open: HashMap::new() };
         let main = opener.get_main(path)?;
-        let head = read_head(&main, 4096)?;
         let cache = Arc::new(GtCache::default());
-        let m = magic(&head).map(u32::from_le_bytes);
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-
-        if m == Some(kdmv::MAGIC) {
-            let h = SparseHeader::parse(&read_sector0(&main)?, path, 0)?;
-            let file_len = main.len()?;
-            let mut desc = None;
-            let mut home = Home::None;
-            if h.descriptor_offset != 0 && h.descriptor_size != 0 {
-                let off = h.descriptor_offset.checked_mul(512);
-                let room = h.descriptor_size.checked_mul(512).filter(|r| *r <= MAX_DESCRIPTOR_BYTES as u64);
-                let (Some(off), Some(room)) = (off, room) else {
-                    return Err(Error::corrupt(path, 28, "embedded descriptor offset or size is impossible"));
+        match detect::detect(&main)? {
+            Format::Sparse(h) => Link::open_kdmv(path, main, h, file_name, &mut opener, &cache),
+            format @ (Format::Cowd | Format::SeSparse) => {
+                let (ct, kind) = if format == Format::Cowd {
+                    (CreateType::VmfsSparse, ExtentType::VmfsSparse)
+                } else {
+                    (CreateType::SeSparse, ExtentType::SeSparse)
                 };
-                if off + room > file_len {
-                    return Err(Error::corrupt(path, 28, format!("embedded descriptor ({room} bytes at {off}) runs past the end of the file ({file_len} bytes)")));
-                }
-                let mut raw = vec![0u8; room as usize];
-                main.read_exact_at(&mut raw, off)?;
-                let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-                let text = String::from_utf8_lossy(&raw[..end]);
-                if !text.trim().is_empty() {
-                    desc = Some(Descriptor::parse(&text, path)?);
-                    home = Home::Embedded { backing: main.clone(), offset: off, room };
-                }
+                let ext = open_sparse_kind(main.clone(), None, &cache, opts.write, "bare", &ct)?;
+                let d = synthesized(ct, kind, ext.len() / 512, file_name, None);
+                Link::assemble(path, Container::BareExtent, d, Home::None, Some(ext), &mut opener, &cache)
             }
-            let compressed = h.flags & FLAG_COMPRESSED != 0;
-            let (desc, container) = match desc {
-                Some(d) => (d, Container::Embedded),
-                None => {
-                    let ct = if compressed { CreateType::StreamOptimized } else { CreateType::MonolithicSparse };
-                    let mut d = Descriptor::new(ct, 0xffff_ffff);
-                    d.extents.push(ExtentLine {
-                        access: Access::ReadWrite,
-                        sectors: h.capacity,
-                        kind: ExtentType::Sparse,
-                        file: Some(file_name),
-                        offset: None,
-                        extra: vec![],
-                    });
-                    (d, Container::BareExtent)
-                }
-            };
-            // The first extent is the file itself, whatever name the embedded descriptor gives it.
-            let first_len = desc.extents.first().map(|e| e.sectors * 512);
-            let first: Box<dyn Extent> = if compressed {
-                Box::new(StreamExtent::open(main.clone(), h, first_len, cache.clone())?)
-            } else {
-                Box::new(SparseExtent::open(main.clone(), h, first_len, cache.clone(), opts.write)?)
-            };
-            return Link::assemble(path, container, desc, home, Some(first), &mut opener, &cache);
-        }
-        if m == Some(cowd::MAGIC)
-            || (head.len() >= 8 && u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) == sesparse::MAGIC)
-        {
-            let ext = open_sparse_kind(main.clone(), None, &cache, opts.write, "bare")?;
-            let (ct, kind) = if m == Some(cowd::MAGIC) {
-                (CreateType::VmfsSparse, ExtentType::VmfsSparse)
-            } else {
-                (CreateType::SeSparse, ExtentType::SeSparse)
-            };
-            let mut d = Descriptor::new(ct, 0xffff_ffff);
-            d.extents.push(ExtentLine {
-                access: Access::ReadWrite,
-                sectors: ext.len() / 512,
-                kind,
-                file: Some(file_name),
-                offset: None,
-                extra: vec![],
-            });
-            return Link::assemble(path, Container::BareExtent, d, Home::None, Some(ext), &mut opener, &cache);
-        }
-        if rdm::Mapping::looks_like_mapping(&head) {
-            return Err(Error::unsupported(
+            Format::RdmMapping => Err(Error::unsupported(
                 path,
                 "this is an RDM mapping file; open the descriptor (NAME.vmdk) that names it",
-            ));
-        }
-        if looks_like_descriptor(&head) {
-            let len = main.len()?;
-            if len > MAX_DESCRIPTOR_BYTES as u64 {
-                return Err(Error::Descriptor {
-                    path: path.into(),
-                    line: 0,
-                    what: format!("descriptor file is {len} bytes; at most {MAX_DESCRIPTOR_BYTES} are accepted"),
-                });
+            )),
+            Format::Descriptor => {
+                let len = main.len()?;
+                if len > MAX_DESCRIPTOR_BYTES as u64 {
+                    return Err(Error::Descriptor {
+                        path: path.into(),
+                        line: 0,
+                        what: format!("descriptor file is {len} bytes; at most {MAX_DESCRIPTOR_BYTES} are accepted"),
+                    });
+                }
+                let raw = read_head(&main, len)?;
+                let d = Descriptor::parse(&String::from_utf8_lossy(&raw), path)?;
+                let home = Home::Separate { backing: Mutex::new(main), replace: true };
+                Link::assemble(path, Container::Descriptor, d, home, None, &mut opener, &cache)
             }
-            let raw = read_head(&main, len)?;
-            let d = Descriptor::parse(&String::from_utf8_lossy(&raw), path)?;
-            let home = Home::Separate { backing: Mutex::new(main), replace: true };
-            return Link::assemble(path, Container::Descriptor, d, home, None, &mut opener, &cache);
+            Format::Raw => {
+                // A plain raw image: one flat extent over the whole file.
+                let ext = FlatExtent::raw_image(main.clone(), opts.write)?;
+                let d = synthesized(CreateType::MonolithicFlat, ExtentType::Flat, ext.len() / 512, file_name, Some(0));
+                Link::assemble(path, Container::Raw, d, Home::None, Some(Box::new(ext)), &mut opener, &cache)
+            }
         }
-        // A plain raw image: one flat extent over the whole file.
-        let ext = FlatExtent::raw_image(main.clone(), opts.write)?;
-        let mut d = Descriptor::new(CreateType::MonolithicFlat, 0xffff_ffff);
-        d.extents.push(ExtentLine {
-            access: Access::ReadWrite,
-            sectors: ext.len() / 512,
-            kind: ExtentType::Flat,
-            file: Some(file_name),
-            offset: Some(0),
-            extra: vec![],
-        });
-        Link::assemble(path, Container::Raw, d, Home::None, Some(Box::new(ext)), &mut opener, &cache)
+    }
+
+    /// Opens a `KDMV` file (hosted sparse or streamOptimized) with header `h`: its embedded
+    /// descriptor (whose createType must agree with the flags) or, without one, a synthesized one.
+    fn open_kdmv(
+        path: &Path,
+        main: Arc<dyn Backing>,
+        h: SparseHeader,
+        file_name: String,
+        opener: &mut Opener<'_>,
+        cache: &Arc<GtCache>,
+    ) -> Result<Link> {
+        let write = opener.opts.write;
+        let (desc, home, first): (Option<Descriptor>, Home, Box<dyn Extent>) = if h.is_compressed() {
+            // The stream's own model checks its descriptor (the same checks the pipe reader makes).
+            let model = stream::read_model(&main, h.clone())?;
+            let home = match (model.descriptor(), model.descriptor_range()) {
+                (Some(_), Some((offset, end))) => Home::Embedded { backing: main.clone(), offset, room: end - offset },
+                _ => Home::None,
+            };
+            let first = StreamExtent::with_model(main.clone(), &model, None, cache.clone())?;
+            (model.descriptor().cloned(), home, Box::new(first))
+        } else {
+            detect::check_descriptor_fields(&main, &h)?;
+            let mut desc = None;
+            let mut home = Home::None;
+            if let Some(area) = kdmv::read_descriptor_area(&main, &h)?.filter(|a| !a.is_blank()) {
+                let d = Descriptor::parse(&area.text, path)?;
+                h.check_create_type(&d.create_type, path, 0)?;
+                desc = Some(d);
+                home = Home::Embedded { backing: main.clone(), offset: area.offset, room: area.room };
+            }
+            // The first extent is the file itself, whatever name the embedded descriptor gives it.
+            let first_len = desc.as_ref().and_then(|d: &Descriptor| d.extents.first()).map(|e| e.sectors * 512);
+            let first = SparseExtent::open(main.clone(), h.clone(), first_len, cache.clone(), write)?;
+            (desc, home, Box::new(first))
+        };
+        let (desc, container) = match desc {
+            Some(d) => (d, Container::Embedded),
+            None => {
+                let ct = if h.is_compressed() { CreateType::StreamOptimized } else { CreateType::MonolithicSparse };
+                (synthesized(ct, ExtentType::Sparse, h.capacity, file_name, None), Container::BareExtent)
+            }
+        };
+        Link::assemble(path, container, desc, home, Some(first), opener, cache)
     }
 
     fn assemble(
@@ -453,7 +425,7 @@ impl Link {
                         let f = file()?;
                         let b = opener.get_extent(path, line.file.as_deref().unwrap_or(""), &f, write)?;
                         uses.push(FileUse { path: f, range: (0, u64::MAX), flat: false });
-                        open_sparse_kind(b, Some(len), cache, write, line.kind.as_str())?
+                        open_sparse_kind(b, Some(len), cache, write, line.kind.as_str(), &desc.create_type)?
                     }
                     ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
                         crate::rawdev::open_extent(path, &desc, line, opts, write)?

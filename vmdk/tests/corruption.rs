@@ -11,36 +11,6 @@ use common::*;
 use vmdk::create::{create, CreateOptions, DiskFormat};
 use vmdk::{Error, Link, OpenOptions};
 
-/// Asserts `e` is `Error::Corrupt` about `file` at byte `offset` (when given), and that the message
-/// names both.
-#[track_caller]
-fn assert_corrupt(e: &Error, file: &Path, offset: Option<u64>) -> u64 {
-    let Error::Corrupt { path, offset: at, .. } = e else {
-        panic!("expected Error::Corrupt, got {e:?}");
-    };
-    assert_eq!(path, file, "error names the wrong file: {e}");
-    if let Some(o) = offset {
-        assert_eq!(*at, o, "error names the wrong offset: {e}");
-    }
-    let msg = e.to_string();
-    let name = file.file_name().unwrap().to_string_lossy();
-    assert!(msg.contains(&*name), "message does not name {name}: {msg}");
-    assert!(msg.contains(&at.to_string()), "message does not name offset {at}: {msg}");
-    *at
-}
-
-/// A committed monosparse disk of 4 MiB with data in grains 0, 1 and 5.
-fn our_monosparse(dir: &Path) -> (PathBuf, Vec<u8>) {
-    let img = dir.join("m.vmdk");
-    let nd = create(&img, &CreateOptions::new(DiskFormat::MonoSparse, 4 * MIB)).unwrap();
-    let mut data = vec![0u8; (4 * MIB) as usize];
-    Rng::new(1).fill_nonzero(&mut data[..(128 * KIB) as usize]);
-    Rng::new(2).fill_nonzero(&mut data[(5 * 64 * KIB) as usize..(6 * 64 * KIB) as usize]);
-    nd.link().write_at(&data, 0).unwrap();
-    nd.commit().unwrap();
-    (img, data)
-}
-
 fn qemu_monosparse(dir: &Path) -> Option<(PathBuf, Vec<u8>)> {
     if !have_qemu() {
         eprintln!("qemu-img not found: skipping the qemu-made variant");

@@ -4,59 +4,15 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
+use common::counting::{cheaply, Counting};
 use common::*;
 use vmdk::extent::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, FLAG_RGD, GD_AT_END};
 use vmdk::{Error, Link, OpenOptions};
 
-struct Counting;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: defers to the system allocator; only records sizes in a const-initialized thread local.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = LARGEST.try_with(|l| l.set(l.get().max(layout.size())));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let _ = LARGEST.try_with(|l| l.set(l.get().max(layout.size())));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = LARGEST.try_with(|l| l.set(l.get().max(new_size)));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// Runs `f`, asserting it takes under a second and allocates no single block over 16 MiB.
-#[track_caller]
-fn cheaply<T>(what: &str, f: impl FnOnce() -> T) -> T {
-    LARGEST.with(|l| l.set(0));
-    let t = Instant::now();
-    let r = f();
-    let took = t.elapsed();
-    let largest = LARGEST.with(|l| l.get());
-    assert!(took < Duration::from_secs(1), "{what}: took {took:?}");
-    assert!(largest <= 16 << 20, "{what}: allocated {largest} bytes at once");
-    r
-}
 
 fn descriptor(dir: &Path, name: &str, extent_file: &str) -> std::path::PathBuf {
     let d = dir.join(name);

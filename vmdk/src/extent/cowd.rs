@@ -21,6 +21,8 @@ pub const HEADER_BYTES: usize = 2048;
 pub const FREE_SECTOR_OFFSET: u64 = 28;
 /// Byte offset of the `uncleanShutdown` field.
 pub const UNCLEAN_OFFSET: u64 = 1648;
+/// Byte offset of the header's zero padding (up to [`HEADER_BYTES`]).
+pub const PAD_OFFSET: usize = 1652;
 /// Entries per grain table in ESX files.
 pub const ESX_GTES: u32 = 4096;
 /// Largest grain we accept, in sectors (1 MiB; the ESX range is 1 sector to 1 MB).

@@ -43,6 +43,25 @@ impl FlatExtent {
         Ok(FlatExtent { backing, start: 0, len, kind: "FLAT", writable, present: file_len })
     }
 
+    /// Checks that the file still holds the extent's bytes up to extent offset `end` (a raw image's
+    /// zero-padded last partial sector excepted): a file truncated after open is an error naming
+    /// the file and the offset where it now ends, never zeros.
+    fn check_present(&self, end: u64) -> Result<()> {
+        let need = self.start + end.min(self.present);
+        let file_len = self.backing.len()?;
+        if file_len < need {
+            return Err(Error::corrupt(
+                self.backing.path(),
+                file_len,
+                format!(
+                    "{} extent is truncated: its first {end} bytes (from byte {} of the file) need {need} bytes of the file, but the file now has {file_len}",
+                    self.kind, self.start
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The backing file.
     pub fn backing(&self) -> &Arc<dyn Backing> {
         &self.backing
@@ -88,8 +107,13 @@ impl Extent for FlatExtent {
         self.backing.write_all_at(buf, self.start + offset)
     }
     fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
+        let runs = self.backing.data_runs(self.start + offset, len)?;
+        // Past the end of the file there is no hole but missing data: SEEK_DATA cannot tell them
+        // apart, so the length (read after the runs, to catch a truncation while seeking) must cover
+        // the range, or it would read as zeros.
+        self.check_present(offset + len)?;
         let mut pos = offset;
-        for (s, l) in self.backing.data_runs(self.start + offset, len)? {
+        for (s, l) in runs {
             let s = s - self.start;
             out.push(base + pos, s - pos, State::Zero, 0);
             out.push(base + s, l, State::Data, 0);

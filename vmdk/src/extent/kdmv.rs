@@ -4,10 +4,13 @@
 //! offsets rather than through a `repr(C)` struct.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
+use crate::descriptor::{CreateType, MAX_DESCRIPTOR_BYTES};
 use crate::error::{Error, Result};
+use crate::storage::Backing;
 
 /// `KDMV` as a little-endian u32.
 pub const MAGIC: u32 = 0x564D_444B;
@@ -27,6 +30,31 @@ pub const FLAG_MARKERS: u32 = 0x2_0000;
 pub const MAX_GRAIN_SECTORS: u64 = 0x20_0000;
 /// Largest number of grain table entries per table we accept.
 pub const MAX_GTES_PER_GT: u32 = 4096;
+/// The newline-detection bytes at offset 73 (`\n`, ` `, `\r`, `\n`), valid when
+/// [`FLAG_NEWLINE_TEST`] is set.
+pub const NEWLINE_TEST: [u8; 4] = *b"\n \r\n";
+/// Byte offset of the flags field, which errors about contradicting flags point at.
+pub const FLAGS_OFFSET: u64 = 8;
+
+/// Describes damaged newline-detection bytes (`window` starts at offset 73, 7 bytes): all zero is a
+/// missing field; only the shapes a text-mode transfer leaves (CR LF turned into LF, LF turned into
+/// CR LF) are blamed on CR/LF translation.
+fn newline_damage(window: &[u8]) -> String {
+    let found = &window[..4];
+    if found.iter().all(|&b| b == 0) {
+        return "newline-detection bytes (offset 73..77) are missing (all zero), although flag 0x1 says they are valid; expected 0A 20 0D 0A".into();
+    }
+    let crlf_to_lf = window.starts_with(b"\n \n");
+    let lf_to_crlf =
+        window.starts_with(b"\r\n \r\n") || window.starts_with(b"\r\n \r\r\n") || window.starts_with(b"\n \r\r\n");
+    if crlf_to_lf || lf_to_crlf {
+        let how = if crlf_to_lf { "CR LF became LF" } else { "LF became CR LF" };
+        return format!(
+            "newline-detection bytes are {found:02x?}, expected 0A 20 0D 0A: the file was corrupted by CR/LF translation ({how}, as a text-mode transfer does)"
+        );
+    }
+    format!("newline-detection bytes are {found:02x?}, expected 0A 20 0D 0A (the header is damaged)")
+}
 
 /// A parsed `KDMV` header. Sizes and offsets are in sectors, as on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,11 +117,8 @@ impl SparseHeader {
         if h.flags & FLAG_MARKERS != 0 && h.flags & FLAG_COMPRESSED == 0 {
             return Err(bad(8, format!("flags {:#x}: markers without compression", h.flags)));
         }
-        if h.flags & FLAG_NEWLINE_TEST != 0 && buf[73..77] != [b'\n', b' ', b'\r', b'\n'] {
-            return Err(bad(
-                73,
-                "newline-detection bytes are not 0A 20 0D 0A: the file was corrupted by CR/LF translation".into(),
-            ));
+        if h.flags & FLAG_NEWLINE_TEST != 0 && buf[73..77] != NEWLINE_TEST {
+            return Err(bad(73, newline_damage(&buf[73..80])));
         }
         if h.flags & FLAG_COMPRESSED != 0 && h.compress_algorithm != 1 {
             return Err(bad(77, format!("compression algorithm {} is not deflate (1)", h.compress_algorithm)));
@@ -114,6 +139,42 @@ impl SparseHeader {
             return Err(bad(12, format!("capacity {} sectors is too large", h.capacity)));
         }
         Ok(h)
+    }
+
+    /// True when the flags say compressed grains (a streamOptimized extent).
+    pub fn is_compressed(&self) -> bool {
+        self.flags & FLAG_COMPRESSED != 0
+    }
+
+    /// Checks the flags against the `createType` of the descriptor this extent belongs to:
+    /// streamOptimized needs compressed grains with markers, monolithicSparse and
+    /// twoGbMaxExtentSparse have neither. A contradiction is an error naming the flags field of the
+    /// header at byte `at` of `path` (a header whose stream flags were cleared would otherwise read
+    /// markers and zlib bytes as disk data).
+    pub fn check_create_type(&self, create_type: &CreateType, path: &Path, at: u64) -> Result<()> {
+        let stream = FLAG_COMPRESSED | FLAG_MARKERS;
+        let has = self.flags & stream;
+        let wrong = match create_type {
+            CreateType::StreamOptimized => has != stream,
+            CreateType::MonolithicSparse | CreateType::TwoGbMaxExtentSparse => has != 0,
+            _ => false,
+        };
+        if !wrong {
+            return Ok(());
+        }
+        let what = if has == stream {
+            format!("flags {:#x} say compressed grains with markers (streamOptimized)", self.flags)
+        } else if has == 0 {
+            format!("flags {:#x} lack the compressed-grain and marker bits ({stream:#x})", self.flags)
+        } else {
+            format!("flags {:#x} have only part of the compressed-grain and marker bits ({stream:#x})", self.flags)
+        };
+        let want = if *create_type == CreateType::StreamOptimized {
+            format!("the descriptor's createType \"{create_type}\" requires both")
+        } else {
+            format!("the descriptor's createType \"{create_type}\" allows neither")
+        };
+        Err(Error::corrupt(path, at + FLAGS_OFFSET, format!("{what}, but {want}")))
     }
 
     /// Sectors covered by one grain table.
@@ -145,6 +206,65 @@ impl SparseHeader {
         LE::write_u16(&mut b[77..], self.compress_algorithm);
         b
     }
+}
+
+/// The embedded descriptor area a header declares (`descriptorOffset`, `descriptorSize`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescriptorArea {
+    /// Byte offset of the area in the file.
+    pub offset: u64,
+    /// Bytes reserved for it.
+    pub room: u64,
+    /// Its text, up to the first NUL (lossily decoded).
+    pub text: String,
+}
+
+impl DescriptorArea {
+    /// True when the area holds no text (qemu leaves the area of split extents after the first
+    /// zero-filled).
+    pub fn is_blank(&self) -> bool {
+        self.text.trim().is_empty()
+    }
+}
+
+/// Byte offset of the `descriptorOffset` field.
+pub const DESCRIPTOR_OFFSET_FIELD: u64 = 28;
+/// Byte offset of the `descriptorSize` field.
+pub const DESCRIPTOR_SIZE_FIELD: u64 = 36;
+
+/// Reads the embedded descriptor area `h` declares (None when `descriptorOffset` or
+/// `descriptorSize` is 0), after checking that it lies inside the file and is at most
+/// [`MAX_DESCRIPTOR_BYTES`].
+pub fn read_descriptor_area(backing: &Arc<dyn Backing>, h: &SparseHeader) -> Result<Option<DescriptorArea>> {
+    if h.descriptor_offset == 0 || h.descriptor_size == 0 {
+        return Ok(None);
+    }
+    let path = backing.path();
+    let off = h.descriptor_offset.checked_mul(512);
+    let room = h.descriptor_size.checked_mul(512).filter(|r| *r <= MAX_DESCRIPTOR_BYTES as u64);
+    let (Some(offset), Some(room)) = (off, room) else {
+        return Err(Error::corrupt(
+            path,
+            DESCRIPTOR_OFFSET_FIELD,
+            format!(
+                "embedded descriptor of {} sectors at sector {} is impossible (at most {MAX_DESCRIPTOR_BYTES} bytes)",
+                h.descriptor_size, h.descriptor_offset
+            ),
+        ));
+    };
+    let file_len = backing.len()?;
+    if offset.checked_add(room).is_none_or(|e| e > file_len) {
+        return Err(Error::corrupt(
+            path,
+            DESCRIPTOR_OFFSET_FIELD,
+            format!("embedded descriptor ({room} bytes at {offset}) runs past the end of the file ({file_len} bytes)"),
+        ));
+    }
+    let mut raw = vec![0u8; room as usize];
+    backing.read_exact_at(&mut raw, offset)?;
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    let text = String::from_utf8_lossy(&raw[..end]).into_owned();
+    Ok(Some(DescriptorArea { offset, room, text }))
 }
 
 /// The layout of a new hosted sparse extent (the spec's order: header, descriptor, RGD, RGTs, GD,
@@ -232,7 +352,16 @@ mod tests {
         let mut b = Layout::plan(2048, 128, 0).header.to_bytes();
         b[75] = b'\n';
         let e = SparseHeader::parse(&b, Path::new("x"), 0).unwrap_err();
-        assert!(e.to_string().contains("CR/LF"), "{e}");
+        assert!(e.to_string().contains("CR/LF") && e.to_string().contains("CR LF became LF"), "{e}");
+        b[73..77].fill(0);
+        let e = SparseHeader::parse(&b, Path::new("x"), 0).unwrap_err();
+        assert!(e.to_string().contains("missing (all zero)") && !e.to_string().contains("CR/LF"), "{e}");
+        b[73..77].copy_from_slice(&[0x41, 0x42, 0x43, 0x44]);
+        let e = SparseHeader::parse(&b, Path::new("x"), 0).unwrap_err();
+        assert!(e.to_string().contains("41, 42, 43, 44") && !e.to_string().contains("CR/LF"), "{e}");
+        b[73..80].copy_from_slice(b"\r\n \r\r\n\0");
+        let e = SparseHeader::parse(&b, Path::new("x"), 0).unwrap_err();
+        assert!(e.to_string().contains("LF became CR LF"), "{e}");
         b[0] = b'X';
         assert!(SparseHeader::parse(&b, Path::new("x"), 0).unwrap_err().to_string().contains("magic"));
     }

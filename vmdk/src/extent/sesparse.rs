@@ -162,6 +162,7 @@ impl SeSparseExtent {
                     format!("grain directory at sector {} lies outside the file ({file_len} bytes)", header.gd_offset),
                 )
             })?;
+        super::check_table_bytes(&*backing, "grain directory", needed * 8, 128)?;
         let mut raw = vec![0u8; (needed * 8) as usize];
         backing.read_exact_at(&mut raw, gd_at)?;
         let gd: Vec<u64> = raw.chunks_exact(8).map(LE::read_u64).collect();

@@ -30,6 +30,9 @@ pub struct GrainDir {
     gtes: u32,
     owner: u64,
     cache: Arc<GtCache>,
+    /// Tables at or after this sector must follow a grain table marker (streamOptimized files,
+    /// whose tables after overHead are inline records); `None` for other extents.
+    inline_from: Option<u64>,
 }
 
 impl GrainDir {
@@ -63,6 +66,7 @@ impl GrainDir {
                 format!("{what} of {count} entries runs past the end of the file ({file_len} bytes)"),
             ));
         }
+        super::check_table_bytes(&**backing, &format!("{what} ({count} entries)"), bytes, field_at)?;
         let mut raw = vec![0u8; bytes as usize];
         backing.read_exact_at(&mut raw, start)?;
         let gt_bytes = gtes as u64 * 4;
@@ -96,7 +100,16 @@ impl GrainDir {
             gtes,
             owner: gtcache::new_owner(),
             cache,
+            inline_from: None,
         }
+    }
+
+    /// Requires every table at or after sector `from` to follow a grain table marker whose length
+    /// is one table (the inline tables of a streamOptimized file; see
+    /// [`super::stream_model::StreamModel::check_marker`]).
+    pub fn with_inline_tables(mut self, from: u64) -> GrainDir {
+        self.inline_from = Some(from);
+        self
     }
 
     /// The file holding the directory.
@@ -145,9 +158,16 @@ impl GrainDir {
 
     /// Reads a table from disk (no cache).
     pub fn read_table(&self, sector: u64) -> Result<Vec<u64>> {
-        let mut raw = vec![0u8; self.gtes as usize * 4];
-        self.backing.read_exact_at(&mut raw, sector * 512)?;
-        Ok(raw.chunks_exact(4).map(|c| LE::read_u32(c) as u64).collect())
+        let gt_bytes = self.gtes as usize * 4;
+        let inline = self.inline_from.is_some_and(|from| sector >= from);
+        let marker = if inline { 512 } else { 0 };
+        let mut raw = vec![0u8; marker + gt_bytes];
+        self.backing.read_exact_at(&mut raw, sector * 512 - marker as u64)?;
+        if inline {
+            let at = (sector - 1) * 512;
+            super::stream_model::check_table_marker(self.backing.path(), &raw[..512], at, self.gtes)?;
+        }
+        Ok(raw[marker..].chunks_exact(4).map(|c| LE::read_u32(c) as u64).collect())
     }
 
     /// Byte offset in the file of entry `idx` of table `gt` (primary copy).

@@ -2,7 +2,9 @@
 //! through the grain directory of the header or, when the header says "at end", of the footer; for
 //! an "at end" file without a footer, through an index built by walking the markers.
 //!
-//! Writing is in [`super::stream_write`], sequential reading (pipes) in [`super::stream_read`].
+//! The stream's shape (capacity, grain and table sizes, embedded descriptor, footer, markers, file
+//! length) is validated by [`super::stream_model`], the same rules the sequential reader
+//! ([`super::stream_read`], pipes) applies. Writing is in [`super::stream_write`].
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -11,43 +13,113 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use flate2::{Decompress, FlushDecompress, Status};
 
 use super::gtcache::GtCache;
-use super::kdmv::{SparseHeader, FLAG_COMPRESSED, GD_AT_END};
+use super::kdmv::{self, SparseHeader, GD_AT_END};
 use super::sparse::GrainDir;
+use super::stream_model::{parse_marker, StreamModel};
+pub use super::stream_model::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, MARKER_PROGRESS};
 use super::stream_read::{BackingCursor, StreamReader};
 use super::{pieces, Extent, ExtentInfo, ReadAt};
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
 
-/// Marker type: end of stream.
-pub const MARKER_EOS: u32 = 0;
-/// Marker type: grain table follows.
-pub const MARKER_GT: u32 = 1;
-/// Marker type: grain directory follows.
-pub const MARKER_GD: u32 = 2;
-/// Marker type: footer follows.
-pub const MARKER_FOOTER: u32 = 3;
-/// Marker type 4: undocumented ("progress" in open-vmdk; seen in vSphere files). Skipped.
-pub const MARKER_PROGRESS: u32 = 4;
+/// Builds the [`StreamModel`] of the stream in `backing` whose header (sector 0) is `header`:
+/// checks the header, the file length and the embedded descriptor (including descriptor text left
+/// where a header declaring none would have it).
+pub fn read_model(backing: &Arc<dyn Backing>, header: SparseHeader) -> Result<StreamModel> {
+    let mut model = StreamModel::new(header, backing.path())?;
+    model.check_length(backing.len()?)?;
+    crate::detect::check_descriptor_fields(backing, model.header())?;
+    let area = kdmv::read_descriptor_area(backing, model.header())?;
+    model.set_descriptor(area.as_ref().map(|a| a.text.as_str()))?;
+    Ok(model)
+}
 
 /// Reads the footer of a streamOptimized file: the header copy at EOF−1024, after a footer marker
-/// at EOF−1536. Returns `None` when there is no footer marker there (no footer: a writer that left
-/// it out, or a truncated stream), and an error naming the offset when the marker is there but the
-/// footer is not a valid header.
-pub fn read_footer(backing: &Arc<dyn Backing>, file_len: u64) -> Result<Option<SparseHeader>> {
+/// at EOF−1536 and before the end-of-stream marker in the last sector. Returns `None` when there is
+/// no footer marker there (no footer: a writer that left it out, or a truncated stream); a footer
+/// marker followed by a footer or end-of-stream marker that the model refuses is an error naming
+/// the offset.
+pub fn read_footer(backing: &Arc<dyn Backing>, model: &StreamModel, file_len: u64) -> Result<Option<SparseHeader>> {
     let path = backing.path();
-    if file_len < 1536 + 512 {
+    if file_len < model.overhead_bytes() + 1536 {
         return Ok(None);
     }
+    let at = file_len - 1536;
     let mut tail = [0u8; 1536];
-    backing.read_exact_at(&mut tail, file_len - 1536)?;
-    let marker = &tail[..512];
-    if LE::read_u32(&marker[8..]) != 0 || LE::read_u32(&marker[12..]) != MARKER_FOOTER {
+    backing.read_exact_at(&mut tail, at)?;
+    let (val, size, kind) = parse_marker(&tail[..512]);
+    if size != 0 || kind != MARKER_FOOTER {
         return Ok(None);
     }
+    model.check_marker(MARKER_FOOTER, val, at)?;
     let mut f = [0u8; 512];
     f.copy_from_slice(&tail[512..1024]);
-    SparseHeader::parse(&f, path, file_len - 1024).map(Some)
+    let footer = model.check_footer(&f, at + 512)?;
+    if parse_marker(&tail[1024..]) != (0, 0, MARKER_EOS) {
+        return Err(Error::corrupt(
+            path,
+            at + 1024,
+            "the footer is not followed by an end-of-stream marker (numSectors 0, size 0, type 0) in the last sector",
+        ));
+    }
+    Ok(Some(footer))
+}
+
+/// The directory the footer `f` names (footer at EOF−1024): it must follow a grain directory
+/// marker of the directory's size, lie between overHead and the footer, and name only inline tables
+/// (each after a grain table marker, checked when the table is loaded).
+fn footer_directory(
+    backing: &Arc<dyn Backing>,
+    model: &StreamModel,
+    f: &SparseHeader,
+    file_len: u64,
+    cache: Arc<GtCache>,
+) -> Result<GrainDir> {
+    let path = backing.path();
+    let field = file_len - 1024 + 56;
+    let footer_marker = file_len / 512 - 3;
+    let overhead = model.header().overhead;
+    let gd_end = f.gd_offset.checked_add(model.gd_sectors());
+    if f.gd_offset <= overhead || gd_end.is_none_or(|e| e > footer_marker) {
+        return Err(Error::corrupt(
+            path,
+            field,
+            format!(
+                "the footer's grain directory (sector {}, {} sectors) does not lie between overHead (sector {overhead}) and the footer (sector {footer_marker})",
+                f.gd_offset,
+                model.gd_sectors()
+            ),
+        ));
+    }
+    let marker_at = (f.gd_offset - 1) * 512;
+    let mut m = [0u8; 512];
+    backing.read_exact_at(&mut m, marker_at)?;
+    let (val, size, kind) = parse_marker(&m);
+    if size != 0 || kind != MARKER_GD {
+        return Err(Error::corrupt(
+            path,
+            marker_at,
+            format!(
+                "the footer names a grain directory at sector {}, but no grain directory marker precedes it (found numSectors {val}, size {size}, type {kind})",
+                f.gd_offset
+            ),
+        ));
+    }
+    model.check_marker(MARKER_GD, val, marker_at)?;
+    let gtes = f.num_gtes_per_gt;
+    let gd =
+        GrainDir::read_directory(backing, f.gd_offset, model.gd_entries(), gtes, file_len, "grain directory", field)?;
+    for (i, &e) in gd.iter().enumerate() {
+        if e != 0 && (e as u64 <= overhead || e as u64 + model.gt_sectors() > footer_marker) {
+            return Err(Error::corrupt(
+                path,
+                f.gd_offset * 512 + i as u64 * 4,
+                format!("grain directory entry {i} points to sector {e}, outside the grains and tables between overHead (sector {overhead}) and the footer"),
+            ));
+        }
+    }
+    Ok(GrainDir::new(backing.clone(), gd, None, gtes, cache).with_inline_tables(overhead + 1))
 }
 
 /// Largest compressed grain we accept, exclusive (VirtualBox rejects twice the grain or more; qemu
@@ -80,21 +152,31 @@ pub struct StreamExtent {
 }
 
 impl StreamExtent {
-    /// Opens a streamOptimized extent whose header (sector 0) is `header`. When the header says the
-    /// directory is at the end and there is no footer, the grains are indexed by walking the markers
-    /// (which fails, naming the offset, if the stream is truncated).
+    /// Opens the streamOptimized extent in `backing` whose header (sector 0) is `header` (see
+    /// [`read_model`] and [`StreamExtent::with_model`]).
     pub fn open(
         backing: Arc<dyn Backing>,
         header: SparseHeader,
         len: Option<u64>,
         cache: Arc<GtCache>,
     ) -> Result<Self> {
+        let model = read_model(&backing, header)?;
+        StreamExtent::with_model(backing, &model, len, cache)
+    }
+
+    /// Opens the stream in `backing` whose shape is `model`. `len` is what a descriptor maps (None:
+    /// the capacity). When the header says the directory is at the end and there is no footer, the
+    /// grains are indexed by walking the markers (which fails, naming the offset, if the stream is
+    /// truncated).
+    pub fn with_model(
+        backing: Arc<dyn Backing>,
+        model: &StreamModel,
+        len: Option<u64>,
+        cache: Arc<GtCache>,
+    ) -> Result<Self> {
         let path = backing.path().to_path_buf();
-        if header.flags & FLAG_COMPRESSED == 0 {
-            return Err(Error::corrupt(&path, 8, "not a compressed extent"));
-        }
         let file_len = backing.len()?;
-        let capacity = header.capacity * 512;
+        let capacity = model.capacity();
         let len = len.unwrap_or(capacity);
         if len > capacity {
             return Err(Error::corrupt(
@@ -103,56 +185,25 @@ impl StreamExtent {
                 format!("capacity is {capacity} bytes but the descriptor maps {len}"),
             ));
         }
-        let footer = if header.gd_offset == GD_AT_END { read_footer(&backing, file_len)? } else { None };
-        if let Some(f) = &footer {
-            let at = file_len - 1024;
-            if f.gd_offset == GD_AT_END {
-                return Err(Error::corrupt(&path, at + 56, "the footer's grain directory offset is also `at end`"));
+        let header = model.header().clone();
+        let gtes = header.num_gtes_per_gt;
+        let (index, header) = if header.gd_offset == GD_AT_END {
+            match read_footer(&backing, model, file_len)? {
+                Some(f) => (Index::Dir(footer_directory(&backing, model, &f, file_len, cache)?), f),
+                None => (Index::Scan(scan(&backing)?), header),
             }
-            if (f.capacity, f.grain_size, f.num_gtes_per_gt)
-                != (header.capacity, header.grain_size, header.num_gtes_per_gt)
-            {
-                return Err(Error::corrupt(
-                    &path,
-                    at + 12,
-                    format!(
-                        "the footer says {} sectors in grains of {} ({} per table), the header {} in grains of {} ({})",
-                        f.capacity,
-                        f.grain_size,
-                        f.num_gtes_per_gt,
-                        header.capacity,
-                        header.grain_size,
-                        header.num_gtes_per_gt
-                    ),
-                ));
-            }
-        }
-        let (index, header) = match footer {
-            Some(f) => {
-                let gd = GrainDir::read_directory(
-                    &backing,
-                    f.gd_offset,
-                    f.num_gdes(),
-                    f.num_gtes_per_gt,
-                    file_len,
-                    "grain directory",
-                    file_len - 1024 + 56,
-                )?;
-                (Index::Dir(GrainDir::new(backing.clone(), gd, None, f.num_gtes_per_gt, cache)), f)
-            }
-            None if header.gd_offset == GD_AT_END => (Index::Scan(scan(&backing)?), header),
-            None => {
-                let gd = GrainDir::read_directory(
-                    &backing,
-                    header.gd_offset,
-                    header.num_gdes(),
-                    header.num_gtes_per_gt,
-                    file_len,
-                    "grain directory",
-                    56,
-                )?;
-                (Index::Dir(GrainDir::new(backing.clone(), gd, None, header.num_gtes_per_gt, cache)), header)
-            }
+        } else {
+            let gd = GrainDir::read_directory(
+                &backing,
+                header.gd_offset,
+                model.gd_entries(),
+                gtes,
+                file_len,
+                "grain directory",
+                56,
+            )?;
+            model.check_header_tables(&gd, header.gd_offset * 512)?;
+            (Index::Dir(GrainDir::new(backing.clone(), gd, None, gtes, cache)), header)
         };
         Ok(StreamExtent {
             index,
@@ -239,6 +290,16 @@ pub fn read_grain(
     let at = sector.checked_mul(512).filter(|a| a + 12 <= file_len).ok_or_else(|| {
         Error::corrupt(path, entry_at, format!("grain table entry for grain {g} points to sector {sector}, past the end of the file ({file_len} bytes)"))
     })?;
+    if sector < header.overhead {
+        return Err(Error::corrupt(
+            path,
+            entry_at,
+            format!(
+                "grain table entry for grain {g} points to sector {sector}, inside the metadata before overHead (sector {})",
+                header.overhead
+            ),
+        ));
+    }
     let mut m = [0u8; 12];
     backing.read_exact_at(&mut m, at)?;
     let lba = LE::read_u64(&m);

@@ -3,13 +3,16 @@
 
 #![allow(dead_code)]
 
+pub mod counting;
+
 use std::fs::{File, OpenOptions as FsOpen};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use vmdk::{AllocMap, Link, State};
+use vmdk::create::{create, CreateOptions, DiskFormat};
+use vmdk::{AllocMap, Error, Link, State};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
@@ -416,4 +419,34 @@ pub fn assert_redundant_tables_match(path: &Path) -> u64 {
         allocated += a.chunks(4).filter(|e| u32::from_le_bytes([e[0], e[1], e[2], e[3]]) > 1).count() as u64;
     }
     allocated
+}
+
+/// Asserts `e` is `Error::Corrupt` about `file` at byte `offset` (when given), and that the message
+/// names both.
+#[track_caller]
+pub fn assert_corrupt(e: &Error, file: &Path, offset: Option<u64>) -> u64 {
+    let Error::Corrupt { path, offset: at, .. } = e else {
+        panic!("expected Error::Corrupt, got {e:?}");
+    };
+    assert_eq!(path, file, "error names the wrong file: {e}");
+    if let Some(o) = offset {
+        assert_eq!(*at, o, "error names the wrong offset: {e}");
+    }
+    let msg = e.to_string();
+    let name = file.file_name().unwrap().to_string_lossy();
+    assert!(msg.contains(&*name), "message does not name {name}: {msg}");
+    assert!(msg.contains(&at.to_string()), "message does not name offset {at}: {msg}");
+    *at
+}
+
+/// A committed monosparse disk of 4 MiB with data in grains 0, 1 and 5.
+pub fn our_monosparse(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let img = dir.join("m.vmdk");
+    let nd = create(&img, &CreateOptions::new(DiskFormat::MonoSparse, 4 * MIB)).unwrap();
+    let mut data = vec![0u8; (4 * MIB) as usize];
+    Rng::new(1).fill_nonzero(&mut data[..(128 * KIB) as usize]);
+    Rng::new(2).fill_nonzero(&mut data[(5 * 64 * KIB) as usize..(6 * 64 * KIB) as usize]);
+    nd.link().write_at(&data, 0).unwrap();
+    nd.commit().unwrap();
+    (img, data)
 }
