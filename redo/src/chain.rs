@@ -112,7 +112,7 @@ fn find_by_cid(dir: &Path, cid: u32, skip: &Path) -> Option<PathBuf> {
 
 /// Refuses a parent that shares a file with a link above it (a child whose extent is its parent's
 /// file would destroy the parent's data when written, and commit or discard would delete it).
-fn refuse_shared_files(above: &[Arc<Link>], parent: &Link) -> Result<(), ChainError> {
+fn refuse_shared_files<'a>(above: impl IntoIterator<Item = &'a Link>, parent: &Link) -> Result<(), ChainError> {
     for l in above {
         for (p, id) in parent.file_identities() {
             if let Some((q, _)) = l.file_identities().iter().find(|(_, i)| i == id) {
@@ -128,6 +128,25 @@ fn refuse_shared_files(above: &[Arc<Link>], parent: &Link) -> Result<(), ChainEr
                 .into());
             }
         }
+    }
+    Ok(())
+}
+
+/// Refuses (with [`vmdk::Error::Alias`]) a link that shares a file with one of its ancestors, as far
+/// as they can be found (a missing or mismatched parent ends the walk: there is nothing more to
+/// protect). For operations that remove a link's files without opening its chain (`-U`,
+/// `--discard`): removing them must never remove a parent's data.
+pub fn refuse_files_of_ancestors(link: &Link, opts: &OpenOptions) -> Result<(), ChainError> {
+    let look = OpenOptions { write: false, exclusive: false, lock: false, allow_outside: true, ..opts.clone() };
+    let mut seen: HashSet<PathBuf> = HashSet::from([canonical(link.path())]);
+    let mut cur = parent_of(link, true).ok().flatten();
+    while let Some(pref) = cur {
+        if seen.len() > MAX_DEPTH || !seen.insert(canonical(&pref.path)) || !opts.storage.exists(&pref.path) {
+            break;
+        }
+        let Ok(parent) = Link::open(&pref.path, &look) else { break };
+        refuse_shared_files([link], &parent)?;
+        cur = parent_of(&parent, true).ok().flatten();
     }
     Ok(())
 }
@@ -187,7 +206,7 @@ impl Chain {
                 return Err(ChainError::Cycle { child: child.path().into(), parent: pref.path });
             }
             let parent = Arc::new(Link::open(&pref.path, &ro)?);
-            refuse_shared_files(&links, &parent)?;
+            refuse_shared_files(links.iter().map(|l| &**l), &parent)?;
             if parent.capacity() != child.capacity() {
                 return Err(ChainError::CapacityMismatch {
                     child: child.path().into(),

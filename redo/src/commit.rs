@@ -90,6 +90,8 @@ pub fn commit_with(
         }
         .into());
     }
+    vmdk::storage::confine(storage.as_ref(), path, &pref.path, &pref.hint, opts.allow_outside)?;
+    crate::chain::refuse_files_of_ancestors(&link, opts)?;
     if let Some(other) = children_of(&pref.path, opts).into_iter().find(|c| storage.real_path(c) != *link.real_path()) {
         return Err(RedoError::Refused {
             path: path.into(),
@@ -197,13 +199,14 @@ pub fn commit_with(
             steps.push(step);
         }
     }
-    intent.set_steps(steps)?;
-    // Every handle goes before the steps are made (they rewrite and remove these files); the
-    // record's lock keeps other commands out meanwhile.
+    // Every handle goes (the parent closed cleanly: its unclean-shutdown flag cleared) before the
+    // steps are recorded and made (they rewrite and remove these files); the record's lock keeps
+    // other commands out meanwhile.
     drop(kids);
     drop(link);
     drop(parent);
     parent_chain.close()?;
+    intent.set_steps(steps)?;
     intent.finish()?;
     Ok(CommitReport { parent: pref.path, children, removed: files, cid, resumed: false })
 }

@@ -187,6 +187,7 @@ pub fn discard(path: &Path, opts: &OpenOptions) -> Result<Vec<PathBuf>, RedoErro
         });
     }
     link.refuse_if_parent("discarding it")?;
+    crate::chain::refuse_files_of_ancestors(&link, opts)?;
     let files = link.files();
     let mut intent = Intent::begin(&opts.storage, link.real_path(), "discard", &[], None)?;
     intent.set_steps(files.iter().map(|f| Step::Remove { path: opts.storage.real_path(f) }).collect())?;

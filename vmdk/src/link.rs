@@ -167,6 +167,22 @@ impl Opener<'_> {
     /// Opens the extent file `name` of the descriptor at `descriptor` (resolved to `path`): beneath
     /// the descriptor's folder unless the options allow paths outside it.
     fn get_extent(&mut self, descriptor: &Path, name: &str, path: &Path, write: bool) -> Result<Arc<dyn Backing>> {
+        if write && !self.open.contains_key(path) {
+            // Two names of one file (a hard or symbolic link) would both be locked for writing by
+            // this very open: say what it is before the second lock does.
+            if let Some(id) = self.opts.storage.open(path, false).ok().and_then(|b| b.identity()) {
+                if let Some((other, _)) = self.open.iter().find(|(_, (b, _))| b.identity() == Some(id)) {
+                    return Err(Error::Alias {
+                        path: descriptor.into(),
+                        what: format!(
+                            "extents name the same file by two names ({} and {})",
+                            other.display(),
+                            path.display()
+                        ),
+                    });
+                }
+            }
+        }
         if self.opts.allow_outside || self.open.get(path).is_some_and(|(_, w)| *w || !write) {
             return self.get(path, write);
         }

@@ -245,6 +245,10 @@ pub struct DeviceDiskOptions {
     pub write: bool,
     /// Where the descriptor and mapping file are created (the device is always a host path).
     pub storage: Arc<dyn Storage>,
+    /// Allow a regular file outside the disk's folder to stand in for the device. Without it such
+    /// a disk is refused at creation, as it would be at every later open: what vmkfs creates
+    /// reopens without flags.
+    pub allow_outside: bool,
 }
 
 impl DeviceDiskOptions {
@@ -258,6 +262,7 @@ impl DeviceDiskOptions {
             force: false,
             write: false,
             storage: HostStorage::shared(),
+            allow_outside: false,
         }
     }
 }
@@ -343,6 +348,10 @@ pub fn create_device_disk(path: impl AsRef<Path>, opts: &DeviceDiskOptions) -> R
     }
     let (mapping, dev) =
         Mapping::for_device(&opts.device, opts.mode, if opts.write { OpenMode::Write } else { OpenMode::Read })?;
+    if !dev.is_block_device() {
+        let shown = mapping.device_path.display().to_string();
+        confine(storage.as_ref(), path, &mapping.device_path, &shown, opts.allow_outside)?;
+    }
     let size = mapping.identity.size;
     let capacity = size / 512 * 512;
     if capacity == 0 {

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod info;
 pub mod ops;
+pub mod phase;
 pub mod rdm_ops;
 pub mod redo_ops;
 pub mod size;

@@ -11,6 +11,7 @@ use vmdk::txn::{Intent, Step};
 use vmdk::{Container, Link, OpenOptions, State};
 
 use crate::error::{Error, Result};
+use crate::phase;
 
 const CHUNK: u64 = 1 << 20;
 
@@ -63,6 +64,7 @@ pub fn delete(path: &Path, opts: &OpenOptions) -> Result<Vec<PathBuf>> {
         }
         None => {
             let link = Link::open(path, &exclusive(opts))?;
+            redo::chain::refuse_files_of_ancestors(&link, opts)?;
             (link.files(), Box::new(link))
         }
     };
@@ -288,8 +290,16 @@ fn open_rw(path: &Path, opts: &OpenOptions) -> Result<Chain> {
 /// disk (`createType="vmfs"`) that this leaves with holes is thin from then on: it gets
 /// `ddb.thinProvisioned = "1"`.
 pub fn punch_zero(path: &Path, opts: &OpenOptions) -> Result<u64> {
+    let rerun = phase::rerun_command(&["-K"], &[path], opts);
+    let resumed = phase::resume(path, opts, "punch-zero", &rerun)?;
     let chain = open_rw(path, opts)?;
     let top = chain.top();
+    // Freeing grains rewrites grain tables in place: a data phase until it is done. Punching holes
+    // in flat files changes no byte anyone reads, so an interruption there needs no re-run.
+    let intent = match all_flat(top) {
+        true => None,
+        false => Some(phase::begin(top.real_path(), opts, "punch-zero", rerun, resumed)?),
+    };
     let block: u64 = 64 << 10;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut freed = 0;
@@ -321,7 +331,10 @@ pub fn punch_zero(path: &Path, opts: &OpenOptions) -> Result<u64> {
     if freed > 0 && top.descriptor().create_type == CreateType::Vmfs {
         set_thin_flag(top, true)?;
     }
-    top.flush()?;
+    chain.close()?;
+    if let Some(i) = intent {
+        phase::end(i)?;
+    }
     Ok(freed)
 }
 
@@ -366,9 +379,13 @@ fn fill_holes(link: &Link) -> Result<u64> {
 /// `-w`: zeroes the whole disk (its top link). Flat disks get zeros written everywhere (they end up
 /// eager-zeroed, so a thin one loses `ddb.thinProvisioned`); sparse links drop every grain.
 pub fn write_zeros_disk(path: &Path, opts: &OpenOptions) -> Result<()> {
+    let rerun = phase::rerun_command(&["-w"], &[path], opts);
+    let resumed = phase::resume(path, opts, "write-zeros", &rerun)?;
     let chain = open_rw(path, opts)?;
     let top = chain.top();
     let cap = top.capacity();
+    // Until every byte is zero the disk reads as neither before nor after: a data phase.
+    let intent = phase::begin(top.real_path(), opts, "write-zeros", rerun, resumed)?;
     if all_flat(top) {
         let zeros = vec![0u8; CHUNK as usize];
         let mut pos = 0;
@@ -381,8 +398,8 @@ pub fn write_zeros_disk(path: &Path, opts: &OpenOptions) -> Result<()> {
     } else {
         top.discard(0, cap)?;
     }
-    top.flush()?;
-    Ok(())
+    chain.close()?;
+    phase::end(intent)
 }
 
 /// `-j` (thin → eagerzeroedthick) and `-k` (zeroedthick → eagerzeroedthick): writes zeros over

@@ -86,12 +86,14 @@ pub fn create_mapping(
     mode: Mode,
     adapter: Option<Adapter>,
     force: bool,
+    allow_outside: bool,
 ) -> Result<MappingReport> {
     if mode == Mode::Raw {
         return Err(Error::Usage("mapping files are made for virtual or physical mode only".into()));
     }
     let mut o = DeviceDiskOptions::new(mode, device);
     o.force = force;
+    o.allow_outside = allow_outside;
     if let Some(a) = adapter {
         o.adapter = a;
     }
@@ -123,6 +125,7 @@ pub fn clone_to_device(
     let mut o = DeviceDiskOptions::new(target.mode, &target.device);
     o.min_capacity = Some(cap);
     o.force = opts.force;
+    o.allow_outside = opts.source.allow_outside;
     o.write = true;
     o.adapter = opts
         .adapter

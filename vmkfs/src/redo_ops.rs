@@ -39,7 +39,7 @@ pub fn commit(
     progress: &mut dyn FnMut(u64, u64),
     cancel: Option<&AtomicBool>,
 ) -> Result<CommitReport> {
-    let rerun = rerun_command(&["-m"], &[path], opts);
+    let rerun = crate::phase::rerun_command(&["-m"], &[path], opts);
     Ok(redo::commit_with(path, opts, rerun, |link: &Link, parent: &Chain| {
         let target = parent.top();
         let mut e = EngineOptions::new();
@@ -52,18 +52,6 @@ pub fn commit(
             other => RedoError::Refused { path: path.into(), why: other.to_string() },
         })
     })?)
-}
-
-/// The command that finishes an interrupted operation, as recorded in its intent record: `vmkfs`,
-/// the `flags`, then each path made absolute (and `--allow-outside-paths` when it was given).
-pub fn rerun_command(flags: &[&str], paths: &[&Path], opts: &OpenOptions) -> Vec<String> {
-    let mut v = vec!["vmkfs".to_string()];
-    if opts.allow_outside {
-        v.push("--allow-outside-paths".into());
-    }
-    v.extend(flags.iter().map(|f| f.to_string()));
-    v.extend(paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()));
-    v
 }
 
 /// `--changed-blocks`: the blocks that changed above `since` (a link of the chain; default: the
@@ -194,7 +182,7 @@ pub fn apply_delta(
     cancel: Option<&AtomicBool>,
 ) -> Result<Applied> {
     let storage = &opts.storage;
-    let rerun = rerun_command(&["--apply"], &[delta, replica], opts);
+    let rerun = crate::phase::rerun_command(&["--apply"], &[delta, replica], opts);
     let mut resumed = None;
     if let Some(i) = vmdk::txn::pending(storage, replica)? {
         let rec = i.record().clone();
@@ -265,9 +253,10 @@ pub fn apply_delta(
     let mut d = target.descriptor();
     d.set_cid(cid);
     let steps = target.descriptor_update(&d)?.map(|(_, s)| s).into_iter().collect();
-    intent.set_steps(steps)?;
+    // The replica closed cleanly (its unclean-shutdown flag cleared) before the data phase ends.
     drop(dl);
     rchain.close()?;
+    intent.set_steps(steps)?;
     intent.finish()?;
     Ok(Applied::Now(cid))
 }

@@ -31,7 +31,7 @@ pub mod temp;
 
 pub use files::NewFiles;
 pub use intent::{pending, settle, Intent, Record, Step};
-pub use replace::replace_file;
+pub use replace::{replace_file, write_file};
 pub use temp::{is_temp_name, sweep_stale_temps, temp_name};
 
 use std::path::{Path, PathBuf};

@@ -76,7 +76,7 @@ fn run_inner(cli: &Cli) -> Result<i32> {
 }
 
 fn run_create(cli: &Cli, dev: &Path, map: &Path, mode: Mode) -> Result<i32> {
-    let report = create_mapping(dev, map, mode, disk::adapter(cli)?, cli.common.force)?;
+    let report = create_mapping(dev, map, mode, disk::adapter(cli)?, cli.common.force, cli.common.allow_outside)?;
     if cli.common.json {
         out::line(serde_json::json!({
             "event": "created",

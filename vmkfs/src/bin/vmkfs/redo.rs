@@ -186,7 +186,8 @@ fn run_inner(cli: &Cli) -> Result<i32> {
     };
     let m = vmkfs::redo_ops::changed_blocks(disk, r.since.as_deref(), block, &opts)?;
     if let Some(f) = &r.save_map {
-        std::fs::write(f, m.to_bytes()).map_err(|e| vmkfs::Error::Io { path: f.clone(), source: e })?;
+        // Never over an existing file (or through a symbolic link) unless --force.
+        vmkfs::vmdk::txn::write_file(&vmkfs::vmdk::HostStorage::shared(), f, &m.to_bytes(), cli.common.force)?;
     }
     if json {
         let ranges: Vec<_> = m.ranges().map(|(s, l)| serde_json::json!({"start": s, "length": l})).collect();
