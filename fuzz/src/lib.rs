@@ -166,7 +166,7 @@ impl Storage for MemStorage {
 
 /// Options opening files in `storage` (read-only unless `write`).
 pub fn options(storage: Arc<MemStorage>, write: bool) -> OpenOptions {
-    OpenOptions { write, allow_outside: false, storage, keep_cid: false }
+    OpenOptions { write, storage, ..OpenOptions::default() }
 }
 
 /// Byte `i` of the input, or 0 past its end.
