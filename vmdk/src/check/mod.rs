@@ -372,6 +372,8 @@ struct Piece {
     file: PathBuf,
     line: Option<ExtentLine>,
     create_type: Option<CreateType>,
+    /// The main file of a hosted sparse disk: the first extent whatever type its line says.
+    main: bool,
 }
 
 /// The extents of the disk at `path`, from its main file as [`detect`] classifies it: a hosted
@@ -394,7 +396,7 @@ fn disk_pieces(path: &Path, opts: &OpenOptions, sink: &mut Sink) -> Result<Vec<P
                 sink.problem(path, 0, format!("extent file {name:?} ({}) is missing", file.display()));
                 continue;
             }
-            v.push(Piece { file, line: Some(line.clone()), create_type: Some(d.create_type.clone()) });
+            v.push(Piece { file, line: Some(line.clone()), create_type: Some(d.create_type.clone()), main: false });
         }
         Ok(v)
     };
@@ -412,6 +414,7 @@ fn disk_pieces(path: &Path, opts: &OpenOptions, sink: &mut Sink) -> Result<Vec<P
                 file: path.to_path_buf(),
                 line: desc.as_ref().and_then(|d| d.extents.first().cloned()),
                 create_type: desc.as_ref().map(|d| d.create_type.clone()),
+                main: true,
             }];
             if let Some(d) = &desc {
                 v.extend(lines(d, 1, sink)?);
@@ -420,7 +423,7 @@ fn disk_pieces(path: &Path, opts: &OpenOptions, sink: &mut Sink) -> Result<Vec<P
         }
         // A stream's embedded descriptor is checked by the stream's own model.
         Format::Sparse(_) | Format::Cowd | Format::SeSparse => {
-            Ok(vec![Piece { file: path.to_path_buf(), line: None, create_type: None }])
+            Ok(vec![Piece { file: path.to_path_buf(), line: None, create_type: None, main: true }])
         }
         Format::Descriptor => {
             let len = main.len()?;
@@ -447,7 +450,7 @@ fn disk_pieces(path: &Path, opts: &OpenOptions, sink: &mut Sink) -> Result<Vec<P
 fn check_piece(p: &Piece, opts: &OpenOptions, sink: &mut Sink) -> Result<()> {
     let Some(b) = sink.result(opts.storage.open(&p.file, false))? else { return Ok(()) };
     let len = p.line.as_ref().map(|l| l.sectors * 512);
-    let kind = p.line.as_ref().map(|l| l.kind.clone());
+    let kind = p.line.as_ref().map(|l| l.kind.clone()).filter(|_| !p.main);
     match kind {
         Some(ExtentType::Flat | ExtentType::Vmfs) => {
             let line = p.line.as_ref().expect("a flat piece has its line");
@@ -476,7 +479,7 @@ fn check_sparse_kind(b: &Arc<dyn Backing>, p: &Piece, len: Option<u64>, sink: &m
     };
     match format {
         Format::Sparse(h) => {
-            if matches!(p.line.as_ref().map(|l| &l.kind), Some(ExtentType::VmfsSparse | ExtentType::SeSparse)) {
+            if p.line.as_ref().is_some_and(|l| l.kind != ExtentType::Sparse) {
                 named("a hosted sparse (KDMV) file", sink);
             }
             if let Some(ct) = &p.create_type {
