@@ -306,14 +306,19 @@ fn run(path: &Path, opts: &OpenOptions, rerun: Option<Vec<String>>) -> Result<Re
             None => return Err(e),
         },
     };
-    // A repair writes the main file through the one handle that holds its exclusive lock; a check
-    // holds the link's shared lock (or, when the link does not open, the main file's).
+    // A repair writes the main file through the one handle that holds its exclusive lock (the
+    // link's lock is let go for it: two exclusive locks of one process on one file conflict); a
+    // check holds the link's shared lock, or, when the link does not open, the main file's.
     let mut main_lock: Option<Arc<dyn Backing>> = None;
     let mut link = link;
     if repair || link.is_none() {
-        link = link.filter(|_| !repair);
+        let opened_fine = link.take().is_some();
         let mode = if repair { LockMode::Exclusive } else { LockMode::Shared };
         main_lock = Some(storage.open_locked(path, mode, opts.wait)?);
+        if opened_fine {
+            // The same link again, under the lock just taken (for the walk of its map below).
+            link = Link::open(path, &OpenOptions { lock: false, ..reader.clone() }).ok();
+        }
     }
     // Listed first, and dropped again when a per-kind finding names the same place.
     let opened = opened.map(|(file, offset, what)| {

@@ -300,16 +300,17 @@ impl StreamExtent {
         let gtes = dir.gtes() as u64;
         let grains = self.header.capacity.div_ceil(gs);
         let mut matched = vec![false; walked.len()];
-        let mut next = 0;
-        while next < grains {
-            let g = next;
-            next += 1;
+        // Only the tables the directory names (the others hold nothing): bounded by the file.
+        let tables = dir.entries();
+        let grains_of = |t: usize| t as u64 * gtes..((t as u64 + 1) * gtes).min(grains);
+        for g in (0..tables.len()).filter(|&t| tables[t] != 0).flat_map(grains_of) {
             let (e, at) = match self.entry(g) {
                 Ok(x) => x,
                 Err(err) => {
-                    // The table does not load: the rest of it is not looked at.
-                    sink.error(err)?;
-                    next = (g / gtes + 1) * gtes;
+                    // The table does not load: its other entries are not looked at.
+                    if g % gtes == 0 {
+                        sink.error(err)?;
+                    }
                     continue;
                 }
             };
