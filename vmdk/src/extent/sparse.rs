@@ -303,7 +303,7 @@ impl EntryRule {
 ///
 /// Why the primary copy wins: the writer always writes the primary copy first —
 /// [`GrainDir::write_entries`] writes the primary table's entries, then the redundant table's; a new
-/// grain's data is written before either ([`Batch`]), and a discarded grain's entries before its
+/// grain's data is written before either (`Batch::flush`), and a discarded grain's entries before its
 /// space is freed ([`Extent::discard`]) — so a writer that died between the two copies left the
 /// primary one as new or newer. And the reader only ever reads the primary copy, so this never
 /// changes what the disk reads. Grain directory entries of hosted sparse files are never written
