@@ -914,3 +914,146 @@ fn corrupt_sesparse_entry() {
     let e = Link::open(&fx.extent, &OpenOptions::read()).unwrap_err();
     assert_corrupt(&e, &fx.extent, gde);
 }
+
+// ---------------------------------------------------------------------------------------------
+// -x check of the delta formats (vmdk::check): file, offset and the reader's words
+// ---------------------------------------------------------------------------------------------
+
+/// The finding of `r` about `file` at `offset` saying `words`.
+#[track_caller]
+fn finding(r: &vmdk::check::Report, file: &Path, offset: u64, words: &str) -> vmdk::check::Finding {
+    r.findings
+        .iter()
+        .find(|f| f.file == file && f.offset == offset && f.what.contains(words))
+        .unwrap_or_else(|| panic!("no finding at {}:{offset} saying {words:?} in {:#?}", file.display(), r.findings))
+        .clone()
+}
+
+/// COWD: clean as written; an entry past the end of the file, a grain used twice, a free sector
+/// before the allocated grains, the unclean flag. The free sector and the flag are repaired; the
+/// entries (no redundant copy) are not, and then nothing is changed.
+#[test]
+fn check_cowd_findings() {
+    let fx = cowd_fixture(1, 950);
+    let check = |p: &Path| vmdk::check::check_disk(p, &OpenOptions::read()).unwrap();
+    let r = check(&fx.child);
+    assert!(r.is_clean(), "{:#?}", r.findings);
+    assert!(r.files.contains(&fx.extent), "{:?}", r.files);
+    let good = std::fs::read(&fx.extent).unwrap();
+    let f = patch_file(&fx.extent);
+    let file_len = good.len() as u64;
+    let mut e = fx.entries.iter();
+    let ((&g, &entry), (&g2, &entry2)) = (e.next().unwrap(), e.next().unwrap());
+
+    write_u32_at(&f, entry, (file_len / 512 + 10) as u32);
+    let r = check(&fx.child);
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    finding(
+        &r,
+        &fx.extent,
+        entry,
+        &format!("grain table entry for grain {g} points to sector {}, past the end of the file", file_len / 512 + 10),
+    );
+    std::fs::write(&fx.extent, &good).unwrap();
+
+    let p2 = read_u32_at(&f, entry2);
+    write_u32_at(&f, entry, p2);
+    let r = check(&fx.child);
+    finding(&r, &fx.extent, entry2, "a grain may be used only once");
+    let f1 = finding(
+        &r,
+        &fx.extent,
+        entry,
+        &format!("grain table entry for grain {g} points to sector {p2}, whose grain overlaps"),
+    );
+    assert!(f1.what.contains(&format!("grain {g2}")) || f1.what.contains("another grain table entry"), "{f1:?}");
+    let before = std::fs::read(&fx.extent).unwrap();
+    let rerun = vec!["vmkfs".into(), "-x".into(), "repair".into()];
+    let rr = vmdk::check::repair_disk(&fx.child, &OpenOptions::read(), rerun.clone()).unwrap();
+    assert!(rr.refused() && rr.changes.is_empty(), "{rr:#?}");
+    assert!(
+        rr.findings
+            .iter()
+            .all(|f| f.undecided.as_deref() == Some("there is no redundant grain table entry to restore it from")),
+        "{rr:#?}"
+    );
+    assert_eq!(std::fs::read(&fx.extent).unwrap(), before);
+    std::fs::write(&fx.extent, &good).unwrap();
+
+    // A writer died: its grains are past the free sector, the flag is set.
+    let free = read_u32_at(&f, 28);
+    write_u32_at(&f, 28, free - 3);
+    write_u32_at(&f, 1648, 1);
+    let r = check(&fx.child);
+    assert_eq!(r.findings.len(), 2, "{:#?}", r.findings);
+    finding(
+        &r,
+        &fx.extent,
+        28,
+        &format!(
+            "free sector {} lies before the end of the allocated grain tables and grains (sector {free})",
+            free - 3
+        ),
+    );
+    finding(&r, &fx.extent, 1648, "unclean-shutdown flag is set");
+    let rr = vmdk::check::repair_disk(&fx.child, &OpenOptions::read(), rerun).unwrap();
+    assert!(!rr.refused() && rr.unrepaired() == 0, "{rr:#?}");
+    assert_eq!(std::fs::read(&fx.extent).unwrap(), good, "free sector and flag as the writer leaves them");
+    assert!(check(&fx.child).is_clean());
+    // The backup is beside the descriptor (the disk's main file) and names the extent's header.
+    let b = rr.backup.unwrap();
+    assert_eq!(b.parent(), Some(std::fs::canonicalize(fx.dir.path()).unwrap().as_path()));
+    let saved = vmdk::check::backup::Backup::read(&vmdk::HostStorage, &b).unwrap();
+    assert_eq!(saved.blocks.len(), 1);
+    assert_eq!((saved.blocks[0].offset, saved.blocks[0].data.len()), (0, 2048));
+    assert_eq!(saved.blocks[0].file, std::fs::canonicalize(&fx.extent).unwrap());
+}
+
+/// seSparse: clean as written; an entry of unknown type, and a grain used twice.
+#[test]
+fn check_sesparse_findings() {
+    let fx = sesparse_fixture(960);
+    let check = |p: &Path| vmdk::check::check_disk(p, &OpenOptions::read()).unwrap();
+    let r = check(&fx.child);
+    assert!(r.is_clean(), "{:#?}", r.findings);
+    let good = std::fs::read(&fx.extent).unwrap();
+    let f = patch_file(&fx.extent);
+    let allocated: Vec<(u64, u64)> =
+        fx.entries.iter().map(|(&g, &at)| (g, at)).filter(|&(_, at)| read_u64_at(&f, at) >> 60 == 3).collect();
+    let (g, entry) = allocated[0];
+    write_u64_at(&f, entry, 7 << 60);
+    let r = check(&fx.child);
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    finding(&r, &fx.extent, entry, "has unknown type 7");
+    std::fs::write(&fx.extent, &good).unwrap();
+    let (g2, entry2) = allocated[1];
+    write_u64_at(&f, entry2, read_u64_at(&f, entry));
+    let r = check(&fx.child);
+    // Reported at the entry met second (grains are walked in order), naming both.
+    let later = if g2 > g { entry2 } else { entry };
+    finding(
+        &r,
+        &fx.extent,
+        later,
+        &format!("grains {} and {} both point to the grain at sector", g.min(g2), g.max(g2)),
+    );
+}
+
+/// A COWD log whose writer died (flag set, free sector behind the grains it appended) gets its
+/// free sector back when opened for writing, before the first write; reading leaves it alone.
+#[test]
+fn cowd_opened_for_writing_after_a_crash_records_its_free_sector() {
+    let fx = cowd_fixture(1, 970);
+    let f = patch_file(&fx.extent);
+    let free = read_u32_at(&f, 28);
+    write_u32_at(&f, 28, free - 5);
+    write_u32_at(&f, 1648, 1);
+    drop(Link::open(&fx.extent, &OpenOptions::read()).unwrap());
+    assert_eq!(read_u32_at(&f, 28), free - 5, "reading changes nothing");
+    let link = Link::open(&fx.extent, &OpenOptions::write()).unwrap();
+    assert_eq!(read_u32_at(&f, 28), free, "the free sector is the end of the file again");
+    link.write_at(&vec![7u8; 512], 0).unwrap();
+    link.close().unwrap();
+    let r = vmdk::check::check_disk(&fx.extent, &OpenOptions::read()).unwrap();
+    assert!(r.is_clean(), "{:#?}", r.findings);
+}

@@ -2,10 +2,11 @@
 //!
 //! This crate is what backup tools embed. It re-exports the lower layers ([`vmdk`] for one link,
 //! [`redo`] for chains, [`rdm`] for raw devices) and adds the disk operations: [`clone`] (import and
-//! convert between any formats), [`info`] (what a disk is) and the helpers the `vmkfs` command uses.
+//! convert between any formats), [`info`] (what a disk is), [`check`] (a disk and its chain) and the helpers the `vmkfs` command uses.
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod clone;
 pub mod engine;
 pub mod error;

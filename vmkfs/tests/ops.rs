@@ -146,18 +146,103 @@ fn check_and_repair_sparse_metadata() {
     let mut f = std::fs::read(d.join("s.vmdk")).unwrap();
     let gd = u64::from_le_bytes(f[56..64].try_into().unwrap()) as usize;
     let gt = u32::from_le_bytes(f[gd * 512..gd * 512 + 4].try_into().unwrap()) as usize;
+    let good = u32::from_le_bytes(f[gt * 512..gt * 512 + 4].try_into().unwrap());
     f[gt * 512..gt * 512 + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
     f[72] = 1; // unclean-shutdown flag
     std::fs::write(d.join("s.vmdk"), &f).unwrap();
     let o = vmkfs(&["-x", "check", "s.vmdk"], d);
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("unclean-shutdown") && out.contains("differs from its redundant copy"), "{out}");
+    assert!(out.contains("s.vmdk: offset 72: unclean-shutdown flag is set"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "s.vmdk: offset {}: grain table entry for grain 0 points to sector 2147418112, past the end of the file",
+            gt * 512
+        )),
+        "{out}"
+    );
+    assert!(out.contains("Disk has 2 problem(s)"), "{out}");
     let o = vmkfs(&["-x", "repair", "s.vmdk"], d);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    // Every change printed, with the backup made before it.
+    assert!(out.contains(&format!("(repaired: restored from the redundant grain table ({good}))")), "{out}");
+    assert!(
+        out.contains(&format!("Changed s.vmdk at byte {}: 0000ff7f -> {}", gt * 512, hex(&good.to_le_bytes()))),
+        "{out}"
+    );
+    assert!(out.contains("Changed s.vmdk at byte 72: 01 -> 00 (unclean-shutdown flag)"), "{out}");
+    assert!(
+        out.contains("s.vmdk.repair-1.bak before changing it") && out.contains("Disk was successfully repaired"),
+        "{out}"
+    );
+    assert!(d.join("s.vmdk.repair-1.bak").exists());
     assert!(ok(&["-x", "check", "s.vmdk"], d).contains("error free"));
     ok(&["--compare", "s.vmdk", "p.raw"], d);
     qemu_ok(&["check", "s.vmdk"], d);
+    // Repairing a clean disk: nothing to do, no second backup.
+    assert!(ok(&["-x", "repair", "s.vmdk"], d).contains("error free"));
+    assert!(!d.join("s.vmdk.repair-2.bak").exists());
+
+    // Both copies broken: refused, nothing changed (exit 1, saying why).
+    let mut f = std::fs::read(d.join("s.vmdk")).unwrap();
+    let rgd = u64::from_le_bytes(f[48..56].try_into().unwrap()) as usize;
+    let rgt = u32::from_le_bytes(f[rgd * 512..rgd * 512 + 4].try_into().unwrap()) as usize;
+    f[gt * 512..gt * 512 + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+    f[rgt * 512..rgt * 512 + 4].copy_from_slice(&0x7fff_0001u32.to_le_bytes());
+    std::fs::write(d.join("s.vmdk"), &f).unwrap();
+    let o = vmkfs(&["-x", "repair", "--json", "s.vmdk"], d);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["refused"], true, "{v}");
+    assert_eq!(v["changes"].as_array().map(|c| c.len()), Some(0), "{v}");
+    assert!(v["findings"].as_array().unwrap().iter().all(|f| f["undecided"] == "neither copy is usable"), "{v}");
+    assert_eq!(std::fs::read(d.join("s.vmdk")).unwrap(), f, "nothing changed");
+    let o = vmkfs(&["-x", "repair", "s.vmdk"], d);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Nothing was changed"), "{o:?}");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `-x check` of a child checks its chain: every link's own metadata, and the relations (parent
+/// present, CID and capacity the child recorded).
+#[test]
+fn check_follows_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    raw(d, 4 << 20);
+    ok(&["-i", "p.raw", "-d", "monosparse", "base.vmdk"], d);
+    let child = ok(&["--snapshot", "base.vmdk"], d);
+    let child = Path::new(child.trim()).file_name().unwrap().to_string_lossy().into_owned();
+    assert!(ok(&["-x", "check", &child], d).contains("error free"));
+    // Damage in the parent is found from the child.
+    let good = std::fs::read(d.join("base.vmdk")).unwrap();
+    let mut f = good.clone();
+    f[72] = 1;
+    std::fs::write(d.join("base.vmdk"), &f).unwrap();
+    let o = vmkfs(&["-x", "check", &child], d);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("base.vmdk: offset 72: unclean-shutdown flag is set"), "{out}");
+    std::fs::write(d.join("base.vmdk"), &good).unwrap();
+    // A parent whose CID changed behind the child's back: the child's chain is broken.
+    let cid = info(d, "base.vmdk")["cid"].as_str().unwrap().to_string();
+    let other = if cid == "00000001" { "00000002" } else { "00000001" };
+    let text = String::from_utf8_lossy(&good[512..1024]).into_owned();
+    assert!(text.contains(&format!("CID={cid}")), "{text}");
+    let mut f = good.clone();
+    f[512..1024].copy_from_slice(text.replace(&format!("CID={cid}"), &format!("CID={other}")).as_bytes());
+    std::fs::write(d.join("base.vmdk"), &f).unwrap();
+    let o = vmkfs(&["-x", "check", &child], d);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("{child}: offset 0: chain: CID mismatch")), "{out}");
+    // A missing parent.
+    std::fs::rename(d.join("base.vmdk"), d.join("moved.vmdk")).unwrap();
+    let out = String::from_utf8_lossy(&vmkfs(&["-x", "check", &child], d).stdout).into_owned();
+    assert!(out.contains("chain: missing parent"), "{out}");
 }
 
 #[test]

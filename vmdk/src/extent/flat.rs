@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::{Extent, ExtentInfo, ReadAt};
+use crate::check::Sink;
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
@@ -71,6 +72,13 @@ impl FlatExtent {
     pub fn start(&self) -> u64 {
         self.start
     }
+}
+
+/// `-x check` of a flat extent: its file holds the `len` bytes at byte `start` the descriptor maps
+/// (the reader's rule: [`FlatExtent::open`]).
+pub fn check(backing: Arc<dyn Backing>, start: u64, len: u64, kind: &'static str, sink: &mut Sink) -> Result<()> {
+    sink.result(FlatExtent::open(backing, start, len, kind, false))?;
+    Ok(())
 }
 
 impl Extent for FlatExtent {

@@ -17,6 +17,7 @@ pub mod gtcache;
 pub mod kdmv;
 pub mod sesparse;
 pub mod sparse;
+pub mod sparse_check;
 pub mod stream;
 pub mod stream_model;
 pub mod stream_read;

@@ -36,19 +36,19 @@ pub struct GrainDir {
 }
 
 impl GrainDir {
-    /// Reads `count` directory entries at sector `offset`, checking that the directory and every
-    /// table it names lie inside the file (so no header field can make us read or allocate more than
-    /// the file holds). `what` names the directory in errors; `field_at` is the byte offset of the
-    /// header field holding `offset`, which an error about a directory outside the file points at.
-    pub fn read_directory(
+    /// Where a directory of `count` entries at sector `offset` lies: `(byte start, byte length)`,
+    /// after checking that it lies inside the file of `file_len` bytes and is no larger than the
+    /// file really holds ([`super::check_table_bytes`]). `what` names the directory in errors;
+    /// `field_at` is the byte offset of the header field holding `offset`, which an error about a
+    /// directory outside the file points at.
+    pub fn directory_bytes(
         backing: &Arc<dyn Backing>,
         offset: u64,
         count: u64,
-        gtes: u32,
         file_len: u64,
         what: &str,
         field_at: u64,
-    ) -> Result<Vec<u32>> {
+    ) -> Result<(u64, u64)> {
         let path = backing.path();
         let start = offset.checked_mul(512).filter(|s| *s < file_len);
         let bytes = count.checked_mul(4);
@@ -67,20 +67,50 @@ impl GrainDir {
             ));
         }
         super::check_table_bytes(&**backing, &format!("{what} ({count} entries)"), bytes, field_at)?;
+        Ok((start, bytes))
+    }
+
+    /// Checks entry `i` of a directory (`e`, found at byte `at` of `path`): 0 (no table), or a
+    /// table of `gtes` entries that lies inside the file of `file_len` bytes (sector 1 is never a
+    /// table: it would overlap the header).
+    pub fn check_directory_entry(
+        path: &Path,
+        what: &str,
+        i: usize,
+        e: u32,
+        at: u64,
+        gtes: u32,
+        file_len: u64,
+    ) -> Result<()> {
+        if e != 0 && (e as u64 * 512 + gtes as u64 * 4 > file_len || e == 1) {
+            return Err(Error::corrupt(
+                path,
+                at,
+                format!("{what} entry {i} points to a grain table at sector {e}, outside the file ({file_len} bytes)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads `count` directory entries at sector `offset`, checking that the directory and every
+    /// table it names lie inside the file (so no header field can make us read or allocate more than
+    /// the file holds): [`GrainDir::directory_bytes`], then [`GrainDir::check_directory_entry`] on
+    /// every entry.
+    pub fn read_directory(
+        backing: &Arc<dyn Backing>,
+        offset: u64,
+        count: u64,
+        gtes: u32,
+        file_len: u64,
+        what: &str,
+        field_at: u64,
+    ) -> Result<Vec<u32>> {
+        let (start, bytes) = GrainDir::directory_bytes(backing, offset, count, file_len, what, field_at)?;
         let mut raw = vec![0u8; bytes as usize];
         backing.read_exact_at(&mut raw, start)?;
-        let gt_bytes = gtes as u64 * 4;
         let gd: Vec<u32> = raw.chunks_exact(4).map(LE::read_u32).collect();
         for (i, &e) in gd.iter().enumerate() {
-            if e != 0 && (e as u64 * 512 + gt_bytes > file_len || e == 1) {
-                return Err(Error::corrupt(
-                    path,
-                    start + i as u64 * 4,
-                    format!(
-                        "{what} entry {i} points to a grain table at sector {e}, outside the file ({file_len} bytes)"
-                    ),
-                ));
-            }
+            GrainDir::check_directory_entry(backing.path(), what, i, e, start + i as u64 * 4, gtes, file_len)?;
         }
         Ok(gd)
     }
@@ -175,7 +205,8 @@ impl GrainDir {
         self.sector_of_table(gt) as u64 * 512 + idx * 4
     }
 
-    /// Writes entries `first..` of table `gt` in both copies and updates the cache.
+    /// Writes entries `first..` of table `gt` in both copies and updates the cache: the primary
+    /// table first, then the redundant one (the order [`heal_redundant`] relies on).
     pub fn write_entries(&self, gt: u64, first: u64, values: &[u64]) -> Result<()> {
         let mut raw = vec![0u8; values.len() * 4];
         for (c, v) in raw.chunks_exact_mut(4).zip(values) {
@@ -201,10 +232,114 @@ impl Drop for GrainDir {
 
 /// What a grain table entry means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Grain {
+pub enum Grain {
+    /// 0: not here (read the parent, or zeros).
     Absent,
+    /// A zeroed grain (entry 1 where that means zeros): reads as zeros, hiding the parent.
     Zero,
+    /// The grain's data starts at this sector.
     At(u64),
+}
+
+/// The reader's rule for a grain table entry of an extent: 0 is absent, 1 a zeroed grain where
+/// `one_is_zero`, anything else a grain that must lie inside the file and past the metadata. The
+/// reader applies it to every entry it uses; `-x check`, repair and the self-heal apply it to every
+/// entry there is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRule {
+    /// Sectors per grain.
+    pub grain_sectors: u64,
+    /// First sector a grain may occupy.
+    pub overhead: u64,
+    /// True when entry 1 reads as a zeroed grain.
+    pub one_is_zero: bool,
+    /// Length of the extent's file.
+    pub file_len: u64,
+}
+
+impl EntryRule {
+    /// What entry `gte` (of grain `grain`, found at byte `at` of `path`) means, or the error the
+    /// reader gives for it. `what` names the entry in that error (`grain table entry`, `redundant
+    /// grain table entry`).
+    pub fn classify(&self, path: &Path, what: &str, gte: u64, grain: u64, at: u64) -> Result<Grain> {
+        match gte {
+            0 => Ok(Grain::Absent),
+            1 if self.one_is_zero => Ok(Grain::Zero),
+            _ => {
+                if gte.saturating_add(self.grain_sectors).saturating_mul(512) > self.file_len {
+                    return Err(Error::corrupt(
+                        path,
+                        at,
+                        format!(
+                            "{what} for grain {grain} points to sector {gte}, past the end of the file ({} bytes)",
+                            self.file_len
+                        ),
+                    ));
+                }
+                if gte < self.overhead {
+                    return Err(Error::corrupt(
+                        path,
+                        at,
+                        format!(
+                            "{what} for grain {grain} points to sector {gte}, inside the metadata (first grain sector is {})",
+                            self.overhead
+                        ),
+                    ));
+                }
+                Ok(Grain::At(gte))
+            }
+        }
+    }
+
+    /// True when the reader accepts entry `gte`.
+    pub fn accepts(&self, gte: u64) -> bool {
+        self.classify(Path::new(""), "", gte, 0, 0).is_ok()
+    }
+}
+
+/// The self-heal of a hosted sparse extent opened for writing with its unclean-shutdown flag set:
+/// makes every redundant grain table entry agree with its primary entry where the reader accepts
+/// the primary one (see [`EntryRule`]), then syncs. Returns the number of entries changed.
+///
+/// Why the primary copy wins: the writer always writes the primary copy first —
+/// [`GrainDir::write_entries`] writes the primary table's entries, then the redundant table's; a new
+/// grain's data is written before either (`Batch::flush`), and a discarded grain's entries before its
+/// space is freed ([`Extent::discard`]) — so a writer that died between the two copies left the
+/// primary one as new or newer. And the reader only ever reads the primary copy, so this never
+/// changes what the disk reads. Grain directory entries of hosted sparse files are never written
+/// (every table is allocated at creation), so a directory that disagrees with its redundant copy was
+/// not left by our writer; that, and a primary entry the reader refuses, is left to `-x repair`.
+pub fn heal_redundant(backing: &Arc<dyn Backing>, gd: &[u32], rgd: &[u32], gtes: u32, rule: &EntryRule) -> Result<u64> {
+    let gt_bytes = gtes as usize * 4;
+    let (mut p, mut r) = (vec![0u8; gt_bytes], vec![0u8; gt_bytes]);
+    let mut changed = 0;
+    for (&pt, &rt) in gd.iter().zip(rgd) {
+        if pt == 0 || rt == 0 || pt == rt {
+            continue;
+        }
+        backing.read_exact_at(&mut p, pt as u64 * 512)?;
+        backing.read_exact_at(&mut r, rt as u64 * 512)?;
+        let mut run: Option<(usize, usize)> = None; // byte range of r to write
+        for j in 0..gtes as usize {
+            let (a, b) = (&p[j * 4..j * 4 + 4], &r[j * 4..j * 4 + 4]);
+            if a == b || !rule.accepts(LE::read_u32(a) as u64) {
+                continue;
+            }
+            r[j * 4..j * 4 + 4].copy_from_slice(&p[j * 4..j * 4 + 4]);
+            changed += 1;
+            run = Some(match run {
+                Some((s, _)) => (s, j * 4 + 4),
+                None => (j * 4, j * 4 + 4),
+            });
+        }
+        if let Some((s, e)) = run {
+            backing.write_all_at(&r[s..e], rt as u64 * 512 + s as u64)?;
+        }
+    }
+    if changed > 0 {
+        backing.sync()?;
+    }
+    Ok(changed)
 }
 
 /// The header of a grain-table extent, by flavour.
@@ -295,6 +430,17 @@ impl SparseExtent {
         } else {
             None
         };
+        if writable && header.unclean_shutdown {
+            if let Some(r) = &rgd {
+                let rule = EntryRule {
+                    grain_sectors: header.grain_size,
+                    overhead: header.overhead,
+                    one_is_zero: header.flags & FLAG_ZEROED_GTE != 0,
+                    file_len,
+                };
+                heal_redundant(&backing, &gd, r, header.num_gtes_per_gt, &rule)?;
+            }
+        }
         let grain_bytes = header.grain_size * 512;
         let next = file_len.div_ceil(grain_bytes) * header.grain_size;
         Ok(SparseExtent {
@@ -325,7 +471,7 @@ impl SparseExtent {
         }
         let mut b = vec![0u8; hb];
         backing.read_exact_at(&mut b, 0)?;
-        let header = CowdHeader::parse(&b, &path)?;
+        let mut header = CowdHeader::parse(&b, &path)?;
         let capacity = header.num_sectors as u64 * 512;
         let len = len.unwrap_or(capacity);
         if len > capacity {
@@ -345,7 +491,16 @@ impl SparseExtent {
             20,
         )?;
         let grain_sectors = header.grain_size as u64;
-        let next = (file_len.div_ceil(512)).max(header.free_sector as u64).max(header.overhead());
+        let end = file_len.div_ceil(512);
+        if writable && header.unclean_shutdown && (header.free_sector as u64) < end && end <= u32::MAX as u64 {
+            // The self-heal of a COWD log whose writer died: its free sector is recorded only at
+            // close, while grains and tables are appended at the end of the file, so the file's end
+            // is where the next free sector is.
+            backing.write_all_at(&(end as u32).to_le_bytes(), super::cowd::FREE_SECTOR_OFFSET)?;
+            backing.sync()?;
+            header.free_sector = end as u32;
+        }
+        let next = end.max(header.free_sector as u64).max(header.overhead());
         Ok(SparseExtent {
             dir: GrainDir::new(backing, gd, None, header.gtes, cache),
             unclean_at_open: header.unclean_shutdown,
@@ -396,35 +551,19 @@ impl SparseExtent {
         self.dir.backing.path()
     }
 
-    fn classify(&self, gte: u64, gt: u64, idx: u64, zeroed_ok: bool, overhead: u64) -> Result<Grain> {
-        match gte {
-            0 => Ok(Grain::Absent),
-            1 if zeroed_ok => Ok(Grain::Zero),
-            _ => {
-                let file_len = self.file_len.load(Ordering::Acquire);
-                let at = self.dir.entry_offset(gt, idx);
-                if (gte + self.grain_bytes / 512) * 512 > file_len {
-                    return Err(Error::corrupt(
-                        self.path(),
-                        at,
-                        format!("grain table entry for grain {} points to sector {gte}, past the end of the file ({file_len} bytes)", gt * self.dir.gtes as u64 + idx),
-                    ));
-                }
-                if gte < overhead {
-                    return Err(Error::corrupt(
-                        self.path(),
-                        at,
-                        format!("grain table entry for grain {} points to sector {gte}, inside the metadata (first grain sector is {overhead})", gt * self.dir.gtes as u64 + idx),
-                    ));
-                }
-                Ok(Grain::At(gte))
-            }
+    /// The reader's rule for this extent's entries, with the file's length as it is now.
+    fn rule(&self) -> EntryRule {
+        EntryRule {
+            grain_sectors: self.grain_bytes / 512,
+            overhead: self.overhead(),
+            one_is_zero: self.one_is_zero(),
+            file_len: self.file_len.load(Ordering::Acquire),
         }
     }
 
     /// Walks the grains of `[offset, offset+len)`, calling `f(piece_offset, piece_len, grain)`.
     fn walk(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, Grain) -> Result<()>) -> Result<()> {
-        let (zeroed_ok, overhead) = (self.one_is_zero(), self.overhead());
+        let mut rule = self.rule();
         let gtes = self.dir.gtes as u64;
         let mut cur: Option<(u64, Option<Table>)> = None;
         for (p, l) in pieces(offset, len, self.grain_bytes) {
@@ -437,7 +576,10 @@ impl SparseExtent {
                 Some((_, Some(t))) => t[idx as usize].load(Ordering::Acquire),
                 _ => 0,
             };
-            f(p, l, self.classify(gte, gt, idx, zeroed_ok, overhead)?)?;
+            // The length after the entry was loaded: a grain allocated meanwhile is inside it.
+            rule.file_len = self.file_len.load(Ordering::Acquire);
+            let grain = rule.classify(self.path(), "grain table entry", gte, g, self.dir.entry_offset(gt, idx))?;
+            f(p, l, grain)?;
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ use super::stream_model::{parse_marker, StreamModel};
 pub use super::stream_model::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, MARKER_PROGRESS};
 use super::stream_read::{BackingCursor, StreamReader};
 use super::{pieces, Extent, ExtentInfo, ReadAt};
+use crate::check::Sink;
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
@@ -249,6 +250,99 @@ impl StreamExtent {
         let data = Arc::new(read_grain(&self.backing, sector, g, &self.header, self.len, self.file_len, entry_at)?);
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((g, data.clone()));
         Ok(data)
+    }
+}
+
+/// `-x check` of the streamOptimized extent in `backing` whose header is `header` (`len`: what a
+/// descriptor maps): opened by the random-access reader (model, descriptor, footer and
+/// end-of-stream, directory), then every marker walked by the sequential reader (what a read from a
+/// pipe sees) with every grain inflated, and the directory compared with the walk: every entry
+/// must name a grain record the walk reaches, for its own LBA, and every record the walk reaches
+/// must be the one the directory names — else a file read and a pipe read of the disk differ.
+pub fn check(backing: Arc<dyn Backing>, header: SparseHeader, len: Option<u64>, sink: &mut Sink) -> Result<()> {
+    let cache = Arc::new(GtCache::default());
+    let Some(ext) = sink.result(StreamExtent::open(backing.clone(), header, len, cache))? else {
+        return Ok(());
+    };
+    let Some(walked) = walk(&backing, sink)? else { return Ok(()) };
+    ext.check_directory(&walked, sink)
+}
+
+/// Walks every marker of the stream, inflating every grain: `(marker sector, LBA)` of each grain in
+/// file order, or `None` when the walk stops at an error (recorded).
+fn walk(backing: &Arc<dyn Backing>, sink: &mut Sink) -> Result<Option<Vec<(u64, u64)>>> {
+    let cursor = BackingCursor::new(backing.clone())?;
+    let Some(mut r) = sink.result(StreamReader::new(cursor, backing.path()))? else { return Ok(None) };
+    let mut buf = vec![0u8; r.grain_bytes() as usize];
+    let mut v = Vec::new();
+    loop {
+        match r.next_grain() {
+            Ok(Some(g)) => {
+                sink.result(r.inflate(&g, &mut buf))?;
+                v.push((g.at / 512, g.lba));
+            }
+            Ok(None) => return Ok(Some(v)),
+            Err(e) => {
+                sink.error(e)?;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+impl StreamExtent {
+    /// Compares the directory with the walk `walked` (see [`check`]); an extent indexed by the walk
+    /// itself has nothing to compare.
+    fn check_directory(&self, walked: &[(u64, u64)], sink: &mut Sink) -> Result<()> {
+        let Index::Dir(dir) = &self.index else { return Ok(()) };
+        let path = self.path();
+        let gs = self.header.grain_size;
+        let gtes = dir.gtes() as u64;
+        let grains = self.header.capacity.div_ceil(gs);
+        let mut matched = vec![false; walked.len()];
+        // Only the tables the directory names (the others hold nothing): bounded by the file.
+        let tables = dir.entries();
+        let grains_of = |t: usize| t as u64 * gtes..((t as u64 + 1) * gtes).min(grains);
+        for g in (0..tables.len()).filter(|&t| tables[t] != 0).flat_map(grains_of) {
+            let (e, at) = match self.entry(g) {
+                Ok(x) => x,
+                Err(err) => {
+                    // The table does not load: its other entries are not looked at.
+                    if g % gtes == 0 {
+                        sink.error(err)?;
+                    }
+                    continue;
+                }
+            };
+            if e == 0 {
+                continue;
+            }
+            match walked.binary_search_by_key(&e, |w| w.0) {
+                Ok(k) if walked[k].1 == g * gs => matched[k] = true,
+                _ => match read_grain(&self.backing, e, g, &self.header, self.len, self.file_len, at) {
+                    Err(err) => {
+                        sink.error(err)?;
+                    }
+                    Ok(_) => {
+                        sink.problem(
+                            path,
+                            at,
+                            format!("grain table entry for grain {g} points to a grain record at sector {e} that walking the stream's markers never reaches: a file read and a pipe read of the disk would differ"),
+                        );
+                    }
+                },
+            }
+        }
+        for (k, &(sector, lba)) in walked.iter().enumerate() {
+            if !matched[k] {
+                sink.problem(
+                    path,
+                    sector * 512,
+                    format!("the grain record at byte {} (LBA {lba}) is not the one the grain directory names for that LBA: a pipe read and a file read of the disk would differ", sector * 512),
+                );
+            }
+        }
+        Ok(())
     }
 }
 

@@ -307,7 +307,9 @@ impl StreamModel {
     }
 
     /// Parses and checks the footer sector found at byte `at`: a valid header with a real
-    /// directory offset and the header's capacity, grain size, table size and stream flags.
+    /// directory offset and the header's capacity, grain size, table size, stream flags and
+    /// overHead (the random-access reader reads grains with the footer's fields, the sequential one
+    /// with the header's, so the two must agree).
     pub fn check_footer(&self, sector: &[u8; 512], at: u64) -> Result<SparseHeader> {
         let f = SparseHeader::parse(sector, &self.path, at)?;
         let h = &self.header;
@@ -324,6 +326,16 @@ impl StreamModel {
                 format!(
                     "the footer says {} sectors in grains of {} ({} per table, flags {:#x}), the header {} in grains of {} ({}, flags {:#x})",
                     f.capacity, f.grain_size, f.num_gtes_per_gt, f.flags, h.capacity, h.grain_size, h.num_gtes_per_gt, h.flags
+                ),
+            ));
+        }
+        if f.overhead != h.overhead {
+            return Err(Error::corrupt(
+                &self.path,
+                at + 64,
+                format!(
+                    "the footer says overHead is sector {}, the header sector {}: a footer is a copy of the header",
+                    f.overhead, h.overhead
                 ),
             ));
         }
@@ -450,6 +462,9 @@ mod tests {
         let mut f = h.clone();
         f.gd_offset = 300;
         assert_eq!(m.check_footer(&f.to_bytes(), 1024).unwrap().gd_offset, 300);
+        let mut o = f.clone();
+        o.overhead += 1;
+        assert!(matches!(m.check_footer(&o.to_bytes(), 1024), Err(Error::Corrupt { offset: 1088, .. })));
         f.capacity += 128;
         assert!(matches!(m.check_footer(&f.to_bytes(), 1024), Err(Error::Corrupt { offset: 1036, .. })));
         m.check_length(128 * 512 + 1024).unwrap();

@@ -315,38 +315,7 @@ fn run_op(cli: &Cli) -> Result<i32> {
         return Ok(exit::OK);
     }
     if let Some(mode) = &cli.disk.fix {
-        let repair = match mode.as_str() {
-            "check" => false,
-            "repair" => true,
-            m => return Err(Error::Usage(format!("-x takes check or repair, not {m:?}"))),
-        };
-        let report = vmkfs::vmdk::check::check_disk(disk, &opts, repair)?;
-        if cli.common.json {
-            let f: Vec<_> = report
-                .findings
-                .iter()
-                .map(|f| serde_json::json!({"file": f.file, "offset": f.offset, "problem": f.what, "repaired": f.repaired}))
-                .collect();
-            out::line(serde_json::json!({"clean": report.is_clean(), "findings": f, "files": report.files}));
-        } else {
-            for f in &report.findings {
-                match &f.repaired {
-                    Some(r) => {
-                        outln!("{}: offset {}: {} (repaired: {r})", f.file.display(), f.offset, f.what)
-                    }
-                    None => outln!("{}: offset {}: {}", f.file.display(), f.offset, f.what),
-                }
-            }
-            if report.is_clean() {
-                out::line("Disk is error free");
-            } else if repair && report.unrepaired() == 0 {
-                out::line("Disk was successfully repaired");
-            } else {
-                outln!("Disk has {} problem(s)", report.unrepaired().max(report.findings.len()));
-            }
-        }
-        let bad = if repair { report.unrepaired() > 0 } else { !report.is_clean() };
-        return Ok(if bad { exit::NEGATIVE } else { exit::OK });
+        return run_fix(cli, disk, mode, &opts);
     }
     if cli.disk.map {
         return run_map(cli, disk, &opts);
@@ -431,6 +400,78 @@ fn run_compare(cli: &Cli, a: &Path, b: &Path, opts: &OpenOptions) -> Result<i32>
             Ok(exit::NEGATIVE)
         }
     }
+}
+
+/// `-x check|repair`: every finding (file, byte offset, what), and for a repair what was done
+/// about it, every change made (file, offset, bytes before and after) and the backup of the
+/// metadata changed. Exit 0 when clean (or everything was repaired), 1 otherwise.
+fn run_fix(cli: &Cli, disk: &Path, mode: &str, opts: &OpenOptions) -> Result<i32> {
+    let repair = match mode {
+        "check" => false,
+        "repair" => true,
+        m => return Err(Error::Usage(format!("-x takes check or repair, not {m:?}"))),
+    };
+    let report = if repair { vmkfs::check::repair(disk, opts)? } else { vmkfs::check::check(disk, opts)? };
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    if cli.common.json {
+        let f: Vec<_> = report
+            .findings
+            .iter()
+            .map(|f| {
+                serde_json::json!({"file": f.file, "offset": f.offset, "problem": f.what,
+                    "repaired": f.repaired, "undecided": f.undecided})
+            })
+            .collect();
+        let c: Vec<_> = report
+            .changes
+            .iter()
+            .map(|c| {
+                serde_json::json!({"file": c.file, "offset": c.offset, "before": hex(&c.before),
+                    "after": hex(&c.after), "what": c.what})
+            })
+            .collect();
+        out::line(serde_json::json!({"clean": report.is_clean(), "findings": f, "omitted": report.omitted,
+            "changes": c, "backup": report.backup, "refused": report.refused(), "files": report.files}));
+    } else {
+        for f in &report.findings {
+            let tail = match (&f.repaired, &f.undecided) {
+                (Some(r), _) => format!(" (repaired: {r})"),
+                (None, Some(u)) => format!(" (cannot repair: {u})"),
+                _ => String::new(),
+            };
+            outln!("{}: offset {}: {}{tail}", f.file.display(), f.offset, f.what);
+        }
+        if report.omitted > 0 {
+            outln!("... and {} more problem(s) not listed", report.omitted);
+        }
+        if let Some(b) = &report.backup {
+            outln!("Metadata saved to {} before changing it", b.display());
+        }
+        for c in &report.changes {
+            outln!(
+                "Changed {} at byte {}: {} -> {} ({})",
+                c.file.display(),
+                c.offset,
+                hex(&c.before),
+                hex(&c.after),
+                c.what
+            );
+        }
+        if report.is_clean() {
+            out::line("Disk is error free");
+        } else if repair && report.unrepaired() == 0 {
+            out::line("Disk was successfully repaired");
+        } else if repair && report.refused() {
+            outln!(
+                "Nothing was changed: {} problem(s) cannot be decided or repaired",
+                report.findings.iter().filter(|f| f.undecided.is_some()).count()
+            );
+        } else {
+            outln!("Disk has {} problem(s)", report.unrepaired());
+        }
+    }
+    let bad = if repair { report.unrepaired() > 0 } else { !report.is_clean() };
+    Ok(if bad { exit::NEGATIVE } else { exit::OK })
 }
 
 /// `--read-at OFF [--length LEN]`: the bytes to standard output. The range is checked against the
