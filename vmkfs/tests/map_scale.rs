@@ -44,7 +44,7 @@ fn chain(dir: &Path, shape: Shape, cap: u64) -> (String, Vec<u8>) {
 /// Runs `f` with options over a counting storage; returns what `f` returned and the counts
 /// (reads, bytes read, data-run walks).
 fn counted<T>(f: impl FnOnce(&OpenOptions) -> T) -> (T, (u64, u64, u64)) {
-    let (storage, counts) = Counting::new();
+    let (storage, counts) = Counting::storage();
     let opts = OpenOptions { storage, ..OpenOptions::read() };
     let out = f(&opts);
     (out, counts.get())

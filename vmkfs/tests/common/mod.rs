@@ -655,7 +655,7 @@ pub struct Counting {
 
 impl Counting {
     /// A counting storage and the handle to read its counts.
-    pub fn new() -> (std::sync::Arc<dyn vmkfs::vmdk::Storage>, std::sync::Arc<IoCounts>) {
+    pub fn storage() -> (std::sync::Arc<dyn vmkfs::vmdk::Storage>, std::sync::Arc<IoCounts>) {
         let c = Counting::default();
         let counts = c.counts.clone();
         (std::sync::Arc::new(c), counts)
