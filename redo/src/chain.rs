@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use vmdk::family::ParentRef;
+use vmdk::map::{MapSource, Stack};
 use vmdk::{AllocMap, Container, Link, OpenOptions, ReadAt};
 
 /// Longest chain we follow (a guard against cycles and runaway chains).
@@ -157,11 +158,13 @@ pub struct Chain {
     links: Vec<Arc<Link>>,
 }
 
-struct ParentRead(Arc<Link>);
+/// What a link reads below itself: the links under it, read as a stack (each range from the link
+/// holding it, without asking every link on the way).
+struct ParentRead(Vec<Arc<Link>>);
 
 impl ReadAt for ParentRead {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
-        self.0.read_at(buf, offset)
+        Stack::new(&self.0).read_at(buf, offset)
     }
 }
 
@@ -225,16 +228,16 @@ impl Chain {
                     });
                 }
             }
-            child.set_parent(Some(Arc::new(ParentRead(parent.clone()))));
             links.push(parent);
         }
-        Ok(Chain { links })
+        Ok(Chain::from_links(links))
     }
 
-    /// Builds a chain from links already opened (top first); sets each link's parent.
+    /// Builds a chain from links already opened (top first); sets each link's parent (the links
+    /// below it).
     pub fn from_links(links: Vec<Arc<Link>>) -> Chain {
-        for w in links.windows(2) {
-            w[0].set_parent(Some(Arc::new(ParentRead(w[1].clone()))));
+        for (i, l) in links.iter().enumerate().take(links.len().saturating_sub(1)) {
+            l.set_parent(Some(Arc::new(ParentRead(links[i + 1..].to_vec()))));
         }
         Chain { links }
     }
@@ -259,9 +262,14 @@ impl Chain {
         self.top().capacity()
     }
 
-    /// Reads through the chain.
+    /// Reads through the chain: each range from the link that holds it ([`Stack::read_at`]).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
-        self.top().read_at(buf, offset)
+        self.stack().read_at(buf, offset)
+    }
+
+    /// The links as a [`Stack`]: the merged map and reads by depth.
+    pub fn stack(&self) -> Stack<'_> {
+        Stack::new(&self.links)
     }
 
     /// Writes to the top link.
@@ -269,18 +277,12 @@ impl Chain {
         self.top().write_at(buf, offset)
     }
 
-    /// The merged allocation map of `[offset, offset+len)`: each run says which link (depth) holds
-    /// it; `Absent` runs remain only where no link holds anything (they read as zeros).
+    /// The merged allocation map of `[offset, offset+len)` in one piece: each run says which link
+    /// (depth) holds it; `Absent` runs remain only where no link holds anything (they read as
+    /// zeros). To walk a large range in bounded memory use [`vmdk::map::runs`] (a chain is a
+    /// [`MapSource`]).
     pub fn map(&self, offset: u64, len: u64) -> vmdk::Result<AllocMap> {
-        Self::map_from(&self.links, offset, len)
-    }
-
-    fn map_from(links: &[Arc<Link>], offset: u64, len: u64) -> vmdk::Result<AllocMap> {
-        let m = links[0].map(offset, len)?;
-        if links.len() == 1 {
-            return Ok(m);
-        }
-        m.fill_absent(|o, l| Self::map_from(&links[1..], o, l))
+        vmdk::map::collect(self, offset, len)
     }
 
     /// Flushes and closes every link (clearing unclean-shutdown flags of written links).
@@ -295,6 +297,15 @@ impl Chain {
             }
         }
         Ok(())
+    }
+}
+
+impl MapSource for Chain {
+    fn capacity(&self) -> u64 {
+        Chain::capacity(self)
+    }
+    fn map_into(&self, offset: u64, end: u64, budget: usize, out: &mut AllocMap) -> vmdk::Result<u64> {
+        self.stack().map_into(offset, end, budget, out)
     }
 }
 

@@ -1,19 +1,46 @@
-//! Change maps: one bit per fixed-size block of the disk, set where a link holds something.
+//! Change maps: the fixed-size blocks of a disk where a link holds something.
 //!
 //! A REDO link is, in the words of VMware's backup guides, "a bitmap of changes to the disk". The
 //! change map of a link is built from its own allocation map (every `Data` or `Zero` run at depth 0
-//! marks the blocks it touches). The union of the maps of the links above a point in the chain is
-//! what changed since that point: above the base it is a differential, above the previous snapshot
-//! an incremental. Maps serialize to a small checksummed file a backup tool can keep between runs.
-
-use bitvec::prelude::*;
+//! marks the blocks it touches), walked in runs ([`vmdk::map::walk`]), so building it costs in
+//! proportion to what the link holds, not to its capacity. The union of the maps of the links above
+//! a point in the chain is what changed since that point: above the base it is a differential,
+//! above the previous snapshot an incremental.
+//!
+//! A map is kept as the sorted list of its runs of marked blocks, so it stays small for a huge disk
+//! with few changes (a 64 TiB disk with one changed block is one run, where a bit per 64 KiB block
+//! would take 128 MiB), and unions and differences cost in proportion to the runs.
+//!
+//! ## Serialized form
+//!
+//! Maps serialize to a small checksummed file a backup tool can keep between runs. All integers
+//! are little-endian.
+//!
+//! Version 2 (written):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `VMKFSCHG` |
+//! | 8 | 4 | version: 2 |
+//! | 12 | 8 | block size in bytes (a power of two, at least 512) |
+//! | 20 | 8 | capacity of the disk in bytes |
+//! | 28 | 8 | number of blocks: capacity / block size, rounded up |
+//! | 36 | 8 | number of runs, N |
+//! | 44 | 16 × N | the runs: first block (8 bytes), block count (8 bytes); ascending, each count above 0, each run ending before the block count and at least one block before the next run starts |
+//! | 44 + 16 N | 4 | CRC-32 (IEEE) of every byte before it |
+//!
+//! Version 1 (still read): the same first 36 bytes with version 1 and the block count, then the
+//! blocks as bits (bit `i` of 64-bit word `i / 64` is block `i`, least significant bit first),
+//! `ceil(blocks / 64)` words, then the CRC-32 of every byte before it.
 
 use vmdk::{Link, State};
 
 /// Default block size: 64 KiB (a multiple of every default grain size).
 pub const DEFAULT_BLOCK: u64 = 64 << 10;
 const MAGIC: &[u8; 8] = b"VMKFSCHG";
-const VERSION: u32 = 1;
+/// The version [`ChangeMap::to_bytes`] writes.
+pub const VERSION: u32 = 2;
+/// Magic, version, block size, capacity, block count.
 const HEADER: usize = 8 + 4 + 8 + 8 + 8;
 
 /// Errors of change-map operations.
@@ -43,7 +70,8 @@ pub enum ChangeMapError {
 pub struct ChangeMap {
     block: u64,
     capacity: u64,
-    bits: BitVec<u64, Lsb0>,
+    /// Runs of marked blocks `(first, end)`, end exclusive: sorted, disjoint, never touching.
+    runs: Vec<(u64, u64)>,
 }
 
 impl ChangeMap {
@@ -52,34 +80,48 @@ impl ChangeMap {
         if !block.is_power_of_two() || block < 512 {
             return Err(ChangeMapError::BlockSize(block));
         }
-        Ok(ChangeMap { block, capacity, bits: bitvec![u64, Lsb0; 0; capacity.div_ceil(block) as usize] })
+        Ok(ChangeMap { block, capacity, runs: Vec::new() })
     }
 
     /// The change map of one link: the blocks where the link itself holds data or known zeros.
     pub fn of_link(link: &Link, block: u64) -> Result<ChangeMap, ChangeMapError> {
         let mut m = ChangeMap::new(link.capacity(), block)?;
-        let cap = link.capacity();
-        let mut off = 0;
-        while off < cap {
-            let n = (1u64 << 30).min(cap - off);
-            for r in link.map(off, n)?.runs() {
-                if r.state != State::Absent {
-                    m.mark(r.offset, r.len);
-                }
+        for r in vmdk::map::walk(link) {
+            let r = r?;
+            if r.state != State::Absent {
+                m.mark(r.offset, r.len);
             }
-            off += n;
         }
         Ok(m)
     }
 
-    /// Marks the blocks that `[offset, offset+len)` touches.
+    fn blocks(&self) -> u64 {
+        self.capacity.div_ceil(self.block)
+    }
+
+    /// Marks the blocks that `[offset, offset+len)` touches. Marking in increasing order (as a
+    /// walk of a map does) appends; anywhere else it merges into the runs.
     pub fn mark(&mut self, offset: u64, len: u64) {
         if len == 0 || offset >= self.capacity {
             return;
         }
-        let end = (offset + len).min(self.capacity);
-        let (a, b) = ((offset / self.block) as usize, end.div_ceil(self.block) as usize);
-        self.bits[a..b].fill(true);
+        let end = offset.saturating_add(len).min(self.capacity);
+        let (a, b) = (offset / self.block, end.div_ceil(self.block));
+        match self.runs.last_mut() {
+            None => self.runs.push((a, b)),
+            Some(last) if a > last.1 => self.runs.push((a, b)),
+            Some(last) if a >= last.0 => last.1 = last.1.max(b),
+            Some(_) => {
+                // Every run touching [a, b) merges with it.
+                let i = self.runs.partition_point(|r| r.1 < a);
+                let j = self.runs.partition_point(|r| r.0 <= b);
+                let merged = (
+                    a.min(self.runs[i..j].first().map_or(a, |r| r.0)),
+                    b.max(self.runs[i..j].last().map_or(b, |r| r.1)),
+                );
+                self.runs.splice(i..j, [merged]);
+            }
+        }
     }
 
     /// Block size in bytes.
@@ -94,7 +136,9 @@ impl ChangeMap {
 
     /// True if block `i` is marked.
     pub fn is_set(&self, i: usize) -> bool {
-        self.bits.get(i).is_some_and(|b| *b)
+        let i = i as u64;
+        let k = self.runs.partition_point(|r| r.1 <= i);
+        self.runs.get(k).is_some_and(|r| r.0 <= i)
     }
 
     fn same_shape(&self, other: &ChangeMap) -> Result<(), ChangeMapError> {
@@ -110,21 +154,60 @@ impl ChangeMap {
     /// Adds every block of `other`.
     pub fn union(&mut self, other: &ChangeMap) -> Result<(), ChangeMapError> {
         self.same_shape(other)?;
-        self.bits |= &other.bits;
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.runs.len() + other.runs.len());
+        let (mut a, mut b) = (self.runs.iter().peekable(), other.runs.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0 <= y.0 => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            let &(s, e) = next.expect("peeked");
+            match out.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => out.push((s, e)),
+            }
+        }
+        self.runs = out;
         Ok(())
     }
 
     /// Removes every block of `other`.
     pub fn difference(&mut self, other: &ChangeMap) -> Result<(), ChangeMapError> {
         self.same_shape(other)?;
-        let not = !other.bits.clone();
-        self.bits &= &not;
+        let mut out = Vec::with_capacity(self.runs.len());
+        let mut cut = other.runs.iter().peekable();
+        for &(mut s, e) in &self.runs {
+            while let Some(&&(cs, ce)) = cut.peek() {
+                if ce <= s {
+                    cut.next();
+                    continue;
+                }
+                if cs >= e {
+                    break;
+                }
+                if cs > s {
+                    out.push((s, cs));
+                }
+                s = ce.max(s);
+                if ce > e {
+                    break;
+                }
+                cut.next();
+            }
+            if s < e {
+                out.push((s, e));
+            }
+        }
+        self.runs = out;
         Ok(())
     }
 
     /// Number of marked blocks.
     pub fn count(&self) -> usize {
-        self.bits.count_ones()
+        self.runs.iter().map(|r| r.1 - r.0).sum::<u64>() as usize
     }
 
     /// Bytes covered by marked blocks (the last block clipped to the capacity).
@@ -132,38 +215,45 @@ impl ChangeMap {
         self.ranges().map(|(_, l)| l).sum()
     }
 
-    /// The marked byte ranges, merged, clipped to the capacity.
+    /// The marked byte ranges `(start, len)`, merged, clipped to the capacity.
     pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let mut i = 0usize;
-        let n = self.bits.len();
-        std::iter::from_fn(move || {
-            let start = i + self.bits[i..].first_one()?;
-            let end = start + self.bits[start..].first_zero().unwrap_or(n - start);
-            i = end;
-            let s = start as u64 * self.block;
-            let e = (end as u64 * self.block).min(self.capacity);
-            Some((s, e - s))
+        self.ranges_in(0, self.capacity)
+    }
+
+    /// The marked byte ranges that meet `[offset, end)`, clipped to it (found by a binary search,
+    /// so a walk of a huge map range by range costs in proportion to the ranges).
+    pub fn ranges_in(&self, offset: u64, end: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let end = end.min(self.capacity);
+        let first = self.runs.partition_point(|r| r.1.saturating_mul(self.block) <= offset);
+        self.runs[first..].iter().map_while(move |&(a, b)| {
+            let s = a.saturating_mul(self.block).max(offset);
+            let e = b.saturating_mul(self.block).min(end);
+            (s < e).then_some((s, e - s))
         })
     }
 
-    /// Serializes: magic, version, block, capacity, bit count, the bits as little-endian u64 words,
-    /// and a CRC-32 of everything before it.
+    /// Serializes (version 2, see the module documentation): magic, version, block, capacity, block
+    /// count, the runs, and a CRC-32 of everything before it.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER + self.bits.as_raw_slice().len() * 8 + 4);
+        let mut out = Vec::with_capacity(HEADER + 8 + self.runs.len() * 16 + 4);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&self.block.to_le_bytes());
         out.extend_from_slice(&self.capacity.to_le_bytes());
-        out.extend_from_slice(&(self.bits.len() as u64).to_le_bytes());
-        for w in self.bits.as_raw_slice() {
-            out.extend_from_slice(&w.to_le_bytes());
+        out.extend_from_slice(&self.blocks().to_le_bytes());
+        out.extend_from_slice(&(self.runs.len() as u64).to_le_bytes());
+        for &(a, b) in &self.runs {
+            out.extend_from_slice(&a.to_le_bytes());
+            out.extend_from_slice(&(b - a).to_le_bytes());
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
     }
 
-    /// Parses what [`ChangeMap::to_bytes`] wrote, checking every field before allocating.
+    /// Parses what [`ChangeMap::to_bytes`] wrote (version 2) or an older version 1 map, checking
+    /// every field (lengths against the input before allocating, the checksum, the runs' order and
+    /// bounds).
     pub fn from_bytes(b: &[u8]) -> Result<ChangeMap, ChangeMapError> {
         let bad = |offset: usize, what: &str| ChangeMapError::Corrupt { offset, what: what.into() };
         if b.len() < HEADER + 4 {
@@ -174,31 +264,54 @@ impl ChangeMap {
         }
         let u64at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
         let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             return Err(bad(8, "unknown version"));
         }
-        let (block, capacity, nbits) = (u64at(12), u64at(20), u64at(28));
+        let (block, capacity, blocks) = (u64at(12), u64at(20), u64at(28));
         if !block.is_power_of_two() || block < 512 {
             return Err(bad(12, "bad block size"));
         }
-        if capacity.div_ceil(block) != nbits {
-            return Err(bad(28, "bit count does not match capacity and block size"));
-        }
-        let words = nbits.div_ceil(64);
-        let need = words.checked_mul(8).and_then(|w| w.checked_add(HEADER as u64 + 4));
-        if need != Some(b.len() as u64) {
-            return Err(bad(b.len(), "length does not match the bit count"));
+        if capacity.div_ceil(block) != blocks {
+            return Err(bad(28, "block count does not match capacity and block size"));
         }
         let body = b.len() - 4;
+        let need = if version == 1 {
+            blocks.div_ceil(64).checked_mul(8).and_then(|w| w.checked_add(HEADER as u64 + 4))
+        } else {
+            if b.len() < HEADER + 8 + 4 {
+                return Err(bad(b.len(), "shorter than the header"));
+            }
+            u64at(HEADER).checked_mul(16).and_then(|r| r.checked_add(HEADER as u64 + 8 + 4))
+        };
+        if need != Some(b.len() as u64) {
+            return Err(bad(b.len(), "length does not match the block or run count"));
+        }
         let crc = u32::from_le_bytes(b[body..].try_into().expect("4 bytes"));
         if crc32fast::hash(&b[..body]) != crc {
             return Err(bad(body, "checksum mismatch"));
         }
-        let raw: Vec<u64> =
-            b[HEADER..body].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
-        let mut bits = BitVec::<u64, Lsb0>::from_vec(raw);
-        bits.truncate(nbits as usize);
-        Ok(ChangeMap { block, capacity, bits })
+        let mut m = ChangeMap::new(capacity, block).map_err(|_| bad(12, "bad block size"))?;
+        if version == 1 {
+            for (w, word) in b[HEADER..body].chunks_exact(8).enumerate() {
+                let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+                // Bits past the block count mean nothing (version 1 readers ignored them too).
+                for i in (0..64).filter(|i| word >> i & 1 == 1).map(|bit| w as u64 * 64 + bit).filter(|&i| i < blocks) {
+                    m.mark(i * block, block);
+                }
+            }
+            return Ok(m);
+        }
+        for k in 0..(body - HEADER - 8) / 16 {
+            let at = HEADER + 8 + k * 16;
+            let (first, count) = (u64at(at), u64at(at + 8));
+            let end = first.checked_add(count).filter(|e| count > 0 && *e <= blocks);
+            let Some(end) = end else { return Err(bad(at, "a run is empty or passes the block count")) };
+            if m.runs.last().is_some_and(|l| first <= l.1) {
+                return Err(bad(at, "runs are not in order, apart"));
+            }
+            m.runs.push((first, end));
+        }
+        Ok(m)
     }
 }
 
@@ -234,5 +347,97 @@ mod tests {
         m.mark(9000, 5000);
         assert_eq!(m.ranges().collect::<Vec<_>>(), vec![(8192, 1808)]);
         assert_eq!(m.changed_bytes(), 1808);
+    }
+
+    /// The runs against a plain set of blocks, through marks in any order, unions and differences.
+    #[test]
+    fn runs_match_a_set_of_blocks() {
+        let mut x: u64 = 7;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let cap = 200 * 512 + 100;
+        for _ in 0..200 {
+            let mut maps = [ChangeMap::new(cap, 512).unwrap(), ChangeMap::new(cap, 512).unwrap()];
+            let mut sets = [std::collections::BTreeSet::new(), std::collections::BTreeSet::new()];
+            for (m, set) in maps.iter_mut().zip(sets.iter_mut()) {
+                for _ in 0..rnd(12) {
+                    let (o, l) = (rnd(cap + 600), rnd(6 * 512));
+                    m.mark(o, l);
+                    if l > 0 && o < cap {
+                        set.extend(o / 512..(o + l).min(cap).div_ceil(512));
+                    }
+                }
+                let got: Vec<bool> = (0..cap.div_ceil(512) as usize).map(|i| m.is_set(i)).collect();
+                let want: Vec<bool> = (0..cap.div_ceil(512)).map(|i| set.contains(&i)).collect();
+                assert_eq!(got, want);
+                assert_eq!(m.count(), set.len());
+                assert_eq!(ChangeMap::from_bytes(&m.to_bytes()).unwrap(), *m);
+            }
+            let mut u = maps[0].clone();
+            u.union(&maps[1]).unwrap();
+            let us: Vec<u64> = sets[0].union(&sets[1]).copied().collect();
+            assert_eq!((0..cap.div_ceil(512)).filter(|&i| u.is_set(i as usize)).collect::<Vec<_>>(), us);
+            let mut d = maps[0].clone();
+            d.difference(&maps[1]).unwrap();
+            let ds: Vec<u64> = sets[0].difference(&sets[1]).copied().collect();
+            assert_eq!((0..cap.div_ceil(512)).filter(|&i| d.is_set(i as usize)).collect::<Vec<_>>(), ds);
+            assert!(d.runs.windows(2).all(|w| w[0].1 < w[1].0) && u.runs.windows(2).all(|w| w[0].1 < w[1].0));
+        }
+    }
+
+    /// A version 1 map (a bit per block) is still read.
+    #[test]
+    fn reads_version_1() {
+        let (block, cap) = (4096u64, 300 * 4096u64);
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC);
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&block.to_le_bytes());
+        v1.extend_from_slice(&cap.to_le_bytes());
+        v1.extend_from_slice(&300u64.to_le_bytes());
+        let mut words = [0u64; 5];
+        for i in [0usize, 1, 2, 70, 299] {
+            words[i / 64] |= 1 << (i % 64);
+        }
+        for w in words {
+            v1.extend_from_slice(&w.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let m = ChangeMap::from_bytes(&v1).unwrap();
+        assert_eq!(m.ranges().collect::<Vec<_>>(), vec![(0, 3 * 4096), (70 * 4096, 4096), (299 * 4096, 4096)]);
+        assert_eq!(m.to_bytes().len(), HEADER + 8 + 3 * 16 + 4);
+    }
+
+    /// Runs out of order, overlapping or past the end are refused even with a good checksum.
+    #[test]
+    fn refuses_bad_runs() {
+        let good = {
+            let mut m = ChangeMap::new(100 * 512, 512).unwrap();
+            m.mark(0, 512);
+            m.mark(10 * 512, 512);
+            m.to_bytes()
+        };
+        let reseal = |mut b: Vec<u8>| {
+            let body = b.len() - 4;
+            let crc = crc32fast::hash(&b[..body]);
+            b[body..].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        let at = HEADER + 8;
+        for (field, value) in [(at + 16, 0u64), (at + 16, 1), (at + 24, 0), (at + 24, 95), (at + 8, 11)] {
+            let mut b = good.clone();
+            b[field..field + 8].copy_from_slice(&value.to_le_bytes());
+            let e = ChangeMap::from_bytes(&reseal(b)).unwrap_err();
+            assert!(matches!(e, ChangeMapError::Corrupt { .. }), "{field}: {e}");
+        }
+        // A run count larger than the input is refused before anything is allocated.
+        let mut b = good.clone();
+        b[HEADER..HEADER + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(ChangeMap::from_bytes(&reseal(b)).is_err());
     }
 }

@@ -211,22 +211,21 @@ pub fn commit_with(
     Ok(CommitReport { parent: pref.path, children, removed: files, cid, resumed: false })
 }
 
-/// Applies the known-zero ranges of `link` to `parent`: freed in a base; written as zeros in a
-/// parent that has a parent of its own (a hole there would show the grandparent, and not every link
-/// can store a zeroed grain).
-fn apply_zeros(link: &Link, parent: &Link, parent_has_parent: bool) -> Result<(), RedoError> {
-    let cap = link.capacity();
-    let mut off = 0;
-    while off < cap {
-        let n = (1u64 << 30).min(cap - off);
-        for r in link.map(off, n)?.runs().iter().filter(|r| r.state == vmdk::State::Zero) {
-            if parent_has_parent {
-                parent.zero_range(r.offset, r.len)?;
-            } else {
-                parent.discard(r.offset, r.len)?;
-            }
+/// Applies the known-zero ranges of `link` (its own `Zero` runs) to `parent`: freed in a base;
+/// written as zeros in a parent that has a parent of its own (a hole there would show the
+/// grandparent, and not every link can store a zeroed grain). Walks `link`'s map in runs
+/// ([`vmdk::map::walk`]). Commit and `--apply` share it.
+pub fn apply_zeros(link: &Link, parent: &Link, parent_has_parent: bool) -> Result<(), RedoError> {
+    for r in vmdk::map::walk(link) {
+        let r = r?;
+        if r.state != vmdk::State::Zero {
+            continue;
         }
-        off += n;
+        if parent_has_parent {
+            parent.zero_range(r.offset, r.len)?;
+        } else {
+            parent.discard(r.offset, r.len)?;
+        }
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //!   `.REDO`), read through it, explain what is broken ([`chain::diagnose`]).
 //! - [`snapshot`]: add a REDO link on top, discard the top link.
 //! - [`commit`]: merge a REDO link into its parent, crash-safely.
-//! - [`changemap`]: the change map of a link (a bit per block), unions and differences, and a
+//! - [`changemap`]: the change map of a link (its changed blocks, as runs), unions and differences, and a
 //!   checksummed serialization.
 
 #![warn(missing_docs)]

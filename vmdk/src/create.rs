@@ -15,7 +15,7 @@ use crate::extent::gtcache::GtCache;
 use crate::extent::kdmv::{Layout, SparseHeader};
 use crate::extent::sparse::{self, SparseExtent};
 use crate::extent::stream_write::stream_header;
-use crate::extent::Extent;
+use crate::extent::{Extent, ExtentKind};
 use crate::link::{new_cid, Container, Link};
 use crate::storage::{write_zeros, Backing, HostStorage, Storage};
 use crate::txn::NewFiles;
@@ -494,7 +494,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
                     b,
                     0,
                     bytes,
-                    if format.is_esx() { "VMFS" } else { "FLAT" },
+                    if format.is_esx() { ExtentKind::Vmfs } else { ExtentKind::Flat },
                     true,
                 )?));
             }

@@ -20,9 +20,9 @@ use crate::extent::sesparse::SeSparseExtent;
 use crate::extent::sparse::SparseExtent;
 use crate::extent::stream::{self, StreamExtent};
 use crate::extent::zero::ZeroExtent;
-use crate::extent::{Extent, ExtentInfo, ReadAt, Shifted};
+use crate::extent::{Extent, ExtentInfo, ExtentKind, ReadAt, Shifted};
 use crate::family::{self, ParentRef};
-use crate::map::AllocMap;
+use crate::map::{AllocMap, MapSource};
 use crate::storage::{resolve_extent_path, Backing, HostStorage, LockMode, Storage};
 use crate::txn;
 
@@ -434,7 +434,7 @@ impl Link {
                         let b = opener.get_extent(path, line.file.as_deref().unwrap_or(""), &f, write)?;
                         let off = line.offset.unwrap_or(0) * 512;
                         uses.push(FileUse { path: f, range: (off, off.saturating_add(len)), flat: true });
-                        let kind = if line.kind == ExtentType::Flat { "FLAT" } else { "VMFS" };
+                        let kind = if line.kind == ExtentType::Flat { ExtentKind::Flat } else { ExtentKind::Vmfs };
                         Box::new(FlatExtent::open(b, off, len, kind, write)?)
                     }
                     ExtentType::Sparse | ExtentType::VmfsSparse | ExtentType::SeSparse => {
@@ -729,12 +729,12 @@ impl Link {
         }
     }
 
-    /// The allocation map of `[offset, offset+len)` in this link alone (depth 0).
+    /// The allocation map of `[offset, offset+len)` in this link alone (depth 0), in one piece.
+    /// To walk a large range in bounded memory use [`crate::map::runs`] (a link is a
+    /// [`MapSource`]).
     pub fn map(&self, offset: u64, len: u64) -> Result<AllocMap> {
         self.check_range(offset, len)?;
-        let mut out = AllocMap::new();
-        self.each_slot(offset, len, |s, eo, _, n| s.ext.map(eo, n as u64, s.start, &mut out))?;
-        Ok(out)
+        crate::map::collect(self, offset, len)
     }
 
     fn begin_write(&self) -> Result<()> {
@@ -974,6 +974,29 @@ impl ReadAt for Detached {
 impl Drop for Link {
     fn drop(&mut self) {
         let _ = self.close_ref();
+    }
+}
+
+impl MapSource for Link {
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// This link alone (depth 0), extent by extent.
+    fn map_into(&self, offset: u64, end: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
+        self.check_range(offset, end.saturating_sub(offset))?;
+        let mut reached = offset;
+        let mut stopped = false;
+        self.each_slot(offset, end - offset, |s, eo, _, n| {
+            if stopped {
+                return Ok(());
+            }
+            let to = s.ext.map(eo, n as u64, s.start, budget, out)?;
+            reached = s.start + to;
+            stopped = to < eo + n as u64 || out.runs().len() >= budget;
+            Ok(())
+        })?;
+        Ok(reached)
     }
 }
 

@@ -4,6 +4,25 @@
 //! [`State::Data`] (stored in this link), [`State::Zero`] (known zeros: a hole, a zeroed-grain entry,
 //! a ZERO extent) or [`State::Absent`] (not in this link: read the parent, or zeros if there is none).
 //! Chains merge maps top-down; the clone engine copies only `Data`.
+//!
+//! ## Walking a map
+//!
+//! A [`MapSource`] is anything whose map can be asked for: a [`Link`], links stacked as a chain
+//! reads them ([`Stack`], which `redo::Chain` uses), or a view such as the changed blocks of a
+//! chain. [`runs`] is the one walker: an iterator of maximal runs over a range, which asks its
+//! source for at most [`BATCH`] runs at a time. Every source answers in runs and skips what holds
+//! nothing in one step (an unallocated grain table or a stretch of them, a hole, a ZERO extent), so
+//! a walk costs in proportion to the runs and to the metadata that exists — never to the bytes or
+//! grains of the range — and its memory stays bounded however large or fragmented the disk.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::link::Link;
+
+/// Runs a walker asks its source for at a time (a source may return a few more, up to the end of
+/// the grain table it stopped in).
+pub const BATCH: usize = 4096;
 
 /// What a range of a link holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,23 +113,222 @@ impl AllocMap {
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
     }
+}
 
-    /// Replaces each `Absent` run with what `below` says for that range, one level deeper.
-    /// `below(offset, len)` must return a map covering exactly that range.
-    pub fn fill_absent<E>(&self, mut below: impl FnMut(u64, u64) -> Result<AllocMap, E>) -> Result<AllocMap, E> {
-        let mut out = AllocMap::new();
-        for r in &self.runs {
-            if r.state == State::Absent {
-                let sub = below(r.offset, r.len)?;
-                for s in sub.runs {
-                    out.push(s.offset, s.len, s.state, s.depth + 1);
+/// Something whose allocation map can be walked: a link, a chain of links, a view of one.
+pub trait MapSource {
+    /// Capacity in bytes: maps cover `[0, capacity)`.
+    fn capacity(&self) -> u64;
+
+    /// Appends to `out` (empty, or ending at `offset`) the runs of `[offset, end)` in order, with
+    /// the depth of the link answering each. May stop early, at a run boundary, once `out` holds
+    /// `budget` runs or more; returns the offset it reached (`end` unless it stopped early, always
+    /// more than `offset` when `offset < end`). A range outside `[0, capacity)` is an error.
+    fn map_into(&self, offset: u64, end: u64, budget: usize, out: &mut AllocMap) -> Result<u64>;
+}
+
+impl<T: MapSource + ?Sized> MapSource for &T {
+    fn capacity(&self) -> u64 {
+        (**self).capacity()
+    }
+    fn map_into(&self, offset: u64, end: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
+        (**self).map_into(offset, end, budget, out)
+    }
+}
+
+impl<T: MapSource + ?Sized> MapSource for Arc<T> {
+    fn capacity(&self) -> u64 {
+        (**self).capacity()
+    }
+    fn map_into(&self, offset: u64, end: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
+        (**self).map_into(offset, end, budget, out)
+    }
+}
+
+/// The whole map of `[offset, offset+len)` of `src` in one [`AllocMap`] (for ranges whose runs are
+/// known to be few; walk larger ones with [`runs`]).
+pub fn collect<S: MapSource + ?Sized>(src: &S, offset: u64, len: u64) -> Result<AllocMap> {
+    let end = offset.checked_add(len).ok_or_else(|| out_of_range(offset, len))?;
+    let mut out = AllocMap::new();
+    let mut pos = offset;
+    while pos < end {
+        pos = checked_step(pos, end, src.map_into(pos, end, usize::MAX, &mut out)?)?;
+    }
+    Ok(out)
+}
+
+/// Walks `[start, end)` of `src`: the maximal runs in order (neighbours in the same state at the
+/// same depth are one run), fetched [`BATCH`] at a time.
+pub fn runs<S: MapSource + ?Sized>(src: &S, start: u64, end: u64) -> Runs<'_, S> {
+    Runs { src, pos: start, end, batch: Vec::new().into_iter(), held: None, failed: false }
+}
+
+/// Walks the whole disk of `src`: [`runs`] over `[0, capacity)`.
+pub fn walk<S: MapSource + ?Sized>(src: &S) -> Runs<'_, S> {
+    runs(src, 0, src.capacity())
+}
+
+/// The iterator [`runs`] returns. After an error it ends.
+#[derive(Debug)]
+pub struct Runs<'a, S: MapSource + ?Sized> {
+    src: &'a S,
+    /// Where the next batch starts.
+    pos: u64,
+    end: u64,
+    batch: std::vec::IntoIter<Run>,
+    /// The last run seen, held back until the next one shows it is complete.
+    held: Option<Run>,
+    failed: bool,
+}
+
+impl<S: MapSource + ?Sized> Runs<'_, S> {
+    /// Where the walk has got to: every run before this offset has been fetched.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+}
+
+impl<S: MapSource + ?Sized> Iterator for Runs<'_, S> {
+    type Item = Result<Run>;
+
+    fn next(&mut self) -> Option<Result<Run>> {
+        loop {
+            if let Some(r) = self.batch.next() {
+                match self.held.take() {
+                    Some(h) if h.state == r.state && h.depth == r.depth && h.end() == r.offset => {
+                        self.held = Some(Run { len: h.len + r.len, ..h });
+                    }
+                    Some(h) => {
+                        self.held = Some(r);
+                        return Some(Ok(h));
+                    }
+                    None => self.held = Some(r),
                 }
-            } else {
-                out.push(r.offset, r.len, r.state, r.depth);
+                continue;
+            }
+            if self.failed || self.pos >= self.end {
+                return self.held.take().map(Ok);
+            }
+            let mut m = AllocMap::new();
+            let step =
+                self.src.map_into(self.pos, self.end, BATCH, &mut m).and_then(|s| checked_step(self.pos, self.end, s));
+            match step {
+                Ok(stop) if m.len() == stop - self.pos && m.runs().first().is_none_or(|r| r.offset == self.pos) => {
+                    self.pos = stop;
+                    self.batch = m.into_runs().into_iter();
+                }
+                Ok(stop) => {
+                    self.failed = true;
+                    return Some(Err(Error::InvalidArgument(format!(
+                        "map source answered {} bytes for [{}, {stop})",
+                        m.len(),
+                        self.pos
+                    ))));
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
             }
         }
-        Ok(out)
     }
+}
+
+fn out_of_range(offset: u64, len: u64) -> Error {
+    Error::InvalidArgument(format!("map range of {len} bytes at {offset} overflows"))
+}
+
+/// Checks a source's answer to a request from `pos` to `end`: progress, and not past the end.
+fn checked_step(pos: u64, end: u64, stop: u64) -> Result<u64> {
+    if stop <= pos || stop > end {
+        return Err(Error::InvalidArgument(format!("map source stopped at {stop} for a walk of [{pos}, {end})")));
+    }
+    Ok(stop)
+}
+
+/// Links stacked top first, as a chain reads them: a range reads from the topmost link that holds
+/// it (`Data` or `Zero`); `Absent` runs remain only where no link holds anything (they read as
+/// zeros), at the depth of the bottom link.
+#[derive(Debug, Clone, Copy)]
+pub struct Stack<'a> {
+    links: &'a [Arc<Link>],
+}
+
+impl<'a> Stack<'a> {
+    /// The stack of `links` (top first; at least one).
+    pub fn new(links: &'a [Arc<Link>]) -> Stack<'a> {
+        assert!(!links.is_empty(), "a stack needs a link");
+        Stack { links }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` through the stack: one merged map of the range, then
+    /// each run from the link that holds it ([`Link::read_own`]), zeros where none does.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset.checked_add(buf.len() as u64).ok_or_else(|| out_of_range(offset, buf.len() as u64))?;
+        let mut pos = offset;
+        while pos < end {
+            let mut m = AllocMap::new();
+            pos = checked_step(pos, end, self.map_into(pos, end, BATCH, &mut m)?)?;
+            for r in m.runs() {
+                let b = &mut buf[(r.offset - offset) as usize..(r.end() - offset) as usize];
+                self.read_run(b, r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the bytes of run `r` (of this stack's map) into `buf`: from the link at its depth
+    /// when it is data, else zeros.
+    pub fn read_run(&self, buf: &mut [u8], r: &Run) -> Result<()> {
+        match (r.state, self.links.get(r.depth as usize)) {
+            (State::Data, Some(l)) => l.read_own(buf, r.offset),
+            (State::Data, None) => Err(Error::InvalidArgument(format!(
+                "run at {} names depth {} of a stack of {} links",
+                r.offset,
+                r.depth,
+                self.links.len()
+            ))),
+            _ => {
+                buf.fill(0);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl MapSource for Stack<'_> {
+    fn capacity(&self) -> u64 {
+        self.links[0].capacity()
+    }
+    fn map_into(&self, offset: u64, end: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
+        stacked(self.links, 0, offset, end, budget, out)
+    }
+}
+
+/// The merged map of `links` (the first at `depth`) over `[offset, end)`: each link's `Absent` runs
+/// are asked of the links below, and the walk stops early (see [`MapSource::map_into`]) once `out`
+/// holds `budget` runs.
+fn stacked(links: &[Arc<Link>], depth: u32, offset: u64, end: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
+    let (first, below) = links.split_first().expect("a stack has a link");
+    let mut own = AllocMap::new();
+    let stop = first.map_into(offset, end, budget.saturating_sub(out.runs().len()).max(1), &mut own)?;
+    for r in own.into_runs() {
+        if r.state != State::Absent || below.is_empty() {
+            out.push(r.offset, r.len, r.state, depth);
+        } else {
+            let mut pos = r.offset;
+            while pos < r.end() {
+                pos = checked_step(pos, r.end(), stacked(below, depth + 1, pos, r.end(), budget, out)?)?;
+                if pos < r.end() && out.runs().len() >= budget {
+                    return Ok(pos);
+                }
+            }
+        }
+        if out.runs().len() >= budget {
+            return Ok(r.end());
+        }
+    }
+    Ok(stop)
 }
 
 #[cfg(test)]
@@ -118,7 +336,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn coalesces_and_fills() {
+    fn coalesces() {
         let mut m = AllocMap::new();
         m.push(0, 10, State::Data, 0);
         m.push(10, 5, State::Data, 0);
@@ -126,16 +344,64 @@ mod tests {
         m.push(20, 5, State::Zero, 0);
         assert_eq!(m.runs().len(), 3);
         assert_eq!(m.data_bytes(), 15);
-        let filled = m
-            .fill_absent(|o, l| {
-                let mut b = AllocMap::new();
-                b.push(o, 2, State::Data, 0);
-                b.push(o + 2, l - 2, State::Absent, 0);
-                Ok::<_, ()>(b)
-            })
-            .unwrap();
-        assert_eq!(filled.runs()[1], Run { offset: 15, len: 2, state: State::Data, depth: 1 });
-        assert_eq!(filled.runs()[2], Run { offset: 17, len: 3, state: State::Absent, depth: 1 });
-        assert_eq!(filled.len(), 25);
+        assert_eq!(m.len(), 25);
+    }
+
+    /// A source of `n` alternating one-byte runs that answers at most `per_call` runs at a time
+    /// (whatever the budget), counting its calls.
+    struct Striped {
+        n: u64,
+        per_call: u64,
+        calls: std::cell::Cell<u64>,
+    }
+
+    impl MapSource for Striped {
+        fn capacity(&self) -> u64 {
+            self.n
+        }
+        fn map_into(&self, offset: u64, end: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
+            self.calls.set(self.calls.get() + 1);
+            let stop = end.min(offset + self.per_call.min(budget as u64));
+            for o in offset..stop {
+                let state = if (o / 3) % 2 == 0 { State::Data } else { State::Absent };
+                out.push(o, 1, state, 0);
+            }
+            Ok(stop)
+        }
+    }
+
+    #[test]
+    fn walker_coalesces_across_batches() {
+        let src = Striped { n: 100, per_call: 4, calls: Default::default() };
+        let got: Vec<Run> = walk(&src).collect::<Result<_>>().unwrap();
+        // Runs of three bytes each, though the source answered four bytes at a time.
+        assert_eq!(got.len(), 34);
+        assert!(got.iter().take(33).all(|r| r.len == 3));
+        assert_eq!(got[1], Run { offset: 3, len: 3, state: State::Absent, depth: 0 });
+        assert_eq!(got.iter().map(|r| r.len).sum::<u64>(), 100);
+        assert_eq!(src.calls.get(), 25);
+        let part: Vec<Run> = runs(&src, 5, 10).collect::<Result<_>>().unwrap();
+        assert_eq!(part[0], Run { offset: 5, len: 1, state: State::Absent, depth: 0 });
+        assert_eq!(part[2], Run { offset: 9, len: 1, state: State::Absent, depth: 0 });
+        assert_eq!(collect(&src, 5, 5).unwrap().runs(), &part[..]);
+    }
+
+    /// A source that breaks the contract (no progress) ends the walk with an error.
+    struct Stuck;
+
+    impl MapSource for Stuck {
+        fn capacity(&self) -> u64 {
+            10
+        }
+        fn map_into(&self, offset: u64, _end: u64, _budget: usize, _out: &mut AllocMap) -> Result<u64> {
+            Ok(offset)
+        }
+    }
+
+    #[test]
+    fn a_source_without_progress_is_an_error() {
+        let mut w = walk(&Stuck);
+        assert!(matches!(w.next(), Some(Err(Error::InvalidArgument(_)))));
+        assert!(w.next().is_none());
     }
 }

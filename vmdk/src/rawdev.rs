@@ -28,7 +28,7 @@ use crate::create::{new_uuid, Adapter, NewDisk};
 use crate::descriptor::{Access, CreateType, Descriptor, Entry, ExtentLine, ExtentType};
 use crate::error::{Error, Result};
 use crate::extent::flat::FlatExtent;
-use crate::extent::{Extent, ExtentInfo, ReadAt};
+use crate::extent::{Extent, ExtentInfo, ExtentKind, ReadAt};
 use crate::link::{new_cid, Container, Link, OpenOptions};
 use crate::map::AllocMap;
 use crate::storage::{confine, resolve_extent_path, Backing, HostFile, HostStorage, Storage};
@@ -91,7 +91,7 @@ pub fn read_mapping(storage: &Arc<dyn Storage>, path: &Path) -> Result<Mapping> 
 #[derive(Debug)]
 pub struct DeviceExtent {
     flat: FlatExtent,
-    kind: &'static str,
+    kind: ExtentKind,
     /// The mapping file (VMFSRDM); `None` for VMFSRAW.
     mapping_file: Option<PathBuf>,
     /// The mapping, for VMFSRDM.
@@ -133,8 +133,8 @@ impl Extent for DeviceExtent {
     fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt>) -> Result<()> {
         self.flat.write_at(buf, offset, below)
     }
-    fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
-        self.flat.map(offset, len, base, out)
+    fn map(&self, offset: u64, len: u64, base: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
+        self.flat.map(offset, len, base, budget, out)
     }
     fn discard(&self, offset: u64, len: u64, has_parent: bool) -> Result<u64> {
         self.flat.discard(offset, len, has_parent)
@@ -201,11 +201,16 @@ pub(crate) fn open_extent(
                 let shown = r.device.path().display().to_string();
                 confine(opts.storage.as_ref(), descriptor, r.device.path(), &shown, opts.allow_outside)?;
             }
-            let flat =
-                FlatExtent::open(device_backing(r.device), line.offset.unwrap_or(0) * 512, len, "VMFSRDM", write)?;
+            let flat = FlatExtent::open(
+                device_backing(r.device),
+                line.offset.unwrap_or(0) * 512,
+                len,
+                ExtentKind::VmfsRdm,
+                write,
+            )?;
             Ok(Box::new(DeviceExtent {
                 flat,
-                kind: "VMFSRDM",
+                kind: ExtentKind::VmfsRdm,
                 mapping_file: Some(map_path),
                 mapping: Some(mapping),
                 found_by: Some(r.found_by),
@@ -219,8 +224,15 @@ pub(crate) fn open_extent(
             if !dev.is_block_device() {
                 confine(opts.storage.as_ref(), descriptor, &dev_path, name, opts.allow_outside)?;
             }
-            let flat = FlatExtent::open(device_backing(dev), line.offset.unwrap_or(0) * 512, len, "VMFSRAW", write)?;
-            Ok(Box::new(DeviceExtent { flat, kind: "VMFSRAW", mapping_file: None, mapping: None, found_by: None }))
+            let flat =
+                FlatExtent::open(device_backing(dev), line.offset.unwrap_or(0) * 512, len, ExtentKind::VmfsRaw, write)?;
+            Ok(Box::new(DeviceExtent {
+                flat,
+                kind: ExtentKind::VmfsRaw,
+                mapping_file: None,
+                mapping: None,
+                found_by: None,
+            }))
         }
         ref k => Err(Error::unsupported(descriptor, format!("{} is not a device extent", k.as_str()))),
     }
@@ -406,7 +418,7 @@ pub fn create_device_disk(path: impl AsRef<Path>, opts: &DeviceDiskOptions) -> R
     let b = guard.disk.files.create(path)?;
     b.write_all_at(desc.to_text().as_bytes(), 0)?;
     if opts.write {
-        let kind = if opts.mode == Mode::Raw { "VMFSRAW" } else { "VMFSRDM" };
+        let kind = if opts.mode == Mode::Raw { ExtentKind::VmfsRaw } else { ExtentKind::VmfsRdm };
         let flat = FlatExtent::open(device_backing(dev), 0, capacity, kind, true)?;
         let ext = DeviceExtent {
             flat,

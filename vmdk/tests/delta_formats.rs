@@ -25,6 +25,7 @@ use std::process::Command;
 use common::*;
 use redo::{Chain, ChainError};
 use vmdk::create::{create, CreateOptions, DiskFormat};
+use vmdk::extent::ExtentKind;
 use vmdk::{AllocMap, Container, CreateType, Error, Link, OpenOptions, State};
 
 // ---------------------------------------------------------------------------------------------
@@ -630,7 +631,7 @@ fn sesparse_fixture(seed: u64) -> Fixture {
 
 /// The bare extent through `Link::open`: Data exactly for present grains, Zero for zero kinds,
 /// Absent elsewhere; the bytes of present grains.
-fn check_bare(fx: &Fixture, kind: &str, create_type: CreateType) {
+fn check_bare(fx: &Fixture, kind: ExtentKind, create_type: CreateType) {
     let link = Link::open(&fx.extent, &OpenOptions::read()).unwrap();
     assert_eq!(link.container(), Container::BareExtent);
     assert_eq!(link.descriptor().create_type, create_type);
@@ -721,7 +722,7 @@ fn check_qemu(fx: &Fixture, ours: &AllocMap) {
 #[test]
 fn cowd_grain_1_sector() {
     let fx = cowd_fixture(1, 100);
-    check_bare(&fx, "VMFSSPARSE", CreateType::VmfsSparse);
+    check_bare(&fx, ExtentKind::VmfsSparse, CreateType::VmfsSparse);
     let map = check_chain(&fx, CreateType::VmfsSparse);
     check_qemu(&fx, &map);
 }
@@ -729,7 +730,7 @@ fn cowd_grain_1_sector() {
 #[test]
 fn cowd_grain_16_sectors() {
     let fx = cowd_fixture(16, 200);
-    check_bare(&fx, "VMFSSPARSE", CreateType::VmfsSparse);
+    check_bare(&fx, ExtentKind::VmfsSparse, CreateType::VmfsSparse);
     let map = check_chain(&fx, CreateType::VmfsSparse);
     check_qemu(&fx, &map);
 }
@@ -737,7 +738,7 @@ fn cowd_grain_16_sectors() {
 #[test]
 fn sesparse_chain() {
     let fx = sesparse_fixture(300);
-    check_bare(&fx, "SESPARSE", CreateType::SeSparse);
+    check_bare(&fx, ExtentKind::SeSparse, CreateType::SeSparse);
     let map = check_chain(&fx, CreateType::SeSparse);
     check_qemu(&fx, &map);
 }

@@ -169,7 +169,7 @@ fn vmfs_extents() {
     want.extend_from_slice(&b);
     check_reads(&link, &want);
     let infos = link.extents();
-    assert_eq!(infos.iter().map(|i| i.kind).collect::<Vec<_>>(), vec!["VMFS", "VMFS"]);
+    assert_eq!(infos.iter().map(|i| i.kind).collect::<Vec<_>>(), vec![vmdk::extent::ExtentKind::Vmfs; 2]);
 
     // Spec spelling of the createType, upper-case extent type, and a flat file longer than needed.
     let text = "version=1\ncreateType=\"VMFSTHIN\"\nRW 100 vmfs \"esx-flat.vmdk\"\n";

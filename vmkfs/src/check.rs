@@ -14,7 +14,7 @@ use vmdk::check::{Finding, Report};
 use vmdk::OpenOptions;
 
 use crate::error::Result;
-use crate::redo_ops::rerun_command;
+use crate::phase::rerun_command;
 
 /// Checks the disk at `path` and every link of its chain.
 pub fn check(path: &Path, opts: &OpenOptions) -> Result<Report> {

@@ -14,9 +14,9 @@ use std::sync::atomic::AtomicBool;
 use redo::Chain;
 use vmdk::create::{create, create_stream, stream_layout, Adapter, CreateOptions, DiskFormat, NewDisk, NewStream};
 use vmdk::extent::stream_write::{BackingSink, WriteSink};
-use vmdk::OpenOptions;
+use vmdk::{Link, OpenOptions};
 
-use crate::engine::{copy, copy_feed, CopyStats, EngineOptions, Feed, Source};
+use crate::engine::{copy, copy_feed, CopyStats, EngineOptions, Feed, Needs, Piece, Source, Target};
 use crate::error::{Error, Result};
 use crate::stream::{open_input, Input, RawFeed, RawTarget, StreamTarget, DEFAULT_COMPRESS_LEVEL};
 
@@ -35,7 +35,7 @@ pub struct CloneOptions<'a> {
     pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
     /// Set from elsewhere (a signal handler) to stop the clone; the destination is then removed.
     pub cancel: Option<&'a AtomicBool>,
-    /// Engine tuning; `None` picks what the target format needs.
+    /// Engine tuning; `None`: the defaults. Each target adds what it needs ([`Target::needs`]).
     pub engine: Option<EngineOptions>,
     /// zlib level (0–9) of streamOptimized output.
     pub compress_level: u32,
@@ -57,22 +57,34 @@ impl<'a> CloneOptions<'a> {
     }
 }
 
-/// The engine settings a target format needs: sparse targets are written in order through one
-/// writer with grain-sized zero detection; eager-zeroed targets get every byte written; flat targets
-/// take parallel writes with 4 KiB zero detection (the file-system block); streamOptimized targets
-/// compress on every reader and append in order, whole grains at a time.
-pub fn engine_for(format: DiskFormat, grain_bytes: u64) -> EngineOptions {
-    let mut e = EngineOptions::new();
-    if format.is_sparse() || format == DiskFormat::StreamOptimized {
-        e.ordered = true;
-        e.zero_block = grain_bytes as usize;
+/// A new disk's link as a copy target: what the link needs ([`Target::needs`]: sparse links are
+/// written in order with grain-sized zero detection, flat ones in parallel), and for an
+/// eager-zeroed disk every byte written.
+struct DiskTarget<'a> {
+    link: &'a Link,
+    eager: bool,
+}
+
+impl Target for DiskTarget<'_> {
+    type Encoded = ();
+    fn capacity(&self) -> u64 {
+        self.link.capacity()
     }
-    if format == DiskFormat::StreamOptimized {
-        e.chunk = e.chunk.max(grain_bytes);
-        e.align = grain_bytes;
+    fn needs(&self) -> Needs {
+        Needs { dense: self.eager, ..self.link.needs() }
     }
-    e.dense = format == DiskFormat::EagerZeroedThick;
-    e
+    fn encode(&self, piece: &Piece<'_>) -> Result<()> {
+        self.link.encode(piece)
+    }
+    fn write(&self, piece: &Piece<'_>, encoded: ()) -> Result<u64> {
+        self.link.write(piece, encoded)
+    }
+    fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
+        Target::zero_range(self.link, offset, len)
+    }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        Target::start_writeback(self.link, offset, len)
+    }
 }
 
 /// What a clone did.
@@ -96,8 +108,13 @@ pub enum CopyFrom<'a> {
 
 /// A destination disk being created under temporary names, in any format we write.
 pub enum Destination {
-    /// A format written through a writable link.
-    Disk(Box<NewDisk>),
+    /// A format written through a writable link; `eager`: every byte is written (eagerzeroedthick).
+    Disk {
+        /// The new disk.
+        disk: Box<NewDisk>,
+        /// Every byte of it is written, zeros included.
+        eager: bool,
+    },
     /// A streamOptimized file, and the target appending to it.
     Stream(Box<(NewStream, StreamTarget<BackingSink>)>),
 }
@@ -105,7 +122,9 @@ pub enum Destination {
 impl std::fmt::Debug for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Destination::Disk(d) => f.debug_tuple("Disk").field(d).finish(),
+            Destination::Disk { disk, eager } => {
+                f.debug_struct("Disk").field("disk", disk).field("eager", eager).finish()
+            }
             Destination::Stream(s) => f.debug_tuple("Stream").field(&s.0).finish(),
         }
     }
@@ -123,18 +142,19 @@ impl Destination {
             let target = StreamTarget::new(sink, new.header().clone(), new.descriptor(), dst, level)?;
             return Ok(Destination::Stream(Box::new((new, target))));
         }
-        Ok(Destination::Disk(Box::new(create(dst, copts)?)))
+        let eager = copts.format == DiskFormat::EagerZeroedThick;
+        Ok(Destination::Disk { disk: Box::new(create(dst, copts)?), eager })
     }
 
     /// Every file the destination will have.
     pub fn final_paths(&self) -> Vec<PathBuf> {
         match self {
-            Destination::Disk(d) => d.final_paths(),
+            Destination::Disk { disk, .. } => disk.final_paths(),
             Destination::Stream(s) => s.0.final_paths(),
         }
     }
 
-    /// Copies `from` into the destination with `engine` (adjusted to what the target needs).
+    /// Copies `from` into the destination with `engine` (to which the target adds what it needs).
     pub fn fill(
         &self,
         from: CopyFrom<'_>,
@@ -143,10 +163,15 @@ impl Destination {
         cancel: Option<&AtomicBool>,
     ) -> Result<CopyStats> {
         match (self, from) {
-            (Destination::Disk(d), CopyFrom::Source(s)) => copy(s, d.link(), engine, progress, cancel),
-            (Destination::Disk(d), CopyFrom::Feed(f)) => copy_feed(f, d.link(), engine, progress, cancel),
-            (Destination::Stream(d), CopyFrom::Source(s)) => copy(s, &d.1, &d.1.engine(*engine), progress, cancel),
-            (Destination::Stream(d), CopyFrom::Feed(f)) => copy_feed(f, &d.1, &d.1.engine(*engine), progress, cancel),
+            (Destination::Disk { disk, eager }, from) => {
+                let t = DiskTarget { link: disk.link(), eager: *eager };
+                match from {
+                    CopyFrom::Source(s) => copy(s, &t, engine, progress, cancel),
+                    CopyFrom::Feed(f) => copy_feed(f, &t, engine, progress, cancel),
+                }
+            }
+            (Destination::Stream(d), CopyFrom::Source(s)) => copy(s, &d.1, engine, progress, cancel),
+            (Destination::Stream(d), CopyFrom::Feed(f)) => copy_feed(f, &d.1, engine, progress, cancel),
         }
     }
 
@@ -154,7 +179,7 @@ impl Destination {
     /// files into place.
     pub fn commit(self) -> Result<PathBuf> {
         match self {
-            Destination::Disk(d) => Ok((*d).commit()?),
+            Destination::Disk { disk, .. } => Ok((*disk).commit()?),
             Destination::Stream(d) => {
                 let (s, t) = *d;
                 t.finish()?;
@@ -180,10 +205,9 @@ pub fn clone_disk(src: &Path, dst: &Path, opts: &mut CloneOptions<'_>) -> Result
     copts.force = opts.force;
     copts.zero_fill = false;
     copts.cid = content_id(&chain);
-    let grain = copts.grain_sectors * 512;
     let new = Destination::create(dst, &copts, opts.compress_level)?;
     let files = new.final_paths();
-    let engine = opts.engine.unwrap_or_else(|| engine_for(opts.format, grain));
+    let engine = opts.engine.unwrap_or_default();
     let mut noop = |_: u64, _: u64| {};
     let progress: &mut dyn FnMut(u64, u64) = match opts.progress.as_mut() {
         Some(p) => *p,
@@ -248,13 +272,13 @@ pub fn export_to<W: Write + Send>(
             let adapter = opts.adapter.unwrap_or(Adapter::LsiLogic);
             let (h, desc) = stream_layout(name, cap, adapter, grain, content_id(&chain))?;
             let t = StreamTarget::new(WriteSink::new(out, out_name), h, &desc, out_name, opts.compress_level)?;
-            let stats = copy(&chain, &t, &t.engine(base), progress, opts.cancel)?;
+            let stats = copy(&chain, &t, &base, progress, opts.cancel)?;
             let (_, n) = t.finish()?;
             Ok((stats, n))
         }
         PipeFormat::Raw => {
             let t = RawTarget::new(out, cap, out_name);
-            let stats = copy(&chain, &t, &t.engine(base), progress, opts.cancel)?;
+            let stats = copy(&chain, &t, &base, progress, opts.cancel)?;
             let (_, n) = t.finish()?;
             Ok((stats, n))
         }
@@ -280,7 +304,7 @@ pub fn import<R: Read + Send>(
         copts.force = force;
         copts.zero_fill = false;
         copts.cid = cid;
-        let engine = tuned.unwrap_or_else(|| engine_for(format, copts.grain_sectors * 512));
+        let engine = tuned.unwrap_or_default();
         Ok((Destination::create(dst, &copts, level)?, engine))
     };
     let mut noop = |_: u64, _: u64| {};

@@ -7,9 +7,12 @@
 //!     ordered targets (sparse, stream):     one writer calls Target::write in LBA order
 //! ```
 //!
-//! The planner walks the source's allocation map in windows and hands out chunks of at most
-//! [`EngineOptions::chunk`] bytes whose boundaries are multiples of the chunk size (so every grain
-//! size up to the chunk size stays aligned). Ranges the map says are absent or zero are never read.
+//! The planner walks the source's allocation map once, in runs ([`vmdk::map::runs`]: a cost in
+//! proportion to what the source holds, not to its capacity; the same pass gives the progress
+//! total), and hands out chunks of at most [`EngineOptions::chunk`] bytes whose boundaries are
+//! multiples of the chunk size (so every grain size up to the chunk size stays aligned). Ranges the
+//! map says are absent or zero are never read; a chunk inside one data run is read straight from
+//! the layer (link) that holds it ([`Source::read_run`]).
 //! Every chunk read is split into blocks of [`EngineOptions::zero_block`] bytes and all-zero blocks
 //! are not written, so thin and sparse targets stay thin. With `zero_target` (raw devices, which
 //! hold stale data) ranges without data are zeroed through the target's zeroing primitive. In dense
@@ -20,42 +23,49 @@
 //! them ([`copy_feed`]).
 //!
 //! Targets implement [`Target`]: `encode` runs on the reader threads (in parallel), `write` on the
-//! writer. A [`Link`] encodes nothing and writes the non-zero runs; a streamOptimized target
+//! writer, and [`Target::needs`] declares what the target needs of the engine ([`Needs`]: ordered
+//! writes, every byte, whole grains, its zero-detection unit). A [`Link`] encodes nothing and
+//! writes the non-zero runs (in order when its extents allocate grains); a streamOptimized target
 //! compresses grains in `encode` and appends them in `write`.
 //!
 //! Memory is bounded: at most [`EngineOptions::in_flight`] chunk buffers (and their encodings)
 //! exist at once, whatever the disk size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Condvar, Mutex};
 
 use redo::Chain;
 use vmdk::extent::is_zero;
-use vmdk::{AllocMap, Link, State};
+use vmdk::map::{MapSource, Runs};
+use vmdk::{Link, State};
 
 use crate::error::{Error, Result};
 
-/// What the engine reads from.
-pub trait Source: Sync {
-    /// Capacity in bytes.
-    fn capacity(&self) -> u64;
-    /// Merged allocation map of a range.
-    fn map(&self, offset: u64, len: u64) -> vmdk::Result<AllocMap>;
-    /// Reads a range.
+/// What the engine reads from: a map to walk ([`MapSource`]: the planner walks it once, in runs,
+/// with [`vmdk::map::runs`]) and the bytes.
+pub trait Source: MapSource + Sync {
+    /// Reads any range, through every layer of the source.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()>;
+    /// Reads a range that lies inside one `Data` run the map reported at `depth`, straight from
+    /// the layer holding it (a chain's link at that depth) without mapping the range again. The
+    /// default reads through every layer.
+    fn read_run(&self, buf: &mut [u8], offset: u64, depth: u32) -> vmdk::Result<()> {
+        let _ = depth;
+        self.read_at(buf, offset)
+    }
 }
 
 impl Source for Chain {
-    fn capacity(&self) -> u64 {
-        Chain::capacity(self)
-    }
-    fn map(&self, offset: u64, len: u64) -> vmdk::Result<AllocMap> {
-        Chain::map(self, offset, len)
-    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
         Chain::read_at(self, buf, offset)
+    }
+    fn read_run(&self, buf: &mut [u8], offset: u64, depth: u32) -> vmdk::Result<()> {
+        match self.links().get(depth as usize) {
+            Some(l) => l.read_own(buf, offset),
+            None => Chain::read_at(self, buf, offset),
+        }
     }
 }
 
@@ -72,16 +82,55 @@ pub struct Piece<'a> {
     pub runs: &'a [(usize, usize)],
 }
 
+/// What a target needs from the engine, declared by the target ([`Target::needs`]): the one place a
+/// target's shape turns into engine settings. [`copy`] and [`copy_feed`] add it to the caller's
+/// [`EngineOptions`], which keep what the operation asks for (eager zeroing, zeroing a device,
+/// keeping zero blocks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Chunks written in disk order through one writer (targets that allocate grains as they go,
+    /// or append to a stream).
+    pub ordered: bool,
+    /// Every byte written, zeros included (plain bytes on a pipe).
+    pub dense: bool,
+    /// Map ranges widened to multiples of this many bytes, so no unit of the target is split
+    /// across chunks (whole grains of a stream); 0: none.
+    pub align: u64,
+    /// Zero detection in blocks of this many bytes (the target's allocation unit); 0: the
+    /// engine's default.
+    pub zero_block: usize,
+}
+
+impl EngineOptions {
+    /// These options with what a target needs added: ordered and dense when it needs them, its
+    /// alignment and zero-detection unit, and chunks at least that large.
+    pub fn with_needs(mut self, n: Needs) -> EngineOptions {
+        self.ordered |= n.ordered;
+        self.dense |= n.dense;
+        self.align = self.align.max(n.align);
+        if n.zero_block > 0 {
+            self.zero_block = n.zero_block;
+        }
+        self.chunk = self.chunk.max(self.align).max(self.zero_block as u64);
+        self
+    }
+}
+
 /// What the engine writes to.
 ///
 /// [`Target::encode`] runs on the reader threads, many chunks at once; [`Target::write`] runs on
-/// the reader threads too for parallel targets, and for ordered targets (`EngineOptions::ordered`)
-/// on one writer, chunk after chunk in disk order.
+/// the reader threads too for parallel targets, and for ordered targets ([`Needs::ordered`]) on one
+/// writer, chunk after chunk in disk order.
 pub trait Target: Sync {
     /// A chunk made ready for writing (compressed grains, or nothing for an identity encoding).
     type Encoded: Send;
     /// Capacity in bytes.
     fn capacity(&self) -> u64;
+    /// What this target needs from the engine. The default: nothing (parallel writes, the
+    /// engine's zero detection).
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
     /// Prepares a chunk for [`Target::write`] (the costly, parallel part).
     fn encode(&self, piece: &Piece<'_>) -> Result<Self::Encoded>;
     /// Stores a chunk; returns the disk bytes stored.
@@ -95,11 +144,20 @@ pub trait Target: Sync {
     fn start_writeback(&self, _offset: u64, _len: u64) {}
 }
 
-/// A link encodes nothing: each run is written with [`Link::write_at`].
+/// A link encodes nothing: each run is written with [`Link::write_at`]. A link whose extents
+/// allocate grains as they are written (hosted sparse, COWD) is written in disk order, with zero
+/// detection per grain.
 impl Target for Link {
     type Encoded = ();
     fn capacity(&self) -> u64 {
         Link::capacity(self)
+    }
+    fn needs(&self) -> Needs {
+        let grain = self.extents().iter().filter(|e| e.kind.allocates_grains()).filter_map(|e| e.grain).max();
+        match grain {
+            Some(g) => Needs { ordered: true, zero_block: g as usize, ..Needs::default() },
+            None => Needs::default(),
+        }
     }
     fn encode(&self, _piece: &Piece<'_>) -> Result<()> {
         Ok(())
@@ -125,6 +183,9 @@ impl<T: Target + Send> Target for std::sync::Arc<T> {
     type Encoded = T::Encoded;
     fn capacity(&self) -> u64 {
         (**self).capacity()
+    }
+    fn needs(&self) -> Needs {
+        (**self).needs()
     }
     fn encode(&self, piece: &Piece<'_>) -> Result<Self::Encoded> {
         (**self).encode(piece)
@@ -179,7 +240,7 @@ pub struct EngineOptions {
     pub zero_block: usize,
     /// Write every byte of the target, zeros included (eager zeroing).
     pub dense: bool,
-    /// Write chunks in LBA order through one writer (sparse targets).
+    /// Write chunks in LBA order through one writer (targets declare it: [`Needs::ordered`]).
     pub ordered: bool,
     /// Most chunk buffers alive at once.
     pub in_flight: usize,
@@ -251,8 +312,10 @@ struct Chunk {
 
 /// How a chunk's buffer gets its bytes.
 enum Fill {
-    /// Read from the [`Source`].
-    Source,
+    /// Read from the [`Source`]: from the layer at this depth when the chunk lies inside one data
+    /// run of it ([`Source::read_run`]), else (`None`: a range widened to whole grains) through
+    /// every layer.
+    Source(Option<u32>),
     /// No data: zeros.
     Zeros,
     /// A feed's piece.
@@ -264,64 +327,107 @@ trait Plan: Send {
     fn next(&mut self) -> vmdk::Result<Option<(Chunk, Fill)>>;
 }
 
-/// Plans from a source's allocation map, walked in windows.
+/// Data runs the first pass of a sparse copy keeps for the planner (about 1.5 MiB); past them the
+/// pass only counts, and the planner walks that part of the map again when it gets there.
+const QUEUED_RUNS: usize = 1 << 16;
+
+/// Plans from a source's allocation map, walked in runs ([`vmdk::map::runs`]). For a sparse copy
+/// one pass over the map gives both the progress total (the data bytes) and the runs to copy (kept
+/// up to [`QUEUED_RUNS`]); in dense mode (total: the capacity) the planner walks as it goes.
 struct MapPlan<'a> {
-    src: &'a dyn Source,
+    src: &'a (dyn Source + 'a),
     chunk: u64,
     dense: bool,
     align: u64,
-    window_end: u64,
-    runs: std::vec::IntoIter<vmdk::Run>,
-    cur: Option<(u64, u64, bool)>,
+    /// Runs of the first pass, in order.
+    queued: VecDeque<vmdk::Run>,
+    /// The walk of what the first pass did not keep.
+    rest: Option<Runs<'a, dyn Source + 'a>>,
+    /// The range being cut into chunks: `(pos, end, read, depth)`.
+    cur: Option<(u64, u64, bool, Option<u32>)>,
     /// End of the last chunk handed out.
     emitted: u64,
     next_idx: u64,
 }
 
-const WINDOW: u64 = 1 << 30;
+impl<'a> MapPlan<'a> {
+    /// The plan of a copy of `src` with `opts`, and the bytes it will move (the progress total).
+    fn new(src: &'a (dyn Source + 'a), opts: &EngineOptions, dense: bool) -> vmdk::Result<(MapPlan<'a>, u64)> {
+        let mut plan = MapPlan {
+            src,
+            chunk: opts.chunk,
+            dense,
+            align: opts.align,
+            queued: VecDeque::new(),
+            rest: None,
+            cur: None,
+            emitted: 0,
+            next_idx: 0,
+        };
+        if dense {
+            plan.rest = Some(vmdk::map::walk(src));
+            return Ok((plan, src.capacity()));
+        }
+        let mut total = 0;
+        let mut resume = None;
+        for r in vmdk::map::walk(src) {
+            let r = r?;
+            if r.state != State::Data {
+                continue;
+            }
+            total += r.len;
+            if resume.is_none() {
+                if plan.queued.len() < QUEUED_RUNS {
+                    plan.queued.push_back(r);
+                } else {
+                    resume = Some(r.offset);
+                }
+            }
+        }
+        plan.rest = resume.map(|at| vmdk::map::runs(src, at, src.capacity()));
+        Ok((plan, total))
+    }
+
+    fn next_run(&mut self) -> vmdk::Result<Option<vmdk::Run>> {
+        if let Some(r) = self.queued.pop_front() {
+            return Ok(Some(r));
+        }
+        self.rest.as_mut().and_then(|w| w.next()).transpose()
+    }
+}
 
 impl Plan for MapPlan<'_> {
     fn next(&mut self) -> vmdk::Result<Option<(Chunk, Fill)>> {
         loop {
-            if let Some((pos, end, read)) = self.cur {
+            if let Some((pos, end, read, depth)) = self.cur {
                 if pos < end {
                     // Cut at the next multiple of the chunk size.
                     let cut = ((pos / self.chunk) + 1) * self.chunk;
                     let stop = cut.min(end);
-                    self.cur = Some((stop, end, read));
+                    self.cur = Some((stop, end, read, depth));
                     self.emitted = stop;
                     let c = Chunk { idx: self.next_idx, offset: pos, len: stop - pos, read, skipped: 0 };
                     self.next_idx += 1;
-                    return Ok(Some((c, if read { Fill::Source } else { Fill::Zeros })));
+                    return Ok(Some((c, if read { Fill::Source(depth) } else { Fill::Zeros })));
                 }
                 self.cur = None;
             }
-            match self.runs.next() {
-                Some(r) => {
-                    let data = r.state == State::Data;
-                    if data || self.dense {
-                        let (mut start, mut end) = (r.offset, r.end());
-                        if self.align > 1 && data {
-                            start -= start % self.align;
-                            end = end.div_ceil(self.align).saturating_mul(self.align).min(self.src.capacity());
-                        }
-                        // A widened range may already have been handed out.
-                        start = start.max(self.emitted);
-                        if start < end {
-                            self.cur = Some((start, end, data));
-                        }
-                    }
-                }
-                None => {
-                    let cap = self.src.capacity();
-                    if self.window_end >= cap {
-                        return Ok(None);
-                    }
-                    let start = self.window_end;
-                    let len = WINDOW.min(cap - start);
-                    self.runs = self.src.map(start, len)?.into_runs().into_iter();
-                    self.window_end = start + len;
-                }
+            let Some(r) = self.next_run()? else { return Ok(None) };
+            let data = r.state == State::Data;
+            if !data && !self.dense {
+                continue;
+            }
+            let (mut start, mut end) = (r.offset, r.end());
+            if self.align > 1 && data {
+                start -= start % self.align;
+                end = end.div_ceil(self.align).saturating_mul(self.align).min(self.src.capacity());
+            }
+            // A widened range may already have been handed out.
+            start = start.max(self.emitted);
+            // Inside the run it came from, a chunk is read from the layer holding it.
+            let depth = (start >= r.offset && end <= r.end()).then_some(r.depth);
+            if start < end {
+                self.cur = Some((start, end, data, depth));
             }
         }
     }
@@ -436,14 +542,6 @@ enum Msg<E> {
     Failed(Error),
 }
 
-/// Bytes the copy will move: data bytes of the source map (or the capacity in dense mode).
-pub fn plan_total(src: &dyn Source, dense: bool) -> vmdk::Result<u64> {
-    if dense {
-        return Ok(src.capacity());
-    }
-    crate::info::allocated_bytes(src.capacity(), false, |o, l| src.map(o, l))
-}
-
 /// Copies `src` into `dst` (same capacity). `progress(done, total)` is called from the calling
 /// thread; `cancel`, when set, stops the copy with [`Error::Interrupted`].
 pub fn copy<T: Target>(
@@ -456,20 +554,10 @@ pub fn copy<T: Target>(
     if dst.capacity() < src.capacity() {
         return Err(Error::Usage(format!("target holds {} bytes, source {}", dst.capacity(), src.capacity())));
     }
+    let opts = &opts.with_needs(dst.needs());
     check_options(opts)?;
     let dense = opts.dense || opts.zero_target;
-    let total = plan_total(src, dense)?;
-    let plan = MapPlan {
-        src,
-        chunk: opts.chunk,
-        dense,
-        align: opts.align,
-        window_end: 0,
-        runs: Vec::new().into_iter(),
-        cur: None,
-        emitted: 0,
-        next_idx: 0,
-    };
+    let (plan, total) = MapPlan::new(src, opts, dense)?;
     run(plan, Some(src), dst, opts, total, progress, cancel)
 }
 
@@ -486,6 +574,7 @@ pub fn copy_feed<T: Target>(
     if dst.capacity() < capacity {
         return Err(Error::Usage(format!("target holds {} bytes, source {capacity}", dst.capacity())));
     }
+    let opts = &opts.with_needs(dst.needs());
     check_options(opts)?;
     let plan = FeedPlan {
         feed,
@@ -583,8 +672,11 @@ fn run<P: Plan, T: Target>(
                     buf[..len].fill(0);
                     Ok(())
                 }
-                Fill::Source => match src {
-                    Some(s) => s.read_at(&mut buf[..len], chunk.offset),
+                Fill::Source(depth) => match src {
+                    Some(s) => match depth {
+                        Some(d) => s.read_run(&mut buf[..len], chunk.offset, d),
+                        None => s.read_at(&mut buf[..len], chunk.offset),
+                    },
                     None => Err(vmdk::Error::InvalidArgument("a feed's chunk asks to read a source".into())),
                 },
                 Fill::With(f) => {
@@ -715,15 +807,14 @@ mod tests {
         runs: Vec<(u64, u64)>,
     }
 
-    impl Source for Odd {
+    impl MapSource for Odd {
         fn capacity(&self) -> u64 {
             self.data.len() as u64
         }
-        fn map(&self, offset: u64, len: u64) -> vmdk::Result<AllocMap> {
-            let mut m = AllocMap::new();
+        fn map_into(&self, offset: u64, end: u64, _budget: usize, m: &mut vmdk::AllocMap) -> vmdk::Result<u64> {
             let mut pos = offset;
             for &(s, l) in &self.runs {
-                let (s, e) = (s.max(offset), (s + l).min(offset + len));
+                let (s, e) = (s.max(offset), (s + l).min(end));
                 if s >= e {
                     continue;
                 }
@@ -731,9 +822,12 @@ mod tests {
                 m.push(s, e - s, State::Data, 0);
                 pos = e;
             }
-            m.push(pos, offset + len - pos, State::Absent, 0);
-            Ok(m)
+            m.push(pos, end - pos, State::Absent, 0);
+            Ok(end)
         }
+    }
+
+    impl Source for Odd {
         fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
             buf.copy_from_slice(&self.data[offset as usize..offset as usize + buf.len()]);
             Ok(())

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use redo::Chain;
 use serde::Serialize;
+use vmdk::map::MapSource;
 use vmdk::{Container, OpenOptions, State};
 
 use crate::error::Result;
@@ -71,27 +72,18 @@ pub struct DiskInfo {
     pub extents: Vec<ExtentSummary>,
 }
 
-/// Bytes in `Data` runs of a map function over `[0, capacity)`, walked in 1 GiB windows so memory
-/// stays bounded. `depth_zero_only` counts only runs the top link holds.
-pub fn allocated_bytes(
-    capacity: u64,
-    depth_zero_only: bool,
-    mut map: impl FnMut(u64, u64) -> vmdk::Result<vmdk::AllocMap>,
-) -> vmdk::Result<u64> {
-    const WINDOW: u64 = 1 << 30;
-    let mut total = 0;
-    let mut off = 0;
-    while off < capacity {
-        let n = WINDOW.min(capacity - off);
-        total += map(off, n)?
-            .runs()
-            .iter()
-            .filter(|r| r.state == State::Data && (!depth_zero_only || r.depth == 0))
-            .map(|r| r.len)
-            .sum::<u64>();
-        off += n;
+/// Bytes in `Data` runs of `src`, all of them and those at depth 0 (the top link's), in one walk
+/// of its map in runs.
+pub fn allocated_bytes(src: &dyn MapSource) -> vmdk::Result<(u64, u64)> {
+    let (mut all, mut top) = (0, 0);
+    for r in vmdk::map::walk(src) {
+        let r = r?;
+        if r.state == State::Data {
+            all += r.len;
+            top += if r.depth == 0 { r.len } else { 0 };
+        }
     }
-    Ok(total)
+    Ok((all, top))
 }
 
 /// Describes the disk at `path` (and its chain).
@@ -100,8 +92,7 @@ pub fn info(path: &Path, opts: &OpenOptions) -> Result<DiskInfo> {
     let top = chain.top();
     let d = top.descriptor();
     let cap = chain.capacity();
-    let allocated = allocated_bytes(cap, false, |o, l| chain.map(o, l))?;
-    let allocated_top = allocated_bytes(cap, true, |o, l| chain.map(o, l))?;
+    let (allocated, allocated_top) = allocated_bytes(&chain)?;
     let num = |k: &str| d.ddb(k).and_then(|v| v.trim().parse::<u64>().ok());
     let geometry = match (num("geometry.cylinders"), num("geometry.heads"), num("geometry.sectors")) {
         (Some(cylinders), Some(heads), Some(sectors)) => Some(Geometry { cylinders, heads, sectors }),
@@ -132,7 +123,7 @@ pub fn info(path: &Path, opts: &OpenOptions) -> Result<DiskInfo> {
             .extents()
             .into_iter()
             .map(|e| ExtentSummary {
-                kind: e.kind.into(),
+                kind: e.kind.as_str().into(),
                 file: e.file,
                 size: e.len,
                 grain: e.grain,

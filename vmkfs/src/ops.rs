@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use redo::Chain;
 use vmdk::create::{Adapter, VMWARE_SPLIT_SECTORS};
 use vmdk::descriptor::{CreateType, ExtentLine, ExtentType};
-use vmdk::extent::is_zero;
+use vmdk::extent::{is_zero, ExtentKind};
 use vmdk::storage::{resolve_extent_path, write_zeros};
 use vmdk::txn::{Intent, Step};
 use vmdk::{Container, Link, OpenOptions, State};
@@ -303,30 +303,28 @@ pub fn punch_zero(path: &Path, opts: &OpenOptions) -> Result<u64> {
     let block: u64 = 64 << 10;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut freed = 0;
-    let cap = top.capacity();
-    let mut off = 0;
-    while off < cap {
-        let n = (1u64 << 30).min(cap - off);
-        for r in top.map(off, n)?.runs().iter().filter(|r| r.state == State::Data) {
-            let mut pos = r.offset;
-            while pos < r.end() {
-                let len = CHUNK.min(r.end() - pos);
-                let b = &mut buf[..len as usize];
-                top.read_own(b, pos)?;
-                let mut i = 0;
-                while i < len {
-                    // Blocks aligned to the disk, not to the run.
-                    let bstart = pos + i;
-                    let bend = ((bstart / block + 1) * block).min(pos + len);
-                    if is_zero(&b[i as usize..(bend - pos) as usize]) {
-                        freed += top.discard(bstart, bend - bstart)?;
-                    }
-                    i = bend - pos;
-                }
-                pos += len;
-            }
+    for r in vmdk::map::walk(&**top) {
+        let r = r?;
+        if r.state != State::Data {
+            continue;
         }
-        off += n;
+        let mut pos = r.offset;
+        while pos < r.end() {
+            let len = CHUNK.min(r.end() - pos);
+            let b = &mut buf[..len as usize];
+            top.read_own(b, pos)?;
+            let mut i = 0;
+            while i < len {
+                // Blocks aligned to the disk, not to the run.
+                let bstart = pos + i;
+                let bend = ((bstart / block + 1) * block).min(pos + len);
+                if is_zero(&b[i as usize..(bend - pos) as usize]) {
+                    freed += top.discard(bstart, bend - bstart)?;
+                }
+                i = bend - pos;
+            }
+            pos += len;
+        }
     }
     if freed > 0 && top.descriptor().create_type == CreateType::Vmfs {
         set_thin_flag(top, true)?;
@@ -338,8 +336,9 @@ pub fn punch_zero(path: &Path, opts: &OpenOptions) -> Result<u64> {
     Ok(freed)
 }
 
+/// True when every extent of `link` is a flat file or a ZERO extent (no grains, no device).
 fn all_flat(link: &Link) -> bool {
-    link.extents().iter().all(|e| matches!(e.kind, "FLAT" | "VMFS" | "ZERO"))
+    link.extents().iter().all(|e| e.kind.is_flat_file() || e.kind == ExtentKind::Zero)
 }
 
 /// Makes `ddb.thinProvisioned` say whether the link's flat extents have holes (`"1"`) or are fully
@@ -357,21 +356,19 @@ fn set_thin_flag(link: &Link, thin: bool) -> Result<()> {
 /// reserved-but-unwritten space). For flat disks only.
 fn fill_holes(link: &Link) -> Result<u64> {
     let zeros = vec![0u8; CHUNK as usize];
-    let cap = link.capacity();
     let mut written = 0;
-    let mut off = 0;
-    while off < cap {
-        let n = (1u64 << 30).min(cap - off);
-        for r in link.map(off, n)?.runs().iter().filter(|r| r.state != State::Data) {
-            let mut pos = r.offset;
-            while pos < r.end() {
-                let len = CHUNK.min(r.end() - pos);
-                link.write_at(&zeros[..len as usize], pos)?;
-                pos += len;
-                written += len;
-            }
+    for r in vmdk::map::walk(link) {
+        let r = r?;
+        if r.state == State::Data {
+            continue;
         }
-        off += n;
+        let mut pos = r.offset;
+        while pos < r.end() {
+            let len = CHUNK.min(r.end() - pos);
+            link.write_at(&zeros[..len as usize], pos)?;
+            pos += len;
+            written += len;
+        }
     }
     Ok(written)
 }
@@ -415,13 +412,21 @@ pub fn inflate(path: &Path, opts: &OpenOptions) -> Result<u64> {
         )
         .into());
     }
-    if top.extents().iter().any(|e| e.kind == "ZERO") {
+    if top.extents().iter().any(|e| e.kind == ExtentKind::Zero) {
         return Err(vmdk::Error::unsupported(path, "disk has ZERO extents, which hold no storage to zero").into());
     }
     let n = fill_holes(top)?;
     set_thin_flag(top, false)?;
     top.flush()?;
     Ok(n)
+}
+
+/// The `(start, end)` ranges of the `Data` runs of a chain, walked in runs.
+fn data_ranges(c: &Chain) -> impl Iterator<Item = vmdk::Result<(u64, u64)>> + '_ {
+    vmdk::map::walk(c).filter_map(|r| match r {
+        Ok(r) if r.state != State::Data => None,
+        r => Some(r.map(|r| (r.offset, r.end()))),
+    })
 }
 
 /// What [`compare`] found.
@@ -453,35 +458,46 @@ pub fn compare(a: &Path, b: &Path, opts: &OpenOptions) -> Result<Comparison> {
     }
     let mut ba = vec![0u8; CHUNK as usize];
     let mut bb = vec![0u8; CHUNK as usize];
-    let mut off = 0;
-    while off < cap {
-        let n = (1u64 << 30).min(cap - off);
-        let (ma, mb) = (ca.map(off, n)?, cb.map(off, n)?);
-        // Byte ranges where either side has data.
-        let mut ranges: Vec<(u64, u64)> =
-            ma.runs().iter().chain(mb.runs()).filter(|r| r.state == State::Data).map(|r| (r.offset, r.end())).collect();
-        ranges.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::new();
-        for (s, e) in ranges {
-            match merged.last_mut() {
-                Some(m) if s <= m.1 => m.1 = m.1.max(e),
-                _ => merged.push((s, e)),
+    // The first difference inside `[s, e)`, a range where either side has data.
+    let mut differs = |(s, e): (u64, u64)| -> Result<Option<u64>> {
+        let mut pos = s;
+        while pos < e {
+            let len = CHUNK.min(e - pos) as usize;
+            ca.read_at(&mut ba[..len], pos)?;
+            cb.read_at(&mut bb[..len], pos)?;
+            if ba[..len] != bb[..len] {
+                let i = ba[..len].iter().zip(&bb[..len]).position(|(x, y)| x != y).unwrap_or(0);
+                return Ok(Some(pos + i as u64));
             }
+            pos += len as u64;
         }
-        for (s, e) in merged {
-            let mut pos = s;
-            while pos < e {
-                let len = CHUNK.min(e - pos) as usize;
-                ca.read_at(&mut ba[..len], pos)?;
-                cb.read_at(&mut bb[..len], pos)?;
-                if ba[..len] != bb[..len] {
-                    let i = ba[..len].iter().zip(&bb[..len]).position(|(x, y)| x != y).unwrap_or(0);
-                    return Ok(Comparison::Content { offset: pos + i as u64 });
+        Ok(None)
+    };
+    // Both maps walked side by side: the union of their data runs, in order.
+    let (mut wa, mut wb) = (data_ranges(&ca), data_ranges(&cb));
+    let (mut na, mut nb) = (wa.next().transpose()?, wb.next().transpose()?);
+    let mut cur: Option<(u64, u64)> = None;
+    loop {
+        let r = match (na, nb) {
+            (Some(x), Some(y)) if x.0 <= y.0 => std::mem::replace(&mut na, wa.next().transpose()?),
+            (_, Some(_)) => std::mem::replace(&mut nb, wb.next().transpose()?),
+            (Some(_), None) => std::mem::replace(&mut na, wa.next().transpose()?),
+            (None, None) => break,
+        };
+        let Some(r) = r else { break };
+        match cur {
+            Some(c) if r.0 <= c.1 => cur = Some((c.0, c.1.max(r.1))),
+            Some(c) => {
+                if let Some(offset) = differs(c)? {
+                    return Ok(Comparison::Content { offset });
                 }
-                pos += len as u64;
+                cur = Some(r);
             }
+            None => cur = Some(r),
         }
-        off += n;
+    }
+    if let Some(offset) = cur.map(&mut differs).transpose()?.flatten() {
+        return Ok(Comparison::Content { offset });
     }
     Ok(Comparison::Identical)
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use redo::{Chain, ChangeMap, CommitReport, RedoError};
+use vmdk::map::MapSource;
 use vmdk::{AllocMap, Link, OpenOptions};
 
 use crate::engine::{copy, EngineOptions, Source};
@@ -14,22 +15,19 @@ use crate::error::{Error, Result};
 /// own bytes, never its parent's.
 pub struct OwnData<'a>(pub &'a Link);
 
-impl Source for OwnData<'_> {
+impl MapSource for OwnData<'_> {
     fn capacity(&self) -> u64 {
         self.0.capacity()
     }
-    fn map(&self, offset: u64, len: u64) -> vmdk::Result<AllocMap> {
-        self.0.map(offset, len)
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
-        self.0.read_own(buf, offset)
+    fn map_into(&self, offset: u64, end: u64, budget: usize, out: &mut AllocMap) -> vmdk::Result<u64> {
+        self.0.map_into(offset, end, budget, out)
     }
 }
 
-/// True when writes to `link` allocate grains (sparse or COWD extents), so the engine should write
-/// in disk order through one writer.
-pub fn needs_ordered_writes(link: &Link) -> bool {
-    link.extents().iter().any(|e| matches!(e.kind, "SPARSE" | "VMFSSPARSE"))
+impl Source for OwnData<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
+        self.0.read_own(buf, offset)
+    }
 }
 
 /// `-m`: merges the REDO link at `path` into its parent (crash-safe; see [`redo::commit`]).
@@ -44,7 +42,6 @@ pub fn commit(
         let target = parent.top();
         let mut e = EngineOptions::new();
         e.skip_zeros = false;
-        e.ordered = needs_ordered_writes(target);
         copy(&OwnData(link), target, &e, progress, cancel).map(|_| ()).map_err(|e| match e {
             Error::Vmdk(v) => RedoError::Link(v),
             Error::Chain(c) => RedoError::Chain(c),
@@ -90,26 +87,27 @@ pub struct Masked<'a> {
     pub changes: &'a ChangeMap,
 }
 
-impl Source for Masked<'_> {
+/// The changed ranges are `Data` (at depth 0: reads go through the chain), the rest `Absent`.
+impl MapSource for Masked<'_> {
     fn capacity(&self) -> u64 {
         self.chain.capacity()
     }
-    fn map(&self, offset: u64, len: u64) -> vmdk::Result<AllocMap> {
-        let end = offset + len;
-        let mut m = AllocMap::new();
+    fn map_into(&self, offset: u64, end: u64, budget: usize, m: &mut AllocMap) -> vmdk::Result<u64> {
         let mut pos = offset;
-        for (s, l) in self.changes.ranges() {
-            let (s, e) = (s.max(offset), (s + l).min(end));
-            if s >= e {
-                continue;
-            }
+        for (s, l) in self.changes.ranges_in(offset, end) {
             m.push(pos, s - pos, vmdk::State::Absent, 0);
-            m.push(s, e - s, vmdk::State::Data, 0);
-            pos = e;
+            m.push(s, l, vmdk::State::Data, 0);
+            pos = s + l;
+            if m.runs().len() >= budget {
+                return Ok(pos);
+            }
         }
         m.push(pos, end - pos, vmdk::State::Absent, 0);
-        Ok(m)
+        Ok(end)
     }
+}
+
+impl Source for Masked<'_> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
         self.chain.read_at(buf, offset)
     }
@@ -148,7 +146,6 @@ pub fn export_delta(
         if esx { vmdk::create::create_delta(dst, cap, &parent, &copts)? } else { vmdk::create::create(dst, &copts)? };
     let mut e = EngineOptions::new();
     e.skip_zeros = false;
-    e.ordered = true;
     copy(&Masked { chain: &chain, changes: &changes }, new.link(), &e, progress, cancel)?;
     new.link().update_descriptor(|d| d.set_cid(top_cid))?;
     Ok(new.commit()?)
@@ -233,22 +230,9 @@ pub fn apply_delta(
     };
     let mut e = EngineOptions::new();
     e.skip_zeros = false;
-    e.ordered = needs_ordered_writes(target);
     copy(&OwnData(&dl), target, &e, progress, cancel)?;
-    let cap = dl.capacity();
-    let mut off = 0;
-    while off < cap {
-        let n = (1u64 << 30).min(cap - off);
-        for r in dl.map(off, n)?.runs().iter().filter(|r| r.state == vmdk::State::Zero) {
-            // A hole in a replica that has a parent would show the parent: write zeros there.
-            if rchain.links().len() > 1 {
-                target.zero_range(r.offset, r.len)?;
-            } else {
-                target.discard(r.offset, r.len)?;
-            }
-        }
-        off += n;
-    }
+    // A hole in a replica that has a parent would show the parent: zeros are written there.
+    redo::commit::apply_zeros(&dl, target, rchain.links().len() > 1)?;
     target.flush()?;
     let mut d = target.descriptor();
     d.set_cid(cid);

@@ -15,7 +15,7 @@ use vmdk::extent::kdmv::{SparseHeader, MAGIC};
 use vmdk::extent::stream_read::{inflate_into, Pipe, RawGrain, SeqRead, StreamReader};
 use vmdk::extent::stream_write::{EncodedGrains, GrainEncoder, Sink, StreamWriter};
 
-use crate::engine::{EngineOptions, Feed, FeedPiece, Piece, Target};
+use crate::engine::{EngineOptions, Feed, FeedPiece, Needs, Piece, Target};
 use crate::error::{Error, Result};
 
 /// The compression level used unless one is asked for: zlib's default, what qemu uses.
@@ -25,8 +25,8 @@ pub const DEFAULT_COMPRESS_LEVEL: u32 = 6;
 pub const MAX_PIPE_GRAIN: u64 = 8 << 20;
 
 /// Writes a streamOptimized disk: grains compressed in parallel ([`Target::encode`]), appended in
-/// order by the engine's ordered writer ([`Target::write`]). Use it with [`StreamTarget::engine`]'s
-/// options, then call [`StreamTarget::finish`].
+/// order by the engine's ordered writer ([`Target::write`]; the target says so in
+/// [`Target::needs`]), then call [`StreamTarget::finish`].
 pub struct StreamTarget<S: Sink> {
     writer: Mutex<Option<StreamWriter<S>>>,
     encoders: Mutex<Vec<GrainEncoder>>,
@@ -62,19 +62,6 @@ impl<S: Sink> StreamTarget<S> {
         })
     }
 
-    /// The engine settings this target needs: one ordered writer, zero detection per grain, map
-    /// ranges widened to whole grains, chunks of at least a grain.
-    pub fn engine(&self, mut e: EngineOptions) -> EngineOptions {
-        e.ordered = true;
-        e.dense = false;
-        e.skip_zeros = true;
-        e.zero_target = false;
-        e.chunk = e.chunk.max(self.grain_bytes);
-        e.zero_block = self.grain_bytes as usize;
-        e.align = self.grain_bytes;
-        e
-    }
-
     /// Writes the last grain table, the directory, footer and end-of-stream marker; returns the
     /// sink and the stream's length in bytes.
     pub fn finish(self) -> Result<(S, u64)> {
@@ -89,6 +76,12 @@ impl<S: Sink> Target for StreamTarget<S> {
 
     fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// One ordered writer, zero detection per grain, map ranges widened to whole grains (and so
+    /// chunks of at least a grain).
+    fn needs(&self) -> Needs {
+        Needs { ordered: true, dense: false, align: self.grain_bytes, zero_block: self.grain_bytes as usize }
     }
 
     fn encode(&self, piece: &Piece<'_>) -> Result<EncodedGrains> {
@@ -114,8 +107,8 @@ impl<S: Sink> Target for StreamTarget<S> {
     }
 }
 
-/// Writes the plain bytes of a disk, in order, to a [`Write`] (standard output). Use it with
-/// [`RawTarget::engine`]'s options (ordered and dense: every byte, zeros included).
+/// Writes the plain bytes of a disk, in order, to a [`Write`] (standard output): it needs one
+/// ordered writer and every byte, zeros included ([`Target::needs`]).
 pub struct RawTarget<W: Write + Send> {
     out: Mutex<(W, u64)>,
     capacity: u64,
@@ -134,15 +127,6 @@ impl<W: Write + Send> RawTarget<W> {
         RawTarget { out: Mutex::new((out, 0)), capacity, name: name.into() }
     }
 
-    /// The engine settings this target needs: one ordered writer, every byte written.
-    pub fn engine(&self, mut e: EngineOptions) -> EngineOptions {
-        e.ordered = true;
-        e.dense = true;
-        e.zero_target = false;
-        e.align = 0;
-        e
-    }
-
     /// Flushes; returns the writer and the bytes written (the capacity after a complete copy).
     pub fn finish(self) -> Result<(W, u64)> {
         let (mut w, n) = self.out.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -156,6 +140,10 @@ impl<W: Write + Send> Target for RawTarget<W> {
 
     fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    fn needs(&self) -> Needs {
+        Needs { ordered: true, dense: true, ..Needs::default() }
     }
 
     fn encode(&self, _piece: &Piece<'_>) -> Result<()> {
@@ -421,8 +409,7 @@ mod tests {
             vmdk::create::stream_layout("x.vmdk", d.len() as u64, vmdk::Adapter::LsiLogic, 128, None).unwrap();
         let t = StreamTarget::new(WriteSink::new(Vec::new(), "<mem>"), h, &desc, Path::new("<mem>"), 1).unwrap();
         let mut raw = RawFeed::new(&d[..], "<mem>", d.len() as u64);
-        let e = t.engine(EngineOptions::new());
-        copy_feed(&mut raw, &t, &e, &mut |_, _| {}, None).unwrap();
+        copy_feed(&mut raw, &t, &EngineOptions::new(), &mut |_, _| {}, None).unwrap();
         let (sink, len) = t.finish().unwrap();
         let file = sink.into_inner();
         assert_eq!(file.len() as u64, len);
@@ -430,7 +417,7 @@ mod tests {
             panic!("not detected as a stream")
         };
         let out = RawTarget::new(Vec::new(), d.len() as u64, "<mem>");
-        let e = feed.engine(out.engine(EngineOptions::new()));
+        let e = feed.engine(EngineOptions::new());
         copy_feed(&mut *feed, &out, &e, &mut |_, _| {}, None).unwrap();
         let (back, n) = out.finish().unwrap();
         assert_eq!(n, d.len() as u64);
@@ -442,7 +429,7 @@ mod tests {
         let d = disk();
         let out = RawTarget::new(Vec::new(), d.len() as u64 + 512, "<mem>");
         let mut feed = RawFeed::new(&d[..], "<mem>", d.len() as u64 + 512);
-        let e = out.engine(EngineOptions::new());
+        let e = EngineOptions::new();
         let err = copy_feed(&mut feed, &out, &e, &mut |_, _| {}, None).unwrap_err().to_string();
         assert!(err.contains(&format!("ends after {} bytes", d.len())), "{err}");
         let out = RawTarget::new(Vec::new(), d.len() as u64 - 512, "<mem>");

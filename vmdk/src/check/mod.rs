@@ -37,7 +37,7 @@ use crate::descriptor::{CreateType, Descriptor, ExtentLine, ExtentType, MAX_DESC
 use crate::detect::{self, Format};
 use crate::error::{Error, Result};
 use crate::extent::kdmv;
-use crate::extent::{flat, sesparse, sparse_check, stream};
+use crate::extent::{flat, sesparse, sparse_check, stream, ExtentKind};
 use crate::link::{Link, OpenOptions};
 use crate::storage::{resolve_extent_path, Backing, LockMode};
 use crate::txn::{self, Intent};
@@ -459,7 +459,7 @@ fn check_piece(p: &Piece, opts: &OpenOptions, sink: &mut Sink) -> Result<()> {
     match kind {
         Some(ExtentType::Flat | ExtentType::Vmfs) => {
             let line = p.line.as_ref().expect("a flat piece has its line");
-            let kind = if line.kind == ExtentType::Flat { "FLAT" } else { "VMFS" };
+            let kind = if line.kind == ExtentType::Flat { ExtentKind::Flat } else { ExtentKind::Vmfs };
             let start = line.offset.unwrap_or(0).saturating_mul(512);
             flat::check(b, start, line.sectors.saturating_mul(512), kind, sink)
         }

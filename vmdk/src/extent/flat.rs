@@ -2,11 +2,17 @@
 
 use std::sync::Arc;
 
-use super::{Extent, ExtentInfo, ReadAt};
+use super::{Extent, ExtentInfo, ExtentKind, ReadAt};
 use crate::check::Sink;
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
+
+/// The first window of a map's `SEEK_DATA` walk; it doubles while windows hold at most
+/// [`WINDOW_RUNS`] runs and halves (down to [`MIN_WINDOW`]) where they hold more.
+const FIRST_WINDOW: u64 = 64 << 20;
+const MIN_WINDOW: u64 = 1 << 20;
+const WINDOW_RUNS: usize = 1024;
 
 /// A flat extent: `len` bytes of `backing` starting at byte `start`.
 #[derive(Debug)]
@@ -14,7 +20,7 @@ pub struct FlatExtent {
     backing: Arc<dyn Backing>,
     start: u64,
     len: u64,
-    kind: &'static str,
+    kind: ExtentKind,
     writable: bool,
     /// Bytes of the extent actually present in the file; the rest (at most one partial sector of a
     /// raw image whose length is not a multiple of 512) reads as zeros.
@@ -23,7 +29,7 @@ pub struct FlatExtent {
 
 impl FlatExtent {
     /// Opens a flat extent, checking that the file holds all of it.
-    pub fn open(backing: Arc<dyn Backing>, start: u64, len: u64, kind: &'static str, writable: bool) -> Result<Self> {
+    pub fn open(backing: Arc<dyn Backing>, start: u64, len: u64, kind: ExtentKind, writable: bool) -> Result<Self> {
         let file_len = backing.len()?;
         let need =
             start.checked_add(len).ok_or_else(|| Error::corrupt(backing.path(), start, "extent offset overflows"))?;
@@ -41,7 +47,7 @@ impl FlatExtent {
     pub fn raw_image(backing: Arc<dyn Backing>, writable: bool) -> Result<Self> {
         let file_len = backing.len()?;
         let len = file_len.div_ceil(512) * 512;
-        Ok(FlatExtent { backing, start: 0, len, kind: "FLAT", writable, present: file_len })
+        Ok(FlatExtent { backing, start: 0, len, kind: ExtentKind::Flat, writable, present: file_len })
     }
 
     /// Checks that the file still holds the extent's bytes up to extent offset `end` (a raw image's
@@ -76,7 +82,7 @@ impl FlatExtent {
 
 /// `-x check` of a flat extent: its file holds the `len` bytes at byte `start` the descriptor maps
 /// (the reader's rule: [`FlatExtent::open`]).
-pub fn check(backing: Arc<dyn Backing>, start: u64, len: u64, kind: &'static str, sink: &mut Sink) -> Result<()> {
+pub fn check(backing: Arc<dyn Backing>, start: u64, len: u64, kind: ExtentKind, sink: &mut Sink) -> Result<()> {
     sink.result(FlatExtent::open(backing, start, len, kind, false))?;
     Ok(())
 }
@@ -114,21 +120,36 @@ impl Extent for FlatExtent {
         }
         self.backing.write_all_at(buf, self.start + offset)
     }
-    fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
-        let runs = self.backing.data_runs(self.start + offset, len)?;
+    fn map(&self, offset: u64, len: u64, base: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
+        // The file's data runs, asked for in windows that grow while they hold few runs (a hole of
+        // any size costs a few seeks) and shrink where they hold many (memory stays bounded).
+        let end = offset + len;
+        let mut pos = offset;
+        let mut window = FIRST_WINDOW;
+        while pos < end {
+            let wend = end.min(pos.saturating_add(window));
+            let runs = self.backing.data_runs(self.start + pos, wend - pos)?;
+            let found = runs.len();
+            let mut at = pos;
+            for (s, l) in runs {
+                let s = (s - self.start.min(s)).clamp(at, wend);
+                let e = (s + l).min(wend);
+                out.push(base + at, s - at, State::Zero, 0);
+                out.push(base + s, e - s, State::Data, 0);
+                at = e.max(at);
+            }
+            out.push(base + at, wend - at, State::Zero, 0);
+            pos = wend;
+            if out.runs().len() >= budget {
+                break;
+            }
+            window = if found > WINDOW_RUNS { (window / 2).max(MIN_WINDOW) } else { window.saturating_mul(2) };
+        }
         // Past the end of the file there is no hole but missing data: SEEK_DATA cannot tell them
         // apart, so the length (read after the runs, to catch a truncation while seeking) must cover
-        // the range, or it would read as zeros.
-        self.check_present(offset + len)?;
-        let mut pos = offset;
-        for (s, l) in runs {
-            let s = s - self.start;
-            out.push(base + pos, s - pos, State::Zero, 0);
-            out.push(base + s, l, State::Data, 0);
-            pos = s + l;
-        }
-        out.push(base + pos, offset + len - pos, State::Zero, 0);
-        Ok(())
+        // what was mapped, or it would read as zeros.
+        self.check_present(pos)?;
+        Ok(pos)
     }
     fn zero_range(&self, offset: u64, len: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
         if !self.writable {

@@ -44,11 +44,69 @@ impl ReadAt for Shifted<'_> {
     }
 }
 
+/// What kind an extent is. [`ExtentKind::as_str`] is its descriptor keyword (`STREAM` for a
+/// streamOptimized extent, whose descriptor says `SPARSE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExtentKind {
+    /// Raw bytes in a host file (`FLAT`).
+    Flat,
+    /// Raw bytes in an ESX flat file (`VMFS`).
+    Vmfs,
+    /// No storage: reads as zeros (`ZERO`).
+    Zero,
+    /// Hosted sparse grains and tables (`SPARSE`).
+    Sparse,
+    /// streamOptimized: compressed grains, read-only.
+    Stream,
+    /// An ESX COWD redo log (`VMFSSPARSE`).
+    VmfsSparse,
+    /// An ESXi seSparse delta (`SESPARSE`), read-only.
+    SeSparse,
+    /// A device through a raw device mapping (`VMFSRDM`).
+    VmfsRdm,
+    /// A device named by the descriptor (`VMFSRAW`).
+    VmfsRaw,
+}
+
+impl ExtentKind {
+    /// The keyword (`FLAT`, `SPARSE`, `STREAM`, `VMFSSPARSE`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtentKind::Flat => "FLAT",
+            ExtentKind::Vmfs => "VMFS",
+            ExtentKind::Zero => "ZERO",
+            ExtentKind::Sparse => "SPARSE",
+            ExtentKind::Stream => "STREAM",
+            ExtentKind::VmfsSparse => "VMFSSPARSE",
+            ExtentKind::SeSparse => "SESPARSE",
+            ExtentKind::VmfsRdm => "VMFSRDM",
+            ExtentKind::VmfsRaw => "VMFSRAW",
+        }
+    }
+
+    /// True for the disk's bytes in place in a file (`FLAT`, `VMFS`).
+    pub fn is_flat_file(self) -> bool {
+        matches!(self, ExtentKind::Flat | ExtentKind::Vmfs)
+    }
+
+    /// True when writes allocate grains as they go (hosted sparse, COWD): such an extent is best
+    /// written in disk order, through one writer.
+    pub fn allocates_grains(self) -> bool {
+        matches!(self, ExtentKind::Sparse | ExtentKind::VmfsSparse)
+    }
+}
+
+impl std::fmt::Display for ExtentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A description of an extent for `--info`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtentInfo {
-    /// `FLAT`, `SPARSE`, `STREAM`, `VMFSSPARSE`, `SESPARSE`, `ZERO`, …
-    pub kind: &'static str,
+    /// What kind of extent.
+    pub kind: ExtentKind,
     /// The file, if any.
     pub file: Option<PathBuf>,
     /// Bytes of the virtual disk it maps.
@@ -77,8 +135,12 @@ pub trait Extent: Send + Sync + Debug {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
     /// Writes `buf` at `offset`. `below` reads what lies under this extent (for partial grains).
     fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt>) -> Result<()>;
-    /// Appends the runs of `[offset, offset+len)` to `out`, shifted by `base`.
-    fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()>;
+    /// Appends the runs of `[offset, offset+len)` to `out` (which ends at `base + offset`), shifted
+    /// by `base`, skipping what holds nothing in one step (a cost in proportion to runs and existing
+    /// metadata, never to grains). May stop early, at a run boundary, once `out` holds `budget`
+    /// runs or more; returns the extent offset reached (`offset + len` unless it stopped early,
+    /// always more than `offset` for a non-empty range). See [`crate::map::MapSource`].
+    fn map(&self, offset: u64, len: u64, base: u64, budget: usize, out: &mut AllocMap) -> Result<u64>;
     /// Called once before the first write after open: marks the extent dirty (unclean shutdown).
     fn begin_write(&self) -> Result<()> {
         Ok(())

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
-use super::gtcache::{self, GtCache};
-use super::{pieces, Extent, ExtentInfo, ReadAt};
+use super::gtcache::{self, GtCache, Table};
+use super::{Extent, ExtentInfo, ExtentKind, ReadAt};
 use crate::check::Sink;
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
@@ -191,13 +191,11 @@ impl SeSparseExtent {
         Ok(SeSparseExtent { backing, header, gd, len, file_len, owner: gtcache::new_owner(), cache })
     }
 
-    fn grain(&self, g: u64) -> Result<Grain> {
-        let (gt, idx) = (g / 4096, g % 4096);
-        let Some(&e) = self.gd.get(gt as usize) else {
-            return Ok(Grain::Absent);
-        };
+    /// Table `gt` (`None` when its directory entry is 0 or past the directory) and its sector.
+    fn table(&self, gt: u64) -> Result<Option<(Table, u64)>> {
+        let e = self.gd.get(gt as usize).copied().unwrap_or(0);
         if e == 0 {
-            return Ok(Grain::Absent);
+            return Ok(None);
         }
         let table_sector = self.header.gt_offset + (e & 0xffff_ffff) * GT_SECTORS;
         let t = self.cache.get(self.owner, gt, || {
@@ -205,8 +203,22 @@ impl SeSparseExtent {
             self.backing.read_exact_at(&mut raw, table_sector * 512)?;
             Ok(raw.chunks_exact(8).map(LE::read_u64).collect())
         })?;
-        let v = t[idx as usize].load(Ordering::Acquire);
-        let at = table_sector * 512 + idx * 8;
+        Ok(Some((t, table_sector)))
+    }
+
+    /// What grain `g`'s entry says (absent when its table is).
+    fn grain(&self, g: u64) -> Result<Grain> {
+        match self.table(g / 4096)? {
+            None => Ok(Grain::Absent),
+            Some((t, sector)) => {
+                let idx = g % 4096;
+                self.classify(g, t[idx as usize].load(Ordering::Acquire), sector * 512 + idx * 8)
+            }
+        }
+    }
+
+    /// What entry `v` of grain `g` (stored at byte `at`) says.
+    fn classify(&self, g: u64, v: u64, at: u64) -> Result<Grain> {
         let path = self.backing.path();
         match v >> 60 {
             0 if v == 0 => Ok(Grain::Absent),
@@ -230,6 +242,66 @@ impl SeSparseExtent {
             }
             n => Err(Error::corrupt(path, at, format!("grain table entry {v:#x} has unknown type {n}"))),
         }
+    }
+
+    /// Walks `[offset, offset+len)` in pieces, calling `f(piece_offset, piece_len, grain)`: an
+    /// allocated grain is one piece; absent and zero grains come in stretches as long as they run
+    /// (directory entries of 0 are skipped unread, however many). Stops when `f` returns `false`,
+    /// returning the offset reached.
+    fn walk(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, Grain) -> Result<bool>) -> Result<u64> {
+        let gb = GRAIN_SECTORS * 512;
+        let end = offset + len;
+        let (first, last) = (offset / gb, end.div_ceil(gb));
+        let piece = |from: u64, to: u64| (from.saturating_mul(gb).max(offset), to.saturating_mul(gb).min(end));
+        // Absent or zero grains from `.0` on, not yet passed on.
+        let mut stretch: Option<(u64, Grain)> = None;
+        let mut cur: Option<(u64, Option<(Table, u64)>)> = None;
+        let mut g = first;
+        while g < last {
+            let gt = g / 4096;
+            if cur.as_ref().is_none_or(|c| c.0 != gt) {
+                cur = Some((gt, self.table(gt)?));
+            }
+            let (to, grain) = match cur.as_ref().and_then(|c| c.1.as_ref()) {
+                None => {
+                    // Jump to the next table the directory names.
+                    let limit = (last.div_ceil(4096) as usize).min(self.gd.len());
+                    let from = ((gt + 1) as usize).min(limit);
+                    let next = self.gd[from..limit].iter().position(|&e| e != 0).map(|i| (from + i) as u64 * 4096);
+                    (next.unwrap_or(last).clamp(((gt + 1) * 4096).min(last), last), Grain::Absent)
+                }
+                Some((t, sector)) => {
+                    let v = t[(g % 4096) as usize].load(Ordering::Acquire);
+                    (g + 1, self.classify(g, v, sector * 512 + (g % 4096) * 8)?)
+                }
+            };
+            if let Some((from, s)) = stretch {
+                if s == grain {
+                    g = to;
+                    continue;
+                }
+                let (ps, pe) = piece(from, g);
+                if !f(ps, pe - ps, s)? {
+                    return Ok(pe);
+                }
+                stretch = None;
+            }
+            match grain {
+                Grain::At(_) => {
+                    let (ps, pe) = piece(g, to);
+                    if !f(ps, pe - ps, grain)? {
+                        return Ok(pe);
+                    }
+                }
+                _ => stretch = Some((g, grain)),
+            }
+            g = to;
+        }
+        if let Some((from, s)) = stretch {
+            let (ps, pe) = piece(from, last);
+            f(ps, pe - ps, s)?;
+        }
+        Ok(end)
     }
 }
 
@@ -315,7 +387,7 @@ impl Extent for SeSparseExtent {
     }
     fn info(&self) -> ExtentInfo {
         ExtentInfo {
-            kind: "SESPARSE",
+            kind: ExtentKind::SeSparse,
             file: Some(self.backing.path().to_path_buf()),
             len: self.len,
             grain: Some(GRAIN_SECTORS * 512),
@@ -328,29 +400,29 @@ impl Extent for SeSparseExtent {
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let gb = GRAIN_SECTORS * 512;
-        for (p, l) in pieces(offset, buf.len() as u64, gb) {
+        self.walk(offset, buf.len() as u64, |p, l, g| {
             let dst = &mut buf[(p - offset) as usize..(p - offset + l) as usize];
-            match self.grain(p / gb)? {
+            match g {
                 Grain::At(s) => self.backing.read_exact_at(dst, s * 512 + p % gb)?,
                 _ => dst.fill(0),
             }
-        }
+            Ok(true)
+        })?;
         Ok(())
     }
     fn write_at(&self, _buf: &[u8], _offset: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
         Err(Error::unsupported(self.backing.path(), "writing seSparse extents"))
     }
-    fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
-        let gb = GRAIN_SECTORS * 512;
-        for (p, l) in pieces(offset, len, gb) {
-            let state = match self.grain(p / gb)? {
+    fn map(&self, offset: u64, len: u64, base: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
+        self.walk(offset, len, |p, l, g| {
+            let state = match g {
                 Grain::At(_) => State::Data,
                 Grain::Zero => State::Zero,
                 Grain::Absent => State::Absent,
             };
             out.push(base + p, l, state, 0);
-        }
-        Ok(())
+            Ok(out.runs().len() < budget)
+        })
     }
     fn flush(&self) -> Result<()> {
         Ok(())

@@ -12,10 +12,13 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use super::cowd::CowdHeader;
 use super::gtcache::{self, GtCache, Table};
 use super::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_RGD, FLAG_ZEROED_GTE, GD_AT_END};
-use super::{is_zero, pieces, Extent, ExtentInfo, ReadAt};
+use super::{is_zero, pieces, Extent, ExtentInfo, ExtentKind, ReadAt};
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
+
+/// Bytes of a file whose data runs [`GrainDir::skip_unwritten_tables`] asks for at a time.
+pub const TABLE_WINDOW: u64 = 64 << 20;
 
 /// A grain directory with 32-bit entries and its tables, read through a shared [`GtCache`].
 /// Used by hosted sparse, streamOptimized and COWD extents.
@@ -24,6 +27,10 @@ pub struct GrainDir {
     backing: Arc<dyn Backing>,
     /// Sector offsets of the grain tables (0 = none); atomics so a COWD extent can add tables.
     gd: Box<[AtomicU32]>,
+    /// One bit per table: set when the table may hold entries (its directory entry is not 0, and
+    /// it was not found unwritten, see [`GrainDir::skip_unwritten_tables`]). Walks jump over clear
+    /// bits without reading anything, 64 tables per word.
+    held: Box<[AtomicU64]>,
     /// The redundant directory, when present.
     rgd: Option<Vec<u32>>,
     /// Entries per grain table.
@@ -123,8 +130,15 @@ impl GrainDir {
         gtes: u32,
         cache: Arc<GtCache>,
     ) -> GrainDir {
+        let held = (0..gd.len().div_ceil(64))
+            .map(|w| {
+                let bits = gd[w * 64..gd.len().min(w * 64 + 64)].iter().enumerate().filter(|(_, &e)| e != 0);
+                AtomicU64::new(bits.fold(0, |acc, (i, _)| acc | 1 << i))
+            })
+            .collect();
         GrainDir {
             backing,
+            held,
             gd: gd.into_iter().map(AtomicU32::new).collect(),
             rgd,
             gtes,
@@ -140,6 +154,112 @@ impl GrainDir {
     pub fn with_inline_tables(mut self, from: u64) -> GrainDir {
         self.inline_from = Some(from);
         self
+    }
+
+    /// Counts tables lying wholly in holes of the file as empty, so walks skip them unread: a table
+    /// never written reads as zeros (hosted sparse files whose creator left the tables unwritten,
+    /// as vmkfs does). Asks the file for its data runs in windows of [`TABLE_WINDOW`] bytes from
+    /// each table not covered yet (a few calls for tables laid out back to back); where the file
+    /// cannot say (an error, no `SEEK_DATA`), every table counts as written.
+    pub fn skip_unwritten_tables(self) -> GrainDir {
+        let gt_bytes = self.gtes as u64 * 4;
+        // The file's data runs over `[start, end)`.
+        let mut window: (u64, u64, Vec<(u64, u64)>) = (0, 0, Vec::new());
+        for gt in 0..self.gd.len() as u64 {
+            let sector = self.sector_of_table(gt) as u64;
+            if sector == 0 {
+                continue;
+            }
+            let (start, end) = (sector * 512, sector * 512 + gt_bytes);
+            if !(window.0 <= start && end <= window.1) {
+                let we = start.saturating_add(TABLE_WINDOW.max(gt_bytes));
+                match self.backing.data_runs(start, we - start) {
+                    Ok(runs) => window = (start, we, runs),
+                    Err(_) => return self,
+                }
+            }
+            let runs = &window.2;
+            let first = runs.partition_point(|&(s, l)| s + l <= start);
+            if runs.get(first).is_none_or(|&(s, _)| s >= end) {
+                self.held[(gt / 64) as usize].fetch_and(!(1 << (gt % 64)), Ordering::AcqRel);
+            }
+        }
+        self
+    }
+
+    /// True when table `gt` may hold entries (see [`GrainDir::skip_unwritten_tables`]).
+    pub fn may_hold(&self, gt: u64) -> bool {
+        self.held.get((gt / 64) as usize).is_some_and(|w| w.load(Ordering::Acquire) & (1 << (gt % 64)) != 0)
+    }
+
+    /// Records that table `gt` may now hold entries: every change of a table's entries other than
+    /// through [`GrainDir::write_entries`] or [`GrainDir::set_table`] (which record it themselves)
+    /// must be announced here, or walks may skip the table.
+    pub fn mark_written(&self, gt: u64) {
+        if let Some(w) = self.held.get((gt / 64) as usize) {
+            w.fetch_or(1 << (gt % 64), Ordering::AcqRel);
+        }
+    }
+
+    /// The first table from `from` (below `limit`) that may hold entries.
+    fn next_held(&self, from: u64, limit: u64) -> Option<u64> {
+        let limit = limit.min(self.gd.len() as u64);
+        let mut gt = from;
+        while gt < limit {
+            let word = self.held[(gt / 64) as usize].load(Ordering::Acquire) >> (gt % 64);
+            if word != 0 {
+                let found = gt + word.trailing_zeros() as u64;
+                return (found < limit).then_some(found);
+            }
+            gt = (gt / 64 + 1) * 64;
+        }
+        None
+    }
+
+    /// Walks the entries of grains `[first, end)` in order, calling `f(grain, count, entry)`: for
+    /// grains no table holds, and for runs of 0 entries, one call for the whole stretch (`entry` 0)
+    /// however many tables it spans, and one call per grain with any other entry. Tables that may
+    /// hold nothing are skipped unread. Stops when `f` returns `false`, returning the grain it
+    /// reached (`end` otherwise).
+    pub fn walk_grains(&self, first: u64, end: u64, mut f: impl FnMut(u64, u64, u64) -> Result<bool>) -> Result<u64> {
+        let gtes = self.gtes as u64;
+        let mut g = first;
+        while g < end {
+            let gt = g / gtes;
+            let table_end = gt.saturating_add(1).saturating_mul(gtes).min(end);
+            let table = if self.may_hold(gt) { self.table(gt)? } else { None };
+            let Some(t) = table else {
+                let next = self.next_held(gt + 1, end.div_ceil(gtes)).map_or(end, |n| n * gtes).clamp(table_end, end);
+                if !f(g, next - g, 0)? {
+                    return Ok(next);
+                }
+                g = next;
+                continue;
+            };
+            let mut zeros_from = None;
+            while g < table_end {
+                let v = t[(g % gtes) as usize].load(Ordering::Acquire);
+                if v == 0 {
+                    zeros_from.get_or_insert(g);
+                } else {
+                    if let Some(z) = zeros_from.take() {
+                        if !f(z, g - z, 0)? {
+                            return Ok(g);
+                        }
+                    }
+                    if !f(g, 1, v)? {
+                        return Ok(g + 1);
+                    }
+                }
+                g += 1;
+            }
+            if let Some(z) = zeros_from {
+                if !f(z, g - z, 0)? {
+                    return Ok(g);
+                }
+            }
+        }
+        Ok(end)
     }
 
     /// The file holding the directory.
@@ -168,6 +288,7 @@ impl GrainDir {
         if let Some(e) = self.gd.get(gt as usize) {
             e.store(sector, Ordering::Release);
         }
+        self.mark_written(gt);
         Ok(())
     }
 
@@ -214,6 +335,7 @@ impl GrainDir {
         }
         let primary = self.sector_of_table(gt) as u64;
         let redundant = self.rgd.as_ref().and_then(|r| r.get(gt as usize)).copied().unwrap_or(0) as u64;
+        self.mark_written(gt);
         self.cache.update(self.owner, gt, first as usize, values, || {
             self.backing.write_all_at(&raw, primary * 512 + first * 4)?;
             if redundant != 0 {
@@ -444,7 +566,7 @@ impl SparseExtent {
         let grain_bytes = header.grain_size * 512;
         let next = file_len.div_ceil(grain_bytes) * header.grain_size;
         Ok(SparseExtent {
-            dir: GrainDir::new(backing, gd, rgd, header.num_gtes_per_gt, cache),
+            dir: GrainDir::new(backing, gd, rgd, header.num_gtes_per_gt, cache).skip_unwritten_tables(),
             unclean_at_open: header.unclean_shutdown,
             header: Mutex::new(Meta::Hosted(header)),
             grain_bytes,
@@ -561,27 +683,53 @@ impl SparseExtent {
         }
     }
 
-    /// Walks the grains of `[offset, offset+len)`, calling `f(piece_offset, piece_len, grain)`.
-    fn walk(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, Grain) -> Result<()>) -> Result<()> {
-        let mut rule = self.rule();
-        let gtes = self.dir.gtes as u64;
-        let mut cur: Option<(u64, Option<Table>)> = None;
-        for (p, l) in pieces(offset, len, self.grain_bytes) {
-            let g = p / self.grain_bytes;
-            let (gt, idx) = (g / gtes, g % gtes);
-            if cur.as_ref().map(|c| c.0) != Some(gt) {
-                cur = Some((gt, self.dir.table(gt)?));
-            }
-            let gte = match &cur {
-                Some((_, Some(t))) => t[idx as usize].load(Ordering::Acquire),
-                _ => 0,
-            };
-            // The length after the entry was loaded: a grain allocated meanwhile is inside it.
-            rule.file_len = self.file_len.load(Ordering::Acquire);
-            let grain = rule.classify(self.path(), "grain table entry", gte, g, self.dir.entry_offset(gt, idx))?;
-            f(p, l, grain)?;
+    /// Walks `[offset, offset+len)` in pieces, calling `f(piece_offset, piece_len, grain)`: an
+    /// allocated grain is one piece (at most a grain long), while absent and zeroed grains come in
+    /// stretches as long as they run (a table that holds nothing, or many, in one piece). Stops when
+    /// `f` returns `false`, returning the offset reached (`offset + len` otherwise).
+    fn walk(&self, offset: u64, len: u64, mut f: impl FnMut(u64, u64, Grain) -> Result<bool>) -> Result<u64> {
+        if len == 0 {
+            return Ok(offset);
         }
-        Ok(())
+        let mut rule = self.rule();
+        let (gb, gtes, end) = (self.grain_bytes, self.dir.gtes as u64, offset + len);
+        let mut zero_from: Option<u64> = None;
+        let mut stopped: Option<u64> = None;
+        let reached = self.dir.walk_grains(offset / gb, end.div_ceil(gb), |g, n, v| {
+            let s = g.saturating_mul(gb).max(offset);
+            let e = (g + n).saturating_mul(gb).min(end);
+            let grain = if v == 0 {
+                Grain::Absent
+            } else {
+                // The length after the entry was loaded: a grain allocated meanwhile is inside it.
+                rule.file_len = self.file_len.load(Ordering::Acquire);
+                rule.classify(self.path(), "grain table entry", v, g, self.dir.entry_offset(g / gtes, g % gtes))?
+            };
+            // Zeroed grains come one call each: they are passed on as one stretch.
+            if grain == Grain::Zero {
+                zero_from.get_or_insert(s);
+                return Ok(true);
+            }
+            if let Some(z) = zero_from.take() {
+                if !f(z, s - z, Grain::Zero)? {
+                    stopped = Some(s);
+                    return Ok(false);
+                }
+            }
+            if !f(s, e - s, grain)? {
+                stopped = Some(e);
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        if let Some(at) = stopped {
+            return Ok(at);
+        }
+        let reached = reached.saturating_mul(gb).min(end);
+        if let Some(z) = zero_from {
+            f(z, reached - z, Grain::Zero)?;
+        }
+        Ok(reached)
     }
 
     fn allocate(&self, jobs: Vec<(u64, u64, usize)>, buf: &[u8], below: Option<&dyn ReadAt>) -> Result<()> {
@@ -600,7 +748,7 @@ impl SparseExtent {
             let mut state = Grain::Absent;
             self.walk(p, l, |_, _, s| {
                 state = s;
-                Ok(())
+                Ok(true)
             })?;
             if let Grain::At(sector) = state {
                 batch.flush(self, &mut next)?;
@@ -721,8 +869,8 @@ impl Extent for SparseExtent {
 
     fn info(&self) -> ExtentInfo {
         let (kind, version) = match self.meta() {
-            Meta::Hosted(h) => ("SPARSE", h.version),
-            Meta::Cowd(h) => ("VMFSSPARSE", h.version),
+            Meta::Hosted(h) => (ExtentKind::Sparse, h.version),
+            Meta::Cowd(h) => (ExtentKind::VmfsSparse, h.version),
         };
         ExtentInfo {
             kind,
@@ -752,7 +900,7 @@ impl Extent for SparseExtent {
         let mut pending: Vec<(u64, u64, Grain)> = Vec::new();
         self.walk(offset, buf.len() as u64, |p, l, g| {
             pending.push((p, l, g));
-            Ok(())
+            Ok(true)
         })?;
         for (p, l, g) in pending {
             let bs = (p - offset) as usize;
@@ -790,9 +938,10 @@ impl Extent for SparseExtent {
                         _ => direct.push((fo, bs, l)),
                     }
                 }
-                _ => jobs.push((p, l, bs as usize)),
+                // Grains to allocate (or to fill from below), one job each.
+                _ => jobs.extend(pieces(p, l, gb).map(|(jp, jl)| (jp, jl, (jp - offset) as usize))),
             }
-            Ok(())
+            Ok(true)
         })?;
         for (fo, bs, l) in direct {
             self.dir.backing.write_all_at(&buf[bs as usize..(bs + l) as usize], fo)?;
@@ -803,7 +952,7 @@ impl Extent for SparseExtent {
         Ok(())
     }
 
-    fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
+    fn map(&self, offset: u64, len: u64, base: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
         self.walk(offset, len, |p, l, g| {
             let state = match g {
                 Grain::At(_) => State::Data,
@@ -811,7 +960,7 @@ impl Extent for SparseExtent {
                 Grain::Absent => State::Absent,
             };
             out.push(base + p, l, state, 0);
-            Ok(())
+            Ok(out.runs().len() < budget)
         })
     }
 
@@ -839,11 +988,14 @@ impl Extent for SparseExtent {
                 Grain::Absent if has_parent => pieces_to_zero.push((p, l)),
                 _ => {}
             }
-            Ok(())
+            Ok(true)
         })?;
         drop(_alloc);
+        let zeros = vec![0u8; pieces_to_zero.iter().map(|z| z.1).max().unwrap_or(0).min(1 << 20) as usize];
         for (p, l) in pieces_to_zero {
-            self.write_at(&vec![0u8; l as usize], p, None)?;
+            for (zp, zl) in pieces(p, l, 1 << 20) {
+                self.write_at(&zeros[..zl as usize], zp, None)?;
+            }
         }
         Ok(freed)
     }
@@ -918,7 +1070,22 @@ pub fn create(backing: &Arc<dyn Backing>, layout: &super::kdmv::Layout, descript
         let at = (dir * 512) as usize;
         meta[at..at + bytes.len()].copy_from_slice(&bytes);
     }
-    backing.write_all_at(&meta, 0)?;
+    // Only what is not zero is written: the tables stay holes until they get entries, so a walk
+    // skips them unread ([`GrainDir::skip_unwritten_tables`]) and a new disk's size does not grow
+    // with its capacity.
     backing.set_len(h.overhead * 512)?;
+    let mut run: Option<(u64, u64)> = None;
+    for (at, n) in pieces(0, meta.len() as u64, 4096).chain([(meta.len() as u64, 0)]) {
+        let zero = n == 0 || is_zero(&meta[at as usize..(at + n) as usize]);
+        match (&mut run, zero) {
+            (Some((_, e)), false) => *e = at + n,
+            (None, false) => run = Some((at, at + n)),
+            (Some((s, e)), true) => {
+                backing.write_all_at(&meta[*s as usize..*e as usize], *s)?;
+                run = None;
+            }
+            (None, true) => {}
+        }
+    }
     Ok(())
 }

@@ -18,7 +18,7 @@ use super::sparse::GrainDir;
 use super::stream_model::{parse_marker, StreamModel};
 pub use super::stream_model::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, MARKER_PROGRESS};
 use super::stream_read::{BackingCursor, StreamReader};
-use super::{pieces, Extent, ExtentInfo, ReadAt};
+use super::{Extent, ExtentInfo, ExtentKind, ReadAt};
 use crate::check::Sink;
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
@@ -221,23 +221,56 @@ impl StreamExtent {
         self.backing.path()
     }
 
-    /// Sector of grain `g`'s marker (0 = not present), and the byte offset of what says so.
-    fn entry(&self, g: u64) -> Result<(u64, u64)> {
+    /// Walks the grains of `[offset, offset+len)`, calling `f(piece_offset, piece_len, marker)`:
+    /// `marker` is `Some((grain, sector of its marker, byte offset of what says so))` for a present
+    /// grain (one piece each), `None` for stretches of absent grains (one piece however many grains
+    /// and tables they span). Stops when `f` returns `false`, returning the offset reached.
+    fn walk(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(u64, u64, Option<(u64, u64, u64)>) -> Result<bool>,
+    ) -> Result<u64> {
+        let (gb, end) = (self.grain_bytes, offset + len);
+        let (first, last) = (offset / gb, end.div_ceil(gb));
+        let mut stopped = None;
+        let mut piece = |g: u64, n: u64, marker: Option<(u64, u64, u64)>| -> Result<bool> {
+            let s = g.saturating_mul(gb).max(offset);
+            let e = (g + n).saturating_mul(gb).min(end);
+            let go = f(s, e - s, marker)?;
+            if !go {
+                stopped = Some(e);
+            }
+            Ok(go)
+        };
         match &self.index {
             Index::Dir(dir) => {
                 let gtes = dir.gtes() as u64;
-                let (gt, idx) = (g / gtes, g % gtes);
-                let v = match dir.table(gt)? {
-                    Some(t) => t[idx as usize].load(std::sync::atomic::Ordering::Acquire),
-                    None => 0,
-                };
-                Ok((v, dir.entry_offset(gt, idx)))
+                dir.walk_grains(first, last, |g, n, v| {
+                    piece(g, n, (v != 0).then(|| (g, v, dir.entry_offset(g / gtes, g % gtes))))
+                })?;
             }
-            Index::Scan(v) => Ok(match v.binary_search_by_key(&g, |e| e.0) {
-                Ok(i) => (v[i].1, v[i].1 * 512),
-                Err(_) => (0, 0),
-            }),
+            Index::Scan(v) => {
+                let mut i = v.partition_point(|e| e.0 < first);
+                let mut g = first;
+                while g < last {
+                    let next = v.get(i).map_or(last, |e| e.0.min(last));
+                    let go = if next > g {
+                        let go = piece(g, next - g, None)?;
+                        g = next;
+                        go
+                    } else {
+                        let go = piece(g, 1, Some((g, v[i].1, v[i].1 * 512)))?;
+                        (g, i) = (g + 1, i + 1);
+                        go
+                    };
+                    if !go {
+                        break;
+                    }
+                }
+            }
         }
+        Ok(stopped.unwrap_or(end))
     }
 
     /// Decompresses grain `g` whose marker is at `sector`.
@@ -304,8 +337,11 @@ impl StreamExtent {
         let tables = dir.entries();
         let grains_of = |t: usize| t as u64 * gtes..((t as u64 + 1) * gtes).min(grains);
         for g in (0..tables.len()).filter(|&t| tables[t] != 0).flat_map(grains_of) {
-            let (e, at) = match self.entry(g) {
-                Ok(x) => x,
+            let (gt, idx) = (g / gtes, g % gtes);
+            let entry =
+                dir.table(gt).map(|t| t.map_or(0, |t| t[idx as usize].load(std::sync::atomic::Ordering::Acquire)));
+            let (e, at) = match entry {
+                Ok(v) => (v, dir.entry_offset(gt, idx)),
                 Err(err) => {
                     // The table does not load: its other entries are not looked at.
                     if g % gtes == 0 {
@@ -464,7 +500,7 @@ impl Extent for StreamExtent {
     }
     fn info(&self) -> ExtentInfo {
         ExtentInfo {
-            kind: "STREAM",
+            kind: ExtentKind::Stream,
             file: Some(self.path().to_path_buf()),
             len: self.len,
             grain: Some(self.grain_bytes),
@@ -476,18 +512,18 @@ impl Extent for StreamExtent {
         false
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        for (p, l) in pieces(offset, buf.len() as u64, self.grain_bytes) {
-            let g = p / self.grain_bytes;
+        self.walk(offset, buf.len() as u64, |p, l, marker| {
             let dst = &mut buf[(p - offset) as usize..(p - offset + l) as usize];
-            let (e, at) = self.entry(g)?;
-            if e == 0 {
-                dst.fill(0);
-            } else {
-                let data = self.grain(g, e, at)?;
-                let w = (p % self.grain_bytes) as usize;
-                dst.copy_from_slice(&data[w..w + l as usize]);
+            match marker {
+                None => dst.fill(0),
+                Some((g, sector, at)) => {
+                    let data = self.grain(g, sector, at)?;
+                    let w = (p % self.grain_bytes) as usize;
+                    dst.copy_from_slice(&data[w..w + l as usize]);
+                }
             }
-        }
+            Ok(true)
+        })?;
         Ok(())
     }
     fn write_at(&self, _buf: &[u8], _offset: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
@@ -496,12 +532,11 @@ impl Extent for StreamExtent {
             what: "streamOptimized extents are read-only; clone to another format to modify".into(),
         })
     }
-    fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
-        for (p, l) in pieces(offset, len, self.grain_bytes) {
-            let (e, _) = self.entry(p / self.grain_bytes)?;
-            out.push(base + p, l, if e == 0 { State::Absent } else { State::Data }, 0);
-        }
-        Ok(())
+    fn map(&self, offset: u64, len: u64, base: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
+        self.walk(offset, len, |p, l, marker| {
+            out.push(base + p, l, if marker.is_none() { State::Absent } else { State::Data }, 0);
+            Ok(out.runs().len() < budget)
+        })
     }
     fn flush(&self) -> Result<()> {
         Ok(())

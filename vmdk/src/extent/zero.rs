@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{Extent, ExtentInfo, ReadAt};
+use super::{Extent, ExtentInfo, ExtentKind, ReadAt};
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
 
@@ -25,7 +25,7 @@ impl Extent for ZeroExtent {
         self.len
     }
     fn info(&self) -> ExtentInfo {
-        ExtentInfo { kind: "ZERO", file: None, len: self.len, grain: None, version: None, unclean: false }
+        ExtentInfo { kind: ExtentKind::Zero, file: None, len: self.len, grain: None, version: None, unclean: false }
     }
     fn writable(&self) -> bool {
         false
@@ -40,9 +40,9 @@ impl Extent for ZeroExtent {
             what: format!("cannot write at extent offset {offset}: ZERO extents have no storage"),
         })
     }
-    fn map(&self, offset: u64, len: u64, base: u64, out: &mut AllocMap) -> Result<()> {
+    fn map(&self, offset: u64, len: u64, base: u64, _budget: usize, out: &mut AllocMap) -> Result<u64> {
         out.push(base + offset, len, State::Zero, 0);
-        Ok(())
+        Ok(offset + len)
     }
     fn flush(&self) -> Result<()> {
         Ok(())

@@ -621,3 +621,149 @@ pub fn target_dir() -> PathBuf {
     }
     Path::new(bin()).parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("target"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Counting I/O
+// ---------------------------------------------------------------------------------------------
+
+/// What a [`Counting`] storage saw.
+#[derive(Debug, Default)]
+pub struct IoCounts {
+    /// `read_exact_at` calls.
+    pub reads: std::sync::atomic::AtomicU64,
+    /// Bytes those calls read.
+    pub read_bytes: std::sync::atomic::AtomicU64,
+    /// `data_runs` calls (`SEEK_DATA`/`SEEK_HOLE` walks).
+    pub seeks: std::sync::atomic::AtomicU64,
+}
+
+impl IoCounts {
+    /// `(reads, bytes read, data-run calls)` so far.
+    pub fn get(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.reads.load(Relaxed), self.read_bytes.load(Relaxed), self.seeks.load(Relaxed))
+    }
+}
+
+/// The host file system, counting every read and data-run query of every file it opens (the
+/// metadata a walk reads: directories, grain tables, headers, seeks over flat files).
+#[derive(Debug, Default)]
+pub struct Counting {
+    /// The counts.
+    pub counts: std::sync::Arc<IoCounts>,
+}
+
+impl Counting {
+    /// A counting storage and the handle to read its counts.
+    pub fn storage() -> (std::sync::Arc<dyn vmkfs::vmdk::Storage>, std::sync::Arc<IoCounts>) {
+        let c = Counting::default();
+        let counts = c.counts.clone();
+        (std::sync::Arc::new(c), counts)
+    }
+
+    fn wrap(&self, b: std::sync::Arc<dyn vmkfs::vmdk::Backing>) -> std::sync::Arc<dyn vmkfs::vmdk::Backing> {
+        std::sync::Arc::new(CountingFile { inner: b, counts: self.counts.clone() })
+    }
+}
+
+#[derive(Debug)]
+struct CountingFile {
+    inner: std::sync::Arc<dyn vmkfs::vmdk::Backing>,
+    counts: std::sync::Arc<IoCounts>,
+}
+
+impl vmkfs::vmdk::Backing for CountingFile {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+    fn len(&self) -> vmkfs::vmdk::Result<u64> {
+        self.inner.len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> vmkfs::vmdk::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counts.reads.fetch_add(1, Relaxed);
+        self.counts.read_bytes.fetch_add(buf.len() as u64, Relaxed);
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> vmkfs::vmdk::Result<()> {
+        self.inner.write_all_at(buf, offset)
+    }
+    fn set_len(&self, len: u64) -> vmkfs::vmdk::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync(&self) -> vmkfs::vmdk::Result<()> {
+        self.inner.sync()
+    }
+    fn data_runs(&self, offset: u64, len: u64) -> vmkfs::vmdk::Result<Vec<(u64, u64)>> {
+        self.counts.seeks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.data_runs(offset, len)
+    }
+    fn allocate(&self, offset: u64, len: u64) -> vmkfs::vmdk::Result<()> {
+        self.inner.allocate(offset, len)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> vmkfs::vmdk::Result<()> {
+        self.inner.punch_hole(offset, len)
+    }
+    fn zero_range(&self, offset: u64, len: u64) -> vmkfs::vmdk::Result<()> {
+        self.inner.zero_range(offset, len)
+    }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        self.inner.start_writeback(offset, len)
+    }
+    fn identity(&self) -> Option<(u64, u64)> {
+        self.inner.identity()
+    }
+}
+
+impl vmkfs::vmdk::Storage for Counting {
+    fn open(&self, path: &Path, write: bool) -> vmkfs::vmdk::Result<std::sync::Arc<dyn vmkfs::vmdk::Backing>> {
+        Ok(self.wrap(vmkfs::vmdk::HostStorage.open(path, write)?))
+    }
+    fn create_new(&self, path: &Path) -> vmkfs::vmdk::Result<std::sync::Arc<dyn vmkfs::vmdk::Backing>> {
+        Ok(self.wrap(vmkfs::vmdk::HostStorage.create_new(path)?))
+    }
+    fn exists(&self, path: &Path) -> bool {
+        vmkfs::vmdk::HostStorage.exists(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> vmkfs::vmdk::Result<()> {
+        vmkfs::vmdk::HostStorage.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> vmkfs::vmdk::Result<()> {
+        vmkfs::vmdk::HostStorage.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> vmkfs::vmdk::Result<()> {
+        vmkfs::vmdk::HostStorage.sync_dir(dir)
+    }
+    fn open_locked(
+        &self,
+        path: &Path,
+        lock: vmkfs::vmdk::storage::LockMode,
+        wait: Duration,
+    ) -> vmkfs::vmdk::Result<std::sync::Arc<dyn vmkfs::vmdk::Backing>> {
+        Ok(self.wrap(vmkfs::vmdk::HostStorage.open_locked(path, lock, wait)?))
+    }
+    fn open_beneath(
+        &self,
+        dir: &Path,
+        rel: &str,
+        write: bool,
+        descriptor: &Path,
+    ) -> vmkfs::vmdk::Result<std::sync::Arc<dyn vmkfs::vmdk::Backing>> {
+        Ok(self.wrap(vmkfs::vmdk::HostStorage.open_beneath(dir, rel, write, descriptor)?))
+    }
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> vmkfs::vmdk::Result<()> {
+        vmkfs::vmdk::HostStorage.rename_noreplace(from, to)
+    }
+    fn list_dir(&self, dir: &Path) -> Vec<String> {
+        vmkfs::vmdk::HostStorage.list_dir(dir)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        vmkfs::vmdk::HostStorage.is_dir(path)
+    }
+    fn real_path(&self, path: &Path) -> PathBuf {
+        vmkfs::vmdk::HostStorage.real_path(path)
+    }
+    fn is_writable(&self) -> bool {
+        true
+    }
+}

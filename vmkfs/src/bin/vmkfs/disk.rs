@@ -337,31 +337,30 @@ fn run_op(cli: &Cli) -> Result<i32> {
 /// reader of standard output goes away.
 fn run_map(cli: &Cli, disk: &Path, opts: &OpenOptions) -> Result<i32> {
     let chain = vmkfs::redo::Chain::open(disk, opts)?;
-    let cap = chain.capacity();
     let json = cli.common.json;
-    let mut off = 0;
     let mut first = true;
     if json {
         out::text("[");
     }
-    while off < cap && !out::closed() {
-        let n = (1u64 << 30).min(cap - off);
-        for r in chain.map(off, n)?.runs() {
-            let data = r.state == State::Data;
-            if json {
-                let run = serde_json::json!({"start": r.offset, "length": r.len, "data": data, "zero": !data, "depth": r.depth});
-                out::text(format_args!("{}{run}", if first { "" } else { ",\n" }));
-            } else {
-                let what = match r.state {
-                    State::Data => "data",
-                    State::Zero => "zero",
-                    State::Absent => "absent",
-                };
-                outln!("{:>16} {:>16} {:<6} depth {}", r.offset, r.len, what, r.depth);
-            }
-            first = false;
+    for r in vmkfs::vmdk::map::walk(&chain) {
+        if out::closed() {
+            break;
         }
-        off += n;
+        let r = r?;
+        let data = r.state == State::Data;
+        if json {
+            let run =
+                serde_json::json!({"start": r.offset, "length": r.len, "data": data, "zero": !data, "depth": r.depth});
+            out::text(format_args!("{}{run}", if first { "" } else { ",\n" }));
+        } else {
+            let what = match r.state {
+                State::Data => "data",
+                State::Zero => "zero",
+                State::Absent => "absent",
+            };
+            outln!("{:>16} {:>16} {:<6} depth {}", r.offset, r.len, what, r.depth);
+        }
+        first = false;
     }
     if json {
         out::line("]");
