@@ -344,6 +344,15 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
             }
         }
         let plan = plan_disk(&vd, &place, &chain, prev.as_ref(), ds, r)?;
+        // A disk whose chain still holds the point an earlier pass recorded keeps the name it had
+        // then, even when the .vmx now names a tracking link above it: that is the disk a restore
+        // brings back.
+        let written = prev
+            .as_ref()
+            .and_then(|(_, c)| c.disk(&vd.key))
+            .filter(|d| d.point.as_deref().is_some_and(|p| in_chain(ds, &place, &chain, p)))
+            .map(|d| d.diskname.clone())
+            .unwrap_or(written);
         disks.push(Disk {
             format: format_name(&chain.base().descriptor()),
             capacity: chain.capacity(),
@@ -519,6 +528,13 @@ fn check_same_vm(folder: &Path, cat: &Catalog, vmx: &Vmx, config: &str) -> Resul
     Ok(())
 }
 
+/// True when `written` (a path as a catalog writes it) names a link of `chain`.
+fn in_chain(ds: &Datastores, place: &Place, chain: &Chain, written: &str) -> bool {
+    let Ok(p) = ds.resolve(written, &place.folder(), "point") else { return false };
+    let real = p.storage().real_path(&p.path);
+    chain.links().iter().any(|l| l.real_path() == real)
+}
+
 /// Why a disk is not backed up, if it is not.
 fn skip_reason(vd: &VmxDisk, place: &Place) -> Result<Option<String>> {
     if vd.mode == DiskMode::NonPersistent {
@@ -571,7 +587,7 @@ fn plan_disk(
     let prev_table = load_blocks(pfolder, pcat, pd)?;
     // The earlier pass's point must still be a link below the top with the CID it recorded.
     if let (Some(point), Some(tracking)) = (&pd.point, &pd.tracking) {
-        let resolve = |w: &str| ds.resolve(w, &place.folder(), "tracking link").map(|p| host().real_path(&p.path));
+        let resolve = |w: &str| ds.resolve(w, &place.folder(), "tracking link").map(|p| p.storage().real_path(&p.path));
         let (point, tracking) = (resolve(point)?, resolve(tracking)?);
         let links = chain.links();
         let real = |l: &vmdk::Link| l.real_path().to_path_buf();
@@ -703,7 +719,10 @@ fn export_disk(
             };
             (Some(written(&point)), Some(written(s)))
         }
-        _ => (None, None),
+        // No tracking link: the point still names the link holding this state (its CID changes
+        // with the commit, so no later pass takes it for a tracking point), which keeps the disk's
+        // name stable across passes.
+        _ => (Some(written(&d.place.path)), None),
     };
     let file = vmdk::txn::file_name(&dst);
     let entry = DiskEntry {

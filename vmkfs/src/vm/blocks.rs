@@ -249,12 +249,25 @@ impl<'a> ChangedOnly<'a> {
         for i in 0..st.now.len() {
             if !st.seen[i] && self.prev.get(i) != ZERO {
                 let (s, l) = st.now.range(i);
-                self.link.zero_range(s, l)?;
+                write_zeros(self.link, s, l)?;
                 st.changed += l;
             }
         }
         Ok((st.now, st.changed))
     }
+}
+
+/// Stores zeros over `[offset, offset+len)` of a REDO link written without its parent open (a
+/// range that is absent there would show the parent's data).
+fn write_zeros(link: &Link, offset: u64, len: u64) -> Result<()> {
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64);
+        link.write_at(&zeros[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
 }
 
 impl Target for ChangedOnly<'_> {
@@ -288,11 +301,8 @@ impl Target for ChangedOnly<'_> {
             }
             let bytes = &piece.buf[k * block..((k + 1) * block).min(piece.buf.len())];
             let at = piece.offset + (k * block) as u64;
-            if d == ZERO {
-                self.link.zero_range(at, bytes.len() as u64)?;
-            } else {
-                self.link.write_at(bytes, at)?;
-            }
+            // Zeros over earlier data are stored as zeros: the link must hide its parent there.
+            self.link.write_at(bytes, at)?;
             n += bytes.len() as u64;
         }
         st.changed += n;

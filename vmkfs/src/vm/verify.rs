@@ -38,7 +38,23 @@ pub fn load(folder: &Path) -> Result<Catalog> {
 pub fn parent_folder(folder: &Path, cat: &Catalog) -> Option<PathBuf> {
     let (p, _) = cat.parent.as_ref()?;
     let p = Path::new(p);
-    Some(if p.is_absolute() { p.to_path_buf() } else { folder.join(p) })
+    Some(if p.is_absolute() { p.to_path_buf() } else { lexical(&folder.join(p)) })
+}
+
+/// `path` with `.` and `..` components taken away lexically (`/b/inc/../full` → `/b/full`).
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The backups a restore of `folder` needs, oldest (the full backup) first: every incremental back
