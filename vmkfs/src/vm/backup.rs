@@ -444,11 +444,12 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
         uuid: vmx.uuid().unwrap_or_default().to_string(),
         state: vmx.state().to_string(),
         source: if vmx_place.on_volume() { "volume".into() } else { "host".into() },
-        snapshot: if snapshots {
-            "a snapshot of every disk (REDO link), committed or kept as the change-tracking link after the export"
-                .into()
-        } else {
-            "none: the disks are in a VMFS volume image, opened read-only, which does not change".into()
+        snapshot: match (snap_disks.len(), disks.len()) {
+            (0, _) => "none: the disks are in a VMFS volume image, opened read-only, which does not change".into(),
+            (n, m) if n == m => {
+                "a snapshot of every disk (a REDO link), committed after the export or kept as the change-tracking link".into()
+            }
+            _ => "a snapshot of each disk on the host; none for the disks inside the VMFS volume image (opened read-only, it does not change)".into(),
         },
         config_vmx: config,
         config_suspenddir: suspenddir,
