@@ -617,3 +617,114 @@ fn kill_9_during_backup_and_restore() {
     eprintln!("{killed} of {} runs were killed before they ended", 2 * trials);
     assert!(killed > 0, "no run was killed: the timing is off");
 }
+
+/// The rename-family system calls: every commit point of a backup and a restore is one of them
+/// (a folder or file put in place, an intent record written, a link committed).
+const RENAMES: [&str; 3] = ["rename", "renameat", "renameat2"];
+
+/// For each rename-family call, the most calls any one thread of `program args` makes of it
+/// (strace counts injections per thread and call).
+fn count_renames(program: &str, dir: &Path, args: &[&str]) -> Vec<(&'static str, usize)> {
+    let log = dir.join("strace.log");
+    let mut c = std::process::Command::new("strace");
+    c.args(["-f", "-qq", "-e", &format!("trace={}", RENAMES.join(",")), "-o", log.to_str().unwrap(), program]);
+    c.args(args).current_dir(dir);
+    let o = run(c, None, Some(Duration::from_secs(300)));
+    assert!(o.success(), "{}", o.describe());
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    RENAMES
+        .iter()
+        .map(|s| {
+            let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+            for l in text.lines() {
+                let mut w = l.splitn(2, ' ');
+                let (pid, call) = (w.next().unwrap_or(""), w.next().unwrap_or(""));
+                if call.starts_with(&format!("{s}(")) && !call.contains("resumed>") {
+                    *per.entry(pid).or_default() += 1;
+                }
+            }
+            (*s, per.values().copied().max().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// `program args` under strace, killed (SIGKILL) at the `n`th call of `syscall`.
+fn kill_at(program: &str, dir: &Path, args: &[&str], syscall: &str, n: usize) {
+    let mut c = std::process::Command::new("strace");
+    c.args(["-f", "-qq", "-e", &format!("trace={syscall}"), "-e", &format!("inject={syscall}:signal=KILL:when={n}")]);
+    c.args(["-o", "/dev/null", program]).args(args).current_dir(dir);
+    let _ = run(c, None, Some(Duration::from_secs(300)));
+}
+
+#[test]
+fn kill_9_at_every_rename_of_backup_and_restore() {
+    if !have_tool("strace") {
+        skip("strace not installed: the backup and restore are not killed at each rename");
+        return;
+    }
+    let base = make_vm();
+    std::fs::create_dir(base.root().join("bk")).unwrap();
+    let before = base.digests();
+    let count_dir = tempfile::tempdir().unwrap();
+    copy_dir(base.root(), count_dir.path());
+    let cvmx = count_dir.path().join("vm/vm.vmx").display().to_string();
+    let bargs =
+        |vmx: &str| vec!["-a".to_string(), vmx.to_string(), "-r".into(), "bk/full".into(), "--keep-tracking".into()];
+    let a = bargs(&cvmx);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let counts = count_renames(backup_bin(), count_dir.path(), &a);
+    let vmx_after = std::fs::read_to_string(count_dir.path().join("vm/vm.vmx")).unwrap();
+    let max = env_number("VMKFS_VM_KILLPOINTS_MAX", 30) as usize;
+    let mut points = 0;
+    for (call, total) in &counts {
+        let step = total.div_ceil(max).max(1);
+        for n in (1..=*total).step_by(step) {
+            points += 1;
+            let work = tempfile::tempdir().unwrap();
+            copy_dir(base.root(), work.path());
+            let vm = Vm { root: work };
+            let wvmx = vm.vmx().display().to_string();
+            let a = bargs(&wvmx);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let name = format!("backup killed at {call} #{n} of {total}");
+            kill_at(backup_bin(), vm.root(), &a, call, n);
+            let complete = vm.root().join("bk/full").exists();
+            if complete {
+                let o = tool(backup_bin(), vm.root(), &["--verify", "bk/full"]);
+                assert!(o.success(), "{name}: the backup folder exists, so it must be complete: {}", o.describe());
+            }
+            source_reads_as_before(&vm, &before, &[VMX.to_string(), vmx_after.clone()], &name);
+            let o = tool(backup_bin(), vm.root(), &a);
+            let done_before = complete && o.code() == Some(2) && o.err().contains("already exists");
+            assert!(o.success() || done_before, "{name}: the re-run: {}", o.describe());
+            let o = tool(backup_bin(), vm.root(), &["--verify", "bk/full"]);
+            assert!(o.success(), "{name}: {}", o.describe());
+            assert_eq!(std::fs::read_to_string(vm.vmx()).unwrap(), vmx_after, "{name}");
+            assert_eq!(vm.digests(), before, "{name}");
+            no_leftovers(vm.root(), &name);
+        }
+    }
+    // Restore: from the counting run's backup, into a fresh folder each time.
+    let croot = count_dir.path();
+    let target = croot.join("r/vm");
+    let alt = moved_catalog(&croot.join("bk/full"), &croot.join("vm"), &target, &croot.join("alt"));
+    let rargs = ["-s", "bk/full", "-a", alt.to_str().unwrap(), "-b", "abort"];
+    let counts = count_renames(restore_bin(), croot, &rargs);
+    let restored = restored_state(&target);
+    for (call, total) in &counts {
+        let step = total.div_ceil(max).max(1);
+        for n in (1..=*total).step_by(step) {
+            points += 1;
+            std::fs::remove_dir_all(croot.join("r")).unwrap();
+            let name = format!("restore killed at {call} #{n} of {total}");
+            kill_at(restore_bin(), croot, &rargs, call, n);
+            let o = tool(restore_bin(), croot, &rargs);
+            assert!(o.success() || o.code() == Some(2), "{name}: {}", o.describe());
+            assert_eq!(restored_state(&target), restored, "{name}: the restored VM is whole ({})", o.describe());
+            no_leftovers(croot, &name);
+        }
+    }
+    eprintln!("killed backup and restore at {points} renames");
+    assert!(points > 10, "too few kill points: {points}");
+}
