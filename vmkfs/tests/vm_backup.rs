@@ -728,3 +728,25 @@ fn kill_9_at_every_rename_of_backup_and_restore() {
     eprintln!("killed backup and restore at {points} renames");
     assert!(points > 10, "too few kill points: {points}");
 }
+
+#[test]
+fn a_failed_backup_leaves_the_source_as_it_was() {
+    let vm = make_vm();
+    std::fs::create_dir(vm.root().join("bk")).unwrap();
+    // A grain pointer of the 2gbsparse base far past the end of its file: reading that grain
+    // fails in the middle of the export, after the snapshots were taken.
+    let ext = vm.dir().join("data-s001.vmdk");
+    let (at, _) = zero_primary_gte(&ext);
+    let f = std::fs::OpenOptions::new().write(true).open(&ext).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &0x7fff_fff0u32.to_le_bytes(), at).unwrap();
+    drop(f);
+    let before = hash_tree(&vm.dir());
+    let o = tool(backup_bin(), vm.root(), &["-a", &vm.vmx().display().to_string(), "-r", "bk/full", "--keep-tracking"]);
+    assert_eq!(o.code(), Some(3), "{}", o.describe());
+    assert!(o.err().contains("data-s001.vmdk"), "the error names the damaged file: {}", o.describe());
+    assert!(o.out().contains("scsi0:1: snapshot"), "the failure came after the snapshots: {}", o.describe());
+    assert_eq!(hash_tree(&vm.dir()), before, "the snapshots were discarded and nothing else changed");
+    assert!(listing(&vm.root().join("bk")).is_empty(), "{:?}", listing(&vm.root().join("bk")));
+    let o = vmkfs(&vm.dir(), &["--info", "vm.vmdk"]);
+    assert!(o.success(), "the disks are not left refused: {}", o.describe());
+}

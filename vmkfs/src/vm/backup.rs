@@ -377,97 +377,122 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
     } else {
         None
     };
-    std::fs::create_dir(&temp).map_err(|e| Error::Io { path: temp.clone(), source: e })?;
-    let mut files: Vec<FileEntry> = Vec::new();
     let mut done: Vec<DiskDone> = Vec::new();
-    let mut vmx_after = vmx.clone();
-    let mut rewritten = false;
-    for (n, d) in disks.iter().enumerate() {
-        let key = d.vd.key.clone();
-        let top = d.place.path.clone();
-        let mut snapshot = None;
-        if snap_disks.contains(&n) {
-            let before = vmdk::family::children(host().as_ref(), &top);
-            journal.disks.push(JournalDisk {
-                key: key.clone(),
-                top: top.clone(),
-                children_before: before,
-                ..Default::default()
-            });
-            write_journal(&journal)?;
-            let s = redo::snapshot(&top, &rw(), false)?;
-            r.event(Event::Step {
-                disk: Some(key.clone()),
-                what: format!("snapshot {} (the disk is static below it)", s.display()),
-            });
-            let jd = journal.disks.last_mut().expect("pushed above");
-            jd.snapshot = Some(s.clone());
-            jd.commit = match (&d.plan, opts.keep_tracking) {
-                (_, false) => vec![s.clone()],
-                (Plan::Tracking { commits, .. }, true) if kind == Kind::Incremental => commits.clone(),
-                _ => Vec::new(),
-            };
-            write_journal(&journal)?;
-            if opts.keep_tracking {
-                let name = vmdk::txn::file_name(&s);
-                let fname = match d.vd.file_name.rsplit_once('/') {
-                    Some((dir, _)) => format!("{dir}/{name}"),
-                    None => name,
+    // Everything up to the commit point; a failure there undoes what this run did to the source.
+    let placed = (|| -> Result<Catalog> {
+        std::fs::create_dir(&temp).map_err(|e| Error::Io { path: temp.clone(), source: e })?;
+        let mut files: Vec<FileEntry> = Vec::new();
+        let hasher = plain::Hasher::new();
+        let mut vmx_after = vmx.clone();
+        let mut rewritten = false;
+        for (n, d) in disks.iter().enumerate() {
+            let key = d.vd.key.clone();
+            let top = d.place.path.clone();
+            let mut snapshot = None;
+            if snap_disks.contains(&n) {
+                let before = vmdk::family::children(host().as_ref(), &top);
+                journal.disks.push(JournalDisk {
+                    key: key.clone(),
+                    top: top.clone(),
+                    children_before: before,
+                    ..Default::default()
+                });
+                write_journal(&journal)?;
+                let s = redo::snapshot(&top, &rw(), false)?;
+                r.event(Event::Step {
+                    disk: Some(key.clone()),
+                    what: format!("snapshot {} (the disk is static below it)", s.display()),
+                });
+                let jd = journal.disks.last_mut().expect("pushed above");
+                jd.snapshot = Some(s.clone());
+                jd.commit = match (&d.plan, opts.keep_tracking) {
+                    (_, false) => vec![s.clone()],
+                    (Plan::Tracking { commits, .. }, true) if kind == Kind::Incremental => commits.clone(),
+                    _ => Vec::new(),
                 };
-                vmx_after = vmx_after.with_disk_file(&key, &fname);
-                rewritten = true;
+                write_journal(&journal)?;
+                if opts.keep_tracking {
+                    let name = vmdk::txn::file_name(&s);
+                    let fname = match d.vd.file_name.rsplit_once('/') {
+                        Some((dir, _)) => format!("{dir}/{name}"),
+                        None => name,
+                    };
+                    vmx_after = vmx_after.with_disk_file(&key, &fname);
+                    rewritten = true;
+                }
+                snapshot = Some(s);
             }
-            snapshot = Some(s);
+            let (entry, fe, dd) = export_disk(d, &temp, opts.format, kind, &snapshot, opts.keep_tracking, ds, r)?;
+            entries.push(entry);
+            for f in fe {
+                hasher.add(files.len(), temp.join(&f.name));
+                files.push(f);
+            }
+            done.push(dd);
         }
-        let (entry, mut fe, dd) = export_disk(d, &temp, opts.format, kind, &snapshot, opts.keep_tracking, ds, r)?;
-        entries.push(entry);
-        files.append(&mut fe);
-        done.push(dd);
-    }
-    if rewritten {
-        journal.vmx_after = Some(vmx_after.to_text());
-        write_journal(&journal)?;
-    }
-    // Sorted by device key order as the .vmx lists them (skipped disks were pushed first).
-    let order: Vec<String> = vmx.disks().into_iter().map(|d| d.key).collect();
-    entries.sort_by_key(|e| order.iter().position(|k| *k == e.key).unwrap_or(usize::MAX));
+        if rewritten {
+            journal.vmx_after = Some(vmx_after.to_text());
+            write_journal(&journal)?;
+        }
+        // Sorted by device key order as the .vmx lists them (skipped disks were pushed first).
+        let order: Vec<String> = vmx.disks().into_iter().map(|d| d.key).collect();
+        entries.sort_by_key(|e| order.iter().position(|k| *k == e.key).unwrap_or(usize::MAX));
 
-    r.event(Event::Step { disk: None, what: "copying the VM's files".into() });
-    let (config, suspenddir, logdir) = small_files(&vmx, &vmx_place, &vm_dir, ds, &temp, &mut files, r)?;
-    let cat = Catalog {
-        id: id.clone(),
-        kind,
-        time: catalog::now_utc(),
-        parent: prev.as_ref().map(|(f, c)| (relative_to(f, &parent), c.id.clone())),
-        base: prev.as_ref().map(|(_, c)| c.base.clone()).unwrap_or_else(|| id.clone()),
-        display_name: vmx.display_name().unwrap_or_default().to_string(),
-        uuid: vmx.uuid().unwrap_or_default().to_string(),
-        state: vmx.state().to_string(),
-        source: if vmx_place.on_volume() { "volume".into() } else { "host".into() },
-        snapshot: match (snap_disks.len(), disks.len()) {
-            (0, _) => "none: the disks are in a VMFS volume image, opened read-only, which does not change".into(),
-            (n, m) if n == m => {
-                "a snapshot of every disk (a REDO link), committed after the export or kept as the change-tracking link".into()
-            }
-            _ => "a snapshot of each disk on the host; none for the disks inside the VMFS volume image (opened read-only, it does not change)".into(),
-        },
-        config_vmx: config,
-        config_suspenddir: suspenddir,
-        config_logdir: logdir,
-        disks: entries,
-        files,
-    };
-    vmdk::txn::write_file(&host(), &temp.join(catalog::FILE_NAME), cat.to_text().as_bytes(), false)?;
-    let h = host();
-    h.sync_dir(&temp)?;
-    // The commit point: the whole folder appears at once.
-    h.rename_noreplace(&temp, &dest).map_err(|e| match e {
-        vmdk::Error::Exists { path } => {
-            Error::Usage(format!("{}: already exists (another backup wrote it meanwhile)", path.display()))
+        r.event(Event::Step { disk: None, what: "copying the VM's files".into() });
+        let (config, suspenddir, logdir) = small_files(&vmx, &vmx_place, &vm_dir, ds, &temp, &mut files, r)?;
+        for (id, hashed) in hasher.finish() {
+            let (size, sha256) = hashed?;
+            files[id].size = size;
+            files[id].sha256 = sha256;
         }
-        e => e.into(),
-    })?;
-    h.sync_dir(&parent)?;
+        let cat = Catalog {
+            id: id.clone(),
+            kind,
+            time: catalog::now_utc(),
+            parent: prev.as_ref().map(|(f, c)| (relative_to(f, &parent), c.id.clone())),
+            base: prev.as_ref().map(|(_, c)| c.base.clone()).unwrap_or_else(|| id.clone()),
+            display_name: vmx.display_name().unwrap_or_default().to_string(),
+            uuid: vmx.uuid().unwrap_or_default().to_string(),
+            state: vmx.state().to_string(),
+            source: if vmx_place.on_volume() { "volume".into() } else { "host".into() },
+            snapshot: match (snap_disks.len(), disks.len()) {
+                (0, _) => "none: the disks are in a VMFS volume image, opened read-only, which does not change".into(),
+                (n, m) if n == m => {
+                    "a snapshot of every disk (a REDO link), committed after the export or kept as the change-tracking link".into()
+                }
+                _ => "a snapshot of each disk on the host; none for the disks inside the VMFS volume image (opened read-only, it does not change)".into(),
+            },
+            config_vmx: config,
+            config_suspenddir: suspenddir,
+            config_logdir: logdir,
+            disks: entries,
+            files,
+        };
+        vmdk::txn::write_file(&host(), &temp.join(catalog::FILE_NAME), cat.to_text().as_bytes(), false)?;
+        let h = host();
+        h.sync_dir(&temp)?;
+        // The commit point: the whole folder appears at once.
+        h.rename_noreplace(&temp, &dest).map_err(|e| match e {
+            vmdk::Error::Exists { path } => {
+                Error::Usage(format!("{}: already exists (another backup wrote it meanwhile)", path.display()))
+            }
+            e => e.into(),
+        })?;
+        Ok(cat)
+    })();
+    let cat = match placed {
+        Ok(c) => c,
+        Err(e) => {
+            if roll_back(&journal).is_ok() {
+                if let Some(i) = intent {
+                    let _ = std::fs::remove_file(journal_path(&vmx_real));
+                    let _ = crate::phase::end(i);
+                }
+            }
+            return Err(e);
+        }
+    };
+    host().sync_dir(&parent)?;
     r.event(Event::Step { disk: None, what: format!("backup in place: {}", dest.display()) });
     if let Some(i) = intent {
         finish_source(&journal, r)?;
@@ -692,19 +717,11 @@ fn export_disk(
     };
     let blocks_name = format!("{stem}.blocks");
     vmdk::txn::write_file(&host(), &temp.join(&blocks_name), &table.to_bytes(), false)?;
-    let mut files = Vec::new();
-    for p in &paths {
-        let (size, sha256) = plain::sha256_file(&host(), p)?;
-        files.push(FileEntry {
-            name: vmdk::txn::file_name(p),
-            role: Role::Disk,
-            disk: Some(key.clone()),
-            size,
-            sha256,
-        });
-    }
-    let (size, sha256) = plain::sha256_file(&host(), &temp.join(&blocks_name))?;
-    files.push(FileEntry { name: blocks_name.clone(), role: Role::Blocks, disk: Some(key.clone()), size, sha256 });
+    // Sizes and hashes are filled in by the caller's hasher.
+    let entry =
+        |name: String, role: Role| FileEntry { name, role, disk: Some(key.clone()), size: 0, sha256: String::new() };
+    let mut files: Vec<FileEntry> = paths.iter().map(|p| entry(vmdk::txn::file_name(p), Role::Disk)).collect();
+    files.push(entry(blocks_name.clone(), Role::Blocks));
     let what = match method {
         Method::Full => format!("exported whole ({bytes} bytes of data)"),
         Method::Tracking => format!("{bytes} bytes changed, from the tracking link"),

@@ -161,6 +161,58 @@ pub fn sha256_file(storage: &Arc<dyn Storage>, path: &Path) -> Result<(u64, Stri
     Ok((from.len(), t.finish()))
 }
 
+/// Hashes files on background threads while the caller goes on (a backup hashes each disk's files
+/// while it exports the next disk). Files are taken in the order given, each on one thread.
+pub struct Hasher {
+    tx: Option<std::sync::mpsc::Sender<(usize, std::path::PathBuf)>>,
+    results: Arc<Mutex<Vec<(usize, Result<(u64, String)>)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hasher {
+    /// A hasher of host files with one thread per core.
+    pub fn new() -> Hasher {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, std::path::PathBuf)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let threads = (0..n)
+            .map(|_| {
+                let (rx, results) = (rx.clone(), results.clone());
+                std::thread::spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((id, path)) = job else { return };
+                    let r = sha256_file(&vmdk::HostStorage::shared(), &path);
+                    results.lock().unwrap_or_else(|p| p.into_inner()).push((id, r));
+                })
+            })
+            .collect();
+        Hasher { tx: Some(tx), results, threads }
+    }
+
+    /// Queues the file at `path` under `id`.
+    pub fn add(&self, id: usize, path: std::path::PathBuf) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((id, path));
+        }
+    }
+
+    /// Waits for every queued file: `(id, length and SHA-256)`.
+    pub fn finish(mut self) -> Vec<(usize, Result<(u64, String)>)> {
+        self.tx = None;
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
+        }
+        std::mem::take(&mut *self.results.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Hasher::new()
+    }
+}
+
 /// Lower-case hex.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
