@@ -161,11 +161,14 @@ pub fn sha256_file(storage: &Arc<dyn Storage>, path: &Path) -> Result<(u64, Stri
     Ok((from.len(), t.finish()))
 }
 
+/// A hashed file: its id, and its length and SHA-256.
+pub type HashResult = (usize, Result<(u64, String)>);
+
 /// Hashes files on background threads while the caller goes on (a backup hashes each disk's files
 /// while it exports the next disk). Files are taken in the order given, each on one thread.
 pub struct Hasher {
     tx: Option<std::sync::mpsc::Sender<(usize, std::path::PathBuf)>>,
-    results: Arc<Mutex<Vec<(usize, Result<(u64, String)>)>>>,
+    results: Arc<Mutex<Vec<HashResult>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -198,7 +201,7 @@ impl Hasher {
     }
 
     /// Waits for every queued file: `(id, length and SHA-256)`.
-    pub fn finish(mut self) -> Vec<(usize, Result<(u64, String)>)> {
+    pub fn finish(mut self) -> Vec<HashResult> {
         self.tx = None;
         for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
