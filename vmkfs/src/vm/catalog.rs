@@ -416,11 +416,6 @@ impl Catalog {
     pub fn disk(&self, key: &str) -> Option<&DiskEntry> {
         self.disks.iter().find(|d| d.key == key)
     }
-
-    /// The files of the disk `key` (disk files, not its block hashes).
-    pub fn disk_files(&self, key: &str) -> Vec<&FileEntry> {
-        self.files.iter().filter(|f| f.role == Role::Disk && f.disk.as_deref() == Some(key)).collect()
-    }
 }
 
 /// Now, as `YYYY-MM-DDTHH:MM:SSZ` (UTC).

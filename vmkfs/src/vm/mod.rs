@@ -92,16 +92,6 @@ impl Reporter for Quiet {
     fn event(&mut self, _e: Event) {}
 }
 
-/// A reporter that keeps every event (for tests and callers that print later).
-#[derive(Debug, Default)]
-pub struct Collect(pub Vec<Event>);
-
-impl Reporter for Collect {
-    fn event(&mut self, e: Event) {
-        self.0.push(e);
-    }
-}
-
 /// The folder a `-r DEST` / `-s SRC` names: a path, or `file:///path`. Repository and network
 /// transports are refused with a message naming what is supported.
 pub fn folder_location(given: &str) -> Result<PathBuf> {

@@ -164,11 +164,6 @@ impl Datastores {
         Ok(Datastores { host: h, volume })
     }
 
-    /// The volume of `--volume`, if any.
-    pub fn volume(&self) -> Option<&Volume> {
-        self.volume.as_ref().map(|(_, v)| v)
-    }
-
     /// The root of datastore `name`.
     pub fn root(&self, name: &str) -> Option<Place> {
         if let Some((_, d)) = self.host.iter().rev().find(|(n, _)| n == name) {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use vmdk::{HostStorage, Link, OpenOptions};
 
 use super::blocks::BlockHashes;
-use super::catalog::{self, Catalog, Kind, Method, Role};
+use super::catalog::{self, Catalog, Kind, Method};
 use super::{kv, plain, Event, Reporter};
 use crate::engine::{copy, EngineOptions, Piece, Source, Target};
 use crate::error::{Error, Result};
@@ -234,14 +234,4 @@ fn check_disk(file: &Path, d: &catalog::DiskEntry, before: &[(PathBuf, Catalog)]
         }
         None => bad("is a change set, but no earlier backup holds the disk".into()),
     }
-}
-
-/// The files of disk `key` in `folder`'s catalog, for messages.
-pub fn disk_file(folder: &Path, cat: &Catalog, key: &str) -> Option<PathBuf> {
-    cat.disk(key).and_then(|d| d.filename.as_ref()).map(|f| folder.join(f))
-}
-
-/// True when the `role` files of `cat` are all there (used by restore to pick what to copy).
-pub fn has_role(cat: &Catalog, role: Role) -> bool {
-    cat.files.iter().any(|f| f.role == role)
 }
