@@ -142,6 +142,10 @@ struct Journal {
     vmx: PathBuf,
     /// The `.vmx` text to put in place once the backup is (kept tracking links).
     vmx_after: Option<String>,
+    /// Set once the backup folder is in place (the commit point): from then on an interrupted
+    /// run is finished, never rolled back, even if the folder was removed meanwhile.
+    #[serde(default)]
+    placed: bool,
     disks: Vec<JournalDisk>,
 }
 
@@ -379,7 +383,7 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
     };
     let mut done: Vec<DiskDone> = Vec::new();
     // Everything up to the commit point; a failure there undoes what this run did to the source.
-    let placed = (|| -> Result<Catalog> {
+    let built = (|| -> Result<Catalog> {
         std::fs::create_dir(&temp).map_err(|e| Error::Io { path: temp.clone(), source: e })?;
         let mut files: Vec<FileEntry> = Vec::new();
         let hasher = plain::Hasher::new();
@@ -480,7 +484,7 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
         })?;
         Ok(cat)
     })();
-    let cat = match placed {
+    let cat = match built {
         Ok(c) => c,
         Err(e) => {
             if roll_back(&journal).is_ok() {
@@ -495,6 +499,8 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
     host().sync_dir(&parent)?;
     r.event(Event::Step { disk: None, what: format!("backup in place: {}", dest.display()) });
     if let Some(i) = intent {
+        journal.placed = true;
+        write_journal(&journal)?;
         finish_source(&journal, r)?;
         std::fs::remove_file(journal_path(&vmx_real))
             .map_err(|e| Error::Io { path: journal_path(&vmx_real), source: e })?;
@@ -932,7 +938,7 @@ pub fn recover(vmx: &Path, r: &mut dyn Reporter) -> Result<Option<Recovered>> {
         intent.abandon()?;
         return Ok(None);
     };
-    let complete = verify::load(&j.dest).is_ok_and(|c| c.id == j.id);
+    let complete = j.placed || verify::load(&j.dest).is_ok_and(|c| c.id == j.id);
     if complete {
         r.event(Event::Note {
             disk: None,

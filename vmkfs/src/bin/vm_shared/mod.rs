@@ -74,6 +74,19 @@ impl Printer {
 
 impl Reporter for Printer {
     fn event(&mut self, e: Event) {
+        if let Event::Progress { disk, done, total } = &e {
+            // A line each time the percentage changes (by 10 in text).
+            let pct = (done.saturating_mul(100)).checked_div(*total).unwrap_or(100).min(100);
+            let pct = if self.json { pct } else { pct / 10 * 10 };
+            if self.last.as_ref() == Some(&(disk.clone(), pct)) {
+                return;
+            }
+            self.last = Some((disk.clone(), pct));
+            if !self.json {
+                out::line(format!("{disk}: Clone: {pct}% done."));
+                return;
+            }
+        }
         if self.json {
             out::line(serde_json::to_value(&e).unwrap_or_default());
             return;
@@ -83,13 +96,7 @@ impl Reporter for Printer {
             Event::Step { disk: None, what } => out::line(what),
             Event::Note { disk: Some(d), what } => out::line(format!("{d}: note: {what}")),
             Event::Note { disk: None, what } => out::line(format!("note: {what}")),
-            Event::Progress { disk, done, total } => {
-                let pct = (done.saturating_mul(100)).checked_div(total).unwrap_or(100).min(100) / 10 * 10;
-                if self.last.as_ref() != Some(&(disk.clone(), pct)) {
-                    out::line(format!("{disk}: Clone: {pct}% done."));
-                    self.last = Some((disk, pct));
-                }
-            }
+            Event::Progress { .. } => {}
         }
     }
 }
