@@ -192,6 +192,19 @@ impl Destination {
 /// Clones `src` (a disk or the top of a chain, flattened) into a new disk at `dst`.
 pub fn clone_disk(src: &Path, dst: &Path, opts: &mut CloneOptions<'_>) -> Result<CloneReport> {
     let chain = Chain::open(src, &opts.source)?;
+    clone_chain_through(&chain, &chain, dst, opts)
+}
+
+/// Clones the open `chain` into a new disk at `dst` like [`clone_disk`], reading its data through
+/// `through` — a source over the same content (the chain itself, or a wrapper that observes what
+/// is read, as a VM backup records block hashes while it exports). The new disk's capacity,
+/// adapter and content identity come from `chain`.
+pub fn clone_chain_through(
+    chain: &Chain,
+    through: &dyn Source,
+    dst: &Path,
+    opts: &mut CloneOptions<'_>,
+) -> Result<CloneReport> {
     let cap = chain.capacity();
     let adapter = if opts.format == DiskFormat::StreamOptimized {
         opts.adapter.unwrap_or(Adapter::LsiLogic)
@@ -204,7 +217,7 @@ pub fn clone_disk(src: &Path, dst: &Path, opts: &mut CloneOptions<'_>) -> Result
     copts.adapter = adapter;
     copts.force = opts.force;
     copts.zero_fill = false;
-    copts.cid = content_id(&chain);
+    copts.cid = content_id(chain);
     let new = Destination::create(dst, &copts, opts.compress_level)?;
     let files = new.final_paths();
     let engine = opts.engine.unwrap_or_default();
@@ -215,7 +228,7 @@ pub fn clone_disk(src: &Path, dst: &Path, opts: &mut CloneOptions<'_>) -> Result
     };
     let trace = std::env::var_os("VMKFS_TRACE").is_some();
     let t0 = std::time::Instant::now();
-    let stats = new.fill(CopyFrom::Source(&chain), &engine, progress, opts.cancel)?;
+    let stats = new.fill(CopyFrom::Source(through), &engine, progress, opts.cancel)?;
     let t1 = std::time::Instant::now();
     let path = new.commit()?;
     if trace {

@@ -57,6 +57,25 @@ pub enum Error {
     /// The operation was interrupted.
     #[error("interrupted")]
     Interrupted,
+    /// A line of a text file of the VM layer (a `.vmx`, a backup catalog) that cannot be understood.
+    #[error("{path}: line {line}: {what}", path = .path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number (0: the file as a whole).
+        line: usize,
+        /// What is wrong and what was expected.
+        what: String,
+    },
+    /// A backup that does not hold what its catalog says (a damaged or missing file, a broken chain
+    /// of backups).
+    #[error("{path}: {what}", path = .path.display())]
+    Backup {
+        /// The file or backup folder.
+        path: PathBuf,
+        /// What was found and what was expected.
+        what: String,
+    },
 }
 
 impl Error {
@@ -85,6 +104,7 @@ impl Error {
             Error::Redo(redo::RedoError::Interrupted) => exit::IO,
             Error::Redo(_) | Error::ChangeMap(_) | Error::Refused(_) => exit::BAD_INPUT,
             Error::Io { .. } | Error::Interrupted => exit::IO,
+            Error::Config { .. } | Error::Backup { .. } => exit::BAD_INPUT,
             Error::Vmfs(e) if e.is_bad_input() => exit::BAD_INPUT,
             Error::Vmfs(_) => exit::IO,
         }

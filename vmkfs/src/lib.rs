@@ -17,6 +17,7 @@ pub mod rdm_ops;
 pub mod redo_ops;
 pub mod size;
 pub mod stream;
+pub mod vm;
 pub mod vmfs;
 
 pub use error::{Error, Result};

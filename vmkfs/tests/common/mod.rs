@@ -180,6 +180,28 @@ pub fn wait_with_timeout(child: &mut Child, timeout: Option<Duration>) -> (ExitS
     (status, out.join().unwrap_or_default(), err.join().unwrap_or_default(), timed_out)
 }
 
+/// The `vmkfs-backup` binary under test.
+pub fn backup_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vmkfs-backup")
+}
+
+/// The `vmkfs-restore` binary under test.
+pub fn restore_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vmkfs-restore")
+}
+
+/// `PROGRAM ARGS` in `dir` (standard input: nothing).
+pub fn tool_cmd(program: &str, dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(program);
+    c.args(args).current_dir(dir).stdin(Stdio::null());
+    c
+}
+
+/// Runs `PROGRAM ARGS` in `dir` (killed after ten minutes).
+pub fn tool(program: &str, dir: &Path, args: &[&str]) -> Outcome {
+    run(tool_cmd(program, dir, args), None, Some(Duration::from_secs(600)))
+}
+
 /// Runs `vmkfs ARGS` in `dir`.
 pub fn vmkfs(dir: &Path, args: &[&str]) -> Outcome {
     run(vmkfs_cmd(dir, args), None, Some(Duration::from_secs(600)))

@@ -1,0 +1,116 @@
+//! `vmkfs-backup`: back up a whole VM (vcbMounter, offline), or `--verify` a backup. Parses,
+//! calls `vmkfs::vm::backup` / `vmkfs::vm::verify`, prints.
+
+#[path = "../vmkfs/out.rs"]
+#[allow(dead_code, unused_macros, unused_imports)]
+mod out;
+#[path = "../vm_shared/mod.rs"]
+mod shared;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmkfs::error::{exit, Error, Result};
+use vmkfs::vm::backup::{backup, BackupOptions};
+use vmkfs::vm::{folder_location, verify};
+use vmkfs::vmdk::DiskFormat;
+
+/// Back up a virtual machine (its disks, configuration, NVRAM and logs) into a new folder, or
+/// verify a backup.
+#[derive(Parser, Debug)]
+#[command(name = "vmkfs-backup", version)]
+struct Cli {
+    /// The VM: its .vmx, its folder, or name:DISPLAYNAME (searched in the datastores).
+    #[arg(short = 'a', value_name = "VM", required_unless_present = "verify")]
+    vm: Option<String>,
+    /// The backup folder to create (its parent must exist); also file:///path.
+    #[arg(short = 'r', value_name = "DEST", required_unless_present = "verify")]
+    dest: Option<String>,
+    /// 1: monolithic sparse disks; 0 (default): 2gbsparse, as VCB.
+    #[arg(short = 'M', value_name = "0|1", value_parser = ["0", "1"])]
+    monolithic: Option<String>,
+    /// Format of the exported disks (any vmkfs -d format, streamoptimized included).
+    #[arg(short = 'd', value_name = "FMT")]
+    format: Option<String>,
+    /// An incremental pass: the changes since the backup PREV.
+    #[arg(long, value_name = "PREV")]
+    since: Option<PathBuf>,
+    /// With --since FULL: a differential pass (every change since that full backup).
+    #[arg(long, requires = "since")]
+    differential: bool,
+    /// Keep each disk's snapshot as its change-tracking link (the .vmx then names it), so the next
+    /// pass exports only what changed without reading the disk.
+    #[arg(long = "keep-tracking")]
+    keep_tracking: bool,
+    /// Check the backup DIR (and the backups it builds on): every SHA-256, every disk, the catalogs.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["vm", "dest", "since"])]
+    verify: Option<String>,
+    #[command(flatten)]
+    place: shared::Where,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    let mut p = shared::Printer::new(&cli.place);
+    let code = match run(&cli, &mut p) {
+        Ok(c) => c,
+        Err(e) => p.error("vmkfs-backup", &e),
+    };
+    ExitCode::from(out::finish(code) as u8)
+}
+
+fn format_of(cli: &Cli) -> Result<DiskFormat> {
+    match (&cli.format, cli.monolithic.as_deref()) {
+        (Some(f), _) => DiskFormat::parse(f).ok_or_else(|| Error::Usage(format!("-d {f:?}: not a disk format"))),
+        (None, Some("1")) => Ok(DiskFormat::MonoSparse),
+        _ => Ok(DiskFormat::TwoGbSparse),
+    }
+}
+
+fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
+    if let Some(dir) = &cli.verify {
+        let rep = verify::verify(&folder_location(dir)?, p)?;
+        let mut text: Vec<String> = rep.findings.clone();
+        text.push(if rep.findings.is_empty() {
+            format!("Backup verified: {} backup(s), every file and disk as the catalogs say.", rep.backups.len())
+        } else {
+            format!("Backup damaged: {} problem(s).", rep.findings.len())
+        });
+        p.done(&rep, &text);
+        return Ok(if rep.findings.is_empty() { exit::OK } else { exit::NEGATIVE });
+    }
+    let opts = BackupOptions {
+        vm: cli.vm.clone().unwrap_or_default(),
+        dest: folder_location(cli.dest.as_deref().unwrap_or_default())?,
+        format: format_of(cli)?,
+        since: cli.since.as_deref().map(|s| folder_location(&s.to_string_lossy())).transpose()?,
+        differential: cli.differential,
+        keep_tracking: cli.keep_tracking,
+        datastores: cli.place.datastores()?,
+        command: std::iter::once("vmkfs-backup".to_string()).chain(std::env::args().skip(1)).collect(),
+    };
+    let rep = backup(&opts, p)?;
+    let mut text = vec![format!(
+        "Backup {} ({}, {} disk(s), {} file(s)){}.",
+        rep.dest.display(),
+        rep.kind,
+        rep.disks.len(),
+        rep.files,
+        if rep.finished_interrupted {
+            ": an interrupted run had written it; its source steps are now finished"
+        } else {
+            ""
+        }
+    )];
+    text.extend(rep.skipped.iter().map(|s| format!("{}: not backed up: {}", s.disk, s.why)));
+    p.done(&rep, &text);
+    Ok(exit::OK)
+}

@@ -1,0 +1,128 @@
+//! `vmkfs-restore`: restore a whole VM from a backup (vcbRestore, offline). Parses, calls
+//! `vmkfs::vm::restore`, prints; asks on the terminal with `-b prompt`.
+
+#[path = "../vmkfs/out.rs"]
+#[allow(dead_code, unused_macros, unused_imports)]
+mod out;
+#[path = "../vm_shared/mod.rs"]
+mod shared;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmkfs::error::{exit, Error, Result};
+use vmkfs::vm::folder_location;
+use vmkfs::vm::restore::{restore, Answer, Ask, Policy, RestoreOptions};
+use vmkfs::vmdk::DiskFormat;
+
+/// Restore a virtual machine from a backup folder (and the backups it builds on) to the places its
+/// catalog names.
+#[derive(Parser, Debug)]
+#[command(name = "vmkfs-restore", version)]
+struct Cli {
+    /// The backup folder (also file:///path).
+    #[arg(short = 's', value_name = "SRC")]
+    src: String,
+    /// An edited copy of the backup's catalog: restores to the places it names instead.
+    #[arg(short = 'a', value_name = "CATALOG")]
+    catalog: Option<PathBuf>,
+    /// Existing files: prompt (ask on the terminal), overwrite, keep, abort. Default: prompt on a
+    /// terminal, else abort.
+    #[arg(short = 'b', value_name = "POLICY", value_parser = ["prompt", "overwrite", "keep", "abort"])]
+    policy: Option<String>,
+    /// Format of the restored disks (default: the ESX type recorded, else thin).
+    #[arg(short = 'd', value_name = "FMT")]
+    format: Option<String>,
+    #[command(flatten)]
+    place: shared::Where,
+}
+
+/// Asks on the terminal (the question on standard error, the answer from standard input).
+struct Terminal;
+
+impl Ask for Terminal {
+    fn ask(&mut self, target: &Path, what: &str) -> Result<Answer> {
+        let stdin = std::io::stdin();
+        loop {
+            {
+                let mut err = std::io::stderr().lock();
+                let _ = write!(
+                    err,
+                    "{} exists ({what}). [o]verwrite, [k]eep, [a]bort, [O]verwrite all, [K]eep all? ",
+                    target.display()
+                );
+                let _ = err.flush();
+            }
+            let mut line = String::new();
+            let n = stdin.lock().read_line(&mut line).map_err(|e| Error::Io { path: "<stdin>".into(), source: e })?;
+            if n == 0 {
+                return Ok(Answer::Abort);
+            }
+            match line.trim() {
+                "o" | "overwrite" => return Ok(Answer::Overwrite),
+                "k" | "keep" => return Ok(Answer::Keep),
+                "a" | "abort" | "" => return Ok(Answer::Abort),
+                "O" => return Ok(Answer::OverwriteAll),
+                "K" => return Ok(Answer::KeepAll),
+                other => out::err_line(format!("{other:?}: answer o, k, a, O or K")),
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    let mut p = shared::Printer::new(&cli.place);
+    let code = match run(&cli, &mut p) {
+        Ok(c) => c,
+        Err(e) => p.error("vmkfs-restore", &e),
+    };
+    ExitCode::from(out::finish(code) as u8)
+}
+
+fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
+    let tty = std::io::stdin().is_terminal();
+    let policy = match cli.policy.as_deref().and_then(Policy::parse) {
+        Some(Policy::Prompt) if !tty => {
+            return Err(Error::Usage(
+                "-b prompt needs a terminal on standard input (give -b overwrite, keep or abort)".into(),
+            ))
+        }
+        Some(p) => p,
+        None if tty => Policy::Prompt,
+        None => Policy::Abort,
+    };
+    let format = cli
+        .format
+        .as_deref()
+        .map(|f| DiskFormat::parse(f).ok_or_else(|| Error::Usage(format!("-d {f:?}: not a disk format"))))
+        .transpose()?;
+    let opts = RestoreOptions {
+        src: folder_location(&cli.src)?,
+        catalog: cli.catalog.clone(),
+        policy,
+        format,
+        datastores: cli.place.datastores()?,
+    };
+    let rep = restore(&opts, &mut Terminal, p)?;
+    let mut text = vec![format!(
+        "Restored {} from {} backup(s): {} disk(s), {} file(s) written, {} kept.",
+        rep.vmx.display(),
+        rep.backups.len(),
+        rep.disks.len(),
+        rep.written.len(),
+        rep.kept.len()
+    )];
+    text.extend(rep.skipped.iter().map(|(d, why)| format!("{d}: not in the backup: {why}")));
+    p.done(&rep, &text);
+    Ok(exit::OK)
+}

@@ -1,0 +1,1020 @@
+//! `vmkfs-backup -a VM -r DEST`: a VM's disks and small files into a new backup folder.
+//!
+//! For each disk the `.vmx` names (see [`super::vmx`]):
+//! 1. **snapshot** the top link the `.vmx` names ([`redo::snapshot`]), so the chain below it is
+//!    static (disks inside a VMFS volume image need none: the image does not change);
+//! 2. **export** that chain into the hidden backup folder: a full pass clones it
+//!    ([`clone_chain_through`], default `2gbsparse` as VCB does, recording a SHA-256 per block as
+//!    it reads); an incremental (`--since PREV`) or differential (`--since FULL --differential`)
+//!    pass writes a REDO link of the blocks changed since that backup — from the change-tracking
+//!    link the earlier pass kept ([`export_delta`], cost ∝ changed data), or else by comparing
+//!    block hashes with the earlier pass's ([`ChangedOnly`], one read of the disk, writes only
+//!    the changes);
+//! 3. after the backup folder is in place: **commit** the snapshot ([`commit`]), or with
+//!    `--keep-tracking` keep it as the change-tracking link (the `.vmx` then names it: the VM
+//!    writes there, and the next pass exports exactly its blocks). A pass that used a tracking
+//!    link commits the links above the earlier pass's point, so the chain stays short; a
+//!    differential pass keeps them, so the next differential still finds the full backup's point.
+//!
+//! Then the small files (`.vmx`, NVRAM, `.vmsd`, `.vmxf`, logs, the suspended state) are copied,
+//! every file is hashed, the catalog is written and the folder is renamed into place. How
+//! interruption is handled is in the [module text](super).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redo::Chain;
+use serde::{Deserialize, Serialize};
+use vmdk::create::{CreateOptions, DiskFormat, Parent};
+use vmdk::{CreateType, HostStorage, OpenOptions, RdmMode, Storage};
+
+use super::blocks::{self, BlockHashes, ChangedOnly, Hashing};
+use super::catalog::{self, Catalog, DiskEntry, FileEntry, Kind, Method, Role};
+use super::place::{Datastores, Place};
+use super::verify;
+use super::vmx::{DiskMode, Vmx, VmxDisk};
+use super::{kv, plain, Event, Reporter};
+use crate::clone::{clone_chain_through, CloneOptions};
+use crate::engine::{copy, EngineOptions};
+use crate::error::{Error, Result};
+use crate::redo_ops::{changed_blocks, commit, export_delta};
+
+/// The intent operation name of a backup.
+pub const OP: &str = "backup";
+/// Largest small file read whole (`.vmx`, a catalog).
+const SMALL: u64 = kv::MAX_BYTES;
+
+/// What to back up and how.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The VM: a `.vmx`, its folder, or `name:DISPLAYNAME`.
+    pub vm: String,
+    /// The new backup folder (must not exist; its parent must).
+    pub dest: PathBuf,
+    /// Format of full exports.
+    pub format: DiskFormat,
+    /// The earlier backup an incremental or differential pass is relative to.
+    pub since: Option<PathBuf>,
+    /// `--differential`: `since` is a full backup and this pass holds every change since it.
+    pub differential: bool,
+    /// Keep each snapshot as the change-tracking link.
+    pub keep_tracking: bool,
+    /// Datastores and the volume.
+    pub datastores: Datastores,
+    /// The command that re-runs this backup (recorded for an interrupted run).
+    pub command: Vec<String>,
+}
+
+/// One disk backed up.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskDone {
+    /// Device key.
+    pub disk: String,
+    /// `full`, `tracking` or `hashes`.
+    pub method: &'static str,
+    /// Its main file in the backup.
+    pub file: String,
+    /// Bytes of the disk carried.
+    pub bytes: u64,
+}
+
+/// A disk not backed up.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    /// Device key.
+    pub disk: String,
+    /// Why.
+    pub why: String,
+}
+
+/// What a backup did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// The backup folder.
+    pub dest: PathBuf,
+    /// Its id.
+    pub id: String,
+    /// `full`, `incremental` or `differential`.
+    pub kind: &'static str,
+    /// The disks backed up.
+    pub disks: Vec<DiskDone>,
+    /// The disks left out.
+    pub skipped: Vec<Skipped>,
+    /// Files in the backup (the catalog included).
+    pub files: usize,
+    /// True when this run finished an interrupted run that had already written `dest`.
+    pub finished_interrupted: bool,
+}
+
+/// How one disk's data gets into this backup.
+enum Plan {
+    Full,
+    /// From the change-tracking link: the point (a link below the top) the earlier backup left,
+    /// the links to commit afterwards, and the earlier backup's block hashes.
+    Tracking {
+        point: PathBuf,
+        commits: Vec<PathBuf>,
+        prev: BlockHashes,
+    },
+    /// By block hashes: the earlier backup's, its disk CID and file name.
+    Hashes {
+        prev: BlockHashes,
+        prev_cid: u32,
+        prev_file: String,
+    },
+}
+
+struct Disk {
+    vd: VmxDisk,
+    place: Place,
+    written: String,
+    format: String,
+    capacity: u64,
+    plan: Plan,
+}
+
+/// The journal of a backup's changes to the source VM (`.NAME.vmx.vmkfs-backup`, JSON).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Journal {
+    id: String,
+    dest: PathBuf,
+    temp: PathBuf,
+    vmx: PathBuf,
+    /// The `.vmx` text to put in place once the backup is (kept tracking links).
+    vmx_after: Option<String>,
+    /// Set once the backup folder is in place (the commit point): from then on an interrupted
+    /// run is finished, never rolled back, even if the folder was removed meanwhile.
+    #[serde(default)]
+    placed: bool,
+    disks: Vec<JournalDisk>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct JournalDisk {
+    key: String,
+    /// The link the snapshot is taken of.
+    top: PathBuf,
+    /// Its children before the snapshot (a child that is not among them is ours).
+    children_before: Vec<PathBuf>,
+    snapshot: Option<PathBuf>,
+    /// Links to commit, in order, once the backup is in place.
+    commit: Vec<PathBuf>,
+}
+
+fn journal_path(vmx: &Path) -> PathBuf {
+    vmx.with_file_name(format!(".{}.vmkfs-backup", vmdk::txn::file_name(vmx)))
+}
+
+fn host() -> Arc<dyn Storage> {
+    HostStorage::shared()
+}
+
+fn write_journal(j: &Journal) -> Result<()> {
+    let text = serde_json::to_vec_pretty(j).map_err(|e| Error::Usage(format!("journal: {e}")))?;
+    Ok(vmdk::txn::write_file(&host(), &journal_path(&j.vmx), &text, true)?)
+}
+
+fn read_journal(vmx: &Path) -> Result<Option<Journal>> {
+    let p = journal_path(vmx);
+    if !p.exists() {
+        return Ok(None);
+    }
+    let raw = Place::host(&p).read_small(SMALL)?;
+    serde_json::from_slice(&raw)
+        .map(Some)
+        .map_err(|e| Error::Backup { path: p, what: format!("the backup journal cannot be read: {e}") })
+}
+
+fn ro(place: &Place) -> OpenOptions {
+    OpenOptions { storage: place.storage(), ..OpenOptions::read() }
+}
+
+fn rw() -> OpenOptions {
+    OpenOptions::write()
+}
+
+/// A random id of 32 hex digits.
+fn new_id() -> String {
+    let mut b = [0u8; 16];
+    for c in b.chunks_mut(4) {
+        c.copy_from_slice(&vmdk::link::new_cid(0).to_le_bytes());
+    }
+    plain::hex(&b)
+}
+
+/// `vm-000002.vmdk` → `vm`.
+fn disk_stem(name: &str) -> String {
+    let n = name.strip_suffix(".vmdk").unwrap_or(name);
+    match n.rsplit_once('-') {
+        Some((s, num)) if num.len() == 6 && num.bytes().all(|b| b.is_ascii_digit()) => s.to_string(),
+        _ => n.to_string(),
+    }
+}
+
+/// The format name of a chain's base (what the catalog records and a restore defaults to).
+pub fn format_name(base: &vmdk::Descriptor) -> String {
+    match &base.create_type {
+        CreateType::Vmfs | CreateType::VmfsPreallocated | CreateType::VmfsThick
+            if base.ddb("thinProvisioned") == Some("1") =>
+        {
+            "thin".into()
+        }
+        CreateType::Vmfs | CreateType::VmfsPreallocated | CreateType::VmfsThick => "zeroedthick".into(),
+        CreateType::VmfsThin => "thin".into(),
+        CreateType::VmfsEagerZeroedThick => "eagerzeroedthick".into(),
+        CreateType::MonolithicSparse => "monosparse".into(),
+        CreateType::TwoGbMaxExtentSparse => "2gbsparse".into(),
+        CreateType::MonolithicFlat => "monoflat".into(),
+        CreateType::TwoGbMaxExtentFlat => "2gbflat".into(),
+        CreateType::StreamOptimized => "streamoptimized".into(),
+        t => t.as_str().to_string(),
+    }
+}
+
+/// Refuses a VM that VMware is running: a `.lck` folder beside the `.vmx` or any disk file
+/// (hosted products make one for every file a running VM holds open).
+pub(super) fn refuse_running(places: &[Place]) -> Result<()> {
+    for p in places.iter().filter(|p| !p.on_volume()) {
+        for name in p.folder().list() {
+            if name.ends_with(".lck") && p.folder().join(&name).is_dir() {
+                return Err(vmdk::Error::InUseByVmware { path: p.path.clone(), folder: name.into() }.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Backs up the VM `opts.vm` into `opts.dest`.
+pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport> {
+    let ds = &opts.datastores;
+    let dest = std::path::absolute(&opts.dest).unwrap_or_else(|_| opts.dest.clone());
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .ok_or_else(|| Error::Usage(format!("{}: not a folder path", dest.display())))?
+        .to_path_buf();
+    let vmx_place = ds.find_vm(&opts.vm)?;
+    let vmx_raw = vmx_place.read_small(SMALL)?;
+    let vmx_text = String::from_utf8_lossy(&vmx_raw).into_owned();
+    let vmx = Vmx::parse(&vmx_text, &vmx_place.path)?;
+    let vm_dir = vmx_place.folder();
+    let snapshots = !vmx_place.on_volume();
+    if opts.keep_tracking && !snapshots {
+        return Err(Error::Usage(format!(
+            "{}: --keep-tracking needs a VM on the host: a VMFS volume is opened read-only, so no tracking link can be kept in it",
+            vmx_place.describe()
+        )));
+    }
+    let mut places = vec![vmx_place.clone()];
+    let listed = vmx.disks();
+    for vd in &listed {
+        places.push(ds.resolve(&vd.file_name, &vm_dir, &format!("disk {}", vd.key))?);
+    }
+    refuse_running(&places)?;
+    let vmx_real = if snapshots { host().real_path(&vmx_place.path) } else { vmx_place.path.clone() };
+    if snapshots {
+        if let Some(done) = recover(&vmx_real, r)? {
+            if done.complete && done.dest == dest {
+                let cat = verify::load(&dest)?;
+                return Ok(report_of(&dest, &cat, true));
+            }
+        }
+    }
+    if !parent.is_dir() {
+        return Err(Error::Usage(format!("{}: the parent folder of the backup does not exist", parent.display())));
+    }
+    if dest.exists() || std::fs::symlink_metadata(&dest).is_ok() {
+        return Err(Error::Usage(format!(
+            "{}: already exists (a backup is always written to a new folder)",
+            dest.display()
+        )));
+    }
+    sweep_stale_folders(&dest);
+
+    // The backup this pass is relative to.
+    let prev = match &opts.since {
+        None => {
+            if opts.differential {
+                return Err(Error::Usage("--differential needs --since FULL".into()));
+            }
+            None
+        }
+        Some(p) => {
+            let folder = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            let cat = verify::load(&folder)?;
+            check_same_vm(&folder, &cat, &vmx, &ds.written(&vmx_place))?;
+            if opts.differential && cat.kind != Kind::Full {
+                return Err(Error::Usage(format!(
+                    "{}: --differential needs a full backup as --since, and this one is {}",
+                    folder.display(),
+                    cat.kind.as_str()
+                )));
+            }
+            Some((folder, cat))
+        }
+    };
+    let kind = match (&prev, opts.differential) {
+        (None, _) => Kind::Full,
+        (Some(_), false) => Kind::Incremental,
+        (Some(_), true) => Kind::Differential,
+    };
+
+    // Plan each disk.
+    let mut disks: Vec<Disk> = Vec::new();
+    let mut skipped: Vec<Skipped> = Vec::new();
+    let mut entries: Vec<DiskEntry> = Vec::new();
+    for (vd, place) in listed.into_iter().zip(places.into_iter().skip(1)) {
+        let written = ds.written(&place);
+        if let Some(why) = skip_reason(&vd, &place)? {
+            r.event(Event::Note { disk: Some(vd.key.clone()), what: format!("not backed up: {why}") });
+            entries.push(DiskEntry {
+                key: vd.key.clone(),
+                diskname: written,
+                skipped: Some(why.clone()),
+                ..Default::default()
+            });
+            skipped.push(Skipped { disk: vd.key.clone(), why });
+            continue;
+        }
+        let chain = Chain::open(&place.path, &ro(&place))?;
+        if snapshots && !place.on_volume() {
+            if let Some(c) = vmdk::family::children(host().as_ref(), &place.path).first() {
+                return Err(vmdk::Error::HasChildren {
+                    path: place.path.clone(),
+                    child: c.clone(),
+                    what: format!("disk {} is not the top of its chain", vd.key),
+                }
+                .into());
+            }
+        }
+        let plan = plan_disk(&vd, &place, &chain, prev.as_ref(), ds, r)?;
+        // A disk whose chain still holds the point an earlier pass recorded keeps the name it had
+        // then, even when the .vmx now names a tracking link above it: that is the disk a restore
+        // brings back.
+        let written = prev
+            .as_ref()
+            .and_then(|(_, c)| c.disk(&vd.key))
+            .filter(|d| d.point.as_deref().is_some_and(|p| in_chain(ds, &place, &chain, p)))
+            .map(|d| d.diskname.clone())
+            .unwrap_or(written);
+        disks.push(Disk {
+            format: format_name(&chain.base().descriptor()),
+            capacity: chain.capacity(),
+            vd,
+            place,
+            written,
+            plan,
+        });
+    }
+
+    // From here the source VM changes: the intent record and the journal cover it.
+    let id = new_id();
+    let temp = vmdk::txn::temp_name(&dest);
+    let snap_disks: Vec<usize> = (0..disks.len()).filter(|&i| snapshots && !disks[i].place.on_volume()).collect();
+    let mut journal =
+        Journal { id: id.clone(), dest: dest.clone(), temp: temp.clone(), vmx: vmx_real.clone(), ..Journal::default() };
+    let intent = if snapshots {
+        let tops: Vec<PathBuf> = snap_disks.iter().map(|&i| disks[i].place.path.clone()).collect();
+        let i = vmdk::txn::Intent::begin(&host(), &vmx_real, OP, &tops, Some(opts.command.clone()))?;
+        write_journal(&journal)?;
+        Some(i)
+    } else {
+        None
+    };
+    let mut done: Vec<DiskDone> = Vec::new();
+    // Everything up to the commit point; a failure there undoes what this run did to the source.
+    let built = (|| -> Result<Catalog> {
+        std::fs::create_dir(&temp).map_err(|e| Error::Io { path: temp.clone(), source: e })?;
+        let mut files: Vec<FileEntry> = Vec::new();
+        let hasher = plain::Hasher::new();
+        let mut vmx_after = vmx.clone();
+        let mut rewritten = false;
+        for (n, d) in disks.iter().enumerate() {
+            let key = d.vd.key.clone();
+            let top = d.place.path.clone();
+            let mut snapshot = None;
+            if snap_disks.contains(&n) {
+                let before = vmdk::family::children(host().as_ref(), &top);
+                journal.disks.push(JournalDisk {
+                    key: key.clone(),
+                    top: top.clone(),
+                    children_before: before,
+                    ..Default::default()
+                });
+                write_journal(&journal)?;
+                let s = redo::snapshot(&top, &rw(), false)?;
+                r.event(Event::Step {
+                    disk: Some(key.clone()),
+                    what: format!("snapshot {} (the disk is static below it)", s.display()),
+                });
+                let jd = journal.disks.last_mut().expect("pushed above");
+                jd.snapshot = Some(s.clone());
+                jd.commit = match (&d.plan, opts.keep_tracking) {
+                    (_, false) => vec![s.clone()],
+                    (Plan::Tracking { commits, .. }, true) if kind == Kind::Incremental => commits.clone(),
+                    _ => Vec::new(),
+                };
+                write_journal(&journal)?;
+                if opts.keep_tracking {
+                    let name = vmdk::txn::file_name(&s);
+                    let fname = match d.vd.file_name.rsplit_once('/') {
+                        Some((dir, _)) => format!("{dir}/{name}"),
+                        None => name,
+                    };
+                    vmx_after = vmx_after.with_disk_file(&key, &fname);
+                    rewritten = true;
+                }
+                snapshot = Some(s);
+            }
+            let (entry, fe, dd) = export_disk(d, &temp, opts.format, kind, &snapshot, opts.keep_tracking, ds, r)?;
+            entries.push(entry);
+            for f in fe {
+                hasher.add(files.len(), temp.join(&f.name));
+                files.push(f);
+            }
+            done.push(dd);
+        }
+        if rewritten {
+            journal.vmx_after = Some(vmx_after.to_text());
+            write_journal(&journal)?;
+        }
+        // Sorted by device key order as the .vmx lists them (skipped disks were pushed first).
+        let order: Vec<String> = vmx.disks().into_iter().map(|d| d.key).collect();
+        entries.sort_by_key(|e| order.iter().position(|k| *k == e.key).unwrap_or(usize::MAX));
+
+        r.event(Event::Step { disk: None, what: "copying the VM's files".into() });
+        let (config, suspenddir, logdir) = small_files(&vmx, &vmx_place, &vm_dir, ds, &temp, &mut files, r)?;
+        for (id, hashed) in hasher.finish() {
+            let (size, sha256) = hashed?;
+            files[id].size = size;
+            files[id].sha256 = sha256;
+        }
+        let cat = Catalog {
+            id: id.clone(),
+            kind,
+            time: catalog::now_utc(),
+            parent: prev.as_ref().map(|(f, c)| (relative_to(f, &parent), c.id.clone())),
+            base: prev.as_ref().map(|(_, c)| c.base.clone()).unwrap_or_else(|| id.clone()),
+            display_name: vmx.display_name().unwrap_or_default().to_string(),
+            uuid: vmx.uuid().unwrap_or_default().to_string(),
+            state: vmx.state().to_string(),
+            source: if vmx_place.on_volume() { "volume".into() } else { "host".into() },
+            snapshot: match (snap_disks.len(), disks.len()) {
+                (0, _) => "none: the disks are in a VMFS volume image, opened read-only, which does not change".into(),
+                (n, m) if n == m => {
+                    "a snapshot of every disk (a REDO link), committed after the export or kept as the change-tracking link".into()
+                }
+                _ => "a snapshot of each disk on the host; none for the disks inside the VMFS volume image (opened read-only, it does not change)".into(),
+            },
+            config_vmx: config,
+            config_suspenddir: suspenddir,
+            config_logdir: logdir,
+            disks: entries,
+            files,
+        };
+        vmdk::txn::write_file(&host(), &temp.join(catalog::FILE_NAME), cat.to_text().as_bytes(), false)?;
+        let h = host();
+        h.sync_dir(&temp)?;
+        // The commit point: the whole folder appears at once.
+        h.rename_noreplace(&temp, &dest).map_err(|e| match e {
+            vmdk::Error::Exists { path } => {
+                Error::Usage(format!("{}: already exists (another backup wrote it meanwhile)", path.display()))
+            }
+            e => e.into(),
+        })?;
+        Ok(cat)
+    })();
+    let cat = match built {
+        Ok(c) => c,
+        Err(e) => {
+            if roll_back(&journal).is_ok() {
+                if let Some(i) = intent {
+                    let _ = std::fs::remove_file(journal_path(&vmx_real));
+                    let _ = crate::phase::end(i);
+                }
+            }
+            return Err(e);
+        }
+    };
+    host().sync_dir(&parent)?;
+    r.event(Event::Step { disk: None, what: format!("backup in place: {}", dest.display()) });
+    if let Some(i) = intent {
+        journal.placed = true;
+        write_journal(&journal)?;
+        finish_source(&journal, r)?;
+        std::fs::remove_file(journal_path(&vmx_real))
+            .map_err(|e| Error::Io { path: journal_path(&vmx_real), source: e })?;
+        crate::phase::end(i)?;
+    }
+    let mut rep = report_of(&dest, &cat, false);
+    rep.disks = done;
+    rep.skipped = skipped;
+    Ok(rep)
+}
+
+fn report_of(dest: &Path, cat: &Catalog, finished: bool) -> BackupReport {
+    BackupReport {
+        dest: dest.to_path_buf(),
+        id: cat.id.clone(),
+        kind: cat.kind.as_str(),
+        disks: cat
+            .disks
+            .iter()
+            .filter(|d| d.skipped.is_none())
+            .map(|d| DiskDone {
+                disk: d.key.clone(),
+                method: d.method.map(Method::as_str).unwrap_or("full"),
+                file: d.filename.clone().unwrap_or_default(),
+                bytes: d.bytes,
+            })
+            .collect(),
+        skipped: cat
+            .disks
+            .iter()
+            .filter_map(|d| d.skipped.clone().map(|why| Skipped { disk: d.key.clone(), why }))
+            .collect(),
+        files: cat.files.len() + 1,
+        finished_interrupted: finished,
+    }
+}
+
+/// `folder` as the catalog names a parent backup: relative to `base` (this backup's parent
+/// folder, `../NAME`) when it lies there, else absolute.
+fn relative_to(folder: &Path, base: &Path) -> String {
+    match folder.parent() {
+        Some(p) if p == base => format!("../{}", vmdk::txn::file_name(folder)),
+        _ => folder.display().to_string(),
+    }
+}
+
+fn check_same_vm(folder: &Path, cat: &Catalog, vmx: &Vmx, config: &str) -> Result<()> {
+    let uuid = vmx.uuid().unwrap_or_default();
+    if cat.config_vmx != config || (!cat.uuid.is_empty() && !uuid.is_empty() && cat.uuid != uuid) {
+        return Err(Error::Usage(format!(
+            "{}: a backup of another VM ({} with uuid {:?}), not of {config} ({uuid:?})",
+            folder.display(),
+            cat.config_vmx,
+            cat.uuid
+        )));
+    }
+    Ok(())
+}
+
+/// True when `written` (a path as a catalog writes it) names a link of `chain`.
+fn in_chain(ds: &Datastores, place: &Place, chain: &Chain, written: &str) -> bool {
+    let Ok(p) = ds.resolve(written, &place.folder(), "point") else { return false };
+    let real = p.storage().real_path(&p.path);
+    chain.links().iter().any(|l| l.real_path() == real)
+}
+
+/// Why a disk is not backed up, if it is not.
+fn skip_reason(vd: &VmxDisk, place: &Place) -> Result<Option<String>> {
+    if vd.mode == DiskMode::NonPersistent {
+        return Ok(Some(format!(
+            "{} disk: its writes are thrown away at power-off, so there is nothing to keep",
+            vd.mode_text.as_deref().unwrap_or("nonpersistent")
+        )));
+    }
+    let peek = vmdk::family::peek(place.storage().as_ref(), &place.path)?;
+    if let Some(p) = peek {
+        let d = &p.descriptor;
+        let physical = matches!(vmdk::rdm_mode(d), Some(RdmMode::Physical | RdmMode::Raw))
+            || matches!(d.create_type, CreateType::FullDevice | CreateType::PartitionedDevice);
+        if physical {
+            return Ok(Some(
+                "physical device (a passthrough raw device mapping or a raw disk): its data is on the LUN, outside any snapshot; back the LUN up with the array".into(),
+            ));
+        }
+    }
+    Ok(None)
+}
+
+/// Chooses how disk `vd` gets into this backup.
+fn plan_disk(
+    vd: &VmxDisk,
+    place: &Place,
+    chain: &Chain,
+    prev: Option<&(PathBuf, Catalog)>,
+    ds: &Datastores,
+    r: &mut dyn Reporter,
+) -> Result<Plan> {
+    let Some((pfolder, pcat)) = prev else { return Ok(Plan::Full) };
+    let note = |r: &mut dyn Reporter, what: String| r.event(Event::Note { disk: Some(vd.key.clone()), what });
+    let Some(pd) = pcat.disk(&vd.key).filter(|d| d.skipped.is_none()) else {
+        note(r, format!("not in {}: exported whole", pfolder.display()));
+        return Ok(Plan::Full);
+    };
+    if pd.capacity != chain.capacity() {
+        note(
+            r,
+            format!(
+                "its capacity changed since {} ({} → {} bytes): exported whole",
+                pfolder.display(),
+                pd.capacity,
+                chain.capacity()
+            ),
+        );
+        return Ok(Plan::Full);
+    }
+    let prev_table = load_blocks(pfolder, pcat, pd)?;
+    // The earlier pass's point must still be a link below the top with the CID it recorded.
+    if let (Some(point), Some(tracking)) = (&pd.point, &pd.tracking) {
+        let resolve = |w: &str| ds.resolve(w, &place.folder(), "tracking link").map(|p| p.storage().real_path(&p.path));
+        let (point, tracking) = (resolve(point)?, resolve(tracking)?);
+        let links = chain.links();
+        let real = |l: &vmdk::Link| l.real_path().to_path_buf();
+        let at = links.iter().position(|l| real(l) == point);
+        let tr = links.iter().position(|l| real(l) == tracking);
+        match (at, tr) {
+            (Some(i), Some(t)) if i > 0 && t < i && links[i].descriptor().cid == pd.cid => {
+                let commits = links[..i].iter().rev().map(|l| l.path().to_path_buf()).collect();
+                return Ok(Plan::Tracking { point: links[i].path().to_path_buf(), commits, prev: prev_table });
+            }
+            _ => note(
+                r,
+                format!(
+                    "the tracking link {} kept no longer covers every change since {}: comparing block hashes instead",
+                    tracking.display(),
+                    pfolder.display()
+                ),
+            ),
+        }
+    }
+    Ok(Plan::Hashes { prev: prev_table, prev_cid: pd.cid, prev_file: pd.filename.clone().unwrap_or_default() })
+}
+
+/// The block hashes an earlier backup recorded for a disk, after checking the file's SHA-256.
+fn load_blocks(folder: &Path, cat: &Catalog, d: &DiskEntry) -> Result<BlockHashes> {
+    let name = d.blocks.as_deref().ok_or_else(|| Error::Backup {
+        path: folder.into(),
+        what: format!("disk {} has no block hashes to compare with", d.key),
+    })?;
+    let path = folder.join(name);
+    let entry = cat.files.iter().find(|f| f.name == name).ok_or_else(|| Error::Backup {
+        path: path.clone(),
+        what: "the block-hash file is not among the catalog's files".into(),
+    })?;
+    let (_, sum) = plain::sha256_file(&host(), &path)?;
+    if sum != entry.sha256 {
+        return Err(Error::Backup {
+            path,
+            what: format!("SHA-256 is {sum}, the catalog says {}: the file is damaged", entry.sha256),
+        });
+    }
+    let raw = std::fs::read(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+    BlockHashes::from_bytes(&raw, &path)
+}
+
+/// Exports one disk into the backup folder `temp`; returns its catalog entry, its files and a
+/// summary.
+#[allow(clippy::too_many_arguments)]
+fn export_disk(
+    d: &Disk,
+    temp: &Path,
+    format: DiskFormat,
+    kind: Kind,
+    snapshot: &Option<PathBuf>,
+    keep_tracking: bool,
+    ds: &Datastores,
+    r: &mut dyn Reporter,
+) -> Result<(DiskEntry, Vec<FileEntry>, DiskDone)> {
+    let key = d.vd.key.clone();
+    let stem = format!("{}-{}", d.vd.file_key(), disk_stem(&d.place.name()));
+    let dst = temp.join(format!("{stem}.vmdk"));
+    let opts = ro(&d.place);
+    let chain = Chain::open(&d.place.path, &opts)?;
+    let cid = chain.top().descriptor().cid;
+    let block = match &d.plan {
+        Plan::Full => blocks::block_size_for(d.capacity),
+        Plan::Tracking { prev, .. } | Plan::Hashes { prev, .. } => prev.block(),
+    };
+    let mut progress = |done: u64, total: u64| r.event(Event::Progress { disk: key.clone(), done, total });
+    let (method, parent_cid, table, bytes, paths, export) = match &d.plan {
+        Plan::Full => {
+            let hs = Hashing::new(&chain, block)?;
+            let mut copts = CloneOptions::new(format);
+            copts.source = opts.clone();
+            let mut e = EngineOptions::new();
+            e.align = e.align.max(block);
+            e.chunk = e.chunk.max(block);
+            copts.engine = Some(e);
+            copts.progress = Some(&mut progress);
+            let rep = clone_chain_through(&chain, &hs, &dst, &mut copts)?;
+            (Method::Full, None, hs.into_table(), rep.stats.read, rep.files, format.name().to_string())
+        }
+        Plan::Tracking { point, prev, .. } => {
+            let point_cid = chain
+                .links()
+                .iter()
+                .find(|l| l.path() == point.as_path())
+                .map(|l| l.descriptor().cid)
+                .unwrap_or_default();
+            drop(chain);
+            let path = export_delta(&d.place.path, point, &dst, &opts, false, &mut progress, None)?;
+            let changes = changed_blocks(&d.place.path, Some(point), redo::changemap::DEFAULT_BLOCK, &opts)?;
+            let table = rehash(&d.place.path, &opts, prev, &changes)?;
+            let files = vmdk::Link::open(&path, &OpenOptions::read())?.files();
+            (Method::Tracking, Some(point_cid), table, changes.changed_bytes(), files, "redo".to_string())
+        }
+        Plan::Hashes { prev, prev_cid, prev_file } => {
+            let (files, table, changed) = hash_delta(&chain, prev, *prev_cid, prev_file, &dst, cid, &mut progress)?;
+            (Method::Hashes, Some(*prev_cid), table, changed, files, "redo".to_string())
+        }
+    };
+    let blocks_name = format!("{stem}.blocks");
+    vmdk::txn::write_file(&host(), &temp.join(&blocks_name), &table.to_bytes(), false)?;
+    // Sizes and hashes are filled in by the caller's hasher.
+    let entry =
+        |name: String, role: Role| FileEntry { name, role, disk: Some(key.clone()), size: 0, sha256: String::new() };
+    let mut files: Vec<FileEntry> = paths.iter().map(|p| entry(vmdk::txn::file_name(p), Role::Disk)).collect();
+    files.push(entry(blocks_name.clone(), Role::Blocks));
+    let what = match method {
+        Method::Full => format!("exported whole ({bytes} bytes of data)"),
+        Method::Tracking => format!("{bytes} bytes changed, from the tracking link"),
+        Method::Hashes => format!("{bytes} bytes changed, found by block hashes"),
+    };
+    r.event(Event::Step { disk: Some(key.clone()), what });
+    let written = |p: &Path| ds.written(&d.place.at(p));
+    let (point, tracking) = match (snapshot, keep_tracking) {
+        (Some(s), true) => {
+            let point = match (&d.plan, kind) {
+                (Plan::Tracking { point, .. }, Kind::Incremental) => point.clone(),
+                _ => d.place.path.clone(),
+            };
+            (Some(written(&point)), Some(written(s)))
+        }
+        // No tracking link: the point still names the link holding this state (its CID changes
+        // with the commit, so no later pass takes it for a tracking point), which keeps the disk's
+        // name stable across passes.
+        _ => (Some(written(&d.place.path)), None),
+    };
+    let file = vmdk::txn::file_name(&dst);
+    let entry = DiskEntry {
+        key: key.clone(),
+        diskname: d.written.clone(),
+        filename: Some(file.clone()),
+        skipped: None,
+        format: d.format.clone(),
+        export,
+        capacity: d.capacity,
+        cid,
+        parent_cid,
+        method: Some(method),
+        blocks: Some(blocks_name),
+        bytes,
+        point,
+        tracking,
+    };
+    Ok((entry, files, DiskDone { disk: key, method: method.as_str(), file, bytes }))
+}
+
+/// The block hashes after a tracking pass: `prev` with every block the change map touches hashed
+/// again from the chain at `top` (cost ∝ changed data).
+fn rehash(top: &Path, opts: &OpenOptions, prev: &BlockHashes, changes: &redo::ChangeMap) -> Result<BlockHashes> {
+    let chain = Chain::open(top, opts)?;
+    let mut t = prev.clone();
+    let b = prev.block();
+    let mut buf = Vec::new();
+    let mut last: Option<usize> = None;
+    for (s, l) in changes.ranges() {
+        let (first, end) = ((s / b) as usize, ((s + l).div_ceil(b)) as usize);
+        for i in first.max(last.map_or(0, |x| x + 1))..end.min(t.len()) {
+            let (off, len) = t.range(i);
+            buf.resize(len as usize, 0);
+            chain.read_at(&mut buf, off)?;
+            t.set(i, blocks::digest(&buf));
+            last = Some(i);
+        }
+    }
+    Ok(t)
+}
+
+/// A REDO link at `dst` holding the blocks of `chain` whose hash differs from `prev` (the state
+/// of CID `prev_cid`, stored in the earlier backup as `prev_file`), with CID `cid`. Returns its
+/// files, the block hashes now, and the bytes changed.
+fn hash_delta(
+    chain: &Chain,
+    prev: &BlockHashes,
+    prev_cid: u32,
+    prev_file: &str,
+    dst: &Path,
+    cid: u32,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(Vec<PathBuf>, BlockHashes, u64)> {
+    let mut copts = CreateOptions::new(DiskFormat::MonoSparse, chain.capacity());
+    copts.parent = Some(Parent { hint: prev_file.to_string(), cid: prev_cid });
+    if let Some(a) = chain.top().descriptor().ddb("adapterType").and_then(vmdk::Adapter::parse) {
+        copts.adapter = a;
+    }
+    let nd = vmdk::create::create(dst, &copts)?;
+    let t = ChangedOnly::new(nd.link(), prev)?;
+    let mut e = EngineOptions::new();
+    e.ordered = true;
+    e.skip_zeros = false;
+    e.align = prev.block();
+    e.chunk = e.chunk.max(prev.block());
+    copy(chain, &t, &e, progress, None)?;
+    let (table, changed) = t.finish()?;
+    nd.link().update_descriptor(|d| d.set_cid(cid))?;
+    let files = nd.final_paths();
+    nd.commit()?;
+    Ok((files, table, changed))
+}
+
+/// Copies the small files into `temp`; returns the catalog's `config.vmx`, `config.suspenddir`
+/// and `config.logdir`.
+fn small_files(
+    vmx: &Vmx,
+    vmx_place: &Place,
+    vm_dir: &Place,
+    ds: &Datastores,
+    temp: &Path,
+    files: &mut Vec<FileEntry>,
+    r: &mut dyn Reporter,
+) -> Result<(String, String, String)> {
+    let suspend_dir = match vmx.suspend_dir() {
+        Some(s) => ds.resolve(s, vm_dir, "suspend.directory")?,
+        None => vm_dir.clone(),
+    };
+    let (log_dir, log_stem) = match vmx.log_file() {
+        Some(l) => {
+            let p = ds.resolve(l, vm_dir, "log.fileName")?;
+            let stem = p.name().strip_suffix(".log").unwrap_or(&p.name()).to_string();
+            (p.folder(), Some(stem))
+        }
+        None => (vm_dir.clone(), None),
+    };
+    let mut want: Vec<(Place, Role)> = vec![(vmx_place.clone(), Role::Config)];
+    let stem = vmx_place.name();
+    let stem = stem.strip_suffix(".vmx").unwrap_or(&stem).to_string();
+    for (written, what) in [(vmx.nvram(), "nvram"), (vmx.vmxf(), "extendedConfigFile")] {
+        if let Some(w) = written {
+            want.push((ds.resolve(w, vm_dir, what)?, Role::VmFile));
+        }
+    }
+    want.push((vm_dir.join(&format!("{stem}.vmsd")), Role::VmFile));
+    if let Some(s) = vmx.vm_state() {
+        want.push((ds.resolve(s, &suspend_dir, "checkpoint.vmState")?, Role::Suspend));
+    }
+    for n in log_dir.list() {
+        let log =
+            n.ends_with(".log") && (n.starts_with("vmware") || log_stem.as_deref().is_some_and(|s| n.starts_with(s)));
+        if log {
+            want.push((log_dir.join(&n), Role::Log));
+        }
+    }
+    for (p, role) in want {
+        if !p.exists() {
+            // An absent .vmsd is ordinary (no key names it); another absent file is worth a note.
+            if !p.name().ends_with(".vmsd") {
+                r.event(Event::Note { disk: None, what: format!("{} is named but absent: not copied", p.describe()) });
+            }
+            continue;
+        }
+        let name = p.name();
+        if files.iter().any(|f| f.name == name) {
+            if role == Role::Log {
+                continue;
+            }
+            return Err(Error::Usage(format!("{}: a second file named {name:?} in the backup", p.describe())));
+        }
+        let (size, sha256) = plain::copy_file(&p.storage(), &p.path, &host(), &temp.join(&name))?;
+        files.push(FileEntry { name, role, disk: None, size, sha256 });
+    }
+    Ok((ds.written(vmx_place), ds.written(&suspend_dir), ds.written(&log_dir)))
+}
+
+/// After the backup is in place: the `.vmx` names the kept tracking links, then the links are
+/// committed. Each step is done only if not done yet, so this also finishes an interrupted run.
+fn finish_source(j: &Journal, r: &mut dyn Reporter) -> Result<()> {
+    if let Some(text) = &j.vmx_after {
+        let now = std::fs::read_to_string(&j.vmx).map_err(|e| Error::Io { path: j.vmx.clone(), source: e })?;
+        if &now != text {
+            vmdk::txn::write_file(&host(), &j.vmx, text.as_bytes(), true)?;
+            r.event(Event::Step { disk: None, what: format!("{} names the tracking links", j.vmx.display()) });
+        }
+    }
+    for d in &j.disks {
+        for link in &d.commit {
+            vmdk::txn::settle(host().as_ref(), link)?;
+            if link.exists() {
+                commit(link, &rw(), &mut |_, _| {}, None)?;
+                r.event(Event::Step { disk: Some(d.key.clone()), what: format!("committed {}", link.display()) });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What an interrupted backup left was finished: `dest` is complete (rolled forward) or absent.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    /// The interrupted backup's destination.
+    pub dest: PathBuf,
+    /// True when it was complete and the source steps were finished.
+    pub complete: bool,
+}
+
+/// Finishes a backup of the VM at `vmx` (a real host path) that was interrupted: rolled forward
+/// when its folder had been put in place, rolled back (snapshot links discarded, the hidden
+/// folder removed) otherwise. `None` when there was none.
+pub fn recover(vmx: &Path, r: &mut dyn Reporter) -> Result<Option<Recovered>> {
+    let h = host();
+    let Some(intent) = vmdk::txn::pending(&h, vmx)? else {
+        if journal_path(vmx).exists() {
+            // The intent is finished last: a journal without one is what a run left after it was
+            // done with the source.
+            let _ = std::fs::remove_file(journal_path(vmx));
+        }
+        return Ok(None);
+    };
+    if intent.record().op != OP {
+        drop(intent);
+        vmdk::txn::settle(h.as_ref(), vmx)?;
+        return Ok(None);
+    }
+    let Some(j) = read_journal(vmx)? else {
+        // Interrupted before anything was recorded, so before anything changed.
+        intent.abandon()?;
+        return Ok(None);
+    };
+    let complete = j.placed || verify::load(&j.dest).is_ok_and(|c| c.id == j.id);
+    if complete {
+        r.event(Event::Note {
+            disk: None,
+            what: format!("finishing the interrupted backup {} (it is complete)", j.dest.display()),
+        });
+        finish_source(&j, r)?;
+    } else {
+        r.event(Event::Note { disk: None, what: format!("rolling back the interrupted backup {}", j.dest.display()) });
+        roll_back(&j)?;
+    }
+    std::fs::remove_file(journal_path(vmx)).map_err(|e| Error::Io { path: journal_path(vmx), source: e })?;
+    crate::phase::end(intent)?;
+    Ok(Some(Recovered { dest: j.dest, complete }))
+}
+
+/// Undoes an interrupted backup that never reached its commit point: its snapshot links (empty:
+/// nothing writes the disks while the backup's record is there) are discarded and its hidden
+/// folder removed.
+fn roll_back(j: &Journal) -> Result<()> {
+    let h = host();
+    for d in &j.disks {
+        let dir = vmdk::txn::folder(&d.top).to_path_buf();
+        // A snapshot being made when the run died is finished or undone by its own record first.
+        for n in h.list_dir(&dir) {
+            if vmdk::txn::intent::is_record_name(&n) {
+                let primary = n.trim_start_matches('.').trim_end_matches(vmdk::txn::intent::SUFFIX);
+                vmdk::txn::settle(h.as_ref(), &dir.join(primary))?;
+            }
+        }
+        let ours: Vec<PathBuf> = vmdk::family::children(h.as_ref(), &d.top)
+            .into_iter()
+            .filter(|c| !d.children_before.contains(c))
+            .chain(d.snapshot.clone())
+            .collect();
+        for s in ours {
+            if s.exists() {
+                redo::discard(&s, &rw())?;
+            }
+        }
+    }
+    if j.temp.exists() && is_our_temp(&j.temp) {
+        std::fs::remove_dir_all(&j.temp).map_err(|e| Error::Io { path: j.temp.clone(), source: e })?;
+    }
+    Ok(())
+}
+
+fn is_our_temp(p: &Path) -> bool {
+    vmdk::txn::temp::parse_temp_name(&vmdk::txn::file_name(p)).is_some()
+}
+
+/// Removes hidden backup folders for `dest` that a dead process left (a run killed before its
+/// commit point whose VM was not backed up again since).
+fn sweep_stale_folders(dest: &Path) {
+    let Some(parent) = dest.parent() else { return };
+    let want = vmdk::txn::file_name(dest);
+    for n in host().list_dir(parent) {
+        if let Some((fin, pid)) = vmdk::txn::temp::parse_temp_name(&n) {
+            let p = parent.join(&n);
+            if fin == want && p.is_dir() && !rdm::process_alive(pid) {
+                let _ = std::fs::remove_dir_all(&p);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(disk_stem("vm-000012.vmdk"), "vm");
+        assert_eq!(disk_stem("my-disk.vmdk"), "my-disk");
+        assert_eq!(disk_stem("data-1.vmdk"), "data-1");
+        assert_eq!(new_id().len(), 32);
+        assert_eq!(relative_to(Path::new("/b/full"), Path::new("/b")), "../full");
+        assert_eq!(relative_to(Path::new("/a/full"), Path::new("/b")), "/a/full");
+    }
+}

@@ -1,0 +1,255 @@
+//! Plain files (a `.vmx`, `.nvram`, logs, a suspended state, the files of a written backup)
+//! through the copy engine: a [`PlainFile`] is an engine [`Source`] whose map comes from the
+//! file's data runs (holes are never read), and a [`Hashed`] target computes the file's SHA-256 as
+//! the ordered writer passes over it — storing the bytes in another file, or nothing (to hash a
+//! file). So nothing copies or hashes bytes outside the engine, large files are read on every
+//! core, and a hole costs no read.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use vmdk::map::MapSource;
+use vmdk::{AllocMap, Backing, State, Storage};
+
+use crate::engine::{copy, EngineOptions, Piece, Source, Target};
+use crate::error::Result;
+
+/// A plain file as a copy source.
+pub struct PlainFile {
+    backing: Arc<dyn Backing>,
+    len: u64,
+}
+
+impl PlainFile {
+    /// Opens `path` in `storage` for reading.
+    pub fn open(storage: &Arc<dyn Storage>, path: &Path) -> Result<PlainFile> {
+        let backing = storage.open(path, false)?;
+        let len = backing.len()?;
+        Ok(PlainFile { backing, len })
+    }
+
+    /// Its length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty file.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl MapSource for PlainFile {
+    fn capacity(&self) -> u64 {
+        self.len
+    }
+    /// The file's data and holes (`SEEK_DATA`/`SEEK_HOLE`), holes as zeros; always to `end`.
+    fn map_into(&self, offset: u64, end: u64, _budget: usize, m: &mut AllocMap) -> vmdk::Result<u64> {
+        let mut pos = offset;
+        for (s, l) in self.backing.data_runs(offset, end - offset)? {
+            let (s, e) = (s.max(pos), (s + l).min(end));
+            if s >= e {
+                continue;
+            }
+            m.push(pos, s - pos, State::Zero, 0);
+            m.push(s, e - s, State::Data, 0);
+            pos = e;
+        }
+        m.push(pos, end - pos, State::Zero, 0);
+        Ok(end)
+    }
+}
+
+impl Source for PlainFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
+        self.backing.read_exact_at(buf, offset)
+    }
+}
+
+/// Where the ordered writer is: bytes hashed so far and the hash.
+struct Progress {
+    pos: u64,
+    sha: Sha256,
+}
+
+/// A target that hashes what passes (ranges the source map left out count as zeros) and stores the
+/// non-zero runs in `out`, if given.
+pub struct Hashed {
+    out: Option<Arc<dyn Backing>>,
+    len: u64,
+    state: Mutex<Progress>,
+}
+
+static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
+
+fn hash_zeros(sha: &mut Sha256, mut n: u64) {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64);
+        sha.update(&ZEROS[..k as usize]);
+        n -= k;
+    }
+}
+
+impl Hashed {
+    /// A target of `len` bytes writing into `out` (already `len` bytes long), or only hashing.
+    pub fn new(out: Option<Arc<dyn Backing>>, len: u64) -> Hashed {
+        Hashed { out, len, state: Mutex::new(Progress { pos: 0, sha: Sha256::new() }) }
+    }
+
+    /// The SHA-256 of the whole file, lower-case hex.
+    pub fn finish(self) -> String {
+        let mut st = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
+        let rest = self.len - st.pos.min(self.len);
+        hash_zeros(&mut st.sha, rest);
+        hex(&st.sha.finalize())
+    }
+}
+
+impl Target for Hashed {
+    type Encoded = ();
+    fn capacity(&self) -> u64 {
+        self.len
+    }
+    fn encode(&self, _piece: &Piece<'_>) -> Result<()> {
+        Ok(())
+    }
+    fn write(&self, piece: &Piece<'_>, _encoded: ()) -> Result<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let gap = piece.offset.saturating_sub(st.pos);
+        hash_zeros(&mut st.sha, gap);
+        st.sha.update(piece.buf);
+        st.pos = piece.offset + piece.buf.len() as u64;
+        drop(st);
+        let mut n = 0;
+        if let Some(out) = &self.out {
+            for &(s, l) in piece.runs {
+                out.write_all_at(&piece.buf[s..s + l], piece.offset + s as u64)?;
+                n += l as u64;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Engine settings for plain files: in order (the hash needs it), 4 KiB zero blocks.
+fn engine() -> EngineOptions {
+    let mut e = EngineOptions::new();
+    e.ordered = true;
+    e
+}
+
+/// Copies the plain file `src` (in `src_storage`) to the new file `dst` on `dst_storage` (which
+/// must not exist; holes stay holes), synced. Returns its length and SHA-256.
+pub fn copy_file(
+    src_storage: &Arc<dyn Storage>,
+    src: &Path,
+    dst_storage: &Arc<dyn Storage>,
+    dst: &Path,
+) -> Result<(u64, String)> {
+    let from = PlainFile::open(src_storage, src)?;
+    let out = dst_storage.create_new(dst)?;
+    out.set_len(from.len())?;
+    let t = Hashed::new(Some(out.clone()), from.len());
+    copy(&from, &t, &engine(), &mut |_, _| {}, None)?;
+    out.sync()?;
+    Ok((from.len(), t.finish()))
+}
+
+/// The length and SHA-256 of the file at `path`.
+pub fn sha256_file(storage: &Arc<dyn Storage>, path: &Path) -> Result<(u64, String)> {
+    let from = PlainFile::open(storage, path)?;
+    let t = Hashed::new(None, from.len());
+    copy(&from, &t, &engine(), &mut |_, _| {}, None)?;
+    Ok((from.len(), t.finish()))
+}
+
+/// A hashed file: its id, and its length and SHA-256.
+pub type HashResult = (usize, Result<(u64, String)>);
+
+/// Hashes files on background threads while the caller goes on (a backup hashes each disk's files
+/// while it exports the next disk). Files are taken in the order given, each on one thread.
+pub struct Hasher {
+    tx: Option<std::sync::mpsc::Sender<(usize, std::path::PathBuf)>>,
+    results: Arc<Mutex<Vec<HashResult>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hasher {
+    /// A hasher of host files with one thread per core.
+    pub fn new() -> Hasher {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, std::path::PathBuf)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let threads = (0..n)
+            .map(|_| {
+                let (rx, results) = (rx.clone(), results.clone());
+                std::thread::spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((id, path)) = job else { return };
+                    let r = sha256_file(&vmdk::HostStorage::shared(), &path);
+                    results.lock().unwrap_or_else(|p| p.into_inner()).push((id, r));
+                })
+            })
+            .collect();
+        Hasher { tx: Some(tx), results, threads }
+    }
+
+    /// Queues the file at `path` under `id`.
+    pub fn add(&self, id: usize, path: std::path::PathBuf) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((id, path));
+        }
+    }
+
+    /// Waits for every queued file: `(id, length and SHA-256)`.
+    pub fn finish(mut self) -> Vec<HashResult> {
+        self.tx = None;
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
+        }
+        std::mem::take(&mut *self.results.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Hasher::new()
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn copies_keep_holes_and_hash_like_sha256sum() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("a.vmss");
+        let f = std::fs::File::create(&src).unwrap();
+        f.set_len(9 << 20).unwrap();
+        f.write_all_at(b"hello", 3).unwrap();
+        f.write_all_at(&[7u8; 5000], (5 << 20) + 17).unwrap();
+        drop(f);
+        let host = vmdk::HostStorage::shared();
+        let dst = d.path().join("b.vmss");
+        let (len, sum) = copy_file(&host, &src, &host, &dst).unwrap();
+        let bytes = std::fs::read(&src).unwrap();
+        assert_eq!(len, bytes.len() as u64);
+        assert_eq!(std::fs::read(&dst).unwrap(), bytes);
+        assert_eq!(sum, hex(&Sha256::digest(&bytes)));
+        assert_eq!(sha256_file(&host, &dst).unwrap().1, sum);
+        use std::os::unix::fs::MetadataExt;
+        assert!(std::fs::metadata(&dst).unwrap().blocks() * 512 < 1 << 20, "holes stay holes");
+        let empty = d.path().join("e");
+        std::fs::write(&empty, b"").unwrap();
+        assert_eq!(sha256_file(&host, &empty).unwrap().1, hex(&Sha256::digest(b"")));
+    }
+}
