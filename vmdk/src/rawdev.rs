@@ -513,10 +513,15 @@ mod tests {
         assert_eq!(l.rdm_mode(), Some(Mode::Raw));
         assert_eq!(l.files(), vec![disk.clone()]);
         drop(l);
-        // One over a regular file elsewhere needs allow_outside.
+        // One over a regular file elsewhere needs allow_outside, to be made and to be opened.
         let other = tempfile::tempdir().unwrap();
         let far = other.path().join("far.vmdk");
-        create_device_disk(&far, &DeviceDiskOptions::new(Mode::Raw, &lun)).unwrap().commit().unwrap();
+        assert!(matches!(
+            create_device_disk(&far, &DeviceDiskOptions::new(Mode::Raw, &lun)),
+            Err(Error::PathEscape { .. })
+        ));
+        let outside = DeviceDiskOptions { allow_outside: true, ..DeviceDiskOptions::new(Mode::Raw, &lun) };
+        create_device_disk(&far, &outside).unwrap().commit().unwrap();
         assert!(matches!(Link::open(&far, &OpenOptions::read()), Err(Error::PathEscape { .. })));
         let o = OpenOptions { allow_outside: true, ..OpenOptions::read() };
         drop(Link::open(&far, &o).unwrap());

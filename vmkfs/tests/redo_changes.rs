@@ -147,6 +147,10 @@ fn esx_chain_differential_and_incremental() {
         let i = bytes.len() / 2;
         bytes[i] ^= 0x40;
         assert!(ChangeMap::from_bytes(&bytes).is_err());
+        // An existing map file is never replaced without --force; the next pass writes a new one.
+        let o = vmkfs(&["--changed-blocks", "--save-map", "map.bin", &s3], d);
+        assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::remove_file(d.join("map.bin")).unwrap();
     }
     // After committing s1 into the base, its writes are part of the base: no longer changes.
     ok(&["-m", &s1], d);
