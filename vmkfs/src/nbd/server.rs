@@ -63,13 +63,30 @@ impl Address {
         }
     }
 
-    /// The NBD URI of the default export at this address (`nbd+unix:///?socket=S`, `nbd://H:P`).
+    /// The NBD URI of the default export at this address (`nbd+unix:///?socket=S`, with `S`
+    /// absolute and percent-encoded; `nbd://H:P`).
     pub fn uri(&self) -> String {
         match self {
-            Address::Unix(p) => format!("nbd+unix:///?socket={}", p.display()),
+            Address::Unix(p) => {
+                let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+                format!("nbd+unix:///?socket={}", percent_encode(abs.as_os_str().as_encoded_bytes()))
+            }
             Address::Tcp(a) => format!("nbd://{a}"),
         }
     }
+}
+
+/// `b` with every byte but unreserved URI characters and `/` as `%XX`.
+fn percent_encode(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    for &c in b {
+        if c.is_ascii_alphanumeric() || b"-._~/".contains(&c) {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+    }
+    out
 }
 
 /// A bound listening socket. A Unix socket's file is removed when it is dropped.
