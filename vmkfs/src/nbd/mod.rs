@@ -36,7 +36,7 @@ pub mod server;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-pub use server::{serve, Address, Export, Listener, ServeOptions, ServeReport};
+pub use server::{serve, serve_stream, Address, Export, Listener, ServeOptions, ServeReport};
 use vmdk::OpenOptions;
 
 use crate::error::Result;

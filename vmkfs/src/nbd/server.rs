@@ -439,6 +439,43 @@ struct Counters {
     last_broken: Mutex<Option<String>>,
 }
 
+impl Counters {
+    /// Runs one connection to its end, counting it.
+    fn session(&self, conn: Conn, export: &Export, cancelled: &impl Fn() -> bool) {
+        let mut s = Session::new(conn, export, cancelled);
+        let r = s.run();
+        self.requests.fetch_add(s.requests, Ordering::Relaxed);
+        if let Err(e) = r {
+            self.broken.fetch_add(1, Ordering::Relaxed);
+            *self.last_broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
+        self.ended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn report(self) -> ServeReport {
+        ServeReport {
+            connections: self.connections.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            broken: self.broken.load(Ordering::Relaxed),
+            last_broken: self.last_broken.into_inner().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+}
+
+/// Serves one client already connected on `stream` (a socket handed over by a supervisor, one end
+/// of a socket pair) until it disconnects or `cancel` is set. The export is not flushed at the end
+/// (a client's `FLUSH` is; [`Export::close`] flushes the rest).
+pub fn serve_stream(stream: UnixStream, export: &Export, cancel: Option<&AtomicBool>) -> Result<ServeReport> {
+    let conn = Conn::Unix(stream);
+    let setup = conn.set_nonblocking(false).and_then(|()| conn.set_read_timeout(Some(POLL)));
+    setup.map_err(|source| Error::Io { path: "<nbd connection>".into(), source })?;
+    let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+    let n = Counters::default();
+    n.connections.store(1, Ordering::Relaxed);
+    n.session(conn, export, &cancelled);
+    Ok(n.report())
+}
+
 /// Serves `export` on `listener` until `opts.cancel` is set (or the connection limit is reached),
 /// then waits for every connection to finish its request and flushes the export.
 pub fn serve(listener: &Listener, export: &Export, opts: &ServeOptions) -> Result<ServeReport> {
@@ -457,16 +494,7 @@ pub fn serve(listener: &Listener, export: &Export, opts: &ServeOptions) -> Resul
                 Ok(conn) if running.len() < max => {
                     n.connections.fetch_add(1, Ordering::Relaxed);
                     let (n, cancelled) = (&n, &cancelled);
-                    running.push(scope.spawn(move || {
-                        let mut s = Session::new(conn, export, cancelled);
-                        let r = s.run();
-                        n.requests.fetch_add(s.requests, Ordering::Relaxed);
-                        if let Err(e) = r {
-                            n.broken.fetch_add(1, Ordering::Relaxed);
-                            *n.last_broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                        }
-                        n.ended.fetch_add(1, Ordering::Relaxed);
-                    }));
+                    running.push(scope.spawn(move || n.session(conn, export, cancelled)));
                 }
                 Ok(conn) => drop(conn),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
@@ -484,12 +512,7 @@ pub fn serve(listener: &Listener, export: &Export, opts: &ServeOptions) -> Resul
     if export.writable {
         export.chain.top().flush()?;
     }
-    Ok(ServeReport {
-        connections: n.connections.load(Ordering::Relaxed),
-        requests: n.requests.load(Ordering::Relaxed),
-        broken: n.broken.load(Ordering::Relaxed),
-        last_broken: n.last_broken.into_inner().unwrap_or_else(|p| p.into_inner()),
-    })
+    Ok(n.report())
 }
 
 /// Why a connection ended early.
@@ -609,6 +632,21 @@ impl<'a, C: Fn() -> bool> Session<'a, C> {
                 return Err(End::Io(io::ErrorKind::UnexpectedEof.into()));
             }
             len -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads a write's `len` bytes of data into `buf`, growing it only as the data arrives (a
+    /// header alone never makes the connection allocate).
+    fn read_payload(&mut self, len: usize) -> Step<()> {
+        const STEP: usize = 1 << 20;
+        self.buf.clear();
+        while self.buf.len() < len {
+            let at = self.buf.len();
+            self.buf.resize(at + STEP.min(len - at), 0);
+            if Self::read_full(&mut self.conn, &mut self.buf[at..], self.cancelled)? != Got::Full {
+                return Err(End::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
         }
         Ok(())
     }
@@ -788,13 +826,7 @@ impl<'a, C: Fn() -> bool> Session<'a, C> {
                 let msg = format!("write of {len} bytes exceeds the maximum of {MAX_REQUEST}");
                 return self.reply_error(req.handle, errno::EINVAL, &msg);
             }
-            self.buf.resize(req.length as usize, 0);
-            let mut buf = std::mem::take(&mut self.buf);
-            let got = self.read_msg(&mut buf);
-            self.buf = buf;
-            if got? != Got::Full && len > 0 {
-                return Err(End::Io(io::ErrorKind::UnexpectedEof.into()));
-            }
+            self.read_payload(req.length as usize)?;
         }
         if let Some((e, msg)) = self.refusal(req, in_range) {
             return self.reply_error(req.handle, e, &msg);
