@@ -206,6 +206,12 @@ impl Write for Conn {
             Conn::Tcp(s) => s.write(b),
         }
     }
+    fn write_vectored(&mut self, b: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write_vectored(b),
+            Conn::Tcp(s) => s.write_vectored(b),
+        }
+    }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Conn::Unix(s) => s.flush(),
@@ -897,8 +903,17 @@ impl<'a, C: Fn() -> bool> Session<'a, C> {
         } else {
             proto::simple_reply(0, req.handle).to_vec()
         };
-        self.conn.write_all(&header)?;
-        self.conn.write_all(&self.buf[..req.length as usize])?;
+        // Header and data in one system call where the socket takes them.
+        let mut parts = [io::IoSlice::new(&header), io::IoSlice::new(&self.buf[..req.length as usize])];
+        let mut parts = &mut parts[..];
+        while !parts.is_empty() {
+            match self.conn.write_vectored(parts) {
+                Ok(0) => return Err(End::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(End::Io(e)),
+            }
+        }
         Ok(())
     }
 
