@@ -301,7 +301,20 @@ fn tcp_sockets_serve_and_writes_are_refused_read_only() {
     let mut w = Server::start(dir, "w.sock", &["--writable"], "d.vmdk");
     let o = vmkfs(dir, &["--write-at", "0", "d.vmdk"]);
     assert_eq!(o.code(), Some(5), "{}", o.describe());
+    // A socket a server answers on is not taken over; a file that is not a socket is refused.
+    create_disk(dir, "e.vmdk", "thin", MIB);
+    let o = vmkfs(dir, &["--serve-nbd", "w.sock", "e.vmdk"]);
+    assert!(o.code() == Some(2) && o.err().contains("another server"), "{}", o.describe());
+    std::fs::write(dir.join("plain"), b"x").unwrap();
+    let o = vmkfs(dir, &["--serve-nbd", "plain", "e.vmdk"]);
+    assert!(o.code() == Some(2) && o.err().contains("not a socket"), "{}", o.describe());
     w.stop();
+    // A stale socket (its server was killed) is replaced.
+    let mut k = Server::start(dir, "k.sock", &[], "d.vmdk");
+    assert_eq!(k.stop_with(9), None);
+    assert!(dir.join("k.sock").exists());
+    let mut again = Server::start(dir, "k.sock", &[], "d.vmdk");
+    again.stop();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,6 +434,7 @@ fn malformed_requests_get_errors_and_the_server_keeps_serving() {
     assert_eq!(c.call(Cmd::BlockStatus, 0, 0, 512, &[]), errno::EINVAL, "no context negotiated");
     assert_eq!(c.call(Cmd::Read, cflags::DF, MIB, 4096, &[]), 0);
     assert_eq!(c.call(Cmd::Flush, 0, 0, 0, &[]), 0);
+    assert_eq!(c.call(Cmd::Flush, 0, 4096, 0, &[]), errno::EINVAL, "a flush with a range");
     // A request with a bad magic ends the connection (a hard disconnect), not the server.
     c.s.write_all(&[0xde; 28]).unwrap();
     assert!(c.closed());
@@ -435,6 +449,11 @@ fn malformed_requests_get_errors_and_the_server_keeps_serving() {
     assert_eq!(raw.option_reply().0, rep::ERR_INVALID, "a truncated NBD_OPT_GO");
     raw.option(opt::SET_META_CONTEXT, &[0; 8]);
     assert_eq!(raw.option_reply().0, rep::ERR_INVALID, "meta contexts before structured replies");
+    let mut unknown = 4u32.to_be_bytes().to_vec();
+    unknown.extend_from_slice(b"nope");
+    unknown.extend_from_slice(&0u16.to_be_bytes());
+    raw.option(opt::GO, &unknown);
+    assert_eq!(raw.option_reply().0, rep::ERR_UNKNOWN, "an export of another name");
     raw.option(77, &[]);
     assert_eq!(raw.option_reply().0, rep::ERR_UNSUP);
     raw.option(opt::LIST, &vec![0u8; 100 << 10]);

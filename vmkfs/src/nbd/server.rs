@@ -34,6 +34,8 @@ pub const MAX_EXTENTS: usize = 16384;
 const PREFERRED_BLOCK: u32 = 4096;
 /// How often a waiting read looks at the cancellation flag.
 const POLL: Duration = Duration::from_millis(100);
+/// How long a reply may wait for the client to take any of it before the connection is dropped.
+const WRITE_STALL: Duration = Duration::from_secs(30);
 /// How long a client may stall in the middle of a message once shutdown has begun.
 const STALL_AFTER_CANCEL: u32 = 50;
 /// The `base:allocation` context.
@@ -153,8 +155,7 @@ impl Listener {
                 Conn::Tcp(s)
             }
         };
-        c.set_nonblocking(false)?;
-        c.set_read_timeout(Some(POLL))?;
+        c.setup()?;
         Ok(c)
     }
 }
@@ -176,6 +177,16 @@ enum Conn {
 }
 
 impl Conn {
+    /// Blocking I/O with timeouts: reads wake up every [`POLL`] to look at the cancellation flag;
+    /// a client that takes no reply bytes for [`WRITE_STALL`] is dropped.
+    fn setup(&self) -> io::Result<()> {
+        self.set_nonblocking(false)?;
+        self.set_read_timeout(Some(POLL))?;
+        match self {
+            Conn::Unix(s) => s.set_write_timeout(Some(WRITE_STALL)),
+            Conn::Tcp(s) => s.set_write_timeout(Some(WRITE_STALL)),
+        }
+    }
     fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         match self {
             Conn::Unix(s) => s.set_nonblocking(on),
@@ -473,8 +484,7 @@ impl Counters {
 /// (a client's `FLUSH` is; [`Export::close`] flushes the rest).
 pub fn serve_stream(stream: UnixStream, export: &Export, cancel: Option<&AtomicBool>) -> Result<ServeReport> {
     let conn = Conn::Unix(stream);
-    let setup = conn.set_nonblocking(false).and_then(|()| conn.set_read_timeout(Some(POLL)));
-    setup.map_err(|source| Error::Io { path: "<nbd connection>".into(), source })?;
+    conn.setup().map_err(|source| Error::Io { path: "<nbd connection>".into(), source })?;
     let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
     let n = Counters::default();
     n.connections.store(1, Ordering::Relaxed);
@@ -839,6 +849,7 @@ impl<'a, C: Fn() -> bool> Session<'a, C> {
         }
         let top = self.export.chain.top();
         let done = match req.command {
+            Command::Write | Command::WriteZeroes | Command::Trim if len == 0 => Ok(()),
             Command::Read => return self.read(req),
             Command::BlockStatus => return self.block_status(req),
             Command::Write => top.write_at(&self.buf[..req.length as usize], offset),
@@ -884,7 +895,7 @@ impl<'a, C: Fn() -> bool> Session<'a, C> {
         if req.command == Command::BlockStatus && (!self.structured || self.contexts.is_empty()) {
             return Some((errno::EINVAL, "no metadata context was negotiated".into()));
         }
-        if !in_range || (req.length == 0 && req.command != Command::Write) {
+        if !in_range || (req.length == 0 && !writing) {
             let cap = self.export.chain.capacity();
             let e = if writing { errno::ENOSPC } else { errno::EINVAL };
             return Some((e, format!("{} bytes at {} is outside the export of {cap} bytes", req.length, req.offset)));
