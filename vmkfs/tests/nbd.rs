@@ -194,6 +194,22 @@ fn every_format_and_chains_read_over_nbd_as_vmkfs_reads_them() {
 }
 
 #[test]
+fn nbdcopy_reads_a_chain_over_several_connections() {
+    if !have(&["nbdcopy"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let top = three_links(dir, "vm", "thin").pop().unwrap();
+    let mut s = Server::start(dir, "s.sock", &[], &top);
+    let out = dir.join("copy.raw");
+    let o = tool("nbdcopy", dir, &["--connections=4", "--requests=16", &s.uri, out.to_str().unwrap()]);
+    assert!(o.success(), "{}", o.describe());
+    assert_eq!(sha256_file(&out), disk_digest(dir, &top, &[]).unwrap().sha256);
+    s.stop();
+}
+
+#[test]
 fn dirty_bitmap_contexts_agree_with_changed_blocks() {
     if !have(&["nbdinfo"]) {
         return;

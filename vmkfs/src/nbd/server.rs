@@ -956,3 +956,31 @@ fn errno_of(e: &vmdk::Error) -> u32 {
         _ => errno::EIO,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extents_coalesce_by_flags_and_stop_at_the_cap() {
+        let mut e = Extents { v: Vec::new(), max: 2, pos: 100 };
+        assert!(e.push(100, 0), "an empty step is no extent");
+        assert!(e.push(200, 3));
+        assert!(e.push(300, 3), "same flags extend the extent");
+        assert!(e.push(400, 0));
+        assert!(!e.push(500, 3), "a third extent does not fit");
+        assert!(e.push(450, 0) && e.push(600, 0), "the last one still grows");
+        assert_eq!(e.v, vec![(200, 3), (300, 0)]);
+        assert_eq!(e.pos, 600);
+    }
+
+    #[test]
+    fn addresses_parse_and_name_their_uri() {
+        assert_eq!(Address::parse("tcp:127.0.0.1:10809").unwrap(), Address::Tcp("127.0.0.1:10809".parse().unwrap()));
+        assert_eq!(Address::parse("tcp:[::1]:10809").unwrap().uri(), "nbd://[::1]:10809");
+        assert!(matches!(Address::parse("tcp:localhost:1"), Err(Error::Usage(_))));
+        assert!(matches!(Address::parse(""), Err(Error::Usage(_))));
+        let a = Address::parse("/run/my vm&.sock").unwrap();
+        assert_eq!(a.uri(), "nbd+unix:///?socket=/run/my%20vm%26.sock");
+    }
+}
