@@ -1,7 +1,7 @@
 //! The NBD server's message handling: a whole connection fed with arbitrary bytes. The parsers
 //! (`vmkfs::nbd::proto`) first see the input as option headers and requests; then, with the low
 //! bit of the first byte set, the input follows a valid handshake (structured replies, every
-//! metadata context, `NBD_OPT_GO`), so the rest is transmission requests served by a writable
+//! metadata context by namespace, `NBD_OPT_GO`), so the rest is transmission requests served by a writable
 //! export over a small raw disk. The connection must end (the input ends in EOF) without a
 //! panic, and every reply must start with one of the protocol's magics.
 #![no_main]
@@ -43,32 +43,33 @@ fn handshake() -> Vec<u8> {
     let mut b = (client::FIXED_NEWSTYLE | client::NO_ZEROES).to_be_bytes().to_vec();
     option(&mut b, opt::STRUCTURED_REPLY, &[]);
     let mut q = 0u32.to_be_bytes().to_vec();
-    q.extend_from_slice(&0u32.to_be_bytes()); // no queries: every context
-    option(&mut b, opt::SET_META_CONTEXT, &q);
+    q.extend_from_slice(&2u32.to_be_bytes());
+    for ns in [&b"base:"[..], b"qemu:"] {
+        q.extend_from_slice(&(ns.len() as u32).to_be_bytes());
+        q.extend_from_slice(ns);
+    }
+    option(&mut b, opt::SET_META_CONTEXT, &q); // every context
+
     let mut go = 0u32.to_be_bytes().to_vec();
     go.extend_from_slice(&0u16.to_be_bytes());
     option(&mut b, opt::GO, &go);
     b
 }
 
-/// Walks the server's output: every message must start with a known magic and fit.
+/// Walks the server's output: every message must start with a known magic and fit. Option
+/// replies and structured chunks both have a 20-byte header ending in their payload length; a
+/// simple reply (whose `READ` data only the request knows the length of) or the magic-less reply
+/// to `NBD_OPT_EXPORT_NAME` ends the walk.
 fn check_replies(out: &[u8]) {
-    let mut at = 18; // the greeting
     assert!(out.len() >= 18 && out[..8] == proto::NBDMAGIC.to_be_bytes(), "greeting");
-    while at + 4 <= out.len() {
+    let mut at = 18;
+    while at + 20 <= out.len() {
         let m4 = u32::from_be_bytes(out[at..at + 4].try_into().unwrap());
-        let m8 = out.get(at..at + 8).map(|b| u64::from_be_bytes(b.try_into().unwrap()));
-        if m8 == Some(proto::REPLY_MAGIC) && at + 20 <= out.len() {
-            at += 20 + u32::from_be_bytes(out[at + 16..at + 20].try_into().unwrap()) as usize;
-        } else if m4 == proto::STRUCTURED_REPLY_MAGIC && at + 20 <= out.len() {
-            at += 20 + u32::from_be_bytes(out[at + 16..at + 20].try_into().unwrap()) as usize;
-        } else if m4 == proto::SIMPLE_REPLY_MAGIC {
-            // A simple READ reply carries data of a length only the request knows: stop here.
-            return;
-        } else {
-            // The size/flags reply of NBD_OPT_EXPORT_NAME has no magic either.
+        let m8 = u64::from_be_bytes(out[at..at + 8].try_into().unwrap());
+        if m8 != proto::REPLY_MAGIC && m4 != proto::STRUCTURED_REPLY_MAGIC {
             return;
         }
+        at += 20 + u32::from_be_bytes(out[at + 16..at + 20].try_into().unwrap()) as usize;
     }
     assert!(at <= out.len(), "a reply claims {} bytes beyond the output", at - out.len());
 }

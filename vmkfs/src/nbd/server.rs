@@ -313,11 +313,12 @@ impl Export {
         f
     }
 
-    /// The IDs (index + 1) of the contexts a query selects: an exact name, or a namespace prefix
-    /// ending in `:` (`base:`, `qemu:`, `qemu:dirty-bitmap:`); no queries select every context.
-    fn matching(&self, queries: &[String]) -> Vec<u32> {
+    /// The IDs (index + 1) of the contexts the queries select: an exact name, or a namespace prefix
+    /// ending in `:` (`base:`, `qemu:`, `qemu:dirty-bitmap:`). No queries list every context, and
+    /// select none.
+    fn matching(&self, queries: &[String], list: bool) -> Vec<u32> {
         let hit = |name: &str| {
-            queries.is_empty()
+            (list && queries.is_empty())
                 || queries.iter().any(|q| name == q || (q.ends_with(':') && name.starts_with(q.as_str())))
         };
         self.contexts.iter().enumerate().filter(|(_, c)| hit(&c.name)).map(|(i, _)| i as u32 + 1).collect()
@@ -783,8 +784,8 @@ impl<'a, C: Fn() -> bool> Session<'a, C> {
                     self.reply_option(option, rep::ERR_UNKNOWN, msg.as_bytes())?;
                     return Ok(None);
                 }
-                let ids = export.matching(&q.queries);
                 let set = option == opt::SET_META_CONTEXT;
+                let ids = export.matching(&q.queries, !set);
                 for &id in &ids {
                     let name = &export.context(id).expect("matched context").name;
                     self.reply_option(option, rep::META_CONTEXT, &proto::meta_context(if set { id } else { 0 }, name))?;
