@@ -321,5 +321,24 @@ else
     echo "seeds.sh: $vmfs not found; VMFS targets start from empty corpora" >&2
 fi
 
+# NBD connections (nbd_request): a first byte of 1 puts a valid handshake before the rest, so these
+# seeds are transmission requests: read, write with its data, write zeroes, trim, flush, block
+# status (plain and REQ_ONE), an oversized read, then a disconnect; and a raw handshake with options.
+mkdir -p "$corpus/nbd_request"
+python3 - "$corpus/nbd_request" <<'EOF2'
+import os, struct, sys
+d = sys.argv[1]
+def req(cmd, off, length, flags=0, handle=1):
+    return struct.pack(">IHHQQI", 0x25609513, flags, cmd, handle, off, length)
+reqs = (req(0, 0, 4096) + req(1, 4096, 512, 1) + b"\xab" * 512 + req(6, 8192, 65536) + req(4, 0, 4096)
+        + req(3, 0, 0) + req(7, 0, 1 << 20) + req(7, 4096, 8192, 8) + req(0, 0, 64 << 20) + req(2, 0, 0))
+open(os.path.join(d, "seed_requests"), "wb").write(b"\x01" + reqs)
+def opt(o, data=b""):
+    return struct.pack(">QII", 0x49484156454F5054, o, len(data)) + data
+hs = (struct.pack(">I", 3) + opt(3) + opt(8) + opt(9, struct.pack(">I", 0) + struct.pack(">I", 1)
+      + struct.pack(">I", 5) + b"qemu:") + opt(6, struct.pack(">IH", 0, 1) + struct.pack(">H", 3)) + opt(2))
+open(os.path.join(d, "seed_options"), "wb").write(b"\x00" + hs)
+EOF2
+
 n=$(find "$corpus" -name 'seed_*' | wc -l)
 echo "seeds.sh: $n seed files under $corpus"

@@ -11,6 +11,7 @@ pub mod clone;
 pub mod engine;
 pub mod error;
 pub mod info;
+pub mod nbd;
 pub mod ops;
 pub mod phase;
 pub mod rdm_ops;

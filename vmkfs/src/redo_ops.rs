@@ -72,11 +72,17 @@ fn changes_in(chain: &Chain, since: Option<&Path>, block: u64) -> Result<(Change
             })?
         }
     };
-    let mut m = ChangeMap::new(chain.capacity(), block)?;
-    for l in &links[..stop] {
+    Ok((union_of_links(&links[..stop], chain.capacity(), block)?, stop))
+}
+
+/// The union of the change maps of `links` (a disk of `capacity` bytes, blocks of `block`): what
+/// changed in them, i.e. above the link below the last of them.
+pub fn union_of_links(links: &[std::sync::Arc<Link>], capacity: u64, block: u64) -> Result<ChangeMap> {
+    let mut m = ChangeMap::new(capacity, block)?;
+    for l in links {
         m.union(&ChangeMap::of_link(l, block)?)?;
     }
-    Ok((m, stop))
+    Ok(m)
 }
 
 /// The chain's content, but only inside the blocks of a change map (everything else is absent).
