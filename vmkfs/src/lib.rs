@@ -38,6 +38,7 @@ pub mod engine;
 pub mod error;
 pub mod facade;
 pub mod info;
+pub mod mount;
 pub mod ops;
 pub mod phase;
 pub mod rdm_ops;

@@ -4,6 +4,7 @@
 //! disks); `main.rs` holds the options every operation shares and the dispatch.
 
 mod disk;
+mod mount;
 mod out;
 mod progress;
 mod rdm;
@@ -32,6 +33,8 @@ pub struct Cli {
     pub vmfs: vmfs::VmfsArgs,
     #[command(flatten)]
     pub stream: stream::StreamArgs,
+    #[command(flatten)]
+    pub mount: mount::MountArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -84,7 +87,8 @@ fn main() -> ExitCode {
         + redo::selected(&cli)
         + rdm::selected(&cli)
         + vmfs::selected(&cli)
-        + stream::selected(&cli);
+        + stream::selected(&cli)
+        + mount::selected(&cli);
     if selected != 1 {
         out::err_line("vmkfs: give exactly one operation (for example -i, -c, --info); see --help");
         return ExitCode::from(exit::USAGE as u8);
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         .or_else(|| redo::run(&cli))
         .or_else(|| rdm::run(&cli))
         .or_else(|| vmfs::run(&cli))
+        .or_else(|| mount::run(&cli))
         .unwrap_or(exit::USAGE);
     ExitCode::from(out::finish(code) as u8)
 }
