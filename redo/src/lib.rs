@@ -2,7 +2,7 @@
 //!
 //! - [`chain`]: open a chain in any of its shapes (hosted, modern ESX `-00000N.vmdk`, ESX 2
 //!   `.REDO`), read through it, explain what is broken ([`chain::diagnose`]).
-//! - [`snapshot`]: add a REDO link on top, discard the top link.
+//! - [`snapshot`](mod@snapshot): add a REDO link on top, discard the top link.
 //! - [`commit`]: merge a REDO link into its parent, crash-safely.
 //! - [`changemap`]: the change map of a link (its changed blocks, as runs), unions and differences, and a
 //!   checksummed serialization.

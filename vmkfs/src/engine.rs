@@ -714,67 +714,72 @@ fn run<P: Plan, T: Target>(
     };
 
     let mut result: Result<()> = Ok(());
-    let pool_threads = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("vmkfs-copy-{i}"))
-        .build()
-        .map_err(|e| Error::Usage(format!("cannot start copy threads: {e}")))?;
     let mut done = 0u64;
-    pool_threads.in_place_scope(|s| {
-        for _ in 0..threads {
-            let tx = tx.clone();
-            let worker = &worker;
-            s.spawn(move |_| worker(tx));
-        }
-        drop(tx);
-        let mut pending: BTreeMap<u64, Filled<T::Encoded>> = BTreeMap::new();
-        let mut next_write = 0u64;
-        let fail = |e: Error, result: &mut Result<()>| {
-            if result.is_ok() {
-                *result = Err(e);
-            }
-            abort.store(true, Ordering::Release);
-            gate.wake();
-        };
-        for msg in rx.iter() {
-            if result.is_err() {
-                continue; // Drain until every worker has stopped.
-            }
-            if cancelled() {
-                fail(Error::Interrupted, &mut result);
-                continue;
-            }
-            match msg {
-                Msg::Failed(e) => fail(e, &mut result),
-                Msg::Done { chunk, written } => {
-                    stats.read += if chunk.read { chunk.len } else { 0 };
-                    stats.written += written;
-                    done += chunk.skipped + chunk.len;
-                    progress(done, total);
-                }
-                Msg::Filled(f) => {
-                    pending.insert(f.chunk.idx, f);
-                    while let Some(f) = pending.remove(&next_write) {
-                        let c = f.chunk;
-                        let piece = Piece { offset: c.offset, buf: &f.buf[..c.len as usize], runs: &f.runs };
-                        match dst.write(&piece, f.enc) {
-                            Ok(n) => stats.written += n,
-                            Err(e) => fail(e, &mut result),
+    // A scoped pool: its threads are joined before the copy returns, so an embedding program is
+    // left with no threads (nor their thread-locals) of ours after a call.
+    let scoped =
+        rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("vmkfs-copy-{i}")).build_scoped(
+            |t| t.run(),
+            |pool_threads| {
+                pool_threads.in_place_scope(|s| {
+                    for _ in 0..threads {
+                        let tx = tx.clone();
+                        let worker = &worker;
+                        s.spawn(move |_| worker(tx));
+                    }
+                    drop(tx);
+                    let mut pending: BTreeMap<u64, Filled<T::Encoded>> = BTreeMap::new();
+                    let mut next_write = 0u64;
+                    let fail = |e: Error, result: &mut Result<()>| {
+                        if result.is_ok() {
+                            *result = Err(e);
                         }
-                        stats.read += if c.read { c.len } else { 0 };
-                        pool.lock().unwrap_or_else(|p| p.into_inner()).push(f.buf);
-                        next_write += 1;
-                        gate.advance(next_write);
-                        done += c.skipped + c.len;
-                        progress(done, total);
+                        abort.store(true, Ordering::Release);
+                        gate.wake();
+                    };
+                    for msg in rx.iter() {
                         if result.is_err() {
-                            break;
+                            continue; // Drain until every worker has stopped.
+                        }
+                        if cancelled() {
+                            fail(Error::Interrupted, &mut result);
+                            continue;
+                        }
+                        match msg {
+                            Msg::Failed(e) => fail(e, &mut result),
+                            Msg::Done { chunk, written } => {
+                                stats.read += if chunk.read { chunk.len } else { 0 };
+                                stats.written += written;
+                                done += chunk.skipped + chunk.len;
+                                progress(done, total);
+                            }
+                            Msg::Filled(f) => {
+                                pending.insert(f.chunk.idx, f);
+                                while let Some(f) = pending.remove(&next_write) {
+                                    let c = f.chunk;
+                                    let piece =
+                                        Piece { offset: c.offset, buf: &f.buf[..c.len as usize], runs: &f.runs };
+                                    match dst.write(&piece, f.enc) {
+                                        Ok(n) => stats.written += n,
+                                        Err(e) => fail(e, &mut result),
+                                    }
+                                    stats.read += if c.read { c.len } else { 0 };
+                                    pool.lock().unwrap_or_else(|p| p.into_inner()).push(f.buf);
+                                    next_write += 1;
+                                    gate.advance(next_write);
+                                    done += c.skipped + c.len;
+                                    progress(done, total);
+                                    if result.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
                         }
                     }
-                }
-            }
-        }
-    });
+                })
+            },
+        );
+    scoped.map_err(|e| Error::Usage(format!("cannot start copy threads: {e}")))?;
     result?;
     if cancelled() {
         return Err(Error::Interrupted);

@@ -89,6 +89,20 @@ pub fn allocated_bytes(src: &dyn MapSource) -> vmdk::Result<(u64, u64)> {
 /// Describes the disk at `path` (and its chain).
 pub fn info(path: &Path, opts: &OpenOptions) -> Result<DiskInfo> {
     let chain = Chain::open(path, opts)?;
+    describe(path, &chain)
+}
+
+/// The format a link reports: its descriptor's createType, or `raw` for a raw image.
+pub fn format_name(link: &vmdk::Link) -> String {
+    if link.container() == Container::Raw {
+        "raw".into()
+    } else {
+        link.descriptor().create_type.as_str().into()
+    }
+}
+
+/// Describes the open `chain` (whose top was opened from `path`).
+pub fn describe(path: &Path, chain: &Chain) -> Result<DiskInfo> {
     let top = chain.top();
     let d = top.descriptor();
     let cap = chain.capacity();
@@ -107,7 +121,7 @@ pub fn info(path: &Path, opts: &OpenOptions) -> Result<DiskInfo> {
     Ok(DiskInfo {
         path: path.to_path_buf(),
         container: container.into(),
-        format: if top.container() == Container::Raw { "raw".into() } else { d.create_type.as_str().into() },
+        format: format_name(top),
         capacity: cap,
         allocated,
         allocated_top,

@@ -58,6 +58,12 @@ pub fn changed_blocks(path: &Path, since: Option<&Path>, block: u64, opts: &Open
     Ok(changes_in(&chain, since, block)?.0)
 }
 
+/// The blocks that changed above `since` (a link of the open `chain`; `None`: the base) — the
+/// union of the change maps of the links above it, in blocks of `block` bytes.
+pub fn changed_in(chain: &Chain, since: Option<&Path>, block: u64) -> Result<ChangeMap> {
+    Ok(changes_in(chain, since, block)?.0)
+}
+
 /// The change map above `since` in an open chain, and the index of `since` in its links.
 fn changes_in(chain: &Chain, since: Option<&Path>, block: u64) -> Result<(ChangeMap, usize)> {
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());

@@ -1,7 +1,7 @@
 //! `vmkfs-backup -a VM -r DEST`: a VM's disks and small files into a new backup folder.
 //!
 //! For each disk the `.vmx` names (see [`super::vmx`]):
-//! 1. **snapshot** the top link the `.vmx` names ([`redo::snapshot`]), so the chain below it is
+//! 1. **snapshot** the top link the `.vmx` names ([`redo::snapshot()`]), so the chain below it is
 //!    static (disks inside a VMFS volume image need none: the image does not change);
 //! 2. **export** that chain into the hidden backup folder: a full pass clones it
 //!    ([`clone_chain_through`], default `2gbsparse` as VCB does, recording a SHA-256 per block as

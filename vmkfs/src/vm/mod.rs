@@ -11,7 +11,7 @@
 //! ```
 //!
 //! **Every disk goes through the disk operations.** A backup snapshots each disk
-//! ([`redo::snapshot`]), exports the now static chain below the snapshot with the clone engine
+//! ([`redo::snapshot()`]), exports the now static chain below the snapshot with the clone engine
 //! ([`crate::clone::clone_chain_through`]; an incremental pass with
 //! [`crate::redo_ops::export_delta`] from a change-tracking link, or by comparing block hashes),
 //! then commits the snapshot ([`crate::redo_ops::commit`]) or keeps it as the change-tracking link.

@@ -5,6 +5,7 @@
 
 mod disk;
 mod nbd;
+mod mount;
 mod out;
 mod progress;
 mod rdm;
@@ -35,6 +36,7 @@ pub struct Cli {
     pub stream: stream::StreamArgs,
     #[command(flatten)]
     pub nbd: nbd::NbdArgs,
+    pub mount: mount::MountArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         + vmfs::selected(&cli)
         + stream::selected(&cli)
         + nbd::selected(&cli);
+        + mount::selected(&cli);
     if selected != 1 {
         out::err_line("vmkfs: give exactly one operation (for example -i, -c, --info); see --help");
         return ExitCode::from(exit::USAGE as u8);
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         .or_else(|| rdm::run(&cli))
         .or_else(|| vmfs::run(&cli))
         .or_else(|| nbd::run(&cli))
+        .or_else(|| mount::run(&cli))
         .unwrap_or(exit::USAGE);
     ExitCode::from(out::finish(code) as u8)
 }

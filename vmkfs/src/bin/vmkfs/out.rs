@@ -4,7 +4,7 @@
 //! `EPIPE`) ends the output quietly: nothing more is written and nothing is said about it, and the
 //! operation finishes with its own exit status (a clone whose progress reader went away still
 //! completes). Data written for a reader ([`data`]: `--read-at`) is different: a transfer that
-//! cannot complete is an error (the caller stops, exit 4; see [`crate::report_error`]). Any other
+//! cannot complete is an error (the caller stops, exit 4; see `report_error` in `main.rs`). Any other
 //! failure to write standard output (a full disk behind `>`) also stops the output, and turns a
 //! successful run into an I/O failure ([`finish`]) so that a truncated output never looks complete.
 
@@ -20,7 +20,7 @@ static CLOSED: AtomicBool = AtomicBool::new(false);
 /// The first failure writing standard output that was not its reader going away.
 static FAILURE: Mutex<Option<io::Error>> = Mutex::new(None);
 
-/// `println!` through [`line`]: `outln!("Clone: {pct}% done.")`.
+/// `println!` through [`line()`]: `outln!("Clone: {pct}% done.")`.
 macro_rules! outln {
     ($($arg:tt)*) => {
         $crate::out::line(format_args!($($arg)*))
