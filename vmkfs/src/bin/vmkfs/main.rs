@@ -4,8 +4,8 @@
 //! disks); `main.rs` holds the options every operation shares and the dispatch.
 
 mod disk;
-mod nbd;
 mod mount;
+mod nbd;
 mod out;
 mod progress;
 mod rdm;
@@ -36,6 +36,7 @@ pub struct Cli {
     pub stream: stream::StreamArgs,
     #[command(flatten)]
     pub nbd: nbd::NbdArgs,
+    #[command(flatten)]
     pub mount: mount::MountArgs,
     #[command(flatten)]
     pub common: Common,
@@ -90,7 +91,7 @@ fn main() -> ExitCode {
         + rdm::selected(&cli)
         + vmfs::selected(&cli)
         + stream::selected(&cli)
-        + nbd::selected(&cli);
+        + nbd::selected(&cli)
         + mount::selected(&cli);
     if selected != 1 {
         out::err_line("vmkfs: give exactly one operation (for example -i, -c, --info); see --help");
