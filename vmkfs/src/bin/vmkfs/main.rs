@@ -97,6 +97,10 @@ fn main() -> ExitCode {
         out::err_line("vmkfs: give exactly one operation (for example -i, -c, --info); see --help");
         return ExitCode::from(exit::USAGE as u8);
     }
+    if cli.nbd.writable && cli.nbd.serve_nbd.is_none() && cli.mount.mount.is_none() {
+        out::err_line("vmkfs: --writable goes with --serve-nbd or --mount");
+        return ExitCode::from(exit::USAGE as u8);
+    }
     if let Err(e) = check_disk_names(&cli) {
         return ExitCode::from(report_error(&cli, &e) as u8);
     }
@@ -196,5 +200,14 @@ pub fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", U[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The option table is consistent (unique names, valid `requires`), whatever the build.
+    #[test]
+    fn command_line_definition_is_valid() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -17,9 +17,6 @@ pub struct MountArgs {
     /// (or an unmount). Read-only unless --writable.
     #[arg(long = "mount", value_name = "DIR")]
     pub mount: Option<PathBuf>,
-    /// With --mount: the image is writable; writes go to the top link, locked exclusively.
-    #[arg(long = "writable", requires = "mount")]
-    pub writable: bool,
 }
 
 /// How many mount operations the command line selects.
@@ -39,7 +36,7 @@ fn announce(image: &Path) {
 
 fn run_mount(cli: &Cli, dir: &Path) -> Result<i32> {
     let path = target(cli)?;
-    let writable = cli.mount.writable;
+    let writable = cli.nbd.writable;
     let disk = Disk::open_with(path, &if writable { rw_options(cli) } else { open_options(cli) })?;
     let stop = crate::disk::install_interrupt_handler();
     let opts = MountOptions { writable, name: None, on_mounted: Some(announce) };

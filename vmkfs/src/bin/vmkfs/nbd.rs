@@ -15,8 +15,9 @@ pub struct NbdArgs {
     /// path, tcp:127.0.0.1:PORT or tcp:[::1]:PORT. Read-only unless --writable; ends on SIGINT/SIGTERM.
     #[arg(long = "serve-nbd", value_name = "SOCKET")]
     pub serve_nbd: Option<String>,
-    /// With --serve-nbd: accept writes, into the top link (locked for writing while served).
-    #[arg(long, requires = "serve_nbd")]
+    /// With --serve-nbd or --mount: accept writes, into the top link (locked exclusively while
+    /// served or mounted).
+    #[arg(long = "writable")]
     pub writable: bool,
 }
 
