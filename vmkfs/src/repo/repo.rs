@@ -153,19 +153,12 @@ impl Repo {
         write_new(&root.join("keys").join(Id::of(&kjson).hex()), &kjson)?;
         let mut rid = [0u8; 32];
         crypto::random(&mut rid);
-        let mut poly = [0u8; 7];
-        crypto::random(&mut poly);
         let cfg = Config {
             version: 2,
             id: crate::vm::plain::hex(&rid),
-            // Some irreducible-looking degree-53 value; only restic's own chunker would use it.
-            chunker_polynomial: format!(
-                "{:x}",
-                (u64::from_le_bytes([poly[0], poly[1], poly[2], poly[3], poly[4], poly[5], poly[6], 0])
-                    & ((1 << 53) - 1))
-                    | (1 << 53)
-                    | 1
-            ),
+            // restic checks that this is an irreducible polynomial of degree 53; this one is the
+            // example of its design document. We cut fixed blocks and never use it.
+            chunker_polynomial: "25b468838dcb75".into(),
         };
         let plain = serde_json::to_vec(&cfg).expect("serializable");
         write_new(&root.join("config"), &master.encrypt(&plain))?;
