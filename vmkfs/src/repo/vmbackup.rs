@@ -107,17 +107,15 @@ pub fn load_point(repo: &Repo, id: Id, snap: Snapshot) -> Result<Point> {
     Ok(Point { id, snapshot: snap, folder, catalog, nodes })
 }
 
-/// The newest snapshot of the VM folder `folder` (or the one `spec` names).
-pub fn find_point(repo: &Repo, folder: &str, spec: &str) -> Result<Option<Point>> {
+/// The newest vmkfs snapshot (of the VM folder `folder`, when given), or the one `spec` names.
+pub fn find_point(repo: &Repo, folder: Option<&str>, spec: &str) -> Result<Option<Point>> {
     if spec != "latest" {
         let (id, s) = repo.find_snapshot(spec)?;
         return load_point(repo, id, s).map(Some);
     }
-    let hit = repo
-        .snapshots
-        .iter()
-        .rev()
-        .find(|(_, s)| s.tags.iter().any(|t| t == "vmkfs") && s.paths.iter().any(|p| p == &format!("/{folder}")));
+    let hit = repo.snapshots.iter().rev().find(|(_, s)| {
+        s.tags.iter().any(|t| t == "vmkfs") && folder.is_none_or(|f| s.paths.iter().any(|p| *p == format!("/{f}")))
+    });
     match hit {
         Some((id, s)) => load_point(repo, *id, s.clone()).map(Some),
         None => Ok(None),

@@ -317,7 +317,7 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
     let point = match (&repo, &opts.since) {
         (Some(repo), Some(spec)) => {
             let spec = spec.to_string_lossy();
-            let p = crate::repo::vmbackup::find_point(repo, &folder_name, &spec)?;
+            let p = crate::repo::vmbackup::find_point(repo, Some(&folder_name), &spec)?;
             if p.is_none() {
                 r.event(Event::Note { disk: None, what: format!("no snapshot of {folder_name} yet: a full backup") });
             }
@@ -889,7 +889,7 @@ fn repo_disk(
         filename: Some(file.clone()),
         skipped: None,
         format: d.format.clone(),
-        export: "raw".into(),
+        export: catalog::RAW_EXPORT.into(),
         capacity: d.capacity,
         cid,
         parent_cid: None,

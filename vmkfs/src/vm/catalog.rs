@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 
 /// The catalog's file name inside a backup folder.
 pub const FILE_NAME: &str = "catalog";
+/// `disk.K.export` of a disk stored as a raw file of a restic snapshot.
+pub const RAW_EXPORT: &str = "raw";
 /// The version this code writes and reads.
 pub const VERSION: &str = "1";
 
@@ -397,7 +399,8 @@ impl Catalog {
             files,
         };
         for d in &c.disks {
-            if let Some(f) = &d.filename {
+            // A disk in a restic snapshot (`raw`) is checked by its blob IDs, not a file SHA-256.
+            if let Some(f) = d.filename.as_ref().filter(|_| d.export != RAW_EXPORT) {
                 if !c.files.iter().any(|x| &x.name == f && x.role == Role::Disk) {
                     return Err(err(
                         &format!("disk.{}.filename", d.key),
