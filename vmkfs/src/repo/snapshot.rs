@@ -98,3 +98,13 @@ pub fn read_tree(repo: &super::Repo, id: &Id) -> crate::Result<super::tree::Tree
     serde_json::from_slice(&raw)
         .map_err(|e| super::repo::corrupt(&repo.root().join("index"), None, format!("tree {id}: JSON: {e}")))
 }
+
+/// The file node at `path` (`/VM/disk.raw`, `disk.raw`) of a snapshot.
+pub fn find_file(repo: &super::Repo, snap: &Snapshot, path: &str) -> crate::Result<super::tree::Node> {
+    let path = path.trim_start_matches('/');
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    folder(repo, snap, Some(dir))?
+        .into_iter()
+        .find(|n| n.name == name && n.kind == "file")
+        .ok_or_else(|| crate::Error::Usage(format!("/{path}: no such file in snapshot {}", snap.tree)))
+}
