@@ -342,6 +342,7 @@ impl Repo {
     /// Takes restic's lock (non-exclusive unless `exclusive`): refused while another process holds
     /// a conflicting lock that is not stale.
     pub fn lock(&self, exclusive: bool) -> Result<Lock<'_>> {
+        self.remove_dead_locks()?;
         self.check_locks(exclusive, None)?;
         let mut l = Lock { repo: self, exclusive, id: None, written: Instant::now() };
         l.write()?;
@@ -352,6 +353,21 @@ impl Repo {
             return Err(e);
         }
         Ok(l)
+    }
+
+    /// Removes the locks of processes of this host that are gone (a killed backup's), as
+    /// `restic unlock` does; restic's own exclusive commands refuse any lock, stale or not.
+    fn remove_dead_locks(&self) -> Result<()> {
+        let dir = self.root.join("locks");
+        for id in list_ids(&dir)? {
+            let p = dir.join(id.hex());
+            if let Ok(l) = self.load_unpacked::<LockFile>(&p) {
+                if l.hostname == hostname() && !rdm::process_alive(l.pid as u32) {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_locks(&self, exclusive: bool, ours: Option<Id>) -> Result<()> {
@@ -400,7 +416,7 @@ impl LockFile {
             return true;
         }
         // A lock of this machine whose process is gone.
-        self.hostname == hostname() && !Path::new(&format!("/proc/{}", self.pid)).exists()
+        self.hostname == hostname() && !rdm::process_alive(self.pid as u32)
     }
 }
 

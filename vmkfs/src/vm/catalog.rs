@@ -345,7 +345,9 @@ impl Catalog {
                 Method::parse(&m)
                     .ok_or_else(|| err(&k("method"), format!("method {m:?} is not full, tracking or hashes")))?,
             );
-            if (d.method == Some(Method::Full)) == d.parent_cid.is_some() {
+            // A raw file of a restic snapshot is always whole; its method says how it was read.
+            let whole = d.method == Some(Method::Full) || d.export == RAW_EXPORT;
+            if whole == d.parent_cid.is_some() {
                 return Err(err(
                     &k("method"),
                     format!(

@@ -189,7 +189,9 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
         let r = match (&device, restic) {
             (None, Some(l)) => clone_from_repo(&l, dst, &mut opts)?,
             (Some(_), Some(_)) => {
-                return Err(Error::Usage("a file of a restic snapshot clones into a disk format, not onto a device".into()))
+                return Err(Error::Usage(
+                    "a file of a restic snapshot clones into a disk format, not onto a device".into(),
+                ))
             }
             (Some(t), None) => vmkfs::rdm_ops::clone_to_device(src, dst, t, &mut opts, cli.rdm.target_is_zero)?,
             (None, None) => clone_disk(src, dst, &mut opts)?,
