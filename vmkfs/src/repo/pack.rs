@@ -72,3 +72,28 @@ impl PackBuf {
         (id, bytes, IndexPack { id, blobs: self.blobs })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_at_the_end_describes_the_blobs() {
+        let key = Key::random();
+        let mut p = PackBuf::new(BlobKind::Data);
+        let (a, b) = (key.encrypt(b"one"), key.encrypt(b"compressed"));
+        p.push(Id::of(b"one"), &a, None);
+        p.push(Id::of(b"two"), &b, Some(1000));
+        let (id, bytes, entry) = p.finish(&key);
+        assert_eq!(id, Id::of(&bytes));
+        let hlen = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap()) as usize;
+        let header = key.decrypt(&bytes[bytes.len() - 4 - hlen..bytes.len() - 4]).unwrap();
+        assert_eq!(header.len(), 37 + 41);
+        assert_eq!(header[0], 0);
+        assert_eq!(&header[1..5], &(a.len() as u32).to_le_bytes());
+        assert_eq!(&header[5..37], &Id::of(b"one").0);
+        assert_eq!(header[37], 2);
+        assert_eq!(&header[42..46], &1000u32.to_le_bytes());
+        assert_eq!(entry.blobs[1].offset, a.len() as u64);
+    }
+}

@@ -163,3 +163,37 @@ pub fn changed_blocks(m: &redo::ChangeMap, capacity: u64) -> Vec<bool> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        let l = |s: &str| parse_location(s).unwrap();
+        assert_eq!(l("restic:/r"), Location { path: "/r".into(), snapshot: None, file: None });
+        assert_eq!(l("restic:/r@latest"), Location { path: "/r".into(), snapshot: Some("latest".into()), file: None });
+        assert_eq!(
+            l("restic:/r@4f1c:/vm/scsi0-0-vm.raw"),
+            Location { path: "/r".into(), snapshot: Some("4f1c".into()), file: Some("/vm/scsi0-0-vm.raw".into()) }
+        );
+        // An @ inside the path is part of it.
+        assert_eq!(l("restic:/backups/a@b/repo").path, PathBuf::from("/backups/a@b/repo"));
+        assert!(parse_location("/plain/folder").is_none());
+    }
+
+    #[test]
+    fn folder_names_restic_keeps() {
+        assert_eq!(folder_name(Some("web 01"), "web01.vmx"), "web 01");
+        assert_eq!(folder_name(Some("a\"b"), "web01.vmx"), "web01");
+        assert_eq!(folder_name(None, "web01.vmx"), "web01");
+    }
+
+    #[test]
+    fn change_maps_become_blocks() {
+        let mut m = redo::ChangeMap::new(5 * vmdisk::BLOCK, 65536).unwrap();
+        m.mark(vmdisk::BLOCK + 4096, 10);
+        m.mark(3 * vmdisk::BLOCK - 1, 2);
+        assert_eq!(changed_blocks(&m, 5 * vmdisk::BLOCK), vec![false, true, true, true, false]);
+    }
+}

@@ -67,31 +67,34 @@ pub fn write_source(
     let mut out = Written { content: Vec::with_capacity(n), ..Written::default() };
     let mut zeros_needed = (false, false);
     let mut buf = vec![0u8; BATCH * BLOCK as usize];
+    let len_of = |b: usize| if b + 1 == n { tail } else { BLOCK };
+    // The blob block `b` gets without reading: the previous snapshot's when the change map says
+    // it did not change, the zero blob when the allocation map holds no data there.
+    let unread = |b: usize| -> Option<Id> {
+        match prev {
+            Some((ids, changed)) if !changed[b] => Some(ids[b]),
+            _ if data[b] => None,
+            _ if b + 1 == n => Some(tail_zero),
+            _ => Some(full_zero),
+        }
+    };
     let mut i = 0;
     while i < n {
-        let len_of = |b: usize| if b + 1 == n { tail } else { BLOCK };
-        if !data[i] || prev.is_some_and(|(_, changed)| !changed[i]) {
-            let id = match prev.filter(|(_, changed)| !changed[i]) {
-                Some((ids, _)) if data[i] => {
-                    out.reused += 1;
-                    ids[i]
-                }
-                _ if i + 1 == n => {
-                    zeros_needed.1 = true;
-                    tail_zero
-                }
-                _ => {
-                    zeros_needed.0 = true;
-                    full_zero
-                }
-            };
+        if let Some(id) = unread(i) {
+            if data[i] {
+                out.reused += 1;
+            } else if id == tail_zero && i + 1 == n {
+                zeros_needed.1 = true;
+            } else if id == full_zero {
+                zeros_needed.0 = true;
+            }
             out.content.push(id);
             i += 1;
             continue;
         }
         // A batch of consecutive blocks to read.
-        let mut j = i;
-        while j < n && j - i < BATCH && data[j] && !prev.is_some_and(|(_, changed)| !changed[j]) {
+        let mut j = i + 1;
+        while j < n && j - i < BATCH && unread(j).is_none() {
             j += 1;
         }
         let start = i as u64 * BLOCK;
