@@ -205,19 +205,31 @@ pub fn clone_chain_through(
     dst: &Path,
     opts: &mut CloneOptions<'_>,
 ) -> Result<CloneReport> {
-    let cap = chain.capacity();
+    let adapter = chain.top().descriptor().ddb("adapterType").and_then(Adapter::parse);
+    clone_source_into(through, chain.capacity(), adapter, content_id(chain), dst, opts)
+}
+
+/// Clones any source (a file of a restic snapshot, …) into a new disk at `dst` of `capacity`
+/// bytes, with content identity `cid` (a fresh one when `None`); `adapter` is the default when
+/// `opts` names none (else lsilogic).
+pub fn clone_source_into(
+    through: &dyn Source,
+    cap: u64,
+    adapter: Option<Adapter>,
+    cid: Option<u32>,
+    dst: &Path,
+    opts: &mut CloneOptions<'_>,
+) -> Result<CloneReport> {
     let adapter = if opts.format == DiskFormat::StreamOptimized {
         opts.adapter.unwrap_or(Adapter::LsiLogic)
     } else {
-        opts.adapter
-            .or_else(|| chain.top().descriptor().ddb("adapterType").and_then(Adapter::parse))
-            .unwrap_or(Adapter::LsiLogic)
+        opts.adapter.or(adapter).unwrap_or(Adapter::LsiLogic)
     };
     let mut copts = CreateOptions::new(opts.format, cap);
     copts.adapter = adapter;
     copts.force = opts.force;
     copts.zero_fill = false;
-    copts.cid = content_id(chain);
+    copts.cid = cid;
     let new = Destination::create(dst, &copts, opts.compress_level)?;
     let files = new.final_paths();
     let engine = opts.engine.unwrap_or_default();

@@ -67,6 +67,17 @@ pub enum Error {
         /// What is wrong and what was expected.
         what: String,
     },
+    /// A restic repository file that cannot be used: damaged (a MAC or SHA-256 that does not
+    /// match), not of the format, or locked by no key this password opens.
+    #[error("{path}{at}: {what}", path = .path.display(), at = match .offset { Some(o) => format!(" at byte {o}"), None => String::new() })]
+    Repo {
+        /// The file (a pack, an index, a snapshot, the keys folder).
+        path: PathBuf,
+        /// Byte offset in it, when known.
+        offset: Option<u64>,
+        /// What was found and what was expected.
+        what: String,
+    },
     /// A backup that does not hold what its catalog says (a damaged or missing file, a broken chain
     /// of backups).
     #[error("{path}: {what}", path = .path.display())]
@@ -104,7 +115,7 @@ impl Error {
             Error::Redo(redo::RedoError::Interrupted) => exit::IO,
             Error::Redo(_) | Error::ChangeMap(_) | Error::Refused(_) => exit::BAD_INPUT,
             Error::Io { .. } | Error::Interrupted => exit::IO,
-            Error::Config { .. } | Error::Backup { .. } => exit::BAD_INPUT,
+            Error::Config { .. } | Error::Backup { .. } | Error::Repo { .. } => exit::BAD_INPUT,
             Error::Vmfs(e) if e.is_bad_input() => exit::BAD_INPUT,
             Error::Vmfs(_) => exit::IO,
         }

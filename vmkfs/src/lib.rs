@@ -44,6 +44,7 @@ pub mod ops;
 pub mod phase;
 pub mod rdm_ops;
 pub mod redo_ops;
+pub mod repo;
 pub mod size;
 pub mod stream;
 pub mod vm;

@@ -38,6 +38,8 @@ use crate::clone::{clone_chain_through, CloneOptions};
 use crate::engine::{copy, EngineOptions};
 use crate::error::{Error, Result};
 use crate::redo_ops::{changed_blocks, commit, export_delta};
+use crate::repo::vmdisk;
+use crate::repo::{tree::Node, vmbackup, Writer};
 
 /// The intent operation name of a backup.
 pub const OP: &str = "backup";
@@ -63,6 +65,18 @@ pub struct BackupOptions {
     pub datastores: Datastores,
     /// The command that re-runs this backup (recorded for an interrupted run).
     pub command: Vec<String>,
+    /// A restic repository instead of a folder (`-r restic:PATH`): `dest` is the repository and
+    /// `since`, when given, names a snapshot (`latest`, an ID).
+    pub repo: Option<RepoDest>,
+}
+
+/// Where a backup into a restic repository goes.
+#[derive(Debug, Clone)]
+pub struct RepoDest {
+    /// The repository's password.
+    pub password: Vec<u8>,
+    /// Create the repository first (`--init`).
+    pub init: bool,
 }
 
 /// One disk backed up.
@@ -274,16 +288,24 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
     let vmx_real = if snapshots { host().real_path(&vmx_place.path) } else { vmx_place.path.clone() };
     if snapshots {
         if let Some(done) = recover(&vmx_real, r)? {
-            if done.complete && done.dest == dest {
+            if done.complete && done.dest == dest && opts.repo.is_none() {
                 let cat = verify::load(&dest)?;
                 return Ok(report_of(&dest, &cat, true));
             }
         }
     }
+    if let Some(rd) = &opts.repo {
+        if rd.init {
+            crate::repo::Repo::init(&dest, &rd.password)?;
+        }
+    }
+    let repo = opts.repo.as_ref().map(|rd| crate::repo::Repo::open(&dest, &rd.password)).transpose()?;
+    let folder_name = crate::repo::vmbackup::folder_name(vmx.display_name(), &vmx_place.name());
     if !parent.is_dir() {
         return Err(Error::Usage(format!("{}: the parent folder of the backup does not exist", parent.display())));
     }
-    if dest.exists() || std::fs::symlink_metadata(&dest).is_ok() {
+    if repo.is_some() {
+    } else if dest.exists() || std::fs::symlink_metadata(&dest).is_ok() {
         return Err(Error::Usage(format!(
             "{}: already exists (a backup is always written to a new folder)",
             dest.display()
@@ -292,7 +314,19 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
     sweep_stale_folders(&dest);
 
     // The backup this pass is relative to.
+    let point = match (&repo, &opts.since) {
+        (Some(repo), Some(spec)) => {
+            let spec = spec.to_string_lossy();
+            let p = crate::repo::vmbackup::find_point(repo, Some(&folder_name), &spec)?;
+            if p.is_none() {
+                r.event(Event::Note { disk: None, what: format!("no snapshot of {folder_name} yet: a full backup") });
+            }
+            p
+        }
+        _ => None,
+    };
     let prev = match &opts.since {
+        _ if repo.is_some() => point.as_ref().map(|p| (dest.clone(), p.catalog.clone())),
         None => {
             if opts.differential {
                 return Err(Error::Usage("--differential needs --since FULL".into()));
@@ -347,7 +381,7 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
                 .into());
             }
         }
-        let plan = plan_disk(&vd, &place, &chain, prev.as_ref(), ds, r)?;
+        let plan = plan_disk(&vd, &place, &chain, prev.as_ref(), repo.is_some(), ds, r)?;
         // A disk whose chain still holds the point an earlier pass recorded keeps the name it had
         // then, even when the .vmx now names a tracking link above it: that is the disk a restore
         // brings back.
@@ -385,6 +419,8 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
     // Everything up to the commit point; a failure there undoes what this run did to the source.
     let built = (|| -> Result<Catalog> {
         std::fs::create_dir(&temp).map_err(|e| Error::Io { path: temp.clone(), source: e })?;
+        let mut writer = repo.as_ref().map(Writer::new).transpose()?;
+        let mut disk_nodes: Vec<Node> = Vec::new();
         let mut files: Vec<FileEntry> = Vec::new();
         let hasher = plain::Hasher::new();
         let mut vmx_after = vmx.clone();
@@ -426,7 +462,15 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
                 }
                 snapshot = Some(s);
             }
-            let (entry, fe, dd) = export_disk(d, &temp, opts.format, kind, &snapshot, opts.keep_tracking, ds, r)?;
+            let (entry, fe, dd) = match writer.as_mut() {
+                Some(w) => {
+                    let (entry, node, dd) =
+                        repo_disk(d, w, point.as_ref(), kind, &snapshot, opts.keep_tracking, ds, r)?;
+                    disk_nodes.push(node);
+                    (entry, Vec::new(), dd)
+                }
+                None => export_disk(d, &temp, opts.format, kind, &snapshot, opts.keep_tracking, ds, r)?,
+            };
             entries.push(entry);
             for f in fe {
                 hasher.add(files.len(), temp.join(&f.name));
@@ -449,12 +493,14 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
             files[id].size = size;
             files[id].sha256 = sha256;
         }
+        // Every snapshot of a repository is a whole restore point.
+        let in_repo = writer.is_some();
         let cat = Catalog {
             id: id.clone(),
-            kind,
+            kind: if in_repo { Kind::Full } else { kind },
             time: catalog::now_utc(),
-            parent: prev.as_ref().map(|(f, c)| (relative_to(f, &parent), c.id.clone())),
-            base: prev.as_ref().map(|(_, c)| c.base.clone()).unwrap_or_else(|| id.clone()),
+            parent: prev.as_ref().filter(|_| !in_repo).map(|(f, c)| (relative_to(f, &parent), c.id.clone())),
+            base: prev.as_ref().filter(|_| !in_repo).map(|(_, c)| c.base.clone()).unwrap_or_else(|| id.clone()),
             display_name: vmx.display_name().unwrap_or_default().to_string(),
             uuid: vmx.uuid().unwrap_or_default().to_string(),
             state: vmx.state().to_string(),
@@ -474,6 +520,19 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
         };
         vmdk::txn::write_file(&host(), &temp.join(catalog::FILE_NAME), cat.to_text().as_bytes(), false)?;
         let h = host();
+        if let (Some(mut w), Some(repo)) = (writer, repo.as_ref()) {
+            r.event(Event::Step { disk: None, what: format!("storing the VM's files in {}", dest.display()) });
+            let mut names: Vec<String> = cat.files.iter().map(|f| f.name.clone()).collect();
+            names.push(catalog::FILE_NAME.to_string());
+            let mut nodes = vmbackup::write_files(&mut w, &temp, &names)?;
+            nodes.append(&mut disk_nodes);
+            let tags = vec!["vmkfs".to_string(), folder_name.clone(), kind.as_str().to_string()];
+            // The commit point: the snapshot file.
+            let snap = crate::repo::snapshot::save_folder(repo, w, &folder_name, nodes, tags)?;
+            r.event(Event::Step { disk: None, what: format!("snapshot {snap} saved") });
+            std::fs::remove_dir_all(&temp).map_err(|e| Error::Io { path: temp.clone(), source: e })?;
+            return Ok(cat);
+        }
         h.sync_dir(&temp)?;
         // The commit point: the whole folder appears at once.
         h.rename_noreplace(&temp, &dest).map_err(|e| match e {
@@ -595,6 +654,7 @@ fn plan_disk(
     place: &Place,
     chain: &Chain,
     prev: Option<&(PathBuf, Catalog)>,
+    in_repo: bool,
     ds: &Datastores,
     r: &mut dyn Reporter,
 ) -> Result<Plan> {
@@ -616,7 +676,9 @@ fn plan_disk(
         );
         return Ok(Plan::Full);
     }
-    let prev_table = load_blocks(pfolder, pcat, pd)?;
+    // A repository's previous point has blob IDs in place of block hashes.
+    let prev_table =
+        if in_repo { BlockHashes::zeros(pd.capacity, vmdisk::BLOCK)? } else { load_blocks(pfolder, pcat, pd)? };
     // The earlier pass's point must still be a link below the top with the CID it recorded.
     if let (Some(point), Some(tracking)) = (&pd.point, &pd.tracking) {
         let resolve = |w: &str| ds.resolve(w, &place.folder(), "tracking link").map(|p| p.storage().real_path(&p.path));
@@ -766,6 +828,78 @@ fn export_disk(
         tracking,
     };
     Ok((entry, files, DiskDone { disk: key, method: method.as_str(), file, bytes }))
+}
+
+/// Stores one disk into the repository as `KEY-STEM.raw`: a tracking plan reads only the blocks
+/// its change map marks (the others keep the previous point's blobs), every other plan reads the
+/// blocks the allocation map holds (the index keeps unchanged ones from being stored again).
+#[allow(clippy::too_many_arguments)]
+fn repo_disk(
+    d: &Disk,
+    w: &mut Writer<'_>,
+    point: Option<&vmbackup::Point>,
+    kind: Kind,
+    snapshot: &Option<PathBuf>,
+    keep_tracking: bool,
+    ds: &Datastores,
+    r: &mut dyn Reporter,
+) -> Result<(DiskEntry, Node, DiskDone)> {
+    let key = d.vd.key.clone();
+    let file = format!("{}-{}.raw", d.vd.file_key(), disk_stem(&d.place.name()));
+    let opts = ro(&d.place);
+    let chain = Chain::open(&d.place.path, &opts)?;
+    let cid = chain.top().descriptor().cid;
+    // The previous point's blobs of this disk, and which blocks changed since (tracking link).
+    let prev_blobs = point.zip(point.and_then(|p| p.catalog.disk(&key))).and_then(|(p, pd)| {
+        p.node(pd.filename.as_deref()?).filter(|n| n.size == d.capacity).and_then(|n| n.content.clone())
+    });
+    let changed = match (&d.plan, &prev_blobs) {
+        (Plan::Tracking { point: at, .. }, Some(_)) => {
+            let m = changed_blocks(&d.place.path, Some(at), vmdisk::BLOCK, &opts)?;
+            Some(vmbackup::changed_blocks(&m, d.capacity))
+        }
+        _ => None,
+    };
+    let method = match (&d.plan, &changed) {
+        (Plan::Full, _) => Method::Full,
+        (Plan::Tracking { .. }, Some(_)) => Method::Tracking,
+        _ => Method::Hashes,
+    };
+    let mut progress = |done: u64, total: u64| r.event(Event::Progress { disk: key.clone(), done, total });
+    let prev = prev_blobs.as_deref().zip(changed.as_deref());
+    let (node, wr) = vmbackup::write_disk(w, &file, &chain, prev, &mut progress)?;
+    r.event(Event::Step {
+        disk: Some(key.clone()),
+        what: format!("{} bytes read, {} blocks kept from the previous snapshot unread", wr.read, wr.reused),
+    });
+    let written = |p: &Path| ds.written(&d.place.at(p));
+    let (point_at, tracking) = match (snapshot, keep_tracking) {
+        (Some(s), true) => {
+            let at = match (&d.plan, kind) {
+                (Plan::Tracking { point, .. }, Kind::Incremental) => point.clone(),
+                _ => d.place.path.clone(),
+            };
+            (Some(written(&at)), Some(written(s)))
+        }
+        _ => (Some(written(&d.place.path)), None),
+    };
+    let entry = DiskEntry {
+        key: key.clone(),
+        diskname: d.written.clone(),
+        filename: Some(file.clone()),
+        skipped: None,
+        format: d.format.clone(),
+        export: catalog::RAW_EXPORT.into(),
+        capacity: d.capacity,
+        cid,
+        parent_cid: None,
+        method: Some(method),
+        blocks: None,
+        bytes: wr.read,
+        point: point_at,
+        tracking,
+    };
+    Ok((entry, node, DiskDone { disk: key, method: method.as_str(), file, bytes: wr.read }))
 }
 
 /// The block hashes after a tracking pass: `prev` with every block the change map touches hashed

@@ -105,7 +105,7 @@ pub fn folder_location(given: &str) -> Result<PathBuf> {
     }
     if given.starts_with("restic:") {
         return Err(Error::Usage(format!(
-            "{given:?}: restic repositories are not supported yet; give a folder (a path or file:///path)"
+            "{given:?}: a restic repository is not a folder here (vmkfs-backup -r and vmkfs-restore -s take restic:PATH); give a folder (a path or file:///path)"
         )));
     }
     if let Some((scheme, _)) = given.split_once("://") {

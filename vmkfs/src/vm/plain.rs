@@ -148,12 +148,19 @@ pub fn copy_file(
     dst: &Path,
 ) -> Result<(u64, String)> {
     let from = PlainFile::open(src_storage, src)?;
+    write_source(&from, dst_storage, dst)
+}
+
+/// Writes the bytes of any source (a file of a restic snapshot, …) to the new file `dst` like
+/// [`copy_file`]. Returns its length and SHA-256.
+pub fn write_source(from: &dyn Source, dst_storage: &Arc<dyn Storage>, dst: &Path) -> Result<(u64, String)> {
+    let len = from.capacity();
     let out = dst_storage.create_new(dst)?;
-    out.set_len(from.len())?;
-    let t = Hashed::new(Some(out.clone()), from.len());
-    copy(&from, &t, &engine(), &mut |_, _| {}, None)?;
+    out.set_len(len)?;
+    let t = Hashed::new(Some(out.clone()), len);
+    copy(from, &t, &engine(), &mut |_, _| {}, None)?;
     out.sync()?;
-    Ok((from.len(), t.finish()))
+    Ok((len, t.finish()))
 }
 
 /// The length and SHA-256 of the file at `path`.

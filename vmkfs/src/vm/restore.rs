@@ -15,6 +15,11 @@
 //!    engine; the `.vmx` rewritten to name the restored disks, written with
 //!    [`vmdk::txn::write_file`].
 //! 5. One intent record puts them all in place, the `.vmx` last (see the [module text](super)).
+//!
+//! From a restic repository (`-s restic:PATH[@SNAP]`) the snapshot's small files are first read
+//! out into a private folder (their catalog SHA-256s are checked there as in step 1) and each disk
+//! is cloned straight out of the snapshot's raw file (zero blobs are not read); the rest is the
+//! same.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +36,7 @@ use super::{kv, plain, verify, Event, Reporter};
 use crate::clone::{clone_disk, CloneOptions};
 use crate::error::{Error, Result};
 use crate::redo_ops::apply_delta;
+use vmdk::map::MapSource;
 
 /// The intent operation name of a restore.
 pub const OP: &str = "restore";
@@ -95,6 +101,42 @@ pub struct RestoreOptions {
     pub format: Option<DiskFormat>,
     /// Datastores for `[NAME] path` targets.
     pub datastores: Datastores,
+    /// `src` is a restic repository: its password and the snapshot (`latest`: the newest VM
+    /// snapshot; an ID or prefix).
+    pub repo: Option<(Vec<u8>, String)>,
+}
+
+/// A restic snapshot being restored: the repository, the point, the folder its small files were
+/// read out into (removed when dropped).
+struct FromRepo {
+    repo: crate::repo::Repo,
+    point: crate::repo::vmbackup::Point,
+    dir: PathBuf,
+}
+
+impl Drop for FromRepo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Opens the repository and reads the snapshot's small files and catalog out into a private
+/// folder beside the repository.
+fn open_repo(root: &Path, password: &[u8], spec: &str) -> Result<FromRepo> {
+    use crate::repo::vmbackup;
+    let repo = crate::repo::Repo::open(root, password)?;
+    let point = vmbackup::find_point(&repo, None, spec)?
+        .ok_or_else(|| Error::Backup { path: root.into(), what: "the repository holds no vmkfs VM snapshot".into() })?;
+    let dir = vmdk::txn::temp_name(&std::env::temp_dir().join("vmkfs-restore"));
+    std::fs::create_dir(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+    let from = FromRepo { repo, point, dir };
+    let mut names: Vec<&str> = from.point.catalog.files.iter().map(|f| f.name.as_str()).collect();
+    names.push(super::catalog::FILE_NAME);
+    for n in names {
+        let f = from.point.file(&from.repo, n)?;
+        plain::write_source(&f, &host(), &from.dir.join(n))?;
+    }
+    Ok(from)
 }
 
 /// One disk restored.
@@ -159,7 +201,11 @@ pub fn default_format(format: &str) -> DiskFormat {
 /// Restores the VM in `opts.src`.
 pub fn restore(opts: &RestoreOptions, ask: &mut dyn Ask, r: &mut dyn Reporter) -> Result<RestoreReport> {
     let ds = &opts.datastores;
-    let chain = verify::chain(&opts.src)?;
+    let from_repo = opts.repo.as_ref().map(|(pw, spec)| open_repo(&opts.src, pw, spec)).transpose()?;
+    let chain = match &from_repo {
+        Some(f) => vec![(f.dir.clone(), f.point.catalog.clone())],
+        None => verify::chain(&opts.src)?,
+    };
     r.event(Event::Step {
         disk: None,
         what: format!(
@@ -213,7 +259,7 @@ pub fn restore(opts: &RestoreOptions, ask: &mut dyn Ask, r: &mut dyn Reporter) -
             continue;
         }
         let target = on_host(ds.resolve(&d.diskname, &vm_dir, &format!("disk {}", d.key))?)?.path;
-        let files = disk_files(&chain, &d.key)?;
+        let files = if from_repo.is_some() { Vec::new() } else { disk_files(&chain, &d.key)? };
         let format = opts.format.unwrap_or_else(|| default_format(&d.format));
         items.push(Item { target, what: What::Disk { entry: Box::new(d.clone()), files, format }, replace: false });
     }
@@ -255,7 +301,7 @@ pub fn restore(opts: &RestoreOptions, ask: &mut dyn Ask, r: &mut dyn Reporter) -
 
     // Stage.
     let mut staging: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
-    let result = stage_and_place(&items, &disk_targets, &vmx_t, &mut staging, r);
+    let result = stage_and_place(&items, &disk_targets, &vmx_t, &mut staging, from_repo.as_ref(), r);
     for s in staging.values() {
         let _ = std::fs::remove_dir_all(s);
     }
@@ -387,6 +433,7 @@ fn stage_and_place(
     disk_targets: &[(String, PathBuf)],
     vmx_t: &Place,
     staging: &mut BTreeMap<PathBuf, PathBuf>,
+    from_repo: Option<&FromRepo>,
     r: &mut dyn Reporter,
 ) -> Result<(Vec<RestoredDisk>, Vec<PathBuf>)> {
     let h = host();
@@ -407,7 +454,10 @@ fn stage_and_place(
                     disk: Some(entry.key.clone()),
                     what: format!("restoring {} ({}, from {} file(s))", i.target.display(), format.name(), files.len()),
                 });
-                let made = assemble(entry, files, *format, &st.join(&name), r)?;
+                let made = match from_repo {
+                    Some(f) => from_snapshot(f, entry, *format, &st.join(&name), r)?,
+                    None => assemble(entry, files, *format, &st.join(&name), r)?,
+                };
                 if i.replace {
                     if let Some(old) = replaced_disk(&i.target)? {
                         let new_finals: Vec<PathBuf> = made.iter().map(|p| dir.join(vmdk::txn::file_name(p))).collect();
@@ -504,6 +554,31 @@ fn replaced_disk(target: &Path) -> Result<Option<Link>> {
         // Not a disk we can read: only the names written are replaced.
         Err(_) => Ok(None),
     }
+}
+
+/// Builds disk `entry` at `dst` (in a staging folder) from its raw file in the restic snapshot,
+/// with the CID the catalog recorded; returns the disk's files, descriptor last.
+fn from_snapshot(
+    f: &FromRepo,
+    entry: &DiskEntry,
+    format: DiskFormat,
+    dst: &Path,
+    r: &mut dyn Reporter,
+) -> Result<Vec<PathBuf>> {
+    let name = entry.filename.as_deref().unwrap_or_default();
+    let src = f.point.file(&f.repo, name)?;
+    if src.capacity() != entry.capacity {
+        return Err(Error::Backup {
+            path: f.repo.root().into(),
+            what: format!("/{}/{name}: {} bytes, the catalog says {}", f.point.folder, src.capacity(), entry.capacity),
+        });
+    }
+    let key = entry.key.clone();
+    let mut progress = |done: u64, total: u64| r.event(Event::Progress { disk: key.clone(), done, total });
+    let mut copts = CloneOptions::new(format);
+    copts.progress = Some(&mut progress);
+    let rep = crate::clone::clone_source_into(&src, entry.capacity, None, Some(entry.cid), dst, &mut copts)?;
+    Ok(rep.files)
 }
 
 /// Builds disk `entry` at `dst` (in a staging folder) from `files` (the full export, then each

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vmkfs::error::{exit, Error, Result};
-use vmkfs::vm::backup::{backup, BackupOptions};
+use vmkfs::vm::backup::{backup, BackupOptions, RepoDest};
 use vmkfs::vm::{folder_location, verify};
 use vmkfs::vmdk::DiskFormat;
 
@@ -24,7 +24,9 @@ struct Cli {
     /// The VM: its .vmx, its folder, or name:DISPLAYNAME (searched in the datastores).
     #[arg(short = 'a', value_name = "VM", required_unless_present = "verify")]
     vm: Option<String>,
-    /// The backup folder to create (its parent must exist); also file:///path.
+    /// The backup folder to create (its parent must exist); also file:///path; or restic:PATH, a
+    /// restic repository (one snapshot per backup; password from --password-file,
+    /// RESTIC_PASSWORD_FILE or RESTIC_PASSWORD).
     #[arg(short = 'r', value_name = "DEST", required_unless_present = "verify")]
     dest: Option<String>,
     /// 1: monolithic sparse disks; 0 (default): 2gbsparse, as VCB.
@@ -33,7 +35,8 @@ struct Cli {
     /// Format of the exported disks (any vmkfs -d format, streamoptimized included).
     #[arg(short = 'd', value_name = "FMT")]
     format: Option<String>,
-    /// An incremental pass: the changes since the backup PREV.
+    /// An incremental pass: the changes since the backup PREV (into a repository: `latest` or a
+    /// snapshot ID; the snapshot written is still a whole restore point).
     #[arg(long, value_name = "PREV")]
     since: Option<PathBuf>,
     /// With --since FULL: a differential pass (every change since that full backup).
@@ -46,6 +49,12 @@ struct Cli {
     /// Check the backup DIR (and the backups it builds on): every SHA-256, every disk, the catalogs.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["vm", "dest", "since"])]
     verify: Option<String>,
+    /// With -r restic:PATH: create the repository first.
+    #[arg(long)]
+    init: bool,
+    /// The repository's password file (else RESTIC_PASSWORD_FILE, RESTIC_PASSWORD).
+    #[arg(long = "password-file", value_name = "FILE")]
+    password_file: Option<PathBuf>,
     #[command(flatten)]
     place: shared::Where,
 }
@@ -87,11 +96,35 @@ fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
         p.done(&rep, &text);
         return Ok(if rep.findings.is_empty() { exit::OK } else { exit::NEGATIVE });
     }
+    let given = cli.dest.as_deref().unwrap_or_default();
+    let restic = vmkfs::repo::vmbackup::parse_location(given);
+    if cli.init && restic.is_none() {
+        return Err(Error::Usage("--init needs -r restic:PATH".into()));
+    }
+    let repo = match &restic {
+        Some(l) if l.snapshot.is_some() => {
+            return Err(Error::Usage(format!("-r {given:?}: a backup writes a new snapshot; give restic:PATH")))
+        }
+        Some(_) if cli.differential => {
+            return Err(Error::Usage("--differential: every snapshot of a repository is whole; leave it out".into()))
+        }
+        Some(_) => {
+            Some(RepoDest { password: vmkfs::repo::repo::password(cli.password_file.as_deref())?, init: cli.init })
+        }
+        None => None,
+    };
     let opts = BackupOptions {
         vm: cli.vm.clone().unwrap_or_default(),
-        dest: folder_location(cli.dest.as_deref().unwrap_or_default())?,
+        dest: match &restic {
+            Some(l) => l.path.clone(),
+            None => folder_location(given)?,
+        },
+        repo,
         format: format_of(cli)?,
-        since: cli.since.as_deref().map(|s| folder_location(&s.to_string_lossy())).transpose()?,
+        since: match &restic {
+            Some(_) => cli.since.clone(),
+            None => cli.since.as_deref().map(|s| folder_location(&s.to_string_lossy())).transpose()?,
+        },
         differential: cli.differential,
         keep_tracking: cli.keep_tracking,
         datastores: cli.place.datastores()?,

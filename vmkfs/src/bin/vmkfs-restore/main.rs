@@ -22,7 +22,9 @@ use vmkfs::vmdk::DiskFormat;
 #[derive(Parser, Debug)]
 #[command(name = "vmkfs-restore", version)]
 struct Cli {
-    /// The backup folder (also file:///path).
+    /// The backup folder (also file:///path), or restic:PATH[@SNAPSHOT] (a restic repository;
+    /// default the newest VM snapshot; password from --password-file, RESTIC_PASSWORD_FILE or
+    /// RESTIC_PASSWORD).
     #[arg(short = 's', value_name = "SRC")]
     src: String,
     /// An edited copy of the backup's catalog: restores to the places it names instead.
@@ -35,6 +37,9 @@ struct Cli {
     /// Format of the restored disks (default: the ESX type recorded, else thin).
     #[arg(short = 'd', value_name = "FMT")]
     format: Option<String>,
+    /// The repository's password file (else RESTIC_PASSWORD_FILE, RESTIC_PASSWORD).
+    #[arg(long = "password-file", value_name = "FILE")]
+    password_file: Option<PathBuf>,
     #[command(flatten)]
     place: shared::Where,
 }
@@ -106,8 +111,23 @@ fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
         .as_deref()
         .map(|f| DiskFormat::parse(f).ok_or_else(|| Error::Usage(format!("-d {f:?}: not a disk format"))))
         .transpose()?;
+    let restic = vmkfs::repo::vmbackup::parse_location(&cli.src);
+    if restic.as_ref().is_some_and(|l| l.file.is_some()) {
+        return Err(Error::Usage(format!("-s {:?}: restic:PATH[@SNAPSHOT] names a VM snapshot, not a file", cli.src)));
+    }
+    let repo = match &restic {
+        Some(l) => Some((
+            vmkfs::repo::repo::password(cli.password_file.as_deref())?,
+            l.snapshot.clone().unwrap_or_else(|| "latest".into()),
+        )),
+        None => None,
+    };
     let opts = RestoreOptions {
-        src: folder_location(&cli.src)?,
+        src: match &restic {
+            Some(l) => l.path.clone(),
+            None => folder_location(&cli.src)?,
+        },
+        repo,
         catalog: cli.catalog.clone(),
         policy,
         format,

@@ -185,13 +185,38 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
         opts.progress = Some(&mut progress);
         opts.cancel = Some(install_interrupt_handler());
         crate::stream::apply(cli, format, &mut opts)?;
-        let r = match &device {
-            Some(t) => vmkfs::rdm_ops::clone_to_device(src, dst, t, &mut opts, cli.rdm.target_is_zero)?,
-            None => clone_disk(src, dst, &mut opts)?,
+        let restic = vmkfs::repo::vmbackup::parse_location(&src.to_string_lossy());
+        let r = match (&device, restic) {
+            (None, Some(l)) => clone_from_repo(&l, dst, &mut opts)?,
+            (Some(_), Some(_)) => {
+                return Err(Error::Usage(
+                    "a file of a restic snapshot clones into a disk format, not onto a device".into(),
+                ))
+            }
+            (Some(t), None) => vmkfs::rdm_ops::clone_to_device(src, dst, t, &mut opts, cli.rdm.target_is_zero)?,
+            (None, None) => clone_disk(src, dst, &mut opts)?,
         };
         Ok(serde_json::json!({"event": "done", "destination": r.path}))
     })();
     msg.finish(cli, &result)
+}
+
+/// `-i restic:PATH@SNAP:/FILE`: the file of the snapshot (a disk's raw image) into a new disk
+/// (password from RESTIC_PASSWORD_FILE or RESTIC_PASSWORD).
+fn clone_from_repo(
+    l: &vmkfs::repo::vmbackup::Location,
+    dst: &Path,
+    opts: &mut CloneOptions<'_>,
+) -> Result<vmkfs::clone::CloneReport> {
+    use vmkfs::repo::{snapshot, vmdisk::RepoFile, Repo};
+    let file = l.file.as_deref().ok_or_else(|| {
+        Error::Usage(format!("{}: name the file: restic:PATH@SNAPSHOT:/VM/disk.raw", l.path.display()))
+    })?;
+    let repo = Repo::open(&l.path, &vmkfs::repo::repo::password(None)?)?;
+    let (_, snap) = repo.find_snapshot(l.snapshot.as_deref().unwrap_or("latest"))?;
+    let node = snapshot::find_file(&repo, &snap, file)?;
+    let src = RepoFile::new(&repo, file, node.content.as_deref().unwrap_or_default(), node.size)?;
+    vmkfs::clone::clone_source_into(&src, node.size, None, None, dst, opts)
 }
 
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

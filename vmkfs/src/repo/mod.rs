@@ -1,0 +1,105 @@
+//! restic repositories (format version 2, restic's `doc/design.rst`): what `vmkfs-backup -r
+//! restic:PATH` writes and `vmkfs-restore -s restic:PATH[@SNAP]` reads. Plain `restic` checks,
+//! lists, dumps, restores and prunes them.
+//!
+//! ```text
+//! crypto.rs  AES-256-CTR + Poly1305-AES (aes256ctr_poly1305aes), scrypt key files
+//! pack.rs    pack files: encrypted (zstd-compressed) blobs, then the encrypted header and its length
+//! index.rs   index files: which pack holds each blob, where
+//! tree.rs    tree blobs (directories), snapshot.rs snapshot files
+//! repo.rs    the repository: init, open with a password, unpacked files, locks, blob reads, writer
+//! vmdisk.rs  a disk as one raw file of fixed 1 MiB blocks taken from the allocation map; a file of
+//!            a snapshot read back as a disk source (zero blobs answer as zeros)
+//! ```
+//!
+//! **Chunking.** A disk is one file `/VM/KEY-NAME.raw` of its full capacity cut into fixed 1 MiB
+//! blocks aligned to the disk (a multiple of every grain size), so a block holds the same disk
+//! range in every snapshot: an unchanged block has the previous snapshot's blob ID, and ranges the
+//! allocation map calls zero or unallocated are the one all-zero blob, referenced without reading.
+//! restic's own content-defined chunking would move boundaries and cost a read of everything.
+//!
+//! **Safety.** Every file is written under a temporary name, synced and renamed into place (packs,
+//! then the index that names them, then the snapshot: restic's write order), so a killed backup
+//! leaves at most packs no index names, which `restic prune` removes. A backup holds restic's
+//! non-exclusive lock (a `locks/` file, refreshed every 5 minutes) and refuses to run beside an
+//! exclusive one (`restic prune`).
+
+pub mod crypto;
+pub mod index;
+pub mod pack;
+#[allow(clippy::module_inception)]
+pub mod repo;
+pub mod snapshot;
+pub mod tree;
+pub mod vmbackup;
+pub mod vmdisk;
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+pub use repo::{Repo, Writer};
+
+/// A storage or blob ID: the SHA-256 of a file's or a blob's plaintext.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Id(pub [u8; 32]);
+
+impl Id {
+    /// The SHA-256 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Id {
+        Id(Sha256::digest(bytes).into())
+    }
+
+    /// Lower-case hex, as restic names files.
+    pub fn hex(&self) -> String {
+        crate::vm::plain::hex(&self.0)
+    }
+
+    /// From 64 hex digits.
+    pub fn parse(s: &str) -> Option<Id> {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Id(out))
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex()[..16])
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl Serialize for Id {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
+        let s = String::deserialize(d)?;
+        Id::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?}: not a 64-digit hex ID")))
+    }
+}
+
+/// What a blob holds.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobKind {
+    /// File content.
+    Data,
+    /// A directory (tree JSON).
+    Tree,
+}
