@@ -58,6 +58,55 @@ pub fn changed_blocks(path: &Path, since: Option<&Path>, block: u64, opts: &Open
     Ok(changes_in(&chain, since, block)?.0)
 }
 
+/// `--changed-blocks --since-map FILE`: the blocks the chain marks now (above `since`, default
+/// the base) that the change map saved in `saved` (the bytes of a `--save-map` file) did not
+/// mark — what changed in blocks that were still unchanged when the map was saved. The saved
+/// map's block size is used; its capacity must be the disk's.
+pub fn changed_since_map(path: &Path, since: Option<&Path>, saved: &[u8], opts: &OpenOptions) -> Result<ChangeMap> {
+    let old = ChangeMap::from_bytes(saved)?;
+    let chain = Chain::open(path, opts)?;
+    if old.capacity() != chain.capacity() {
+        return Err(Error::Refused(format!(
+            "the saved change map is of a disk of {} bytes, {} has {} bytes",
+            old.capacity(),
+            path.display(),
+            chain.capacity()
+        )));
+    }
+    let mut now = changes_in(&chain, since, old.block())?.0;
+    now.difference(&old)?;
+    Ok(now)
+}
+
+/// What `--uniqueblocks` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unique {
+    /// Bytes the child links hold (data or zeroed grains), in 512-byte sectors.
+    pub held: u64,
+    /// Of those, the bytes no link below holds.
+    pub unique: u64,
+}
+
+/// `--uniqueblocks CHILD [PARENT]`: the bytes the links of CHILD's chain above PARENT (default:
+/// CHILD's own link) hold that PARENT and the links below it do not, counted in sectors.
+pub fn unique_blocks(child: &Path, parent: Option<&Path>, opts: &OpenOptions) -> Result<Unique> {
+    let chain = Chain::open(child, opts)?;
+    let links = chain.links();
+    if links.len() < 2 {
+        return Err(Error::Usage(format!("{} has no parent: it is the base of its chain", child.display())));
+    }
+    let parent = parent.unwrap_or_else(|| links[1].path());
+    let (above, stop) = changes_in(&chain, Some(parent), 512)?;
+    let mut below = ChangeMap::new(chain.capacity(), 512)?;
+    for l in &links[stop..] {
+        below.union(&ChangeMap::of_link(l, 512)?)?;
+    }
+    let held = above.changed_bytes();
+    let mut unique = above;
+    unique.difference(&below)?;
+    Ok(Unique { held, unique: unique.changed_bytes() })
+}
+
 /// The change map above `since` in an open chain, and the index of `since` in its links.
 fn changes_in(chain: &Chain, since: Option<&Path>, block: u64) -> Result<(ChangeMap, usize)> {
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
