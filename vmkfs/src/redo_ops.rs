@@ -81,30 +81,47 @@ pub fn changed_since_map(path: &Path, since: Option<&Path>, saved: &[u8], opts: 
 /// What `--uniqueblocks` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unique {
-    /// Bytes the child links hold (data or zeroed grains), in 512-byte sectors.
+    /// Bytes of data the child links store (in 512-byte sectors).
     pub held: u64,
-    /// Of those, the bytes no link below holds.
+    /// Of those, the bytes no link below stores data for.
     pub unique: u64,
 }
 
-/// `--uniqueblocks CHILD [PARENT]`: the bytes the links of CHILD's chain above PARENT (default:
-/// CHILD's own link) hold that PARENT and the links below it do not, counted in sectors.
+/// `--uniqueblocks CHILD [PARENT]`: the bytes of data the links of CHILD's chain above PARENT
+/// (default: CHILD's own link) store where PARENT and the links below it store none, counted in
+/// 512-byte sectors. Holes and zeroed grains are not data.
 pub fn unique_blocks(child: &Path, parent: Option<&Path>, opts: &OpenOptions) -> Result<Unique> {
     let chain = Chain::open(child, opts)?;
     let links = chain.links();
     if links.len() < 2 {
         return Err(Error::Usage(format!("{} has no parent: it is the base of its chain", child.display())));
     }
-    let parent = parent.unwrap_or_else(|| links[1].path());
-    let (above, stop) = changes_in(&chain, Some(parent), 512)?;
-    let mut below = ChangeMap::new(chain.capacity(), 512)?;
-    for l in &links[stop..] {
-        below.union(&ChangeMap::of_link(l, 512)?)?;
-    }
-    let held = above.changed_bytes();
-    let mut unique = above;
-    unique.difference(&below)?;
+    let stop = match parent {
+        None => 1,
+        Some(p) => changes_in(&chain, Some(p), 512)?.1,
+    };
+    let data_of = |ls: &[std::sync::Arc<Link>]| -> Result<ChangeMap> {
+        let mut m = ChangeMap::new(chain.capacity(), 512)?;
+        for l in ls {
+            mark_data(&mut m, l)?;
+        }
+        Ok(m)
+    };
+    let mut unique = data_of(&links[..stop])?;
+    let held = unique.changed_bytes();
+    unique.difference(&data_of(&links[stop..])?)?;
     Ok(Unique { held, unique: unique.changed_bytes() })
+}
+
+/// Marks in `m` every `Data` run of `link`'s own map.
+fn mark_data(m: &mut ChangeMap, link: &Link) -> Result<()> {
+    for r in vmdk::map::walk(link) {
+        let r = r?;
+        if r.state == vmdk::State::Data && r.depth == 0 {
+            m.mark(r.offset, r.len);
+        }
+    }
+    Ok(())
 }
 
 /// The change map above `since` in an open chain, and the index of `since` in its links.
