@@ -13,25 +13,8 @@
 //!
 //! ## Serialized form
 //!
-//! Maps serialize to a small checksummed file a backup tool can keep between runs. All integers
-//! are little-endian.
-//!
-//! Version 2 (written):
-//!
-//! | offset | size | field |
-//! |---|---|---|
-//! | 0 | 8 | magic `VMKFSCHG` |
-//! | 8 | 4 | version: 2 |
-//! | 12 | 8 | block size in bytes (a power of two, at least 512) |
-//! | 20 | 8 | capacity of the disk in bytes |
-//! | 28 | 8 | number of blocks: capacity / block size, rounded up |
-//! | 36 | 8 | number of runs, N |
-//! | 44 | 16 × N | the runs: first block (8 bytes), block count (8 bytes); ascending, each count above 0, each run ending before the block count and at least one block before the next run starts |
-//! | 44 + 16 N | 4 | CRC-32 (IEEE) of every byte before it |
-//!
-//! Version 1 (still read): the same first 36 bytes with version 1 and the block count, then the
-//! blocks as bits (bit `i` of 64-bit word `i / 64` is block `i`, least significant bit first),
-//! `ceil(blocks / 64)` words, then the CRC-32 of every byte before it.
+//! Maps serialize to a small checksummed file a backup tool keeps between runs; the format is
+//! documented in `redo/CHANGEMAP.md` ([`ChangeMap::to_bytes`], [`ChangeMap::from_bytes`]).
 
 use vmdk::{Link, State};
 

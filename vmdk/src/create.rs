@@ -27,6 +27,8 @@ const NO_CID: u32 = crate::descriptor::NO_PARENT_CID;
 pub const VMWARE_SPLIT_SECTORS: u64 = 4_192_256;
 /// Sectors reserved for an embedded descriptor (what qemu, VirtualBox and open-vmdk use).
 pub const EMBEDDED_DESCRIPTOR_SECTORS: u64 = 20;
+/// The `ddb.virtualHWVersion` of ESX disks we create: ESXi 6.7's, which every ESXi since reads.
+pub const ESX_HW_VERSION: &str = "14";
 /// Default grain size in sectors (64 KiB).
 pub const DEFAULT_GRAIN_SECTORS: u64 = 128;
 
@@ -178,7 +180,23 @@ impl Adapter {
         }
     }
 
-    /// Physical geometry `(cylinders, heads, sectors)` for a capacity in sectors, as VMware computes it.
+    /// Geometry `(cylinders, heads, sectors)` of an ESX (`vmfs`) disk of `sectors` sectors, as
+    /// ESXi writes it: IDE 16 heads and 63 sectors per track (cylinders not capped); SCSI
+    /// adapters 64 heads and 32 sectors up to 1023 MiB, 128/32 up to 2046 MiB, 255/63 above;
+    /// cylinders = sectors / (heads × sectors per track), at least 1.
+    pub fn esx_geometry(self, sectors: u64) -> (u64, u64, u64) {
+        const MIB: u64 = 2048;
+        let (h, s) = match self {
+            Adapter::Ide => (16, 63),
+            _ if sectors <= 1023 * MIB => (64, 32),
+            _ if sectors <= 2046 * MIB => (128, 32),
+            _ => (255, 63),
+        };
+        ((sectors / (h * s)).max(1), h, s)
+    }
+
+    /// Geometry `(cylinders, heads, sectors)` of a hosted disk of `sectors` sectors, as VMware's
+    /// hosted products compute it (IDE cylinders capped at 16383).
     pub fn geometry(self, sectors: u64) -> (u64, u64, u64) {
         if self == Adapter::Ide {
             ((sectors / (16 * 63)).clamp(1, 16383), 16, 63)
@@ -442,7 +460,11 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
             extra: vec![],
         });
     }
-    let (c, h, s) = opts.adapter.geometry(sectors);
+    if format.is_esx() {
+        desc.encoding = Some("UTF-8".into());
+    }
+    let (c, h, s) = if format.is_esx() { opts.adapter.esx_geometry(sectors) } else { opts.adapter.geometry(sectors) };
+    // ESXi writes the DDB keys in this (sorted) order.
     desc.set_ddb("adapterType", opts.adapter.ddb_value());
     desc.set_ddb("geometry.cylinders", c.to_string());
     desc.set_ddb("geometry.heads", h.to_string());
@@ -452,7 +474,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
         desc.set_ddb("thinProvisioned", "1");
     }
     desc.set_ddb("uuid", new_uuid());
-    desc.set_ddb("virtualHWVersion", if format.is_esx() { "11" } else { "4" });
+    desc.set_ddb("virtualHWVersion", if format.is_esx() { ESX_HW_VERSION } else { "4" });
     if !format.is_esx() {
         desc.set_ddb("toolsVersion", "2147483647");
     }
@@ -687,6 +709,14 @@ mod tests {
     fn geometry_follows_vmware() {
         assert_eq!(Adapter::LsiLogic.geometry(83_886_080), (5221, 255, 63));
         assert_eq!(Adapter::Ide.geometry(18_432_000), (16383, 16, 63));
+        // ESXi's: by capacity for SCSI adapters, IDE uncapped.
+        assert_eq!(Adapter::LsiLogic.esx_geometry(4096), (2, 64, 32));
+        assert_eq!(Adapter::BusLogic.esx_geometry(1023 * 2048), (1023, 64, 32));
+        assert_eq!(Adapter::BusLogic.esx_geometry(1024 * 2048), (512, 128, 32));
+        assert_eq!(Adapter::Pvscsi.esx_geometry(2046 * 2048), (1023, 128, 32));
+        assert_eq!(Adapter::LsiSas.esx_geometry(2047 * 2048), (261, 255, 63));
+        assert_eq!(Adapter::Ide.esx_geometry(75_497_472), (74898, 16, 63));
+        assert_eq!(Adapter::LsiLogic.esx_geometry(1), (1, 64, 32));
     }
 
     #[test]

@@ -189,6 +189,16 @@ impl Destination {
     }
 }
 
+/// Creates an empty disk at `dst` in any format we write (`-c`): a writable format through
+/// [`vmdk::create::create`], a streamOptimized one as a complete stream with no grains (its
+/// directory, footer and end-of-stream marker written, zlib `level`). Returns the disk's path and
+/// every file it has.
+pub fn create_disk(dst: &Path, copts: &CreateOptions, level: u32) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let new = Destination::create(dst, copts, level)?;
+    let files = new.final_paths();
+    Ok((new.commit()?, files))
+}
+
 /// Clones `src` (a disk or the top of a chain, flattened) into a new disk at `dst`.
 pub fn clone_disk(src: &Path, dst: &Path, opts: &mut CloneOptions<'_>) -> Result<CloneReport> {
     let chain = Chain::open(src, &opts.source)?;
@@ -238,18 +248,8 @@ pub fn clone_source_into(
         Some(p) => *p,
         None => &mut noop,
     };
-    let trace = std::env::var_os("VMKFS_TRACE").is_some();
-    let t0 = std::time::Instant::now();
     let stats = new.fill(CopyFrom::Source(through), &engine, progress, opts.cancel)?;
-    let t1 = std::time::Instant::now();
     let path = new.commit()?;
-    if trace {
-        eprintln!(
-            "vmkfs: copy {:.3}s, flush+rename {:.3}s, {stats:?}",
-            (t1 - t0).as_secs_f64(),
-            t1.elapsed().as_secs_f64()
-        );
-    }
     Ok(CloneReport { path, files, stats })
 }
 

@@ -1,4 +1,4 @@
-//! `--info`: what a disk is.
+//! `--info`: what a disk is; `-D`/`--dump`: the metadata of every link of its chain.
 
 use std::path::{Path, PathBuf};
 
@@ -86,6 +86,77 @@ pub fn allocated_bytes(src: &dyn MapSource) -> vmdk::Result<(u64, u64)> {
     Ok((all, top))
 }
 
+/// One link's metadata, as `-D`/`--dump` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LinkDump {
+    /// The link's main file.
+    pub path: PathBuf,
+    /// `descriptor`, `embedded`, `extent` or `raw`.
+    pub container: String,
+    /// `createType` (or `raw`).
+    pub format: String,
+    /// Content ID (hex).
+    pub cid: String,
+    /// Parent content ID (hex; `ffffffff`: none).
+    pub parent_cid: String,
+    /// `parentFileNameHint`.
+    pub parent: Option<String>,
+    /// Capacity in bytes.
+    pub capacity: u64,
+    /// The descriptor as the link holds it (the text of a descriptor file or an embedded one).
+    pub descriptor: String,
+    /// The extents and their header fields.
+    pub extents: Vec<ExtentSummary>,
+    /// Every file the link owns.
+    pub files: Vec<PathBuf>,
+}
+
+/// The metadata of every link of the chain of `path`, top first (`-D`/`--dump`).
+pub fn dump(path: &Path, opts: &OpenOptions) -> Result<Vec<LinkDump>> {
+    let chain = Chain::open(path, opts)?;
+    Ok(chain.links().iter().map(|l| link_dump(l)).collect())
+}
+
+fn link_dump(l: &vmdk::Link) -> LinkDump {
+    let d = l.descriptor();
+    let raw = l.container() == Container::Raw;
+    LinkDump {
+        path: l.path().to_path_buf(),
+        container: container_name(l.container()).into(),
+        format: if raw { "raw".into() } else { d.create_type.as_str().into() },
+        cid: format!("{:08x}", d.cid),
+        parent_cid: format!("{:08x}", d.parent_cid),
+        parent: d.parent_file_name_hint.clone(),
+        capacity: l.capacity(),
+        descriptor: if raw { String::new() } else { d.to_text() },
+        extents: extent_summaries(l),
+        files: l.files(),
+    }
+}
+
+fn container_name(c: Container) -> &'static str {
+    match c {
+        Container::Descriptor => "descriptor",
+        Container::Embedded => "embedded",
+        Container::BareExtent => "extent",
+        Container::Raw => "raw",
+    }
+}
+
+fn extent_summaries(l: &vmdk::Link) -> Vec<ExtentSummary> {
+    l.extents()
+        .into_iter()
+        .map(|e| ExtentSummary {
+            kind: e.kind.as_str().into(),
+            file: e.file,
+            size: e.len,
+            grain: e.grain,
+            version: e.version,
+            unclean: e.unclean,
+        })
+        .collect()
+}
+
 /// Describes the disk at `path` (and its chain).
 pub fn info(path: &Path, opts: &OpenOptions) -> Result<DiskInfo> {
     let chain = Chain::open(path, opts)?;
@@ -112,15 +183,9 @@ pub fn describe(path: &Path, chain: &Chain) -> Result<DiskInfo> {
         (Some(cylinders), Some(heads), Some(sectors)) => Some(Geometry { cylinders, heads, sectors }),
         _ => None,
     };
-    let container = match top.container() {
-        Container::Descriptor => "descriptor",
-        Container::Embedded => "embedded",
-        Container::BareExtent => "extent",
-        Container::Raw => "raw",
-    };
     Ok(DiskInfo {
         path: path.to_path_buf(),
-        container: container.into(),
+        container: container_name(top.container()).into(),
         format: format_name(top),
         capacity: cap,
         allocated,
@@ -133,17 +198,6 @@ pub fn describe(path: &Path, chain: &Chain) -> Result<DiskInfo> {
         thin_provisioned: d.ddb("thinProvisioned") == Some("1"),
         chain_depth: chain.links().len(),
         unclean: chain.links().iter().any(|l| l.was_unclean()),
-        extents: top
-            .extents()
-            .into_iter()
-            .map(|e| ExtentSummary {
-                kind: e.kind.as_str().into(),
-                file: e.file,
-                size: e.len,
-                grain: e.grain,
-                version: e.version,
-                unclean: e.unclean,
-            })
-            .collect(),
+        extents: extent_summaries(top),
     })
 }

@@ -270,7 +270,9 @@ pub fn extend(path: &Path, new_capacity: u64, eager: bool, opts: &OpenOptions) -
         .into());
     }
     let adapter = d.ddb("adapterType").and_then(Adapter::parse).unwrap_or(Adapter::LsiLogic);
-    let (c, h, s) = adapter.geometry(new_capacity / 512);
+    let esx = d.create_type == vmdk::descriptor::CreateType::Vmfs;
+    let sectors = new_capacity / 512;
+    let (c, h, s) = if esx { adapter.esx_geometry(sectors) } else { adapter.geometry(sectors) };
     if d.ddb("geometry.cylinders").is_some() {
         d.set_ddb("geometry.cylinders", c.to_string());
         d.set_ddb("geometry.heads", h.to_string());

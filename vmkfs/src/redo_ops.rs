@@ -64,6 +64,72 @@ pub fn changed_in(chain: &Chain, since: Option<&Path>, block: u64) -> Result<Cha
     Ok(changes_in(chain, since, block)?.0)
 }
 
+/// `--changed-blocks --since-map FILE`: the blocks the chain marks now (above `since`, default
+/// the base) that the change map saved in `saved` (the bytes of a `--save-map` file) did not
+/// mark — what changed in blocks that were still unchanged when the map was saved. The saved
+/// map's block size is used; its capacity must be the disk's.
+pub fn changed_since_map(path: &Path, since: Option<&Path>, saved: &[u8], opts: &OpenOptions) -> Result<ChangeMap> {
+    let old = ChangeMap::from_bytes(saved)?;
+    let chain = Chain::open(path, opts)?;
+    if old.capacity() != chain.capacity() {
+        return Err(Error::Refused(format!(
+            "the saved change map is of a disk of {} bytes, {} has {} bytes",
+            old.capacity(),
+            path.display(),
+            chain.capacity()
+        )));
+    }
+    let mut now = changes_in(&chain, since, old.block())?.0;
+    now.difference(&old)?;
+    Ok(now)
+}
+
+/// What `--uniqueblocks` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unique {
+    /// Bytes of data the child links store (in 512-byte sectors).
+    pub held: u64,
+    /// Of those, the bytes no link below stores data for.
+    pub unique: u64,
+}
+
+/// `--uniqueblocks CHILD [PARENT]`: the bytes of data the links of CHILD's chain above PARENT
+/// (default: CHILD's own link) store where PARENT and the links below it store none, counted in
+/// 512-byte sectors. Holes and zeroed grains are not data.
+pub fn unique_blocks(child: &Path, parent: Option<&Path>, opts: &OpenOptions) -> Result<Unique> {
+    let chain = Chain::open(child, opts)?;
+    let links = chain.links();
+    if links.len() < 2 {
+        return Err(Error::Usage(format!("{} has no parent: it is the base of its chain", child.display())));
+    }
+    let stop = match parent {
+        None => 1,
+        Some(p) => changes_in(&chain, Some(p), 512)?.1,
+    };
+    let data_of = |ls: &[std::sync::Arc<Link>]| -> Result<ChangeMap> {
+        let mut m = ChangeMap::new(chain.capacity(), 512)?;
+        for l in ls {
+            mark_data(&mut m, l)?;
+        }
+        Ok(m)
+    };
+    let mut unique = data_of(&links[..stop])?;
+    let held = unique.changed_bytes();
+    unique.difference(&data_of(&links[stop..])?)?;
+    Ok(Unique { held, unique: unique.changed_bytes() })
+}
+
+/// Marks in `m` every `Data` run of `link`'s own map.
+fn mark_data(m: &mut ChangeMap, link: &Link) -> Result<()> {
+    for r in vmdk::map::walk(link) {
+        let r = r?;
+        if r.state == vmdk::State::Data && r.depth == 0 {
+            m.mark(r.offset, r.len);
+        }
+    }
+    Ok(())
+}
+
 /// The change map above `since` in an open chain, and the index of `since` in its links.
 fn changes_in(chain: &Chain, since: Option<&Path>, block: u64) -> Result<(ChangeMap, usize)> {
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());

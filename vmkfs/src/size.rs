@@ -1,19 +1,22 @@
-//! Size, offset and length arguments: `N`, `Nk`, `Nm`, `Ng`, `Nt` (case-insensitive, powers of 1024).
+//! Size, offset and length arguments: `N` or `Nb` (bytes), `Ns` (512-byte sectors), `Nk`, `Nm`, `Ng`, `Nt`
+//! (case-insensitive, powers of 1024), as vmkfstools takes them.
 
 use crate::error::{Error, Result};
 
-/// Parses a byte count (an offset or a length, any multiple): `N`, `Nk`, `Nm`, `Ng`, `Nt`.
+/// Parses a byte count (an offset or a length, any multiple): `N`, `Nb`, `Ns`, `Nk`, `Nm`, `Ng`, `Nt`.
 /// `what` names the argument in errors (`"offset"`, `"size"`).
 pub fn parse_bytes(s: &str, what: &str) -> Result<u64> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let m: u64 = match c.to_ascii_lowercase() {
+                'b' => 1,
+                's' => 512,
                 'k' => 1 << 10,
                 'm' => 1 << 20,
                 'g' => 1 << 30,
                 't' => 1 << 40,
-                _ => return Err(Error::Usage(format!("{what} {s:?}: unknown unit {c:?} (use k, m, g or t)"))),
+                _ => return Err(Error::Usage(format!("{what} {s:?}: unknown unit {c:?} (use b, s, k, m, g or t)"))),
             };
             (&t[..i], m)
         }
@@ -65,6 +68,12 @@ mod tests {
         assert_eq!(parse_bytes("3M", "offset").unwrap(), 3 << 20);
         assert!(parse_bytes("16777216t", "offset").unwrap_err().to_string().contains("too large"));
         assert!(parse_bytes("-1", "offset").is_err());
+        assert_eq!(parse_size("2048s").unwrap(), 1 << 20);
+        assert_eq!(parse_size("1048576b").unwrap(), 1 << 20);
+        assert_eq!(parse_size("1048576B").unwrap(), 1 << 20);
+        assert!(parse_size("100b").is_err());
+        assert!(parse_bytes("36028797018963968s", "size").unwrap_err().to_string().contains("too large"));
+        assert!(parse_bytes("1q", "size").unwrap_err().to_string().contains("use b, s, k"));
         assert!(parse_bytes("", "offset").is_err());
     }
 

@@ -4,7 +4,7 @@
 
 use super::error::{Result, VmfsError};
 use super::geometry::Geometry;
-use super::le::Le;
+use super::le::{uuid_string, Le};
 
 /// Zero-level address types: how a descriptor's block-pointer array is read.
 pub mod zla {
@@ -93,6 +93,59 @@ impl RdmInfo {
     }
 }
 
+/// The on-disk lock at the start of every file descriptor (the metadata header ESXi locks a file
+/// through): who holds it, in what mode, and under which heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DiskLock {
+    /// Lock type as stored.
+    pub kind: u32,
+    /// The lock's own volume address as recorded.
+    pub address: u64,
+    /// Volume offset of the holder's heartbeat slot (0: none).
+    pub heartbeat: u64,
+    /// The holder's heartbeat generation.
+    pub heartbeat_generation: u64,
+    /// Lock token (bumped on every acquisition).
+    pub token: u64,
+    /// Mode: 0 free, 1 exclusive, 2 read-only, 3 multi-writer.
+    pub mode: u32,
+    /// UUID of the host that last held the lock (all zeros when never held).
+    pub owner: String,
+    /// When the lock was last taken (the holder's uptime stamp).
+    pub mtime: u64,
+    /// Hosts holding it shared.
+    pub holders: u32,
+}
+
+impl DiskLock {
+    /// Parses the lock at the start of a descriptor's bytes.
+    fn parse(raw: &[u8]) -> DiskLock {
+        let l = Le(raw);
+        DiskLock {
+            kind: l.u32(0).unwrap_or(0),
+            address: l.u64(0x04).unwrap_or(0),
+            heartbeat: l.u64(0x0C).unwrap_or(0),
+            heartbeat_generation: l.u64(0x14).unwrap_or(0),
+            token: l.u64(0x1C).unwrap_or(0),
+            mode: l.u32(0x24).unwrap_or(0),
+            owner: uuid_string(l.bytes(0x28, 16).unwrap_or(&[])),
+            mtime: l.u64(0x38).unwrap_or(0),
+            holders: l.u32(0x40).unwrap_or(0),
+        }
+    }
+
+    /// The mode in words.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            0 => "free",
+            1 => "exclusive",
+            2 => "read-only",
+            3 => "multi-writer",
+            _ => "unknown",
+        }
+    }
+}
+
 /// A parsed file descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileDesc {
@@ -138,6 +191,8 @@ pub struct FileDesc {
     pub resident: Vec<u8>,
     /// The mapped disk (RDM descriptors).
     pub rdm: Option<RdmInfo>,
+    /// The descriptor's on-disk lock.
+    pub lock: DiskLock,
 }
 
 /// Mode's file-type mask and directory bit.
@@ -235,6 +290,7 @@ impl FileDesc {
             blocks,
             resident: resident_data,
             rdm,
+            lock: DiskLock::parse(&raw[..g.fd_meta]),
         })
     }
 
@@ -262,6 +318,7 @@ impl FileDesc {
             blocks: Vec::new(),
             resident: Vec::new(),
             rdm: None,
+            lock: DiskLock::parse(&[]),
         }
     }
 

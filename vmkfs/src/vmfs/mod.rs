@@ -30,6 +30,7 @@
 
 pub mod address;
 pub mod blockmap;
+pub mod copy_out;
 pub mod device;
 pub mod dir;
 pub mod error;
@@ -45,10 +46,11 @@ pub mod resource;
 pub mod storage;
 pub mod volume;
 
+pub use copy_out::{copy_out, CopiedOut};
 pub use device::{DeviceRead, HostDevice, MemDevice};
 pub use error::{Result, VmfsError};
 pub use file::File;
-pub use filedesc::{FileKind, RdmInfo};
+pub use filedesc::{DiskLock, FileDesc, FileKind, RdmInfo};
 pub use fsdesc::{FsDescriptor, Generation};
 pub use heartbeat::Heartbeat;
 pub use storage::{VmfsBacking, VmfsStorage};

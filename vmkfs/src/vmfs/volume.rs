@@ -482,6 +482,12 @@ impl Volume {
         f.extents(0, f.len())
     }
 
+    /// The file descriptor of `path` (not following a final symbolic link): its address, lock,
+    /// generation, links, block size and allocated blocks (`-D --volume`).
+    pub fn file_desc(&self, path: &str) -> Result<FileDesc> {
+        self.inner.lookup(path, false)
+    }
+
     /// True when `path` exists.
     pub fn exists(&self, path: &str) -> bool {
         self.inner.lookup(path, false).is_ok()

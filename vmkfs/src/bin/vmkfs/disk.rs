@@ -9,7 +9,7 @@ use vmkfs::error::{exit, Error, Result};
 use vmkfs::info::{info, DiskInfo};
 use vmkfs::ops::Comparison;
 use vmkfs::size::{parse_bytes, parse_size, range_end};
-use vmkfs::vmdk::create::{create, Adapter, CreateOptions, DiskFormat};
+use vmkfs::vmdk::create::{Adapter, CreateOptions, DiskFormat};
 use vmkfs::vmdk::{OpenOptions, State};
 
 use crate::out::outln;
@@ -19,7 +19,8 @@ use crate::{human, open_options, out, rw_options, target, Cli};
 /// Disk operations.
 #[derive(Args, Debug)]
 pub struct DiskArgs {
-    /// Create a virtual disk of SIZE (N, Nk, Nm, Ng, Nt).
+    /// Create a virtual disk of SIZE (N or Nb bytes, Ns sectors, Nk, Nm, Ng, Nt); any -d format,
+    /// streamoptimized included (an empty stream).
     #[arg(short = 'c', long = "createvirtualdisk", value_name = "SIZE")]
     pub create: Option<String>,
     /// Clone or import SRC (a chain is flattened) into the target disk.
@@ -71,6 +72,11 @@ pub struct DiskArgs {
     /// Print the geometry.
     #[arg(short = 'g', long = "geometry")]
     pub geometry: bool,
+    /// Print the metadata of every link of the disk's chain (descriptor, extents and their header
+    /// fields, CIDs); with --volume, the metadata of a file of the volume (address, lock,
+    /// generation, links, block size, allocated blocks).
+    #[arg(short = 'D', long = "dump")]
+    pub dump: bool,
 }
 
 pub fn disk_format(cli: &Cli) -> Result<DiskFormat> {
@@ -111,6 +117,7 @@ pub fn selected(cli: &Cli) -> usize {
         d.compare.is_some(),
         d.read_at.is_some(),
         d.write_at.is_some(),
+        d.dump,
     ]
     .iter()
     .filter(|x| **x)
@@ -130,6 +137,10 @@ pub fn run(cli: &Cli) -> Option<i32> {
         run_info(cli)
     } else if cli.disk.geometry {
         run_geometry(cli)
+    } else if cli.disk.dump && !cli.vmfs.volume.is_empty() {
+        crate::vmfs::run_dump_file(cli)
+    } else if cli.disk.dump {
+        run_dump(cli)
     } else {
         run_op(cli)
     };
@@ -148,9 +159,8 @@ fn run_create(cli: &Cli, size: &str) -> Result<i32> {
     if format == DiskFormat::EagerZeroedThick && !cli.common.json {
         outln!("Creating disk '{}' and zeroing it out...", path.display());
     }
-    let new = create(path, &opts)?;
-    let files = new.final_paths();
-    new.commit()?;
+    let level = crate::stream::compress_level(cli, format == DiskFormat::StreamOptimized)?;
+    let (_, files) = vmkfs::clone::create_disk(path, &opts, level)?;
     if cli.common.json {
         out::line(
             serde_json::json!({"event": "created", "path": path, "format": format.name(), "capacity": cap, "files": files}),
@@ -185,6 +195,11 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
         opts.progress = Some(&mut progress);
         opts.cancel = Some(install_interrupt_handler());
         crate::stream::apply(cli, format, &mut opts)?;
+        crate::verbose::describe(cli, src);
+        let engine = vmkfs::engine::EngineOptions::new();
+        crate::verbose::engine(cli, &engine);
+        opts.engine = Some(engine);
+        let t0 = std::time::Instant::now();
         let restic = vmkfs::repo::vmbackup::parse_location(&src.to_string_lossy());
         let r = match (&device, restic) {
             (None, Some(l)) => clone_from_repo(&l, dst, &mut opts)?,
@@ -196,6 +211,7 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
             (Some(t), None) => vmkfs::rdm_ops::clone_to_device(src, dst, t, &mut opts, cli.rdm.target_is_zero)?,
             (None, None) => clone_disk(src, dst, &mut opts)?,
         };
+        crate::verbose::copied(cli, &r.stats, t0.elapsed());
         Ok(serde_json::json!({"event": "done", "destination": r.path}))
     })();
     msg.finish(cli, &result)
@@ -271,6 +287,41 @@ fn run_info(cli: &Cli) -> Result<i32> {
         out::json_pretty(&i);
     } else {
         print_info(&i);
+    }
+    Ok(exit::OK)
+}
+
+/// `-D`: every link of the chain, top first.
+fn run_dump(cli: &Cli) -> Result<i32> {
+    let links = vmkfs::info::dump(target(cli)?, &open_options(cli))?;
+    if cli.common.json {
+        out::json_pretty(&links);
+        return Ok(exit::OK);
+    }
+    for (i, l) in links.iter().enumerate() {
+        outln!("Link {i}: {}", l.path.display());
+        outln!("  Container: {}  Format: {}  Capacity: {} bytes", l.container, l.format, l.capacity);
+        outln!(
+            "  CID: {}  parentCID: {}  parentFileNameHint: {}",
+            l.cid,
+            l.parent_cid,
+            l.parent.as_deref().unwrap_or("-")
+        );
+        for e in &l.extents {
+            let file = e.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "-".into());
+            let grain = e.grain.map(|g| format!(", grain {g} bytes")).unwrap_or_default();
+            let ver = e.version.map(|v| format!(", version {v}")).unwrap_or_default();
+            let unclean = if e.unclean { ", unclean" } else { "" };
+            outln!("  Extent {} {} bytes {file}{grain}{ver}{unclean}", e.kind, e.size);
+        }
+        let files: Vec<String> = l.files.iter().map(|f| f.display().to_string()).collect();
+        outln!("  Files: {}", files.join(", "));
+        if !l.descriptor.is_empty() {
+            out::line("  Descriptor:");
+            for line in l.descriptor.lines() {
+                outln!("    {line}");
+            }
+        }
     }
     Ok(exit::OK)
 }

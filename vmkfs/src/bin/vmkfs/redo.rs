@@ -1,11 +1,12 @@
 //! REDO chains: `--snapshot`, `-m/--commit`, `--discard`, `--chain`, `--changed-blocks`.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
-use vmkfs::error::{exit, Result};
+use vmkfs::error::{exit, Error, Result};
 use vmkfs::redo::changemap::DEFAULT_BLOCK;
+use vmkfs::vmdk::OpenOptions;
 
 use crate::out::outln;
 use crate::{open_options, out, target, Cli};
@@ -45,18 +46,39 @@ pub struct RedoArgs {
     /// With --changed-blocks: block size (default 64k).
     #[arg(long = "block-size", value_name = "SIZE", requires = "changed_blocks")]
     pub block_size: Option<String>,
-    /// With --changed-blocks: also save the change map (checksummed) to FILE.
+    /// With --changed-blocks: also save the change map (checksummed; format in redo/CHANGEMAP.md) to FILE.
     #[arg(long = "save-map", value_name = "FILE", requires = "changed_blocks")]
     pub save_map: Option<PathBuf>,
+    /// With --changed-blocks: only the blocks not already marked in the change map saved (with
+    /// --save-map) in FILE; its block size is used.
+    #[arg(long = "since-map", value_name = "FILE", requires = "changed_blocks", conflicts_with = "block_size")]
+    pub since_map: Option<PathBuf>,
+    /// Exit 0 when every link of the target's chain opens and its CIDs agree, 1 saying what is broken.
+    #[arg(long = "chainConsistent", visible_alias = "chain-consistent")]
+    pub chain_consistent: bool,
+    /// Bytes the links of CHILD's chain above the target (default: CHILD's parent) hold that the
+    /// target and the links below it do not.
+    #[arg(long = "uniqueblocks", value_name = "CHILD")]
+    pub unique_blocks: Option<PathBuf>,
 }
 
 /// How many REDO operations the command line selects.
 pub fn selected(cli: &Cli) -> usize {
     let r = &cli.redo;
-    [r.snapshot, r.commit, r.discard, r.chain, r.changed_blocks, r.export_delta.is_some(), r.apply.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count()
+    [
+        r.snapshot,
+        r.commit,
+        r.discard,
+        r.chain,
+        r.changed_blocks,
+        r.export_delta.is_some(),
+        r.apply.is_some(),
+        r.chain_consistent,
+        r.unique_blocks.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count()
 }
 
 /// Runs the selected REDO operation; `None` when none is selected.
@@ -69,7 +91,13 @@ pub fn run(cli: &Cli) -> Option<i32> {
 
 fn run_inner(cli: &Cli) -> Result<i32> {
     let r = &cli.redo;
+    if let Some(child) = &r.unique_blocks {
+        return run_unique(cli, child);
+    }
     let disk = target(cli)?;
+    if r.chain_consistent {
+        return run_chain_consistent(cli, disk);
+    }
     let opts = open_options(cli);
     let json = cli.common.json;
     if r.snapshot {
@@ -180,11 +208,23 @@ fn run_inner(cli: &Cli) -> Result<i32> {
         }
         return Ok(if broken { exit::NEGATIVE } else { exit::OK });
     }
-    let block = match &r.block_size {
-        Some(b) => vmkfs::size::parse_bytes(b, "block size")?,
-        None => DEFAULT_BLOCK,
+    run_changed_blocks(cli, disk, &opts)
+}
+
+/// `--changed-blocks [--since LINK | --since-map FILE] [--save-map FILE]`.
+fn run_changed_blocks(cli: &Cli, disk: &Path, opts: &OpenOptions) -> Result<i32> {
+    let (r, json) = (&cli.redo, cli.common.json);
+    let m = if let Some(f) = &r.since_map {
+        let saved = std::fs::read(f).map_err(|e| Error::Io { path: f.clone(), source: e })?;
+        vmkfs::redo_ops::changed_since_map(disk, r.since.as_deref(), &saved, opts).map_err(|e| in_file(f, e))?
+    } else {
+        let block = match &r.block_size {
+            Some(b) => vmkfs::size::parse_bytes(b, "block size")?,
+            None => DEFAULT_BLOCK,
+        };
+        vmkfs::redo_ops::changed_blocks(disk, r.since.as_deref(), block, opts)?
     };
-    let m = vmkfs::redo_ops::changed_blocks(disk, r.since.as_deref(), block, &opts)?;
+    let block = m.block();
     if let Some(f) = &r.save_map {
         // Never over an existing file (or through a symbolic link) unless --force.
         vmkfs::vmdk::txn::write_file(&vmkfs::vmdk::HostStorage::shared(), f, &m.to_bytes(), cli.common.force)?;
@@ -196,6 +236,41 @@ fn run_inner(cli: &Cli) -> Result<i32> {
         for (s, l) in m.ranges() {
             outln!("{s} {l}");
         }
+    }
+    Ok(exit::OK)
+}
+
+/// A change-map file that does not parse is bad input named by its path (exit 3).
+fn in_file(f: &Path, e: Error) -> Error {
+    match e {
+        Error::ChangeMap(c) => Error::Refused(format!("{}: {c}", f.display())),
+        e => e,
+    }
+}
+
+/// `--chainConsistent`: vmkfstools' answer about a chain, exit 1 when it is broken.
+fn run_chain_consistent(cli: &Cli, disk: &Path) -> Result<i32> {
+    let rep = vmkfs::redo::diagnose(disk, &open_options(cli));
+    let broken: Vec<String> =
+        rep.iter().filter(|l| l.status != "ok").map(|l| format!("{}: {}", l.path.display(), l.status)).collect();
+    if cli.common.json {
+        out::line(serde_json::json!({"consistent": broken.is_empty(), "links": rep.len(), "broken": broken}));
+    } else if broken.is_empty() {
+        outln!("Disk chain is consistent ({} link(s)).", rep.len());
+    } else {
+        outln!("Disk chain is not consistent: {}", broken.join("; "));
+    }
+    Ok(if broken.is_empty() { exit::OK } else { exit::NEGATIVE })
+}
+
+/// `--uniqueblocks CHILD [PARENT]`.
+fn run_unique(cli: &Cli, child: &Path) -> Result<i32> {
+    let parent = cli.common.target.as_deref();
+    let u = vmkfs::redo_ops::unique_blocks(child, parent, &open_options(cli))?;
+    if cli.common.json {
+        out::line(serde_json::json!({"child": child, "parent": parent, "held": u.held, "unique": u.unique}));
+    } else {
+        outln!("{} bytes unique to '{}' ({} bytes held).", u.unique, child.display(), u.held);
     }
     Ok(exit::OK)
 }

@@ -60,7 +60,7 @@ pub fn apply(cli: &Cli, format: DiskFormat, opts: &mut CloneOptions<'_>) -> Resu
     Ok(())
 }
 
-fn compress_level(cli: &Cli, stream: bool) -> Result<u32> {
+pub fn compress_level(cli: &Cli, stream: bool) -> Result<u32> {
     match cli.stream.compress_level {
         Some(_) if !stream => Err(Error::Usage("--compress-level applies to -d streamoptimized only".into())),
         Some(l) => Ok(l),
@@ -129,13 +129,20 @@ fn run_export(cli: &Cli, dst: &Path) -> i32 {
         opts.progress = Some(&mut progress);
         opts.cancel = Some(crate::disk::install_interrupt_handler());
         opts.compress_level = level;
+        crate::verbose::describe(cli, src);
+        let engine = vmkfs::engine::EngineOptions::new();
+        crate::verbose::engine(cli, &engine);
+        opts.engine = Some(engine);
+        let t0 = std::time::Instant::now();
         if to_stdout {
             let stem = src.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "disk".into());
             let what = if raw { PipeFormat::Raw } else { PipeFormat::Stream };
             let (stats, bytes) = export_to(src, stdout_file()?, what, &format!("{stem}-stream.vmdk"), &mut opts)?;
+            crate::verbose::copied(cli, &stats, t0.elapsed());
             return Ok(serde_json::json!({"event": "done", "destination": "-", "bytes": bytes, "read": stats.read}));
         }
         let r = clone_disk(src, dst, &mut opts)?;
+        crate::verbose::copied(cli, &r.stats, t0.elapsed());
         Ok(serde_json::json!({"event": "done", "destination": r.path}))
     })();
     msg.finish(cli, &result)

@@ -26,6 +26,9 @@ pub struct VmfsArgs {
     /// List directory PATH of the volume (default /): type, size, allocated, mtime, name.
     #[arg(short = 'l', long = "list", value_name = "PATH", num_args = 0..=1, default_missing_value = "/")]
     pub list: Option<String>,
+    /// Copy file PATH of the volume (any plain file) to the target, with its exact size and mtime.
+    #[arg(long = "copy-out", value_name = "PATH", requires = "volume")]
+    pub copy_out: Option<String>,
     /// Human-readable sizes (with -l and -P). Alone, prints help.
     #[arg(short = 'h', long = "human-readable")]
     pub human: bool,
@@ -34,7 +37,7 @@ pub struct VmfsArgs {
 /// How many VMFS operations the command line selects.
 pub fn selected(cli: &Cli) -> usize {
     let v = &cli.vmfs;
-    let n = v.queryfs as usize + v.list.is_some() as usize;
+    let n = v.queryfs as usize + v.list.is_some() as usize + v.copy_out.is_some() as usize;
     // `-h` alone keeps printing help, as it always has.
     if n == 0 && v.human && others_selected(cli) == 0 {
         return 1;
@@ -49,6 +52,9 @@ fn others_selected(cli: &Cli) -> usize {
 /// Runs the selected VMFS operation; `None` when none is selected.
 pub fn run(cli: &Cli) -> Option<i32> {
     let v = &cli.vmfs;
+    if let Some(path) = &v.copy_out {
+        return Some(run_copy_out(cli, path).unwrap_or_else(|e| crate::report_error(cli, &e)));
+    }
     if !v.queryfs && v.list.is_none() {
         if v.human && others_selected(cli) == 0 {
             let _ = Cli::command().print_help();
@@ -300,5 +306,76 @@ fn run_list(cli: &Cli, path: &str) -> Result<i32> {
             utc(s.mtime as u64)
         );
     }
+    Ok(exit::OK)
+}
+
+/// `--volume V --copy-out PATH DEST`.
+fn run_copy_out(cli: &Cli, path: &str) -> Result<i32> {
+    let dest = crate::target(cli)?;
+    let vol = open_volume(cli)?;
+    let c = vmkfs::vmfs::copy_out(&vol, path, dest, cli.common.force)?;
+    if cli.common.json {
+        out::line(serde_json::json!({"event": "copied", "source": path, "destination": c.path,
+            "size": c.size, "data": c.data, "mtime": c.mtime}));
+    } else {
+        outln!(
+            "Copied '{path}' to '{}': {} bytes ({} of data), modified {} UTC.",
+            dest.display(),
+            c.size,
+            c.data,
+            utc(c.mtime.into())
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `-D --volume V PATH`: the file descriptor of PATH.
+pub fn run_dump_file(cli: &Cli) -> Result<i32> {
+    let path = crate::target(cli)?.to_string_lossy().into_owned();
+    let vol = open_volume(cli)?;
+    let fd = vol.file_desc(&path).map_err(Error::from)?;
+    let st = vol.stat(&path).map_err(Error::from)?;
+    let l = &fd.lock;
+    if cli.common.json {
+        out::json_pretty(&serde_json::json!({
+            "path": path, "type": fd.kind.name(), "address": format!("{:#x}", fd.addr), "volume_offset": fd.vol_offset,
+            "generation": fd.generation, "links": fd.links, "size": fd.length, "block_size": fd.block_size,
+            "allocated_blocks": fd.num_blocks, "allocated": st.allocated, "to_be_zeroed_blocks": fd.tbz_blocks,
+            "zla": fd.zla, "mode": format!("{:o}", fd.mode), "uid": fd.uid, "gid": fd.gid,
+            "mtime": fd.mtime, "ctime": fd.ctime, "atime": fd.atime,
+            "lock": {"type": l.kind, "address": l.address, "mode": l.mode, "mode_name": l.mode_name(), "owner": l.owner,
+                "heartbeat": l.heartbeat, "heartbeat_generation": l.heartbeat_generation, "token": l.token,
+                "mtime": l.mtime, "holders": l.holders},
+        }));
+        return Ok(exit::OK);
+    }
+    outln!("File: {path} ({})", fd.kind.name());
+    outln!("Address: {:#x} (descriptor at volume offset {:#x})", fd.addr, fd.vol_offset);
+    outln!("Generation: {}  Links: {}", fd.generation, fd.links);
+    outln!(
+        "Size: {} bytes  Block size: {}  Allocated blocks: {} ({} bytes)",
+        fd.length,
+        fd.block_size,
+        fd.num_blocks,
+        st.allocated
+    );
+    outln!("To-be-zeroed blocks: {}  Address type: {}", fd.tbz_blocks, fd.zla);
+    outln!("Mode: {:o}  Owner: {}:{}", fd.mode, fd.uid, fd.gid);
+    outln!(
+        "Modified: {} UTC  Changed: {} UTC  Accessed: {} UTC",
+        utc(fd.mtime.into()),
+        utc(fd.ctime.into()),
+        utc(fd.atime.into())
+    );
+    outln!(
+        "Lock: {} (mode {}), owner {}, token {}, heartbeat {:#x} generation {}, holders {}",
+        l.mode_name(),
+        l.mode,
+        l.owner,
+        l.token,
+        l.heartbeat,
+        l.heartbeat_generation,
+        l.holders
+    );
     Ok(exit::OK)
 }
