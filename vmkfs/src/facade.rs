@@ -73,6 +73,13 @@ pub struct Disk {
     chain: Chain,
 }
 
+/// The promise of [`Disk`]'s documentation (and of the C ABI's thread rules), checked when the
+/// crate compiles.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Disk>();
+};
+
 impl Disk {
     /// Opens the disk or chain topped by `path` read-only (shared locks on every link).
     ///

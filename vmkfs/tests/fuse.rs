@@ -7,6 +7,7 @@
 //! `fuse3`); the loop-mount part also where loop devices cannot be set up.
 
 mod common;
+mod vmfs_common;
 
 use std::fs::OpenOptions;
 use std::io::Read;
@@ -39,13 +40,12 @@ struct Mounted {
 }
 
 impl Mounted {
-    /// Starts `vmkfs --mount MNT [extra…] DISK` in `dir` and waits until the image is there.
+    /// Starts `vmkfs [extra…] --mount MNT DISK` in `dir` and waits until the image is there.
     fn start(dir: &Path, disk: &str, extra: &[&str]) -> Mounted {
         let mnt = dir.join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
-        let mut args = vec!["--mount", "mnt"];
-        args.extend_from_slice(extra);
-        args.push(disk);
+        let mut args = extra.to_vec();
+        args.extend(["--mount", "mnt", disk]);
         let child = Command::new(bin())
             .args(&args)
             .current_dir(dir)
@@ -118,9 +118,12 @@ fn is_mounted(dir: &Path) -> bool {
 }
 
 fn sha256_of_file(path: &Path) -> String {
-    let mut f = std::fs::File::open(path).unwrap();
+    sha256_of_reader(&mut std::fs::File::open(path).unwrap())
+}
+
+fn sha256_of_reader(r: &mut impl Read) -> String {
     let mut h = sha2::Sha256::default();
-    std::io::copy(&mut f, &mut HashWriter(&mut h)).unwrap();
+    std::io::copy(r, &mut HashWriter(&mut h)).unwrap();
     common::hex(&sha2::Digest::finalize(h))
 }
 
@@ -260,4 +263,35 @@ fn loop_mount_of_the_image_lists_the_guest_files() {
     assert!(big.unwrap() == pattern(0, 3 * MIB as usize, 7), "big.bin reads back");
     let (code, out, err) = m.stop("INT");
     assert_eq!(code, Some(0), "{out}\n{err}");
+}
+
+#[test]
+fn a_disk_inside_a_vmfs_volume_mounts_read_only() {
+    if let Some(why) = fuse_missing() {
+        return skip(&format!("{why}: --volume --mount is not tested"));
+    }
+    let Some(img) = vmfs_common::real_image("vmfs3.img") else { return };
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let vol = img.to_str().unwrap();
+    let mut read = Command::new(bin())
+        .args(["--volume", vol, "--read-at", "0", "/thin.vmdk"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let want = sha256_of_reader(read.stdout.as_mut().unwrap());
+    assert!(read.wait().unwrap().success());
+    let m = Mounted::start(d, "/thin.vmdk", &["--volume", vol]);
+    assert_eq!(m.image, d.join("mnt/thin.img"));
+    assert_eq!(std::fs::metadata(&m.image).unwrap().len(), 200 * MIB);
+    assert_eq!(sha256_of_file(&m.image), want, "the mounted image reads what --read-at reads");
+    let (code, out, err) = m.stop("TERM");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let o = Command::new(bin())
+        .args(["--volume", vol, "--writable", "--mount", "mnt", "/thin.vmdk"])
+        .current_dir(d)
+        .output();
+    let o = o.unwrap();
+    assert_ne!(o.status.code(), Some(0), "a volume is read-only: --writable is refused");
+    assert!(!is_mounted(&d.join("mnt")));
 }
