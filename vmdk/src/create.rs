@@ -714,7 +714,7 @@ mod tests {
         assert_eq!(Adapter::BusLogic.esx_geometry(1023 * 2048), (1023, 64, 32));
         assert_eq!(Adapter::BusLogic.esx_geometry(1024 * 2048), (512, 128, 32));
         assert_eq!(Adapter::Pvscsi.esx_geometry(2046 * 2048), (1023, 128, 32));
-        assert_eq!(Adapter::LsiSas.esx_geometry(2047 * 2048), (261, 255, 63));
+        assert_eq!(Adapter::LsiSas.esx_geometry(2047 * 2048), (260, 255, 63));
         assert_eq!(Adapter::Ide.esx_geometry(75_497_472), (74898, 16, 63));
         assert_eq!(Adapter::LsiLogic.esx_geometry(1), (1, 64, 32));
     }

@@ -260,13 +260,33 @@ pub struct EngineOptions {
     pub align: u64,
 }
 
+/// Process-wide engine defaults a program sets once, before any copy (the `vmkfs` binary's hidden
+/// `--threads` and `--chunk-kib`, which test harnesses use to make runs repeatable). A library
+/// caller tunes each copy through its [`EngineOptions`] instead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tuning {
+    /// Reader threads of every copy (`None`: two per core, 4 to 16).
+    pub threads: Option<usize>,
+    /// Chunk size in bytes, rounded up to a power of two (`None`: 2 MiB).
+    pub chunk: Option<u64>,
+}
+
+static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
+
+/// Sets the process-wide [`Tuning`] every [`EngineOptions::new`] starts from. Only the first call
+/// counts; returns false when the tuning was already set.
+pub fn set_tuning(t: Tuning) -> bool {
+    TUNING.set(t).is_ok()
+}
+
 impl EngineOptions {
-    /// Defaults: 2 MiB chunks, two readers per core (at least 4), 4 KiB zero blocks, parallel writes.
+    /// Defaults: 2 MiB chunks, two readers per core (at least 4), 4 KiB zero blocks, parallel
+    /// writes — or what [`set_tuning`] set.
     pub fn new() -> EngineOptions {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-        let threads = env("VMKFS_THREADS").map(|t| t as usize).unwrap_or((cores * 2).clamp(4, 16));
-        let chunk = env("VMKFS_CHUNK_KIB").map(|k| (k << 10).next_power_of_two()).unwrap_or(2 << 20);
+        let t = TUNING.get().copied().unwrap_or_default();
+        let threads = t.threads.unwrap_or((cores * 2).clamp(4, 16)).max(1);
+        let chunk = t.chunk.map(|c| c.max(4096).next_power_of_two()).unwrap_or(2 << 20);
         EngineOptions {
             chunk,
             threads,
@@ -274,7 +294,7 @@ impl EngineOptions {
             dense: false,
             ordered: false,
             in_flight: threads + 4,
-            writeback: std::env::var_os("VMKFS_NO_WRITEBACK").is_none(),
+            writeback: true,
             skip_zeros: true,
             zero_target: false,
             align: 0,

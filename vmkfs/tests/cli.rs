@@ -1,23 +1,10 @@
 //! The `vmkfs` command, end to end: clone, create, info, geometry; refusals and exit codes.
 
+mod common;
+
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn vmkfs(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(args).current_dir(dir).output().expect("run vmkfs")
-}
-
-fn have_qemu() -> bool {
-    let ok = Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("qemu-img not found: skipping the qemu part of this test");
-    }
-    ok
-}
-
-fn qemu(args: &[&str], dir: &Path) -> Output {
-    Command::new("qemu-img").args(args).current_dir(dir).output().expect("run qemu-img")
-}
 
 /// A deterministic 8 MiB raw image: pseudo-random and text blocks with zero gaps.
 fn pattern(dir: &Path) -> PathBuf {
@@ -63,14 +50,14 @@ fn clone_to_every_format_reads_identically_in_qemu() {
     let q = have_qemu();
     for fmt in ["zeroedthick", "eagerzeroedthick", "thin", "thick", "monosparse", "2gbsparse", "monoflat", "2gbflat"] {
         let dst = format!("out-{fmt}.vmdk");
-        let o = vmkfs(&["-i", "pattern.raw", "-d", fmt, &dst], d);
+        let o = vmkfs(d, &["-i", "pattern.raw", "-d", fmt, &dst]);
         assert!(o.status.success(), "{fmt}: {}", String::from_utf8_lossy(&o.stdout));
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(out.contains("Destination disk format: "), "{out}");
         assert!(out.contains("Cloning disk 'pattern.raw'..."), "{out}");
         assert!(out.contains("Clone: 100% done."), "{out}");
         if q {
-            let c = qemu(&["compare", &dst, "pattern.raw"], d);
+            let c = qemu_img(d, &["compare", &dst, "pattern.raw"]);
             assert!(c.status.success(), "{fmt}: {}", String::from_utf8_lossy(&c.stdout));
         }
     }
@@ -83,8 +70,8 @@ fn thin_stays_thin() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     pattern(d);
-    assert!(vmkfs(&["-i", "pattern.raw", "-d", "thin", "t.vmdk"], d).status.success());
-    let o = vmkfs(&["--info", "--json", "t.vmdk"], d);
+    assert!(vmkfs(d, &["-i", "pattern.raw", "-d", "thin", "t.vmdk"]).status.success());
+    let o = vmkfs(d, &["--info", "--json", "t.vmdk"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["capacity"], 8 << 20);
     assert_eq!(v["format"], "vmfs");
@@ -102,7 +89,7 @@ fn existing_destination_is_never_overwritten_without_force() {
     let d = dir.path();
     pattern(d);
     std::fs::write(d.join("keep.vmdk"), b"precious").unwrap();
-    let o = vmkfs(&["-i", "pattern.raw", "-d", "monosparse", "keep.vmdk"], d);
+    let o = vmkfs(d, &["-i", "pattern.raw", "-d", "monosparse", "keep.vmdk"]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -112,12 +99,12 @@ fn existing_destination_is_never_overwritten_without_force() {
     assert_eq!(std::fs::read(d.join("keep.vmdk")).unwrap(), b"precious");
     // An extent file of the destination counts too.
     std::fs::write(d.join("x-flat.vmdk"), b"precious").unwrap();
-    let o = vmkfs(&["-i", "pattern.raw", "-d", "thin", "x.vmdk"], d);
+    let o = vmkfs(d, &["-i", "pattern.raw", "-d", "thin", "x.vmdk"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(!d.join("x.vmdk").exists());
     assert_eq!(std::fs::read(d.join("x-flat.vmdk")).unwrap(), b"precious");
     // --force replaces.
-    let o = vmkfs(&["-i", "pattern.raw", "-d", "monosparse", "--force", "keep.vmdk"], d);
+    let o = vmkfs(d, &["-i", "pattern.raw", "-d", "monosparse", "--force", "keep.vmdk"]);
     assert!(o.status.success());
     assert_ne!(std::fs::read(d.join("keep.vmdk")).unwrap(), b"precious");
 }
@@ -127,7 +114,7 @@ fn corrupt_source_fails_cleanly_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     pattern(d);
-    assert!(vmkfs(&["-i", "pattern.raw", "-d", "monosparse", "src.vmdk"], d).status.success());
+    assert!(vmkfs(d, &["-i", "pattern.raw", "-d", "monosparse", "src.vmdk"]).status.success());
     // Point the first grain table entry far past the end of the file.
     let mut f = std::fs::read(d.join("src.vmdk")).unwrap();
     let gd_offset = u64::from_le_bytes(f[56..64].try_into().unwrap()) as usize;
@@ -135,7 +122,7 @@ fn corrupt_source_fails_cleanly_and_leaves_nothing() {
     f[gt * 512..gt * 512 + 4].copy_from_slice(&0x4000_0000u32.to_le_bytes());
     std::fs::write(d.join("src.vmdk"), &f).unwrap();
     let before = names(d);
-    let o = vmkfs(&["-i", "src.vmdk", "-d", "thin", "dst.vmdk"], d);
+    let o = vmkfs(d, &["-i", "src.vmdk", "-d", "thin", "dst.vmdk"]);
     assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stderr);
     assert!(out.contains("Failed to clone disk:"), "{out}");
@@ -151,19 +138,19 @@ fn create_every_format() {
     let q = have_qemu();
     for fmt in ["zeroedthick", "eagerzeroedthick", "thin", "monosparse", "2gbsparse", "monoflat", "2gbflat"] {
         let p = format!("c-{fmt}.vmdk");
-        let o = vmkfs(&["-c", "10m", "-d", fmt, "-a", "ide", &p], d);
+        let o = vmkfs(d, &["-c", "10m", "-d", fmt, "-a", "ide", &p]);
         assert!(o.status.success(), "{fmt}: {}", String::from_utf8_lossy(&o.stderr));
-        let o = vmkfs(&["--info", "--json", &p], d);
+        let o = vmkfs(d, &["--info", "--json", &p]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["capacity"], 10 << 20);
         assert_eq!(v["adapter"], "ide");
         if q {
-            let info = qemu(&["info", "--output=json", &p], d);
+            let info = qemu_img(d, &["info", "--output=json", &p]);
             let qi: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
             assert_eq!(qi["virtual-size"], 10 << 20, "{fmt}");
         }
     }
-    let o = vmkfs(&["-g", "c-thin.vmdk"], d);
+    let o = vmkfs(d, &["-g", "c-thin.vmdk"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "Geometry information C/H/S is 20/16/63");
     // Eager-zeroed disks are fully allocated.
     let m = std::fs::metadata(d.join("c-eagerzeroedthick-flat.vmdk")).unwrap();
@@ -175,9 +162,9 @@ fn create_every_format() {
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert_eq!(vmkfs(&["-c", "1000", "x.vmdk"], d).status.code(), Some(2));
-    assert_eq!(vmkfs(&["-c", "1m", "-d", "bogus", "x.vmdk"], d).status.code(), Some(2));
-    assert_eq!(vmkfs(&["--nonsense"], d).status.code(), Some(2));
-    assert_eq!(vmkfs(&[], d).status.code(), Some(2));
-    assert_eq!(vmkfs(&["--info", "missing.vmdk"], d).status.code(), Some(3));
+    assert_eq!(vmkfs(d, &["-c", "1000", "x.vmdk"]).status.code(), Some(2));
+    assert_eq!(vmkfs(d, &["-c", "1m", "-d", "bogus", "x.vmdk"]).status.code(), Some(2));
+    assert_eq!(vmkfs(d, &["--nonsense"]).status.code(), Some(2));
+    assert_eq!(vmkfs(d, &[]).status.code(), Some(2));
+    assert_eq!(vmkfs(d, &["--info", "missing.vmdk"]).status.code(), Some(3));
 }

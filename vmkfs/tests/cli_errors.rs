@@ -3,6 +3,10 @@
 //! the thin flag after `-k`/`-j`/`-w`/`-K`, and the exit codes of bad offsets, bad names and
 //! capacities a target cannot hold.
 
+mod common;
+
+use common::*;
+
 mod vmfs_common;
 
 use std::ffi::OsStr;
@@ -10,27 +14,13 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 /// The pipe buffer of Linux (16 pages): output larger than this blocks until it is read.
 const PIPE_BUFFER: usize = 64 << 10;
 
-fn vmkfs<S: AsRef<OsStr>>(args: &[S], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(args).current_dir(dir).output().expect("run vmkfs")
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(args: &[&str], dir: &Path) -> String {
-    let o = vmkfs(args, dir);
-    assert!(o.status.success(), "{args:?}: {}{}", text(&o.stdout), text(&o.stderr));
-    text(&o.stdout)
-}
-
-fn info(dir: &Path, disk: &str) -> serde_json::Value {
-    serde_json::from_str(&ok(&["--info", "--json", disk], dir)).unwrap()
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -112,7 +102,7 @@ fn info_into_a_closed_pipe_ends_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     many_extents(d, 4000);
-    let full = vmkfs(&["--info", "many.vmdk"], d);
+    let full = vmkfs(d, &["--info", "many.vmdk"]);
     assert!(full.status.success(), "{}", text(&full.stderr));
     assert!(full.stdout.len() > PIPE_BUFFER + 12, "the listing must not fit in the pipe ({} bytes)", full.stdout.len());
     // `vmkfs --info X | head -c 12`: the reader goes away in the middle of the output.
@@ -133,7 +123,7 @@ fn map_into_a_closed_pipe_ends_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     holey(d);
-    let full = vmkfs(&["--map", "--json", "holey.raw"], d);
+    let full = vmkfs(d, &["--map", "--json", "holey.raw"]);
     assert!(full.status.success(), "{}", text(&full.stderr));
     let runs: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();
     if full.stdout.len() <= PIPE_BUFFER + 1 {
@@ -204,7 +194,7 @@ fn clone_whose_progress_reader_goes_away_still_completes() {
             let want: &[u8] = if json { b"{\"des" } else { b"Desti" };
             assert_eq!(&c.read, want);
         }
-        ok(&["--compare", "holey.raw", &dst], d);
+        vmkfs_ok(d, &["--compare", "holey.raw", &dst]);
     }
     assert!(names(d).iter().all(|n| !n.ends_with(".tmp")), "{:?}", names(d));
 }
@@ -213,10 +203,10 @@ fn clone_whose_progress_reader_goes_away_still_completes() {
 fn chain_query_and_volume_listings_into_a_closed_pipe_end_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(&["-c", "1m", "-d", "monosparse", "base.vmdk"], d);
-    ok(&["--snapshot", "base.vmdk"], d);
+    vmkfs_ok(d, &["-c", "1m", "-d", "monosparse", "base.vmdk"]);
+    vmkfs_ok(d, &["--snapshot", "base.vmdk"]);
     std::fs::write(d.join("lun.img"), vec![0u8; 1 << 20]).unwrap();
-    ok(&["-r", "lun.img", "map.vmdk"], d);
+    vmkfs_ok(d, &["-r", "lun.img", "map.vmdk"]);
     let mut cases: Vec<Vec<String>> = vec![
         vec!["--chain".into(), "base-000001.vmdk".into()],
         vec!["--chain".into(), "--json".into(), "base-000001.vmdk".into()],
@@ -235,7 +225,7 @@ fn chain_query_and_volume_listings_into_a_closed_pipe_end_quietly() {
     }
     for args in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let full = vmkfs(&args, d);
+        let full = vmkfs(d, &args);
         assert!(full.status.success() && !full.stdout.is_empty(), "{args:?}: {}", text(&full.stderr));
         let c = with_closed_stdout(&args, d, 0);
         assert_eq!(c.code, Some(0), "{args:?}: {}", c.stderr);
@@ -251,14 +241,14 @@ fn every_error_goes_to_standard_error() {
     std::fs::write(d.join("keep.vmdk"), b"precious").unwrap();
     // A failed clone keeps vmkfstools' wording, on standard error; standard output has only the
     // lines printed before the failure.
-    let o = vmkfs(&["-i", "src.raw", "-d", "monosparse", "keep.vmdk"], d);
+    let o = vmkfs(d, &["-i", "src.raw", "-d", "monosparse", "keep.vmdk"]);
     assert_eq!(o.status.code(), Some(2));
     let err = text(&o.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("Failed to clone disk: keep.vmdk: already exists") && err.ends_with(".\n"), "{err}");
     assert_eq!(text(&o.stdout), "Destination disk format: monolithic sparse\nCloning disk 'src.raw'...\n");
     // A usage error found before the clone starts is worded the same way.
-    let o = vmkfs(&["-i", "src.raw", "-d", "bogus", "x.vmdk"], d);
+    let o = vmkfs(d, &["-i", "src.raw", "-d", "bogus", "x.vmdk"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).starts_with("Failed to clone disk: unknown disk format"), "{}", text(&o.stderr));
     assert_eq!(o.stdout, b"");
@@ -271,7 +261,7 @@ fn every_error_goes_to_standard_error() {
         (&["--map", "--json", "missing.vmdk"], 3),
         (&["--chain", "--json", "."], 2),
     ] {
-        let o = vmkfs(args, d);
+        let o = vmkfs(d, args);
         assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o.stderr));
         let err = text(&o.stderr);
         let last = err.lines().last().unwrap_or("");
@@ -281,7 +271,7 @@ fn every_error_goes_to_standard_error() {
         assert!(!text(&o.stdout).contains("\"error\""), "{args:?}: {}", text(&o.stdout));
     }
     // Other operations' errors: `vmkfs: REASON` on standard error, nothing on standard output.
-    let o = vmkfs(&["--info", "missing.vmdk"], d);
+    let o = vmkfs(d, &["--info", "missing.vmdk"]);
     assert_eq!(o.status.code(), Some(3));
     assert!(text(&o.stderr).starts_with("vmkfs: ") && text(&o.stderr).contains("missing.vmdk"));
     assert_eq!(o.stdout, b"");
@@ -299,11 +289,11 @@ fn compare_of_different_capacities_is_a_difference() {
     std::fs::write(d.join("short.raw"), &data).unwrap();
     data.resize(2 << 20, 0);
     std::fs::write(d.join("long.raw"), &data).unwrap();
-    ok(&["-i", "long.raw", "-d", "thin", "long.vmdk"], d);
-    let o = vmkfs(&["--compare", "short.raw", "long.vmdk"], d);
+    vmkfs_ok(d, &["-i", "long.raw", "-d", "thin", "long.vmdk"]);
+    let o = vmkfs(d, &["--compare", "short.raw", "long.vmdk"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).trim(), "Capacity mismatch: short.raw is 1048576 bytes, long.vmdk is 2097152 bytes.");
-    let o = vmkfs(&["--compare", "long.vmdk", "short.raw", "--json"], d);
+    let o = vmkfs(d, &["--compare", "long.vmdk", "short.raw", "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["identical"], false);
@@ -311,8 +301,8 @@ fn compare_of_different_capacities_is_a_difference() {
     assert_eq!((v["capacity_a"].as_u64(), v["capacity_b"].as_u64()), (Some(2 << 20), Some(1 << 20)), "{v}");
     assert_eq!((v["a"].as_str(), v["b"].as_str()), (Some("long.vmdk"), Some("short.raw")));
     // Equal capacities: content decides, as before.
-    ok(&["--compare", "long.raw", "long.vmdk"], d);
-    let o = vmkfs(&["--compare", "long.raw", "short.raw", "--json"], d);
+    vmkfs_ok(d, &["--compare", "long.raw", "long.vmdk"]);
+    let o = vmkfs(d, &["--compare", "long.raw", "short.raw", "--json"]);
     assert_eq!(o.status.code(), Some(1));
     std::fs::write(d.join("other.raw"), {
         let mut x = data.clone();
@@ -320,7 +310,7 @@ fn compare_of_different_capacities_is_a_difference() {
         x
     })
     .unwrap();
-    let o = vmkfs(&["--compare", "long.vmdk", "other.raw", "--json"], d);
+    let o = vmkfs(d, &["--compare", "long.vmdk", "other.raw", "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((v["reason"].as_str(), v["first_difference"].as_u64()), (Some("content"), Some(3000)), "{v}");
@@ -332,7 +322,7 @@ fn names_a_descriptor_cannot_carry_are_refused_at_creation() {
     let d = dir.path();
     std::fs::write(d.join("src.raw"), vec![9u8; 1 << 20]).unwrap();
     std::fs::write(d.join("lun.img"), vec![0u8; 1 << 20]).unwrap();
-    ok(&["-c", "1m", "-d", "thin", "good.vmdk"], d);
+    vmkfs_ok(d, &["-c", "1m", "-d", "thin", "good.vmdk"]);
     let before = names(d);
     let quote = "a\"b.vmdk";
     let newline = "a\nb.vmdk";
@@ -350,21 +340,23 @@ fn names_a_descriptor_cannot_carry_are_refused_at_creation() {
         (vec!["-E", "good.vmdk", quote], "double quote"),
     ];
     for (args, says) in cases {
-        let o = vmkfs(&args, d);
+        let o = vmkfs(d, &args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
         assert!(text(&o.stderr).contains(says), "{args:?}: {}", text(&o.stderr));
         assert_eq!(names(d), before, "{args:?}: nothing may be created, moved or left behind");
     }
     // Not valid UTF-8.
     let bad = OsStr::from_bytes(b"x\xff.vmdk");
-    let o = vmkfs(&[OsStr::new("-c"), OsStr::new("1m"), OsStr::new("-d"), OsStr::new("thin"), bad], d);
+    let mut c = vmkfs_cmd(d, &["-c", "1m", "-d", "thin"]);
+    c.arg(bad);
+    let o = run(c, None, None);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("not valid UTF-8") && text(&o.stderr).contains("0xff"), "{}", text(&o.stderr));
     assert_eq!(names(d), before);
     // Spaces, apostrophes and any printable Unicode are fine, and read back.
     let fine = "it's a dïsk.vmdk";
-    ok(&["-i", "src.raw", "-d", "thin", fine], d);
-    ok(&["--compare", "src.raw", fine], d);
+    vmkfs_ok(d, &["-i", "src.raw", "-d", "thin", fine]);
+    vmkfs_ok(d, &["--compare", "src.raw", fine]);
     assert!(std::fs::read_to_string(d.join(fine)).unwrap().contains("VMFS \"it's a dïsk-flat.vmdk\""));
 }
 
@@ -382,37 +374,37 @@ fn thin_flag_follows_the_allocation() {
     let desc = |n: &str| std::fs::read_to_string(d.join(n)).unwrap();
     for op in ["-k", "-j", "-w"] {
         let disk = format!("t{op}.vmdk");
-        ok(&["-i", "p.raw", "-d", "thin", &disk], d);
-        assert_eq!(info(d, &disk)["thin_provisioned"], true);
-        ok(&[op, &disk], d);
-        let v = info(d, &disk);
+        vmkfs_ok(d, &["-i", "p.raw", "-d", "thin", &disk]);
+        assert_eq!(info_json(d, &disk)["thin_provisioned"], true);
+        vmkfs_ok(d, &[op, &disk]);
+        let v = info_json(d, &disk);
         assert_eq!(v["thin_provisioned"], false, "{op}: {v}");
         assert_eq!(v["allocated"], 4 << 20, "{op}: the disk is fully allocated");
         assert!(!desc(&disk).contains("thinProvisioned"), "{op}: {}", desc(&disk));
         if op != "-w" {
-            ok(&["--compare", "p.raw", &disk], d);
+            vmkfs_ok(d, &["--compare", "p.raw", &disk]);
         }
     }
     // -K on a zeroedthick disk whose zeros were written: it gets holes, so it is thin now.
-    ok(&["-i", "p.raw", "-d", "eagerzeroedthick", "e.vmdk"], d);
-    assert_eq!(info(d, "e.vmdk")["thin_provisioned"], false);
-    ok(&["-K", "e.vmdk"], d);
-    let v = info(d, "e.vmdk");
+    vmkfs_ok(d, &["-i", "p.raw", "-d", "eagerzeroedthick", "e.vmdk"]);
+    assert_eq!(info_json(d, "e.vmdk")["thin_provisioned"], false);
+    vmkfs_ok(d, &["-K", "e.vmdk"]);
+    let v = info_json(d, "e.vmdk");
     assert_eq!(v["thin_provisioned"], true, "{v}");
     assert!(v["allocated"].as_u64().unwrap() < 2 << 20, "{v}");
     assert!(desc("e.vmdk").contains(thin_line), "{}", desc("e.vmdk"));
-    ok(&["--compare", "p.raw", "e.vmdk"], d);
+    vmkfs_ok(d, &["--compare", "p.raw", "e.vmdk"]);
     // -K that frees nothing leaves a thick disk thick.
     let full: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8 + 1).collect();
     std::fs::write(d.join("full.raw"), &full).unwrap();
-    ok(&["-i", "full.raw", "-d", "eagerzeroedthick", "f.vmdk"], d);
-    let o = ok(&["-K", "--json", "f.vmdk"], d);
+    vmkfs_ok(d, &["-i", "full.raw", "-d", "eagerzeroedthick", "f.vmdk"]);
+    let o = vmkfs_ok(d, &["-K", "--json", "f.vmdk"]);
     assert!(o.contains("\"freed\":0"), "{o}");
-    assert_eq!(info(d, "f.vmdk")["thin_provisioned"], false);
+    assert_eq!(info_json(d, "f.vmdk")["thin_provisioned"], false);
     assert!(!desc("f.vmdk").contains("thinProvisioned"));
     // Hosted flat disks carry no thin flag: -K punches them without adding one.
-    ok(&["-i", "p.raw", "-d", "monoflat", "m.vmdk"], d);
-    ok(&["-K", "m.vmdk"], d);
+    vmkfs_ok(d, &["-i", "p.raw", "-d", "monoflat", "m.vmdk"]);
+    vmkfs_ok(d, &["-K", "m.vmdk"]);
     assert!(!desc("m.vmdk").contains("thinProvisioned"));
     qemu_check(d, &["e.vmdk", "t-k.vmdk", "t-j.vmdk", "m.vmdk"]);
 }
@@ -444,7 +436,7 @@ fn bad_offsets_and_ranges_are_usage_errors() {
         (&["--read-at", "1q", "p.raw"], "unknown unit"),
     ];
     for (args, says) in cases {
-        let o = vmkfs(args, d);
+        let o = vmkfs(d, args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
         assert!(text(&o.stderr).contains(says), "{args:?}: {}", text(&o.stderr));
         assert_eq!(o.stdout, b"", "{args:?}: nothing may be written before the range is checked");
@@ -473,7 +465,7 @@ fn bad_offsets_and_ranges_are_usage_errors() {
         .unwrap();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"!").unwrap();
     assert!(child.wait().unwrap().success());
-    assert_eq!(vmkfs(&["--read-at", "1048575", "p.raw"], d).stdout, b"!");
+    assert_eq!(vmkfs(d, &["--read-at", "1048575", "p.raw"]).stdout, b"!");
 }
 
 #[test]
@@ -507,7 +499,7 @@ fn names_that_are_not_disk_files_are_usage_errors() {
             vec!["-r", "p.raw", name],
         ];
         for args in cases {
-            let o = vmkfs(&args, d);
+            let o = vmkfs(d, &args);
             assert_eq!(o.status.code(), Some(2), "{args:?}: {}{}", text(&o.stdout), text(&o.stderr));
             assert!(text(&o.stderr).contains("not a disk file name"), "{args:?}: {}", text(&o.stderr));
         }
@@ -545,19 +537,19 @@ fn sources_a_target_cannot_hold_are_bad_input() {
         ("big.vmdk", "monosparse", "at most 2 TiB"),
     ];
     for (src, fmt, says) in cases {
-        let o = vmkfs(&["-i", src, "-d", fmt, "out.vmdk"], d);
+        let o = vmkfs(d, &["-i", src, "-d", fmt, "out.vmdk"]);
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(3), "{src} -> {fmt}: {err}");
         assert!(err.starts_with("Failed to clone disk: ") && err.contains(says), "{src} -> {fmt}: {err}");
         assert_eq!(names(d), before, "{src} -> {fmt}: nothing may be created");
     }
-    let o = vmkfs(&["-e", "out.vmdk", "huge.vmdk"], d);
+    let o = vmkfs(d, &["-e", "out.vmdk", "huge.vmdk"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     // A capacity from the command line that no file can hold is refused the same way.
-    let o = vmkfs(&["-c", "8388608t", "-d", "thin", "out.vmdk"], d);
+    let o = vmkfs(d, &["-c", "8388608t", "-d", "thin", "out.vmdk"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("beyond what a file can hold"), "{}", text(&o.stderr));
-    let o = vmkfs(&["-c", "9t", "-d", "2gbflat", "out.vmdk"], d);
+    let o = vmkfs(d, &["-c", "9t", "-d", "2gbflat", "out.vmdk"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert_eq!(names(d), before);
 }

@@ -1,17 +1,12 @@
 //! Every source format × every target format clones byte-identical (checked by `qemu-img compare`
 //! and by our own reader), and each target's allocation is what its format promises.
 
+mod common;
+
+use common::*;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
-
-fn vmkfs(args: &[&str], dir: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(args).current_dir(dir).output().expect("run vmkfs")
-}
-
-fn qemu_img(args: &[&str], dir: &Path) -> Option<std::process::Output> {
-    Command::new("qemu-img").args(args).current_dir(dir).output().ok()
-}
 
 /// 12 MiB: random, text and explicit-zero runs between holes, unaligned edges.
 fn pattern(dir: &Path) {
@@ -38,7 +33,7 @@ fn pattern(dir: &Path) {
 }
 
 fn data_bytes(dir: &Path, disk: &str) -> u64 {
-    let o = vmkfs(&["--info", "--json", disk], dir);
+    let o = vmkfs(dir, &["--info", "--json", disk]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     v["allocated"].as_u64().unwrap()
 }
@@ -48,17 +43,16 @@ fn every_source_to_every_target() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     pattern(d);
-    let have_qemu = qemu_img(&["--version"], d).is_some_and(|o| o.status.success());
+    let have_qemu = have_qemu();
     let targets = ["thin", "zeroedthick", "eagerzeroedthick", "monosparse", "2gbsparse", "monoflat", "2gbflat"];
     let mut sources = vec!["src.raw".to_string()];
     for t in targets {
         let name = format!("s-{t}.vmdk");
-        assert!(vmkfs(&["-i", "src.raw", "-d", t, &name], d).status.success());
+        assert!(vmkfs(d, &["-i", "src.raw", "-d", t, &name]).status.success());
         sources.push(name);
     }
     if have_qemu {
-        let o = qemu_img(&["convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw", "s-stream.vmdk"], d)
-            .unwrap();
+        let o = qemu_img(d, &["convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw", "s-stream.vmdk"]);
         assert!(o.status.success());
         sources.push("s-stream.vmdk".into());
     } else {
@@ -67,22 +61,22 @@ fn every_source_to_every_target() {
     for (si, src) in sources.iter().enumerate() {
         for t in targets {
             let dst = format!("d{si}-{t}.vmdk");
-            let o = vmkfs(&["-i", src, "-d", t, &dst], d);
+            let o = vmkfs(d, &["-i", src, "-d", t, &dst]);
             assert!(o.status.success(), "{src} -> {t}: {}", String::from_utf8_lossy(&o.stdout));
-            let c = vmkfs(&["--compare", &dst, "src.raw"], d);
+            let c = vmkfs(d, &["--compare", &dst, "src.raw"]);
             assert!(c.status.success(), "{src} -> {t}: {}", String::from_utf8_lossy(&c.stdout));
             if have_qemu {
-                let c = qemu_img(&["compare", &dst, "src.raw"], d).unwrap();
+                let c = qemu_img(d, &["compare", &dst, "src.raw"]);
                 assert!(c.status.success(), "qemu: {src} -> {t}: {}", String::from_utf8_lossy(&c.stdout));
             }
             let stored = data_bytes(d, &dst);
             match t {
                 // Thin and sparse targets hold no all-zero block (4 KiB for flat files, 64 KiB grains).
                 "thin" | "monosparse" | "2gbsparse" => {
-                    let o = vmkfs(&["--read-at", "0", &dst], d);
+                    let o = vmkfs(d, &["--read-at", "0", &dst]);
                     let all = o.stdout;
                     let block = if t == "thin" { 4096 } else { 65536 };
-                    let o = vmkfs(&["--map", "--json", &dst], d);
+                    let o = vmkfs(d, &["--map", "--json", &dst]);
                     let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
                     for r in runs.as_array().unwrap().iter().filter(|r| r["data"] == true) {
                         let (s, l) = (r["start"].as_u64().unwrap() as usize, r["length"].as_u64().unwrap() as usize);

@@ -101,14 +101,14 @@ struct Stalled {
 }
 
 impl Stalled {
-    /// Starts `vmkfs ARGS` (with `env`) and waits until its output pipe is full.
-    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Stalled {
+    /// Starts `vmkfs ARGS` and waits until its output pipe is full.
+    fn start(dir: &Path, args: &[&str]) -> Stalled {
         let (reader, writer) = std::io::pipe().unwrap();
         // SAFETY: F_SETPIPE_SZ on a pipe we own; 4096 is the smallest capacity Linux allows.
         let set = unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
         assert!(set >= 4096, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
         let mut c = vmkfs_cmd(dir, args);
-        c.envs(env.iter().copied()).stdout(writer).stderr(Stdio::piped());
+        c.stdout(writer).stderr(Stdio::piped());
         let mut child = c.spawn().expect("start vmkfs");
         drop(c); // our copy of the pipe's write end
         let start = Instant::now();
@@ -491,7 +491,7 @@ fn second_commit_of_a_link_being_committed_is_locked_out() {
     write_pattern(d, "vm-000001.vmdk", 0, 8 * MIB as usize, 12);
     let want = disk_digest(d, "vm-000001.vmdk", &[]).unwrap();
     // 64 KiB chunks: about a hundred --json progress lines, which fill a 4 KiB pipe half-way.
-    let first = Stalled::start(d, &["--json", "-m", "vm-000001.vmdk"], &[("VMKFS_CHUNK_KIB", "64")]);
+    let first = Stalled::start(d, &["--chunk-kib", "64", "--json", "-m", "vm-000001.vmdk"]);
     let pid = first.pid;
     let second = vmkfs(d, &["-m", "vm-000001.vmdk"]);
     let first = first.finish();

@@ -7,8 +7,8 @@
 //! (`strace -f -e trace=<all of them> -o FILE`, one run of the operation uninterrupted on a copy)
 //! counts per thread too: M is the largest count any one thread reached, and N runs over 1..=M
 //! (40 evenly spread points when M > 40; `VMKFS_KILLPOINTS_MAX`). Both passes run with
-//! `VMKFS_THREADS=1` (one copy-engine worker besides the main thread, so each thread's sequence of
-//! calls is the same in every run) and `VMKFS_CHUNK_KIB=256` (more write calls, so more kill
+//! `--threads 1` (one copy-engine worker besides the main thread, so each thread's sequence of
+//! calls is the same in every run) and `--chunk-kib 256` (more write calls, so more kill
 //! points inside a data phase).
 //!
 //! After each kill, on a fresh copy of the fixture (fixtures are built once with `vmkfs` itself and
@@ -58,8 +58,8 @@ const SYSCALLS: [&str; 11] = [
     "fallocate",
 ];
 
-/// The environment of every `vmkfs` run of the harness (see the module comment).
-const HARNESS_ENV: [(&str, &str); 2] = [("VMKFS_THREADS", "1"), ("VMKFS_CHUNK_KIB", "256")];
+/// The engine options of every `vmkfs` run of the harness (see the module comment).
+const HARNESS_ARGS: [&str; 4] = ["--threads", "1", "--chunk-kib", "256"];
 
 /// Longest any single run may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -136,7 +136,7 @@ const CAP: u64 = 8 * MIB;
 const SPLIT_CAP: u64 = 2 * GIB;
 
 fn digest(dir: &Path, disk: &str) -> DiskDigest {
-    disk_digest(dir, disk, &HARNESS_ENV).unwrap_or_else(|o| panic!("fixture {disk} unreadable: {}", o.describe()))
+    disk_digest(dir, disk, &HARNESS_ARGS).unwrap_or_else(|o| panic!("fixture {disk} unreadable: {}", o.describe()))
 }
 
 fn zeros_digest(len: u64) -> DiskDigest {
@@ -419,8 +419,7 @@ impl std::fmt::Display for DiskState {
 }
 
 fn vm(dir: &Path, args: &[&str]) -> Outcome {
-    let mut c = vmkfs_cmd(dir, args);
-    c.envs(HARNESS_ENV);
+    let c = vmkfs_cmd(dir, &[&HARNESS_ARGS[..], args].concat());
     run(c, None, Some(RUN_TIMEOUT))
 }
 
@@ -452,7 +451,7 @@ fn disk_state_of_present(dir: &Path, d: &Disk) -> DiskState {
             _ => DiskState::Broken(format!("--compare {}: {}", o.how(), gist(&o.text()))),
         };
     }
-    match disk_digest(dir, &d.path, &HARNESS_ENV) {
+    match disk_digest(dir, &d.path, &HARNESS_ARGS) {
         Ok(g) => DiskState::Content(g),
         Err(o) if refused_with_rerun(&o) => DiskState::Refused,
         Err(o) => DiskState::Broken(format!("--read-at 0: {}: {}", o.how(), gist(&o.err()))),
@@ -541,9 +540,9 @@ fn counting_run(dir: &Path, op: &Op, trace_file: &Path) -> (Outcome, BTreeMap<&'
     c.args(["-f", "-qq", "-e", &format!("trace={}", SYSCALLS.join(",")), "-o"])
         .arg(trace_file)
         .arg(bin())
+        .args(HARNESS_ARGS)
         .args(&op.args)
         .current_dir(dir)
-        .envs(HARNESS_ENV)
         .stdin(std::process::Stdio::null());
     let o = run(c, None, Some(RUN_TIMEOUT));
     let text = std::fs::read_to_string(trace_file).unwrap_or_default();
@@ -698,9 +697,9 @@ fn killed_run(dir: &Path, op: &Op, syscall: &str, n: u64) -> Outcome {
         "/dev/null",
     ])
     .arg(bin())
+    .args(HARNESS_ARGS)
     .args(&op.args)
     .current_dir(dir)
-    .envs(HARNESS_ENV)
     .stdin(std::process::Stdio::null());
     run(c, None, Some(RUN_TIMEOUT))
 }

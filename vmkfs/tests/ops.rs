@@ -1,24 +1,13 @@
 //! Disk operations through the command: extend, rename, delete, punch zeros, zero, inflate,
 //! check/repair, compare, read-at/write-at.
 
+mod common;
+
+use common::*;
+
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
-fn vmkfs(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(args).current_dir(dir).output().expect("run vmkfs")
-}
-
-fn ok(args: &[&str], dir: &Path) -> String {
-    let o = vmkfs(args, dir);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use std::process::{Command, Stdio};
 
 fn qemu_ok(args: &[&str], dir: &Path) {
     match Command::new("qemu-img").args(args).current_dir(dir).output() {
@@ -35,10 +24,6 @@ fn raw(dir: &Path, size: usize) {
     std::fs::write(dir.join("p.raw"), &v).unwrap();
 }
 
-fn info(dir: &Path, disk: &str) -> serde_json::Value {
-    serde_json::from_str(&ok(&["--info", "--json", disk], dir)).unwrap()
-}
-
 #[test]
 fn extend_every_format_keeps_data_and_qemu_agrees() {
     let dir = tempfile::tempdir().unwrap();
@@ -46,26 +31,26 @@ fn extend_every_format_keeps_data_and_qemu_agrees() {
     raw(d, 4 << 20);
     for fmt in ["thin", "zeroedthick", "eagerzeroedthick", "monoflat", "2gbflat", "2gbsparse"] {
         let disk = format!("x-{fmt}.vmdk");
-        ok(&["-i", "p.raw", "-d", fmt, &disk], d);
+        vmkfs_ok(d, &["-i", "p.raw", "-d", fmt, &disk]);
         let mut args = vec!["-X", "9m", &disk];
         if fmt == "eagerzeroedthick" {
             args.extend(["-d", "eagerzeroedthick"]);
         }
-        ok(&args, d);
-        assert_eq!(info(d, &disk)["capacity"], 9 << 20, "{fmt}");
+        vmkfs_ok(d, &args);
+        assert_eq!(info_json(d, &disk)["capacity"], 9 << 20, "{fmt}");
         qemu_ok(&["check", &disk], d);
         // The old data is intact and the new space reads as zeros.
         let mut grown = std::fs::read(d.join("p.raw")).unwrap();
         grown.resize(9 << 20, 0);
         std::fs::write(d.join("grown.raw"), &grown).unwrap();
-        ok(&["--compare", &disk, "grown.raw"], d);
+        vmkfs_ok(d, &["--compare", &disk, "grown.raw"]);
         qemu_ok(&["compare", &disk, "grown.raw"], d);
         // Shrinking is refused.
-        assert_eq!(vmkfs(&["-X", "1m", &disk], d).status.code(), Some(2));
+        assert_eq!(vmkfs(d, &["-X", "1m", &disk]).status.code(), Some(2));
     }
     // monosparse cannot grow in place: a clear "unsupported".
-    ok(&["-i", "p.raw", "-d", "monosparse", "m.vmdk"], d);
-    let o = vmkfs(&["-X", "9m", "m.vmdk"], d);
+    vmkfs_ok(d, &["-i", "p.raw", "-d", "monosparse", "m.vmdk"]);
+    let o = vmkfs(d, &["-X", "9m", "m.vmdk"]);
     assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unsupported"));
 }
@@ -75,34 +60,34 @@ fn rename_moves_every_file_and_fixes_child_hints() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     raw(d, 4 << 20);
-    ok(&["-i", "p.raw", "-d", "2gbflat", "old.vmdk"], d);
+    vmkfs_ok(d, &["-i", "p.raw", "-d", "2gbflat", "old.vmdk"]);
     // A hand-made child link that names old.vmdk as its parent.
-    ok(&["-i", "p.raw", "-d", "monosparse", "child.vmdk"], d);
-    let cid = info(d, "old.vmdk")["cid"].as_str().unwrap().to_string();
+    vmkfs_ok(d, &["-i", "p.raw", "-d", "monosparse", "child.vmdk"]);
+    let cid = info_json(d, "old.vmdk")["cid"].as_str().unwrap().to_string();
     let desc = format!(
         "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID={cid}\ncreateType=\"twoGbMaxExtentSparse\"\nparentFileNameHint=\"old.vmdk\"\n# Extent description\nRW 8192 SPARSE \"kid-s001.vmdk\"\n"
     );
     std::fs::write(d.join("kid.vmdk"), desc).unwrap();
     // Build kid-s001.vmdk as an empty sparse extent of the right size.
-    ok(&["-c", "4m", "-d", "2gbsparse", "tmpkid.vmdk"], d);
+    vmkfs_ok(d, &["-c", "4m", "-d", "2gbsparse", "tmpkid.vmdk"]);
     std::fs::rename(d.join("tmpkid-s001.vmdk"), d.join("kid-s001.vmdk")).unwrap();
     std::fs::remove_file(d.join("tmpkid.vmdk")).unwrap();
-    ok(&["--compare", "kid.vmdk", "p.raw"], d);
-    ok(&["-E", "old.vmdk", "new.vmdk"], d);
+    vmkfs_ok(d, &["--compare", "kid.vmdk", "p.raw"]);
+    vmkfs_ok(d, &["-E", "old.vmdk", "new.vmdk"]);
     assert!(!d.join("old.vmdk").exists() && !d.join("old-f001.vmdk").exists());
     assert!(d.join("new-f001.vmdk").exists());
-    ok(&["--compare", "new.vmdk", "p.raw"], d);
+    vmkfs_ok(d, &["--compare", "new.vmdk", "p.raw"]);
     let kid = std::fs::read_to_string(d.join("kid.vmdk")).unwrap();
     assert!(kid.contains("parentFileNameHint=\"new.vmdk\""), "{kid}");
-    ok(&["--compare", "kid.vmdk", "p.raw"], d);
+    vmkfs_ok(d, &["--compare", "kid.vmdk", "p.raw"]);
     // Renaming onto an existing name is refused.
-    assert_eq!(vmkfs(&["-E", "new.vmdk", "child.vmdk"], d).status.code(), Some(2));
+    assert_eq!(vmkfs(d, &["-E", "new.vmdk", "child.vmdk"]).status.code(), Some(2));
     // A disk with a child is not deleted (the child would be orphaned); without it, every file goes.
-    let o = vmkfs(&["-U", "new.vmdk"], d);
+    let o = vmkfs(d, &["-U", "new.vmdk"]);
     assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("kid.vmdk is built on it"));
-    ok(&["-U", "kid.vmdk"], d);
-    ok(&["-U", "new.vmdk"], d);
+    vmkfs_ok(d, &["-U", "kid.vmdk"]);
+    vmkfs_ok(d, &["-U", "new.vmdk"]);
     assert!(!d.join("new.vmdk").exists() && !d.join("new-f001.vmdk").exists());
 }
 
@@ -111,28 +96,28 @@ fn punch_zero_inflate_and_write_zeros() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     raw(d, 4 << 20);
-    ok(&["-i", "p.raw", "-d", "thin", "t.vmdk"], d);
-    let before = info(d, "t.vmdk")["allocated"].as_u64().unwrap();
-    ok(&["-j", "t.vmdk"], d);
-    let v = info(d, "t.vmdk");
+    vmkfs_ok(d, &["-i", "p.raw", "-d", "thin", "t.vmdk"]);
+    let before = info_json(d, "t.vmdk")["allocated"].as_u64().unwrap();
+    vmkfs_ok(d, &["-j", "t.vmdk"]);
+    let v = info_json(d, "t.vmdk");
     assert_eq!(v["allocated"], 4 << 20);
     assert_eq!(v["thin_provisioned"], false);
-    ok(&["-K", "t.vmdk"], d);
-    assert!(info(d, "t.vmdk")["allocated"].as_u64().unwrap() <= before + (64 << 10));
-    ok(&["--compare", "t.vmdk", "p.raw"], d);
+    vmkfs_ok(d, &["-K", "t.vmdk"]);
+    assert!(info_json(d, "t.vmdk")["allocated"].as_u64().unwrap() <= before + (64 << 10));
+    vmkfs_ok(d, &["--compare", "t.vmdk", "p.raw"]);
     qemu_ok(&["compare", "t.vmdk", "p.raw"], d);
     // Punching zeros in a sparse disk drops the zero grains.
-    ok(&["-i", "p.raw", "-d", "monosparse", "s.vmdk"], d);
-    ok(&["-w", "s.vmdk"], d);
-    assert_eq!(info(d, "s.vmdk")["allocated"], 0);
+    vmkfs_ok(d, &["-i", "p.raw", "-d", "monosparse", "s.vmdk"]);
+    vmkfs_ok(d, &["-w", "s.vmdk"]);
+    assert_eq!(info_json(d, "s.vmdk")["allocated"], 0);
     qemu_ok(&["check", "s.vmdk"], d);
     std::fs::write(d.join("z.raw"), vec![0u8; 4 << 20]).unwrap();
-    ok(&["--compare", "s.vmdk", "z.raw"], d);
+    vmkfs_ok(d, &["--compare", "s.vmdk", "z.raw"]);
     // -k eager-zeroes a zeroedthick disk.
-    ok(&["-c", "2m", "-d", "zeroedthick", "z.vmdk"], d);
-    assert_eq!(info(d, "z.vmdk")["allocated"], 0);
-    ok(&["-k", "z.vmdk"], d);
-    assert_eq!(info(d, "z.vmdk")["allocated"], 2 << 20);
+    vmkfs_ok(d, &["-c", "2m", "-d", "zeroedthick", "z.vmdk"]);
+    assert_eq!(info_json(d, "z.vmdk")["allocated"], 0);
+    vmkfs_ok(d, &["-k", "z.vmdk"]);
+    assert_eq!(info_json(d, "z.vmdk")["allocated"], 2 << 20);
 }
 
 #[test]
@@ -140,8 +125,8 @@ fn check_and_repair_sparse_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     raw(d, 4 << 20);
-    ok(&["-i", "p.raw", "-d", "monosparse", "s.vmdk"], d);
-    assert!(ok(&["-x", "check", "s.vmdk"], d).contains("error free"));
+    vmkfs_ok(d, &["-i", "p.raw", "-d", "monosparse", "s.vmdk"]);
+    assert!(vmkfs_ok(d, &["-x", "check", "s.vmdk"]).contains("error free"));
     // Break the first entry of the primary grain table; the redundant copy still has it.
     let mut f = std::fs::read(d.join("s.vmdk")).unwrap();
     let gd = u64::from_le_bytes(f[56..64].try_into().unwrap()) as usize;
@@ -150,7 +135,7 @@ fn check_and_repair_sparse_metadata() {
     f[gt * 512..gt * 512 + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
     f[72] = 1; // unclean-shutdown flag
     std::fs::write(d.join("s.vmdk"), &f).unwrap();
-    let o = vmkfs(&["-x", "check", "s.vmdk"], d);
+    let o = vmkfs(d, &["-x", "check", "s.vmdk"]);
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("s.vmdk: offset 72: unclean-shutdown flag is set"), "{out}");
@@ -162,7 +147,7 @@ fn check_and_repair_sparse_metadata() {
         "{out}"
     );
     assert!(out.contains("Disk has 2 problem(s)"), "{out}");
-    let o = vmkfs(&["-x", "repair", "s.vmdk"], d);
+    let o = vmkfs(d, &["-x", "repair", "s.vmdk"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}");
     // Every change printed, with the backup made before it.
@@ -177,11 +162,11 @@ fn check_and_repair_sparse_metadata() {
         "{out}"
     );
     assert!(d.join("s.vmdk.repair-1.bak").exists());
-    assert!(ok(&["-x", "check", "s.vmdk"], d).contains("error free"));
-    ok(&["--compare", "s.vmdk", "p.raw"], d);
+    assert!(vmkfs_ok(d, &["-x", "check", "s.vmdk"]).contains("error free"));
+    vmkfs_ok(d, &["--compare", "s.vmdk", "p.raw"]);
     qemu_ok(&["check", "s.vmdk"], d);
     // Repairing a clean disk: nothing to do, no second backup.
-    assert!(ok(&["-x", "repair", "s.vmdk"], d).contains("error free"));
+    assert!(vmkfs_ok(d, &["-x", "repair", "s.vmdk"]).contains("error free"));
     assert!(!d.join("s.vmdk.repair-2.bak").exists());
 
     // Both copies broken: refused, nothing changed (exit 1, saying why).
@@ -191,14 +176,14 @@ fn check_and_repair_sparse_metadata() {
     f[gt * 512..gt * 512 + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
     f[rgt * 512..rgt * 512 + 4].copy_from_slice(&0x7fff_0001u32.to_le_bytes());
     std::fs::write(d.join("s.vmdk"), &f).unwrap();
-    let o = vmkfs(&["-x", "repair", "--json", "s.vmdk"], d);
+    let o = vmkfs(d, &["-x", "repair", "--json", "s.vmdk"]);
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["refused"], true, "{v}");
     assert_eq!(v["changes"].as_array().map(|c| c.len()), Some(0), "{v}");
     assert!(v["findings"].as_array().unwrap().iter().all(|f| f["undecided"] == "neither copy is usable"), "{v}");
     assert_eq!(std::fs::read(d.join("s.vmdk")).unwrap(), f, "nothing changed");
-    let o = vmkfs(&["-x", "repair", "s.vmdk"], d);
+    let o = vmkfs(d, &["-x", "repair", "s.vmdk"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("Nothing was changed"), "{o:?}");
 }
 
@@ -213,35 +198,35 @@ fn check_follows_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     raw(d, 4 << 20);
-    ok(&["-i", "p.raw", "-d", "monosparse", "base.vmdk"], d);
-    let child = ok(&["--snapshot", "base.vmdk"], d);
+    vmkfs_ok(d, &["-i", "p.raw", "-d", "monosparse", "base.vmdk"]);
+    let child = vmkfs_ok(d, &["--snapshot", "base.vmdk"]);
     let child = Path::new(child.trim()).file_name().unwrap().to_string_lossy().into_owned();
-    assert!(ok(&["-x", "check", &child], d).contains("error free"));
+    assert!(vmkfs_ok(d, &["-x", "check", &child]).contains("error free"));
     // Damage in the parent is found from the child.
     let good = std::fs::read(d.join("base.vmdk")).unwrap();
     let mut f = good.clone();
     f[72] = 1;
     std::fs::write(d.join("base.vmdk"), &f).unwrap();
-    let o = vmkfs(&["-x", "check", &child], d);
+    let o = vmkfs(d, &["-x", "check", &child]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("base.vmdk: offset 72: unclean-shutdown flag is set"), "{out}");
     std::fs::write(d.join("base.vmdk"), &good).unwrap();
     // A parent whose CID changed behind the child's back: the child's chain is broken.
-    let cid = info(d, "base.vmdk")["cid"].as_str().unwrap().to_string();
+    let cid = info_json(d, "base.vmdk")["cid"].as_str().unwrap().to_string();
     let other = if cid == "00000001" { "00000002" } else { "00000001" };
     let text = String::from_utf8_lossy(&good[512..1024]).into_owned();
     assert!(text.contains(&format!("CID={cid}")), "{text}");
     let mut f = good.clone();
     f[512..1024].copy_from_slice(text.replace(&format!("CID={cid}"), &format!("CID={other}")).as_bytes());
     std::fs::write(d.join("base.vmdk"), &f).unwrap();
-    let o = vmkfs(&["-x", "check", &child], d);
+    let o = vmkfs(d, &["-x", "check", &child]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains(&format!("{child}: offset 0: chain: CID mismatch")), "{out}");
     // A missing parent.
     std::fs::rename(d.join("base.vmdk"), d.join("moved.vmdk")).unwrap();
-    let out = String::from_utf8_lossy(&vmkfs(&["-x", "check", &child], d).stdout).into_owned();
+    let out = String::from_utf8_lossy(&vmkfs(d, &["-x", "check", &child]).stdout).into_owned();
     assert!(out.contains("chain: missing parent"), "{out}");
 }
 
@@ -250,7 +235,7 @@ fn compare_read_and_write_at() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     raw(d, 4 << 20);
-    ok(&["-i", "p.raw", "-d", "2gbsparse", "s.vmdk"], d);
+    vmkfs_ok(d, &["-i", "p.raw", "-d", "2gbsparse", "s.vmdk"]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
         .args(["--write-at", "3m", "s.vmdk"])
         .current_dir(d)
@@ -259,9 +244,9 @@ fn compare_read_and_write_at() {
         .unwrap();
     child.stdin.take().unwrap().write_all(b"hello, disk").unwrap();
     assert!(child.wait().unwrap().success());
-    let out = vmkfs(&["--read-at", "3m", "--length", "11", "s.vmdk"], d).stdout;
+    let out = vmkfs(d, &["--read-at", "3m", "--length", "11", "s.vmdk"]).stdout;
     assert_eq!(out, b"hello, disk");
-    let o = vmkfs(&["--compare", "s.vmdk", "p.raw"], d);
+    let o = vmkfs(d, &["--compare", "s.vmdk", "p.raw"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("offset {}", 3 << 20)));
     qemu_ok(&["check", "s.vmdk"], d);

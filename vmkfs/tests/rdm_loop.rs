@@ -8,18 +8,18 @@
 //! node (a real identity mismatch: two loop devices) and a device that shrank, each error naming
 //! expected and found, and `-U` leaving the device's bytes intact.
 
+mod common;
+
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Mutex;
 
 /// Loop devices are a machine-wide resource: one test at a time in this binary.
 static LOOPS: Mutex<()> = Mutex::new(());
 
-fn vmkfs(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(args).current_dir(dir).output().expect("run vmkfs")
-}
-
-fn ok(o: &Output) -> String {
+fn ok(o: &Outcome) -> String {
     assert!(
         o.status.success(),
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -30,14 +30,14 @@ fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn fail(o: &Output, code: i32) -> String {
+fn fail(o: &Outcome, code: i32) -> String {
     let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(code), "{all}");
     all
 }
 
 /// Standard output of a successful run, as bytes.
-fn bytes(o: &Output) -> Vec<u8> {
+fn bytes(o: &Outcome) -> Vec<u8> {
     ok(o);
     o.stdout.clone()
 }
@@ -142,7 +142,7 @@ fn clone_onto_a_loop_device_full_of_random_bytes() {
     src[(3 << 20) + 4096..(3 << 20) + 8192].fill(0x77);
     src[(5 << 20) - 512..].fill(0x11);
     std::fs::write(d.join("src.raw"), &src).unwrap();
-    ok(&vmkfs(&["-i", "src.raw", "-d", "thin", "src.vmdk"], d));
+    ok(&vmkfs(d, &["-i", "src.raw", "-d", "thin", "src.vmdk"]));
 
     for (mode, suffix) in [("rdm", "-rdm.vmdk"), ("rdmp", "-rdmp.vmdk"), ("raw", "")] {
         // Random bytes again on the device before each clone (through the node, so the device's
@@ -154,15 +154,15 @@ fn clone_onto_a_loop_device_full_of_random_bytes() {
             f.sync_all().unwrap();
         }
         let dst = format!("dst-{mode}.vmdk");
-        ok(&vmkfs(&["-i", "src.vmdk", "-d", &format!("{mode}:{}", l.dev), &dst], d));
+        ok(&vmkfs(d, &["-i", "src.vmdk", "-d", &format!("{mode}:{}", l.dev), &dst]));
         let node = read_node(&l.dev, 8 << 20);
         assert!(node[..src.len()] == src[..], "{mode}: device differs from the source");
         assert!(node[src.len()..] == before[src.len()..], "{mode}: bytes past the source changed");
         let extra = if mode == "raw" { "--allow-outside-paths" } else { "--json" };
-        let out = vmkfs(&["--read-at", "0", "--length", &src.len().to_string(), extra, &dst], d);
+        let out = vmkfs(d, &["--read-at", "0", "--length", &src.len().to_string(), extra, &dst]);
         assert!(bytes(&out) == src, "{mode}: our reader disagrees");
         if !suffix.is_empty() {
-            let q = ok(&vmkfs(&["-q", &dst], d));
+            let q = ok(&vmkfs(d, &["-q", &dst]));
             assert!(q.contains(&format!("Maps to: {}\n", l.dev)), "{q}");
             assert!(q.contains(&format!("Loop backing file: {}", lun.display())), "{q}");
             assert!(q.contains("Device: block device, 8388608 bytes"), "{q}");
@@ -184,27 +184,27 @@ fn identity_follows_the_device_and_refuses_another() {
     let (b, b_bytes) = image(d, "b.img", 4 << 20, 2);
     let Some(la) = Loop::attach(&a) else { return };
     let node = la.dev.clone();
-    ok(&vmkfs(&["-r", &node, "vm.vmdk"], d));
-    let q = ok(&vmkfs(&["-q", "vm.vmdk"], d));
+    ok(&vmkfs(d, &["-r", &node, "vm.vmdk"]));
+    let q = ok(&vmkfs(d, &["-q", "vm.vmdk"]));
     assert!(q.contains(&format!("Loop backing file: {}", a.display())), "{q}");
     let node = la.detach();
 
     // Another device at the recorded node: a real identity mismatch, refused naming both.
     let lb = Loop::attach_at(&node, &b);
-    let e = fail(&vmkfs(&["--read-at", "0", "--length", "4096", "vm.vmdk"], d), 3);
+    let e = fail(&vmkfs(d, &["--read-at", "0", "--length", "4096", "vm.vmdk"]), 3);
     assert!(e.contains(&node) && e.contains("loop backing file"), "{e}");
     assert!(e.contains(&format!("expected {:?}", a.display().to_string())), "{e}");
     assert!(e.contains(&format!("found {:?}", b.display().to_string())), "{e}");
-    let e = fail(&vmkfs(&["--write-at", "0", "vm.vmdk"], d), 3);
+    let e = fail(&vmkfs(d, &["--write-at", "0", "vm.vmdk"]), 3);
     assert!(e.contains("is not the mapped device"), "{e}");
     assert!(read_node(&lb.dev, 4 << 20) == b_bytes, "the other device was changed");
 
     // The mapped device attached at another node: found by its identity, not by the stale path.
     let Some(la2) = Loop::attach(&a) else { return };
     assert_ne!(la2.dev, node);
-    let q = ok(&vmkfs(&["-q", "vm.vmdk"], d));
+    let q = ok(&vmkfs(d, &["-q", "vm.vmdk"]));
     assert!(q.contains(&format!("Status: device found at {}", la2.dev)), "{q}");
-    let out = vmkfs(&["--read-at", "0", "--length", "65536", "vm.vmdk"], d);
+    let out = vmkfs(d, &["--read-at", "0", "--length", "65536", "vm.vmdk"]);
     assert!(bytes(&out) == a_bytes[..65536]);
     drop(la2);
     drop(lb);
@@ -214,7 +214,7 @@ fn identity_follows_the_device_and_refuses_another() {
     f.set_len(2 << 20).unwrap();
     drop(f);
     let Some(small) = Loop::attach(&a) else { return };
-    let e = fail(&vmkfs(&["--info", "vm.vmdk"], d), 3);
+    let e = fail(&vmkfs(d, &["--info", "vm.vmdk"]), 3);
     assert!(e.contains("size: expected 4194304 bytes, found 2097152 bytes"), "{e}");
     assert!(e.contains(&small.dev), "{e}");
     drop(small);
@@ -227,10 +227,10 @@ fn delete_leaves_the_loop_device_intact() {
     let d = dir.path();
     let (a, bytes) = image(d, "a.img", 2 << 20, 9);
     let Some(l) = Loop::attach(&a) else { return };
-    ok(&vmkfs(&["-z", &l.dev, "p.vmdk"], d));
-    let q = ok(&vmkfs(&["-q", "p.vmdk"], d));
+    ok(&vmkfs(d, &["-z", &l.dev, "p.vmdk"]));
+    let q = ok(&vmkfs(d, &["-q", "p.vmdk"]));
     assert!(q.starts_with("Disk p.vmdk is a Passthrough Raw Device Mapping\n"), "{q}");
-    ok(&vmkfs(&["-U", "p.vmdk"], d));
+    ok(&vmkfs(d, &["-U", "p.vmdk"]));
     assert!(!d.join("p.vmdk").exists() && !d.join("p-rdmp.vmdk").exists());
     assert!(read_node(&l.dev, 2 << 20) == bytes);
     assert!(Path::new(&l.dev).exists());

@@ -3,40 +3,18 @@
 //! several block sizes, ESX, hosted and ESX 2 links; `--save-map` writes a map that
 //! `redo::ChangeMap::from_bytes` reads back to the same ranges.
 
+mod common;
+
+use common::*;
+
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use vmkfs::redo::{Chain, ChangeMap};
 use vmkfs::vmdk::create::{create, CreateOptions};
 use vmkfs::vmdk::{DiskFormat, OpenOptions};
 
 const CAP: u64 = (16 << 20) + 4096; // not a multiple of the larger block sizes: the last block is clipped
-
-fn vmkfs(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(args).current_dir(dir).output().expect("run vmkfs")
-}
-
-fn ok(args: &[&str], dir: &Path) -> String {
-    let o = vmkfs(args, dir);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn snapshot(dir: &Path, disk: &str, legacy: bool) -> String {
-    let mut args = vec!["--snapshot"];
-    if legacy {
-        args.push("--legacy-redo");
-    }
-    args.push(disk);
-    let out = ok(&args, dir);
-    Path::new(out.trim()).file_name().unwrap().to_string_lossy().into_owned()
-}
 
 /// Writes (pattern, or zeros for an even `seed`) to the top of the chain at `top`.
 fn write(dir: &Path, top: &str, writes: &[(u64, u64)], seed: u8) {
@@ -72,7 +50,7 @@ fn changed(dir: &Path, top: &str, extra: &[&str]) -> (u64, u64, Vec<(u64, u64)>)
     let mut args = vec!["--changed-blocks", "--json"];
     args.extend_from_slice(extra);
     args.push(top);
-    let v: serde_json::Value = serde_json::from_str(&ok(&args, dir)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&vmkfs_ok(dir, &args)).unwrap();
     let ranges = v["ranges"]
         .as_array()
         .unwrap()
@@ -148,19 +126,19 @@ fn esx_chain_differential_and_incremental() {
         bytes[i] ^= 0x40;
         assert!(ChangeMap::from_bytes(&bytes).is_err());
         // An existing map file is never replaced without --force; the next pass writes a new one.
-        let o = vmkfs(&["--changed-blocks", "--save-map", "map.bin", &s3], d);
+        let o = vmkfs(d, &["--changed-blocks", "--save-map", "map.bin", &s3]);
         assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
         std::fs::remove_file(d.join("map.bin")).unwrap();
     }
     // After committing s1 into the base, its writes are part of the base: no longer changes.
-    ok(&["-m", &s1], d);
+    vmkfs_ok(d, &["-m", &s1]);
     check(d, &s3, None, &[W2, W3], &blocks);
     check(d, &s3, Some(&s2), &[W3], &blocks);
     // A --since that is not a link of the chain is a usage error.
-    let o = vmkfs(&["--changed-blocks", "--since", &s1, &s3], d);
+    let o = vmkfs(d, &["--changed-blocks", "--since", &s1, &s3]);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     // Plain output: one "start length" line per range.
-    let text = ok(&["--changed-blocks", "--since", &s2, &s3], d);
+    let text = vmkfs_ok(d, &["--changed-blocks", "--since", &s2, &s3]);
     let lines: Vec<(u64, u64)> = text
         .lines()
         .map(|l| {
@@ -199,7 +177,7 @@ fn bad_block_sizes_are_refused() {
     create(d.join("base.vmdk"), &CreateOptions::new(DiskFormat::Thin, CAP)).unwrap().commit().unwrap();
     let s1 = snapshot(d, "base.vmdk", false);
     for bs in ["256", "3000", "0"] {
-        let o = vmkfs(&["--changed-blocks", "--block-size", bs, &s1], d);
+        let o = vmkfs(d, &["--changed-blocks", "--block-size", bs, &s1]);
         assert!(!o.status.success(), "block size {bs} must be refused");
         assert!(String::from_utf8_lossy(&o.stderr).contains("block size"), "{}", String::from_utf8_lossy(&o.stderr));
     }

@@ -5,36 +5,14 @@
 //! children's `parentFileNameHint` valid. Refusals: `--discard` of a link with a child, commits and
 //! discards of a base, `--snapshot` of a physical-mode RDM.
 
+mod common;
+
+use common::*;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use vmkfs::redo::{Chain, ChainError};
 use vmkfs::vmdk::{Link, OpenOptions};
-
-fn vmkfs(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(args).current_dir(dir).output().expect("run vmkfs")
-}
-
-fn ok(args: &[&str], dir: &Path) -> String {
-    let o = vmkfs(args, dir);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn snapshot(dir: &Path, disk: &str, legacy: bool) -> String {
-    let mut args = vec!["--snapshot"];
-    if legacy {
-        args.push("--legacy-redo");
-    }
-    args.push(disk);
-    let out = ok(&args, dir);
-    Path::new(out.trim()).file_name().unwrap().to_string_lossy().into_owned()
-}
 
 /// Writes a byte pattern at `at` through the chain topped by `disk` (which changes its CID).
 fn write(dir: &Path, disk: &str, at: u64, byte: u8) {
@@ -52,7 +30,7 @@ fn read_all(dir: &Path, disk: &str) -> Vec<u8> {
 
 /// `--chain --json`: (exit code, ok flag, statuses top first).
 fn chain(dir: &Path, disk: &str) -> (i32, bool, Vec<String>, serde_json::Value) {
-    let o = vmkfs(&["--chain", "--json", disk], dir);
+    let o = vmkfs(dir, &["--chain", "--json", disk]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("--chain --json {disk}: {e}: {}", String::from_utf8_lossy(&o.stdout)));
     let statuses = v["links"].as_array().unwrap().iter().map(|l| l["status"].as_str().unwrap().to_string()).collect();
@@ -61,7 +39,7 @@ fn chain(dir: &Path, disk: &str) -> (i32, bool, Vec<String>, serde_json::Value) 
 
 /// A thin base with data and two ESX deltas with data: returns the deltas' names.
 fn esx_chain(dir: &Path) -> (String, String) {
-    ok(&["-c", "4m", "-d", "thin", "base.vmdk"], dir);
+    vmkfs_ok(dir, &["-c", "4m", "-d", "thin", "base.vmdk"]);
     write(dir, "base.vmdk", 0, 1);
     let s1 = snapshot(dir, "base.vmdk", false);
     write(dir, &s1, 4096, 2);
@@ -86,11 +64,11 @@ fn healthy_chains_exit_0() {
     assert_eq!(links[1]["parent_cid"], links[2]["cid"]);
     assert_eq!(links[2]["parent"], serde_json::Value::Null);
     // Plain output says ok for each link.
-    let text = ok(&["--chain", &s2], d);
+    let text = vmkfs_ok(d, &["--chain", &s2]);
     assert_eq!(text.lines().count(), 3, "{text}");
     assert!(!text.contains("BROKEN"), "{text}");
     // The hosted shape and an ESX 2 log on top of it.
-    ok(&["-c", "4m", "-d", "monosparse", "h.vmdk"], d);
+    vmkfs_ok(d, &["-c", "4m", "-d", "monosparse", "h.vmdk"]);
     let h1 = snapshot(d, "h.vmdk", false);
     let h2 = snapshot(d, &h1, true);
     assert_eq!(h2, format!("{h1}.REDO"));
@@ -111,7 +89,7 @@ fn missing_parent() {
     assert_eq!(st[0], "ok");
     assert!(st[1].contains("missing parent") && st[1].contains("base.vmdk"), "{}", st[1]);
     assert!(!st[1].contains("renamed"), "{}", st[1]);
-    let text = String::from_utf8(vmkfs(&["--chain", &s2], d).stdout).unwrap();
+    let text = String::from_utf8(vmkfs(d, &["--chain", &s2]).stdout).unwrap();
     assert!(text.contains("BROKEN: missing parent"), "{text}");
     match Chain::open(d.join(&s1), &OpenOptions::read()) {
         Err(ChainError::MissingParent { renamed: None, hint, .. }) => assert_eq!(hint, "base.vmdk"),
@@ -119,7 +97,7 @@ fn missing_parent() {
     }
     // Operations on the broken chain fail with the explanation, not opaquely.
     for args in [vec!["--snapshot", s2.as_str()], vec!["-m", s1.as_str()], vec!["--changed-blocks", s2.as_str()]] {
-        let o = vmkfs(&args, d);
+        let o = vmkfs(d, &args);
         assert!(!o.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("does not exist"), "{args:?}: {err}");
@@ -138,7 +116,7 @@ fn renamed_parent_is_found_by_cid() {
     assert!(st[1].contains("missing parent") && st[1].contains("moved.vmdk"), "{}", st[1]);
     assert!(st[1].contains("renamed"), "{}", st[1]);
     // Hosted: a renamed monolithicSparse parent.
-    ok(&["-c", "4m", "-d", "monosparse", "h.vmdk"], d);
+    vmkfs_ok(d, &["-c", "4m", "-d", "monosparse", "h.vmdk"]);
     let h1 = snapshot(d, "h.vmdk", false);
     std::fs::rename(d.join("h.vmdk"), d.join("h-renamed.vmdk")).unwrap();
     let (code, _, st, v) = chain(d, &h1);
@@ -175,7 +153,7 @@ fn cid_mismatch_when_the_parent_was_written() {
         Err(ChainError::CidMismatch { expected, found, .. }) if expected == before && found == after
     ));
     // A commit of the child into the modified parent is refused, as VMware refuses the chain.
-    let o = vmkfs(&["-m", &s2], d);
+    let o = vmkfs(d, &["-m", &s2]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("modified"), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(d.join(&s2).exists());
@@ -187,7 +165,7 @@ fn capacity_mismatch() {
     let d = dir.path();
     let (_s1, s2) = esx_chain(d);
     // `-X` refuses to grow a disk that has REDO links on it.
-    let o = vmkfs(&["-X", "8m", "base.vmdk"], d);
+    let o = vmkfs(d, &["-X", "8m", "base.vmdk"]);
     assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("is built on it"));
     // The base grown behind the chain's back (the CID kept, so only the capacity differs): move the
@@ -202,7 +180,7 @@ fn capacity_mismatch() {
     for n in &moved {
         std::fs::rename(d.join(n), hidden.join(n)).unwrap();
     }
-    ok(&["-X", "8m", "base.vmdk"], d);
+    vmkfs_ok(d, &["-X", "8m", "base.vmdk"]);
     for n in &moved {
         std::fs::rename(hidden.join(n), d.join(n)).unwrap();
     }
@@ -267,7 +245,7 @@ fn cycle() {
     assert!(st.last().unwrap().contains("cycle"), "{v}");
     assert!(matches!(Chain::open(d.join(&s2), &OpenOptions::read()), Err(ChainError::Cycle { .. })));
     // Commands on a looping chain fail instead of running forever.
-    let o = vmkfs(&["--changed-blocks", &s2], d);
+    let o = vmkfs(d, &["--changed-blocks", &s2]);
     assert!(!o.status.success());
 }
 
@@ -278,27 +256,27 @@ fn rename_keeps_child_hints_valid() {
     let (s1, s2) = esx_chain(d);
     let before = read_all(d, &s2);
     // The base, then the middle link.
-    ok(&["-E", "base.vmdk", "renamed.vmdk"], d);
+    vmkfs_ok(d, &["-E", "base.vmdk", "renamed.vmdk"]);
     assert!(!d.join("base.vmdk").exists() && d.join("renamed.vmdk").exists());
     assert_eq!(read_all(d, &s2), before);
     let (code, _, _, v) = chain(d, &s2);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["links"][2]["path"], "renamed.vmdk");
-    ok(&["-E", &s1, "middle.vmdk"], d);
+    vmkfs_ok(d, &["-E", &s1, "middle.vmdk"]);
     assert_eq!(read_all(d, &s2), before);
     let (code, _, _, v) = chain(d, &s2);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["links"][1]["path"], "middle.vmdk");
     // The renamed chain still commits.
-    ok(&["-m", "middle.vmdk"], d);
+    vmkfs_ok(d, &["-m", "middle.vmdk"]);
     assert_eq!(read_all(d, &s2), before);
     // Hosted: renaming the monolithicSparse parent rewrites the child's embedded hint.
-    ok(&["-c", "4m", "-d", "monosparse", "h.vmdk"], d);
+    vmkfs_ok(d, &["-c", "4m", "-d", "monosparse", "h.vmdk"]);
     write(d, "h.vmdk", 0, 5);
     let h1 = snapshot(d, "h.vmdk", false);
     write(d, &h1, 65_536, 6);
     let before = read_all(d, &h1);
-    ok(&["-E", "h.vmdk", "h2.vmdk"], d);
+    vmkfs_ok(d, &["-E", "h.vmdk", "h2.vmdk"]);
     assert_eq!(read_all(d, &h1), before);
     assert_eq!(chain(d, &h1).0, 0);
 }
@@ -309,10 +287,10 @@ fn rename_keeps_child_hints_valid() {
 fn rename_carries_legacy_redo_children() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(&["-c", "4m", "-d", "thin", "base.vmdk"], d);
+    vmkfs_ok(d, &["-c", "4m", "-d", "thin", "base.vmdk"]);
     let r = snapshot(d, "base.vmdk", true);
     write(d, &r, 0, 7);
-    ok(&["-E", "base.vmdk", "new.vmdk"], d);
+    vmkfs_ok(d, &["-E", "base.vmdk", "new.vmdk"]);
     assert_eq!(chain(d, "new.vmdk.REDO").0, 0);
 }
 
@@ -322,30 +300,30 @@ fn refusals() {
     let d = dir.path();
     let (s1, s2) = esx_chain(d);
     // --discard of a link that has a child.
-    let o = vmkfs(&["--discard", &s1], d);
+    let o = vmkfs(d, &["--discard", &s1]);
     assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("is built on it") && err.contains(&s2), "{err}");
     assert!(d.join(&s1).exists());
     // --discard and -m of a base.
-    let o = vmkfs(&["--discard", "base.vmdk"], d);
+    let o = vmkfs(d, &["--discard", "base.vmdk"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("base disk"), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = vmkfs(&["-m", "base.vmdk"], d);
+    let o = vmkfs(d, &["-m", "base.vmdk"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("base disk"));
     assert!(d.join("base.vmdk").exists() && d.join("base-flat.vmdk").exists());
     // The top can be discarded, then the next.
-    let o = vmkfs(&["--discard", "--json", &s2], d);
+    let o = vmkfs(d, &["--discard", "--json", &s2]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["files"].as_array().unwrap().len(), 2, "descriptor and delta: {v}");
     assert!(!d.join(&s2).exists());
-    ok(&["--discard", &s1], d);
+    vmkfs_ok(d, &["--discard", &s1]);
     // An ESX 2 log in the middle cannot be discarded either.
     let r1 = snapshot(d, "base.vmdk", true);
     let _r2 = snapshot(d, &r1, true);
-    let o = vmkfs(&["--discard", &r1], d);
+    let o = vmkfs(d, &["--discard", &r1]);
     assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -357,11 +335,11 @@ fn snapshot_of_passthrough_rdm_is_refused() {
     std::fs::File::create(d.join("lun.img")).unwrap().set_len(4 << 20).unwrap();
     let why = "physical-mode (passthrough) raw device mapping";
     // A mapping made by -z.
-    let o = vmkfs(&["-z", "lun.img", "map.vmdk"], d);
+    let o = vmkfs(d, &["-z", "lun.img", "map.vmdk"]);
     if o.status.success() {
         let before: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
         for args in [vec!["--snapshot", "map.vmdk"], vec!["--snapshot", "--legacy-redo", "map.vmdk"]] {
-            let o = vmkfs(&args, d);
+            let o = vmkfs(d, &args);
             assert_eq!(o.status.code(), Some(3), "{args:?}");
             let err = String::from_utf8_lossy(&o.stderr);
             assert!(err.contains(why) && err.contains("virtual-mode"), "{err}");
@@ -369,7 +347,7 @@ fn snapshot_of_passthrough_rdm_is_refused() {
         let after: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(before.len(), after.len(), "nothing was created");
         // A virtual-mode mapping can be snapshotted.
-        ok(&["-r", "lun.img", "vmap.vmdk"], d);
+        vmkfs_ok(d, &["-r", "lun.img", "vmap.vmdk"]);
         let s = snapshot(d, "vmap.vmdk", false);
         assert_eq!(chain(d, &s).0, 0);
     } else {
@@ -385,7 +363,7 @@ fn snapshot_of_passthrough_rdm_is_refused() {
          RW 8192 FLAT \"lun.img\" 0\n\nddb.adapterType = \"lsilogic\"\n",
     )
     .unwrap();
-    let o = vmkfs(&["--snapshot", "hand.vmdk"], d);
+    let o = vmkfs(d, &["--snapshot", "hand.vmdk"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(why), "{err}");

@@ -8,6 +8,10 @@
 //!
 //! Release builds (how CI runs the suite) use 1 GiB; debug builds use 64 MiB to stay fast.
 
+mod common;
+
+use common::*;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -127,10 +131,6 @@ fn verify_chain(l: Layout, child: bool, top: &Path, what: &str) {
     }
 }
 
-fn vmkfs(args: &[&str], dir: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(args).current_dir(dir).output().unwrap()
-}
-
 /// Starts `vmkfs -m --json TOP` and kills it (SIGKILL) once its progress reaches `percent` (for 100:
 /// once the copy is done, while it flushes and re-points). Returns true if it was killed, false if it
 /// finished first.
@@ -185,7 +185,7 @@ fn crash_at(l: Layout, child: bool, percent: u64) -> bool {
             }
         }
         // ...and re-running the commit finishes it.
-        let o = vmkfs(&["-m", link.to_str().unwrap()], d);
+        let o = vmkfs(d, &["-m", link.to_str().unwrap()]);
         assert!(
             o.status.success(),
             "{tag} re-running the commit after kill -9: {}{}",
@@ -196,7 +196,7 @@ fn crash_at(l: Layout, child: bool, percent: u64) -> bool {
         // The commit had finished before the kill landed.
         eprintln!("{tag} the commit finished before the kill");
         verify_chain(l, child, &top, &format!("{tag} after the finished commit"));
-        let o = vmkfs(&["-m", link.to_str().unwrap()], d);
+        let o = vmkfs(d, &["-m", link.to_str().unwrap()]);
         assert!(!o.status.success(), "committing a removed link must fail");
     }
     assert!(!link.exists());
@@ -218,7 +218,7 @@ fn crash_at(l: Layout, child: bool, percent: u64) -> bool {
     if child {
         verify_chain(l, child, &top, &format!("{tag} the child after the rerun"));
         let (code, text) = {
-            let o = vmkfs(&["--chain", top.to_str().unwrap()], d);
+            let o = vmkfs(d, &["--chain", top.to_str().unwrap()]);
             (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
         };
         assert_eq!(code, Some(0), "{tag} --chain after the rerun: {text}");
@@ -231,7 +231,7 @@ fn crash_at(l: Layout, child: bool, percent: u64) -> bool {
     let desc = link.descriptor();
     assert!(desc.ddb(redo::chain::PENDING_CID_KEY).is_none(), "the pending CID is cleared:\n{}", desc.to_text());
     drop(link);
-    let o = vmkfs(&["-x", "check", "disk.vmdk"], d);
+    let o = vmkfs(d, &["-x", "check", "disk.vmdk"]);
     assert!(
         o.status.success(),
         "{tag} -x check: {}{}",

@@ -3,8 +3,11 @@
 //! children) read the same through `qemu-img compare`, and `qemu-img info --backing-chain` lists
 //! every link.
 
+mod common;
+
+use common::*;
+
 use std::path::Path;
-use std::process::Command;
 
 use vmkfs::redo::Chain;
 use vmkfs::vmdk::create::{create, CreateOptions};
@@ -22,17 +25,6 @@ fn fill(buf: &mut [u8], seed: u64) {
         z ^= z >> 31;
         c.copy_from_slice(&z.to_le_bytes()[..c.len()]);
     }
-}
-
-fn have_qemu() -> bool {
-    Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success())
-}
-
-fn snapshot(dir: &Path, disk: &str) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(["--snapshot", disk]).current_dir(dir).output().unwrap();
-    assert!(o.status.success(), "--snapshot {disk}: {}", String::from_utf8_lossy(&o.stderr));
-    let p = String::from_utf8(o.stdout).unwrap().trim().to_string();
-    Path::new(&p).file_name().unwrap().to_string_lossy().into_owned()
 }
 
 /// Writes `len` bytes at `at` to the top of the chain at `top`, in `model` too (zeros when `seed` is 0).
@@ -59,11 +51,11 @@ fn three_links(fmt: DiskFormat) {
     // The base: data at unaligned places, including the last sector.
     write(d, "base.vmdk", &mut model, 100_000, 900_000, 1);
     write(d, "base.vmdk", &mut model, CAP - 4096, 4096, 2);
-    let s1 = snapshot(d, "base.vmdk");
+    let s1 = snapshot(d, "base.vmdk", false);
     write(d, &s1, &mut model, 65_536 - 1000, 70_000, 3); // across grain boundaries
     write(d, &s1, &mut model, 300_000, 50_000, 0); // zeros over base data
     write(d, &s1, &mut model, (2 << 20) - 7, 5000, 4); // across a COWD grain table boundary
-    let s2 = snapshot(d, &s1);
+    let s2 = snapshot(d, &s1, false);
     write(d, &s2, &mut model, 310_000, 1000, 5);
     write(d, &s2, &mut model, (4 << 20) + 3, 300_000, 6);
     write(d, &s2, &mut model, CAP - 512, 512, 0);
@@ -82,25 +74,17 @@ fn three_links(fmt: DiskFormat) {
     assert!(ours == model, "our read of the chain differs from the model");
     std::fs::write(d.join("expected.raw"), &model).unwrap();
     // ...and so does qemu, at the top and at the middle link.
-    let o = Command::new("qemu-img")
-        .args(["compare", "-f", "vmdk", "-F", "raw", &s2, "expected.raw"])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let o = qemu_img(d, &["compare", "-f", "vmdk", "-F", "raw", &s2, "expected.raw"]);
     assert!(
         o.status.success(),
         "qemu-img compare {s2}: {}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    let o = Command::new("qemu-img").args(["compare", &s2, "base.vmdk"]).current_dir(d).output().unwrap();
+    let o = qemu_img(d, &["compare", &s2, "base.vmdk"]);
     assert_eq!(o.status.code(), Some(1), "the top differs from the base: {}", String::from_utf8_lossy(&o.stdout));
     // qemu lists the whole chain.
-    let o = Command::new("qemu-img")
-        .args(["info", "--backing-chain", "--output=json", &s2])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let o = qemu_img(d, &["info", "--backing-chain", "--output=json", &s2]);
     assert!(o.status.success(), "qemu-img info: {}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let names: Vec<String> = v
@@ -114,25 +98,17 @@ fn three_links(fmt: DiskFormat) {
         assert_eq!(i["virtual-size"], CAP, "{i}");
     }
     // Committing the middle link re-points the top at the base; qemu still reads the same data.
-    let o = Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(["-m", &s1]).current_dir(d).output().unwrap();
+    let o = vmkfs(d, &["-m", &s1]);
     assert!(o.status.success(), "-m {s1}: {}", String::from_utf8_lossy(&o.stderr));
     assert!(!d.join(&s1).exists());
-    let o = Command::new("qemu-img")
-        .args(["compare", "-f", "vmdk", "-F", "raw", &s2, "expected.raw"])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let o = qemu_img(d, &["compare", "-f", "vmdk", "-F", "raw", &s2, "expected.raw"]);
     assert!(
         o.status.success(),
         "qemu-img compare after commit: {}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    let o = Command::new("qemu-img")
-        .args(["info", "--backing-chain", "--output=json", &s2])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let o = qemu_img(d, &["info", "--backing-chain", "--output=json", &s2]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
 }

@@ -4,30 +4,12 @@
 //! offset, through random access and through a pipe. Tools that are missing are skipped with a
 //! message.
 
-use std::io::Write;
+mod common;
+
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn vmkfs(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(args).current_dir(dir).output().expect("run vmkfs")
-}
-
-/// Runs vmkfs with `input` on standard input.
-fn vmkfs_stdin(args: &[&str], dir: &Path, input: &[u8]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run vmkfs");
-    let mut stdin = c.stdin.take().unwrap();
-    // A refusal may close standard input early: ignore the broken pipe.
-    let _ = stdin.write_all(input);
-    drop(stdin);
-    c.wait_with_output().unwrap()
-}
+use std::process::Command;
 
 fn have(tool: &str, args: &[&str]) -> bool {
     let ok = Command::new(tool).args(args).output().is_ok_and(|o| o.status.success());
@@ -35,14 +17,6 @@ fn have(tool: &str, args: &[&str]) -> bool {
         eprintln!("{tool} {args:?} is not available: skipping that part of the test");
     }
     ok
-}
-
-fn have_qemu() -> bool {
-    have("qemu-img", &["--version"])
-}
-
-fn qemu(args: &[&str], dir: &Path) -> Output {
-    Command::new("qemu-img").args(args).current_dir(dir).output().expect("run qemu-img")
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -145,13 +119,13 @@ fn our_streams_read_identically_everywhere() {
     let want = std::fs::read(&raw).unwrap();
     for level in ["0", "1", "6", "9"] {
         let name = format!("s{level}.vmdk");
-        let o = vmkfs(&["-i", "src.raw", "-d", "streamoptimized", "--compress-level", level, &name], d);
+        let o = vmkfs(d, &["-i", "src.raw", "-d", "streamoptimized", "--compress-level", level, &name]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
         // Our own reader, random access.
-        let o = vmkfs(&["--compare", "src.raw", &name], d);
+        let o = vmkfs(d, &["--compare", "src.raw", &name]);
         assert!(o.status.success(), "level {level}: {}", String::from_utf8_lossy(&o.stdout));
         if have_qemu() {
-            let c = qemu(&["compare", &name, "src.raw"], d);
+            let c = qemu_img(d, &["compare", &name, "src.raw"]);
             assert!(c.status.success(), "level {level}: qemu-img compare: {}", String::from_utf8_lossy(&c.stdout));
         }
         if let Some((n, h)) = dissect(&d.join(&name)) {
@@ -175,8 +149,8 @@ fn no_more_than_five_percent_larger_than_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     image(d, "src.raw", 64, 48, 99);
-    assert!(vmkfs(&["-i", "src.raw", "-d", "streamoptimized", "ours.vmdk"], d).status.success());
-    let q = qemu(&["convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw", "qemu.vmdk"], d);
+    assert!(vmkfs(d, &["-i", "src.raw", "-d", "streamoptimized", "ours.vmdk"]).status.success());
+    let q = qemu_img(d, &["convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw", "qemu.vmdk"]);
     assert!(q.status.success());
     let ours = std::fs::metadata(d.join("ours.vmdk")).unwrap().len() as f64;
     let theirs = std::fs::metadata(d.join("qemu.vmdk")).unwrap().len() as f64;
@@ -190,8 +164,8 @@ fn vmware_shape() {
     let d = dir.path();
     // 96 MiB: three grain tables' worth; data only in the first 20 MiB, so tables 1 and 2 are empty.
     image(d, "src.raw", 96, 20, 3);
-    assert!(vmkfs(&["-i", "src.raw", "-d", "streamoptimized", "-a", "ide", "v.vmdk"], d).status.success());
-    assert!(vmkfs(&["-i", "src.raw", "-d", "streamoptimized", "w.vmdk"], d).status.success());
+    assert!(vmkfs(d, &["-i", "src.raw", "-d", "streamoptimized", "-a", "ide", "v.vmdk"]).status.success());
+    assert!(vmkfs(d, &["-i", "src.raw", "-d", "streamoptimized", "w.vmdk"]).status.success());
     let f = std::fs::read(d.join("w.vmdk")).unwrap();
     let n = f.len();
     assert_eq!(n % 512, 0);
@@ -244,7 +218,7 @@ fn vmware_shape() {
     let v = String::from_utf8_lossy(&std::fs::read(d.join("v.vmdk")).unwrap()[512..21 * 512]).to_string();
     assert!(v.contains("ddb.adapterType = \"ide\""), "{v}");
     // All-zero grains are not stored: the file holds fewer grains than the disk has.
-    let o = vmkfs(&["--info", "--json", "w.vmdk"], d);
+    let o = vmkfs(d, &["--info", "--json", "w.vmdk"]);
     let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(info["allocated"].as_u64().unwrap() <= 21 << 20, "{info}");
 }
@@ -313,7 +287,7 @@ fn we_read_what_others_write() {
     let d = dir.path();
     let raw = image(d, "src.raw", 70, 70, 11);
     let want = std::fs::read(&raw).unwrap();
-    assert!(vmkfs(&["-i", "src.raw", "-d", "streamoptimized", "ours.vmdk"], d).status.success());
+    assert!(vmkfs(d, &["-i", "src.raw", "-d", "streamoptimized", "ours.vmdk"]).status.success());
     let ours = std::fs::read(d.join("ours.vmdk")).unwrap();
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     // open-vmdk: tables up front, no markers for them, EOS, no footer.
@@ -337,14 +311,14 @@ fn we_read_what_others_write() {
     f.extend_from_slice(&[0u8; 512]);
     files.push(("nofooter.vmdk".into(), f));
     if have_qemu() {
-        let q = qemu(&["convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw", "qemu.vmdk"], d);
+        let q = qemu_img(d, &["convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw", "qemu.vmdk"]);
         assert!(q.status.success());
         files.push(("qemu.vmdk".into(), std::fs::read(d.join("qemu.vmdk")).unwrap()));
     }
     for (name, bytes) in &files {
         std::fs::write(d.join(name), bytes).unwrap();
         // Random access.
-        let o = vmkfs(&["--compare", "src.raw", name], d);
+        let o = vmkfs(d, &["--compare", "src.raw", name]);
         assert!(
             o.status.success(),
             "{name}: {}{}",
@@ -353,14 +327,14 @@ fn we_read_what_others_write() {
         );
         // Sequential, through a pipe.
         let out = format!("{name}.thin.vmdk");
-        let o = vmkfs_stdin(&["-i", "-", "-d", "thin", &out], d, bytes);
+        let o = vmkfs_stdin(d, &["-i", "-", "-d", "thin", &out], bytes);
         assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stdout));
         let back = std::fs::read(d.join(format!("{name}.thin-flat.vmdk"))).unwrap();
         assert!(back == want, "{name} through a pipe reads differently");
     }
     if have_qemu() {
         // qemu reads the open-vmdk and footer-less shapes as we built them (a check of the test).
-        let c = qemu(&["compare", "openvmdk.vmdk", "src.raw"], d);
+        let c = qemu_img(d, &["compare", "openvmdk.vmdk", "src.raw"]);
         assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stdout));
     }
 }
@@ -370,7 +344,7 @@ fn truncated_streams_are_errors_naming_the_offset() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     image(d, "src.raw", 40, 40, 5);
-    assert!(vmkfs(&["-i", "src.raw", "-d", "streamoptimized", "s.vmdk"], d).status.success());
+    assert!(vmkfs(d, &["-i", "src.raw", "-d", "streamoptimized", "s.vmdk"]).status.success());
     let full = std::fs::read(d.join("s.vmdk")).unwrap();
     let recs = grain_records(&full);
     // Inside a grain record, exactly at a record boundary, and just before the end-of-stream marker.
@@ -379,7 +353,7 @@ fn truncated_streams_are_errors_naming_the_offset() {
         let t = &full[..cut];
         std::fs::write(d.join("t.vmdk"), t).unwrap();
         // Random access (opening indexes by walking markers, as the footer is gone).
-        let o = vmkfs(&["-i", "t.vmdk", "-d", "thin", "out.vmdk"], d);
+        let o = vmkfs(d, &["-i", "t.vmdk", "-d", "thin", "out.vmdk"]);
         let msg = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(3), "cut at {cut}: {msg}");
         assert!(
@@ -388,7 +362,7 @@ fn truncated_streams_are_errors_naming_the_offset() {
         );
         assert!(!d.join("out.vmdk").exists() && !d.join("out-flat.vmdk").exists());
         // Sequential, from a pipe.
-        let o = vmkfs_stdin(&["-i", "-", "-d", "thin", "out.vmdk"], d, t);
+        let o = vmkfs_stdin(d, &["-i", "-", "-d", "thin", "out.vmdk"], t);
         let msg = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(3), "pipe, cut at {cut}: {msg}");
         assert!(
@@ -399,7 +373,7 @@ fn truncated_streams_are_errors_naming_the_offset() {
     }
     // A qemu stream (tables up front) cut short: the tables point past the end.
     if have_qemu() {
-        assert!(qemu(&["convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw", "q.vmdk"], d)
+        assert!(qemu_img(d, &["convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "src.raw", "q.vmdk"])
             .status
             .success());
         let q = std::fs::read(d.join("q.vmdk")).unwrap();
@@ -408,7 +382,7 @@ fn truncated_streams_are_errors_naming_the_offset() {
         let recs = grain_records(&q);
         let cut = overhead + recs[..recs.len() / 2].iter().map(|r| r.1.len()).sum::<usize>();
         for cut in [cut, cut + 100] {
-            let o = vmkfs_stdin(&["-i", "-", "-d", "thin", "out.vmdk"], d, &q[..cut]);
+            let o = vmkfs_stdin(d, &["-i", "-", "-d", "thin", "out.vmdk"], &q[..cut]);
             let msg = String::from_utf8_lossy(&o.stderr).to_string();
             assert_eq!(o.status.code(), Some(3), "{msg}");
             assert!(msg.contains(&format!("corrupt at byte offset {cut}:")), "{msg}");
@@ -421,9 +395,9 @@ fn streams_stay_read_only() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     image(d, "src.raw", 4, 4, 1);
-    assert!(vmkfs(&["-i", "src.raw", "-d", "streamoptimized", "s.vmdk"], d).status.success());
+    assert!(vmkfs(d, &["-i", "src.raw", "-d", "streamoptimized", "s.vmdk"]).status.success());
     let before = std::fs::read(d.join("s.vmdk")).unwrap();
-    let o = vmkfs_stdin(&["--write-at", "0", "s.vmdk"], d, b"hello");
+    let o = vmkfs_stdin(d, &["--write-at", "0", "s.vmdk"], b"hello");
     assert!(!o.status.success());
     let msg = String::from_utf8_lossy(&o.stderr);
     assert!(msg.contains("streamOptimized") && msg.contains("read-only"), "{msg}");

@@ -2,38 +2,35 @@
 //! are byte-identical, a chain is flattened, messages go to standard error when standard output
 //! carries the disk, and the refusals say why.
 
+mod common;
+
+use common::*;
+
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
-fn vmkfs(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(args).current_dir(dir).output().expect("run vmkfs")
-}
+use std::process::{Command, Stdio};
 
 /// `vmkfs A | vmkfs B`: both outputs (the second's standard output and both standard errors).
-fn pipe(a: &[&str], b: &[&str], dir: &Path) -> (Output, Output) {
-    let mut first = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-        .args(a)
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = first.stdout.take().unwrap();
-    let second = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-        .args(b)
-        .current_dir(dir)
-        .stdin(Stdio::from(out))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let o2 = second.wait_with_output().unwrap();
+fn pipe(a: &[&str], b: &[&str], dir: &Path) -> (Outcome, Outcome) {
+    let mut first = vmkfs_cmd(dir, a);
+    first.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut first = first.spawn().unwrap();
+    let mut second = vmkfs_cmd(dir, b);
+    second.stdin(Stdio::from(first.stdout.take().unwrap())).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let o2 = second.spawn().unwrap().wait_with_output().unwrap();
     let o1 = first.wait_with_output().unwrap();
-    (o1, o2)
+    let outcome = |args: &[&str], o: std::process::Output| Outcome {
+        argv: args.iter().map(|a| a.to_string()).collect(),
+        dir: dir.into(),
+        status: o.status,
+        stdout: o.stdout,
+        stderr: o.stderr,
+        timed_out: false,
+    };
+    (outcome(a, o1), outcome(b, o2))
 }
 
-fn text(o: &Output) -> String {
+fn text(o: &Outcome) -> String {
     String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
 }
 
@@ -64,7 +61,7 @@ fn image(dir: &Path) -> Vec<u8> {
 
 /// The plain bytes of a disk, through `-e - … -d raw`.
 fn raw_bytes(disk: &str, dir: &Path) -> Vec<u8> {
-    let o = vmkfs(&["-e", "-", disk, "-d", "raw"], dir);
+    let o = vmkfs(dir, &["-e", "-", disk, "-d", "raw"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     o.stdout
 }
@@ -74,7 +71,7 @@ fn stream_round_trip_through_a_pipe() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let want = image(d);
-    assert!(vmkfs(&["-i", "src.raw", "-d", "monosparse", "src.vmdk"], d).status.success());
+    assert!(vmkfs(d, &["-i", "src.raw", "-d", "monosparse", "src.vmdk"]).status.success());
     for fmt in ["thin", "monosparse", "2gbsparse", "eagerzeroedthick", "streamoptimized"] {
         let dst = format!("back-{fmt}.vmdk");
         let (o1, o2) = pipe(&["-e", "-", "src.vmdk", "-d", "streamoptimized"], &["-i", "-", "-d", fmt, &dst], d);
@@ -96,7 +93,7 @@ fn raw_round_trip_through_a_pipe() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let want = image(d);
-    assert!(vmkfs(&["-i", "src.raw", "-d", "2gbsparse", "src.vmdk"], d).status.success());
+    assert!(vmkfs(d, &["-i", "src.raw", "-d", "2gbsparse", "src.vmdk"]).status.success());
     // The raw bytes on standard output are exactly the disk.
     assert!(raw_bytes("src.vmdk", d) == want);
     let size = want.len().to_string();
@@ -127,8 +124,8 @@ fn export_flattens_a_chain_and_writes_files() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut want = image(d);
-    assert!(vmkfs(&["-i", "src.raw", "-d", "monosparse", "base.vmdk"], d).status.success());
-    let o = vmkfs(&["--snapshot", "base.vmdk"], d);
+    assert!(vmkfs(d, &["-i", "src.raw", "-d", "monosparse", "base.vmdk"]).status.success());
+    let o = vmkfs(d, &["--snapshot", "base.vmdk"]);
     if !o.status.success() {
         eprintln!("--snapshot is not available ({}): exporting the base alone", text(&o));
     } else {
@@ -142,21 +139,21 @@ fn export_flattens_a_chain_and_writes_files() {
         c.stdin.take().unwrap().write_all(&[0xEE; 8192]).unwrap();
         assert!(c.wait().unwrap().success());
         want[4096..4096 + 8192].fill(0xEE);
-        let o = vmkfs(&["-e", "-", &child, "-d", "streamoptimized"], d);
+        let o = vmkfs(d, &["-e", "-", &child, "-d", "streamoptimized"]);
         assert!(o.status.success(), "{}", text(&o));
         std::fs::write(d.join("flat.vmdk"), &o.stdout).unwrap();
         assert!(raw_bytes("flat.vmdk", d) == want, "the exported chain is not flattened");
     }
     // -e to a file: 2gbsparse by default, vmkfstools' wording on standard output.
-    let o = vmkfs(&["-e", "exp.vmdk", "base.vmdk"], d);
+    let o = vmkfs(d, &["-e", "exp.vmdk", "base.vmdk"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("Destination disk format: sparse with 2GB maximum extent size"), "{out}");
     assert!(out.contains("Cloning disk 'base.vmdk'...") && out.contains("Clone: 100% done."), "{out}");
     assert!(d.join("exp-s001.vmdk").exists());
-    let o = vmkfs(&["-e", "exp2.vmdk", "base.vmdk", "-d", "streamoptimized", "--compress-level", "1"], d);
+    let o = vmkfs(d, &["-e", "exp2.vmdk", "base.vmdk", "-d", "streamoptimized", "--compress-level", "1"]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(vmkfs(&["--compare", "exp.vmdk", "exp2.vmdk"], d).status.success());
+    assert!(vmkfs(d, &["--compare", "exp.vmdk", "exp2.vmdk"]).status.success());
 }
 
 #[test]
@@ -173,14 +170,14 @@ fn refusals_say_why() {
         (&["-e", "-", "src.raw", "-d", "nosuch"], "unknown disk format"),
     ];
     for (args, want) in cases {
-        let o = vmkfs(args, d);
+        let o = vmkfs(d, args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
         assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
     }
-    let o = vmkfs(&["-e", "-", "src.raw", "-d", "streamoptimized", "--compress-level", "12"], d);
+    let o = vmkfs(d, &["-e", "-", "src.raw", "-d", "streamoptimized", "--compress-level", "12"]);
     assert_eq!(o.status.code(), Some(2));
     // --json events go to standard error when standard output carries the disk.
-    let o = vmkfs(&["-e", "-", "src.raw", "-d", "streamoptimized", "--json"], d);
+    let o = vmkfs(d, &["-e", "-", "src.raw", "-d", "streamoptimized", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(&o.stdout[..4], b"KDMV");
     let err = String::from_utf8_lossy(&o.stderr);

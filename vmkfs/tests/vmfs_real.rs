@@ -3,12 +3,14 @@
 //! dissect.vmfs, debugvmfs (VMFS3/5) and debugvmfs6 (VMFS6). Each check skips with a message when its
 //! image or oracle is absent.
 
+mod common;
 mod vmfs_common;
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
+use common::vmkfs;
 use vmfs_common::*;
 use vmkfs::vmfs::{ExtentKind, FileKind, Volume};
 
@@ -18,10 +20,6 @@ const HASH_LIMIT: u64 = 160 << 20;
 
 fn dev(p: &Path) -> Vec<String> {
     vec![p.display().to_string()]
-}
-
-fn vmkfs(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vmkfs")).args(args).output().expect("run vmkfs")
 }
 
 #[test]
@@ -180,7 +178,10 @@ fn esx3_disks_clone_to_thin_zeros_and_tbz_never_leaks() {
     let vol_arg = planted.display().to_string();
     for disk in ["thin", "thick", "zeroedthick", "eagerzeroedthick"] {
         let out = dir.path().join(format!("{disk}.vmdk"));
-        let o = vmkfs(&["--volume", &vol_arg, "-i", &format!("/{disk}.vmdk"), "-d", "thin", out.to_str().unwrap()]);
+        let o = vmkfs(
+            Path::new("."),
+            &["--volume", &vol_arg, "-i", &format!("/{disk}.vmdk"), "-d", "thin", out.to_str().unwrap()],
+        );
         assert!(
             o.status.success(),
             "clone {disk}: {}{}",
@@ -276,7 +277,7 @@ fn whole_disk_images_with_mbr_and_gpt() {
 fn queryfs_list_and_read_at_through_the_command() {
     let Some(img) = real_image("vmfs5.bin") else { return };
     let v = img.display().to_string();
-    let o = vmkfs(&["--volume", &v, "-P"]);
+    let o = vmkfs(Path::new("."), &["--volume", &v, "-P"]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
     for want in [
@@ -290,28 +291,28 @@ fn queryfs_list_and_read_at_through_the_command() {
     ] {
         assert!(text.contains(want), "-P lacks {want:?}:\n{text}");
     }
-    let o = vmkfs(&["-P", "-h", &v]);
+    let o = vmkfs(Path::new("."), &["-P", "-h", &v]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("Capacity 256 MB, 241 MB available, file block size 1 MB"));
-    let o = vmkfs(&["--volume", &v, "-P", "--json"]);
+    let o = vmkfs(Path::new("."), &["--volume", &v, "-P", "--json"]);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["label"], "VMFS5 Test");
     assert_eq!(j["free_blocks"], 241);
     assert_eq!(j["live_heartbeats"].as_array().unwrap().len(), 1);
 
-    let o = vmkfs(&["--volume", &v, "-l", "/directory"]);
+    let o = vmkfs(Path::new("."), &["--volume", &v, "-l", "/directory"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("symlink") && text.contains("-> file4") && text.contains("8193"), "{text}");
-    let o = vmkfs(&["--volume", &v, "-l", "/directory", "-h"]);
+    let o = vmkfs(Path::new("."), &["--volume", &v, "-l", "/directory", "-h"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("8.0 KiB"));
-    let o = vmkfs(&["--volume", &v, "-l", "/directory", "--json"]);
+    let o = vmkfs(Path::new("."), &["--volume", &v, "-l", "/directory", "--json"]);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let names: Vec<&str> = j.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["file1", "file2", "file3", "file4", "file5", "symlink"]);
 
-    let o = vmkfs(&["--volume", &v, "--read-at", "0", "--length", "8193", "/directory/file5"]);
+    let o = vmkfs(Path::new("."), &["--volume", &v, "--read-at", "0", "--length", "8193", "/directory/file5"]);
     assert!(o.status.success());
     assert_eq!(sha256(&o.stdout), "227c62ef44ec9d9d4dbda23feaf622078a496368e919980afcd786acd9f455c4");
-    let o = vmkfs(&["--volume", &v, "--read-at", "2", "--length", "5", "/directory/symlink"]);
+    let o = vmkfs(Path::new("."), &["--volume", &v, "--read-at", "2", "--length", "5", "/directory/symlink"]);
     assert_eq!(o.stdout, b"ntent");
 
     // Writes are refused; help stays on -h alone and --help.
@@ -323,9 +324,9 @@ fn queryfs_list_and_read_at_through_the_command() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("read-only"), "{}", String::from_utf8_lossy(&o.stderr));
     for h in ["-h", "--help"] {
-        let o = vmkfs(&[h]);
+        let o = vmkfs(Path::new("."), &[h]);
         assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--queryfs"), "{h}");
     }
-    let o = vmkfs(&["--volume", "/nonexistent.img", "-l", "/"]);
+    let o = vmkfs(Path::new("."), &["--volume", "/nonexistent.img", "-l", "/"]);
     assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -1,6 +1,5 @@
-//! Shared code of the process-level tests (`killpoints`, `concurrency`, `backup_cycle`,
-//! `mutation_campaign`): running the `vmkfs` binary (with standard input, a timeout, extra
-//! environment), probing for external tools, sha256 of files and of whole disks, deterministic data,
+//! The one test harness of `vmkfs/tests` (every test file uses it): running the `vmkfs` binary
+//! (with standard input, a timeout, extra environment), probing for external tools, sha256 of files and of whole disks, deterministic data,
 //! folder listings and copies, and the fixture builders these tests share.
 //!
 //! Every test file uses a part of it, hence the `dead_code` allowance.
@@ -258,12 +257,12 @@ fn external_sha256() -> bool {
     cfg!(debug_assertions) && have_tool("sha256sum")
 }
 
-/// Streams `vmkfs --read-at 0 DISK` (with `env` added) into sha256 (see [`external_sha256`]; the
-/// bytes are never held in memory). `Err` holds the failed run (its stdout is left empty).
-pub fn disk_digest(dir: &Path, disk: &str, env: &[(&str, &str)]) -> Result<DiskDigest, Outcome> {
-    let mut cmd = vmkfs_cmd(dir, &["--read-at", "0", disk]);
-    cmd.envs(env.iter().copied());
-    let argv = vec![bin().to_string(), "--read-at".into(), "0".into(), disk.into()];
+/// Streams `vmkfs [EXTRA] --read-at 0 DISK` into sha256 (see [`external_sha256`]; the bytes are
+/// never held in memory). `Err` holds the failed run (its stdout is left empty).
+pub fn disk_digest(dir: &Path, disk: &str, extra: &[&str]) -> Result<DiskDigest, Outcome> {
+    let args = [extra, &["--read-at", "0", disk]].concat();
+    let mut cmd = vmkfs_cmd(dir, &args);
+    let argv: Vec<String> = std::iter::once(bin().to_string()).chain(args.iter().map(|a| a.to_string())).collect();
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("start vmkfs --read-at");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -321,6 +320,16 @@ pub fn have_tool(name: &str) -> bool {
 pub fn skip(what: &str) {
     println!("SKIP: {what}");
     eprintln!("SKIP: {what}");
+}
+
+/// True when `qemu-img` is installed; otherwise prints the `SKIP:` line (the qemu checks of the
+/// calling test are skipped).
+pub fn have_qemu() -> bool {
+    let ok = have_tool("qemu-img");
+    if !ok {
+        skip("qemu-img is not installed (Debian: qemu-utils): skipping the qemu checks");
+    }
+    ok
 }
 
 /// `qemu-img ARGS` in `dir`.

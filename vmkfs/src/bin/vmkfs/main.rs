@@ -70,6 +70,12 @@ pub struct Common {
     /// engine settings and bytes per link, 3 also every allocation run.
     #[arg(short = 'v', long = "verbose", value_name = "N")]
     pub verbose: Option<u32>,
+    /// Copy-engine reader threads (for test harnesses: repeatable runs).
+    #[arg(long = "threads", value_name = "N", hide = true, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: Option<u32>,
+    /// Copy-engine chunk size in KiB, rounded up to a power of two (for test harnesses).
+    #[arg(long = "chunk-kib", value_name = "N", hide = true, value_parser = clap::value_parser!(u32).range(4..=65536))]
+    pub chunk_kib: Option<u32>,
     /// Print help.
     #[arg(long = "help", action = ArgAction::Help)]
     pub help: Option<bool>,
@@ -103,6 +109,10 @@ fn main() -> ExitCode {
         out::err_line("vmkfs: --writable goes with --serve-nbd or --mount");
         return ExitCode::from(exit::USAGE as u8);
     }
+    vmkfs::engine::set_tuning(vmkfs::engine::Tuning {
+        threads: cli.common.threads.map(|t| t as usize),
+        chunk: cli.common.chunk_kib.map(|k| u64::from(k) << 10),
+    });
     if let Err(e) = check_disk_names(&cli) {
         return ExitCode::from(report_error(&cli, &e) as u8);
     }
