@@ -304,8 +304,8 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
     if !parent.is_dir() {
         return Err(Error::Usage(format!("{}: the parent folder of the backup does not exist", parent.display())));
     }
-    if repo.is_some() {
-    } else if dest.exists() || std::fs::symlink_metadata(&dest).is_ok() {
+    // A repository takes many snapshots; a folder backup is always new.
+    if repo.is_none() && (dest.exists() || std::fs::symlink_metadata(&dest).is_ok()) {
         return Err(Error::Usage(format!(
             "{}: already exists (a backup is always written to a new folder)",
             dest.display()
