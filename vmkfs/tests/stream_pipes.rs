@@ -17,7 +17,10 @@ fn pipe(a: &[&str], b: &[&str], dir: &Path) -> (Outcome, Outcome) {
     let mut first = first.spawn().unwrap();
     let mut second = vmkfs_cmd(dir, b);
     second.stdin(Stdio::from(first.stdout.take().unwrap())).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let o2 = second.spawn().unwrap().wait_with_output().unwrap();
+    let reader = second.spawn().unwrap();
+    // The command holds the pipe's read end: dropped, so the writer sees EPIPE when the reader ends.
+    drop(second);
+    let o2 = reader.wait_with_output().unwrap();
     let o1 = first.wait_with_output().unwrap();
     let outcome = |args: &[&str], o: std::process::Output| Outcome {
         argv: args.iter().map(|a| a.to_string()).collect(),
