@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::{file_name, folder, is_temp_name, sweep_stale_temps, temp_name};
 use crate::error::{Error, Result};
 use crate::storage::{Backing, LockMode, Storage};
+use crate::txn::sealed::{seal, unseal};
 
 /// The name suffix of intent records.
 pub const SUFFIX: &str = ".vmkfs-intent";
@@ -170,27 +171,11 @@ pub struct Record {
 
 impl Record {
     fn encode(&self) -> Vec<u8> {
-        let body = serde_json::to_string_pretty(self).unwrap_or_default();
-        format!("{MAGIC} {VERSION} {:08x}\n{body}\n", crc32fast::hash(body.as_bytes())).into_bytes()
+        seal(MAGIC, VERSION, self)
     }
 
     fn decode(raw: &[u8], path: &Path) -> Result<Record> {
-        let bad = |what: String| Error::corrupt(path, 0, format!("intent record: {what}"));
-        let text = std::str::from_utf8(raw).map_err(|_| bad("not UTF-8".into()))?;
-        let (head, body) = text.split_once('\n').ok_or_else(|| bad("no header line".into()))?;
-        let f: Vec<&str> = head.split(' ').collect();
-        if f.len() != 3 || f[0] != MAGIC {
-            return Err(bad(format!("header {head:?} is not `{MAGIC} VERSION CRC`")));
-        }
-        if f[1] != VERSION.to_string() {
-            return Err(bad(format!("version {} is not {VERSION}", f[1])));
-        }
-        let body = body.strip_suffix('\n').unwrap_or(body);
-        let crc = u32::from_str_radix(f[2], 16).map_err(|_| bad(format!("CRC {:?} is not hex", f[2])))?;
-        if crc != crc32fast::hash(body.as_bytes()) {
-            return Err(bad("CRC-32 does not match: the record is damaged".into()));
-        }
-        serde_json::from_str(body).map_err(|e| bad(format!("{e}")))
+        unseal(raw, path, MAGIC, VERSION, "intent record")
     }
 
     /// The command that finishes it, as one shell-like string.

@@ -27,6 +27,7 @@
 pub mod files;
 pub mod intent;
 pub mod replace;
+pub mod sealed;
 pub mod temp;
 
 pub use files::NewFiles;
