@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
-use vmkfs::error::{Error, Result};
+use std::process::ExitCode;
+
+use clap::{Args, Parser};
+use vmkfs::error::{exit, Error, Result};
 use vmkfs::vm::place::Datastores;
 use vmkfs::vm::{Event, Reporter};
 use vmkfs::vmfs::Volume;
@@ -99,4 +101,27 @@ impl Reporter for Printer {
             Event::Progress { .. } => {}
         }
     }
+}
+
+/// Parses the command line and runs `run` with a printer, reporting its error as `tool`; the
+/// process's exit code (2 for a usage error, 0 after `--help`).
+pub fn main<C: Parser>(
+    tool: &str,
+    place: impl Fn(&C) -> &Where,
+    run: impl Fn(&C, &mut Printer) -> Result<i32>,
+) -> ExitCode {
+    let cli = match C::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    let mut p = Printer::new(place(&cli));
+    let code = match run(&cli, &mut p) {
+        Ok(c) => c,
+        Err(e) => p.error(tool, &e),
+    };
+    ExitCode::from(out::finish(code) as u8)
 }

@@ -60,20 +60,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
-            let _ = e.print();
-            return ExitCode::from(code as u8);
-        }
-    };
-    let mut p = shared::Printer::new(&cli.place);
-    let code = match run(&cli, &mut p) {
-        Ok(c) => c,
-        Err(e) => p.error("vmkfs-backup", &e),
-    };
-    ExitCode::from(out::finish(code) as u8)
+    shared::main("vmkfs-backup", |c: &Cli| &c.place, run)
 }
 
 fn format_of(cli: &Cli) -> Result<DiskFormat> {
