@@ -633,20 +633,31 @@ fn count_renames(program: &str, dir: &Path, args: &[&str]) -> Vec<(&'static str,
     assert!(o.success(), "{}", o.describe());
     let text = std::fs::read_to_string(&log).unwrap();
     std::fs::remove_file(&log).unwrap();
-    RENAMES
+    let counts: Vec<(&'static str, usize)> = RENAMES
         .iter()
         .map(|s| {
             let mut per: BTreeMap<&str, usize> = BTreeMap::new();
             for l in text.lines() {
-                let mut w = l.splitn(2, ' ');
-                let (pid, call) = (w.next().unwrap_or(""), w.next().unwrap_or(""));
+                // strace prefixes the pid padded to five columns: `2013  rename(`, `12345 rename(`.
+                let (pid, call) = match l.split_once(' ') {
+                    Some((p, rest)) if p.bytes().all(|b| b.is_ascii_digit()) => (p, rest.trim_start()),
+                    _ => ("", l),
+                };
                 if call.starts_with(&format!("{s}(")) && !call.contains("resumed>") {
                     *per.entry(pid).or_default() += 1;
                 }
             }
             (*s, per.values().copied().max().unwrap_or(0))
         })
-        .collect()
+        .collect();
+    let head: String = text.lines().take(20).collect::<Vec<_>>().join("\n");
+    assert!(
+        counts.iter().any(|c| c.1 > 0),
+        "no rename seen in the traced run of {args:?} ({} bytes of trace):\n{head}\n{}",
+        text.len(),
+        o.describe()
+    );
+    counts
 }
 
 /// `program args` under strace, killed (SIGKILL) at the `n`th call of `syscall`.
