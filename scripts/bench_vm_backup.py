@@ -12,8 +12,15 @@ Then, ROUNDS times: a full pass with --keep-tracking (F), 1 % of every disk's ca
 in 1 MiB runs at scattered offsets, and an incremental pass --since that full one with
 --keep-tracking (I). Ratio I/F per round, median (target: at most 0.10).
 
-Every command flushes its output (vmkfs always does), and `sync` runs after each so the next
-starts clean. usage: bench_vm_backup.py [--disks 2] [--size 4096] [--fill 0.25] [--rounds 3]
+Every command flushes its output (vmkfs always does), and `sync` runs before each so it starts
+clean. `--cache hot` leaves the source VM's files in the page cache (as the previous command left
+them: a clone reads at memory speed); `--cache cold` evicts them before every timed command, on
+both sides (posix_fadvise DONTNEED after the sync, so every page is clean and goes: a backup proxy
+reading a LUN); `both` (the default) runs the whole measurement hot, then cold. Besides wall time,
+the CPU time (user + system, of the command and its threads) is printed, which the load of other
+processes on the machine changes less. Prints a Markdown table.
+
+usage: bench_vm_backup.py [--disks 2] [--size 4096] [--fill 0.25] [--rounds 3] [--cache both]
 """
 import argparse
 import os
@@ -32,11 +39,29 @@ def run(cmd, **kw):
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
 
 
-def timed(cmd):
+def evict(folder):
+    """Drops every (clean) page of the files under `folder` from the page cache."""
+    for dirpath, _, names in os.walk(folder):
+        for n in names:
+            fd = os.open(os.path.join(dirpath, n), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def timed(cmd, cold_source=None):
+    """Wall and CPU seconds of `cmd`, after a sync (and, with `cold_source`, its eviction)."""
     subprocess.run(["sync"], check=True)
+    if cold_source:
+        evict(cold_source)
     t0 = time.monotonic()
-    run(cmd)
-    return time.monotonic() - t0
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd}: exit {os.waitstatus_to_exitcode(status)}")
+    return wall, ru.ru_utime + ru.ru_stime
 
 
 def vmx_top(vmx, key):
@@ -47,54 +72,36 @@ def vmx_top(vmx, key):
     raise SystemExit(f"{vmx}: no {key}.fileName")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--disks", type=int, default=2)
-    ap.add_argument("--size", type=int, default=4096, help="MiB per disk")
-    ap.add_argument("--fill", type=float, default=0.25)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--work", default="/tmp/vmkfs-bench-vm")
-    a = ap.parse_args()
+def full_vs_clones(a, vm, vmx, disks, cold):
     vmkfs, backup = os.path.join(REL, "vmkfs"), os.path.join(REL, "vmkfs-backup")
-    shutil.rmtree(a.work, ignore_errors=True)
-    vm = os.path.join(a.work, "vm")
-    os.makedirs(vm)
-    vmx = os.path.join(vm, "vm.vmx")
-    lines = ['displayName = "bench"', 'scsi0.present = "TRUE"']
-    for i in range(a.disks):
-        raw = os.path.join(a.work, f"d{i}.raw")
-        run([sys.executable, os.path.join(HERE, "gen_image.py"), raw, str(a.size), str(a.fill), str(i + 1)])
-        run([vmkfs, "-i", "-", "-d", "thin", "--size", str(a.size << 20), os.path.join(vm, f"d{i}.vmdk")], stdin=open(raw, "rb"))
-        os.remove(raw)
-        lines += [f'scsi0:{i}.present = "TRUE"', f'scsi0:{i}.fileName = "d{i}.vmdk"']
-    open(vmx, "w").write("\n".join(lines) + "\n")
-    disks = [os.path.join(vm, f"d{i}.vmdk") for i in range(a.disks)]
-    ratios, rows = [], []
+    src = vm if cold else None
+    rows = []
     for r in range(a.rounds):
-        clone = 0.0
+        clone, clone_cpu = 0.0, 0.0
         for i, d in enumerate(disks):
             dst = os.path.join(a.work, f"clone{i}.vmdk")
-            clone += timed([vmkfs, "-i", d, "-d", "2gbsparse", dst])
+            w, c = timed([vmkfs, "-i", d, "-d", "2gbsparse", dst], src)
+            clone, clone_cpu = clone + w, clone_cpu + c
             for f in os.listdir(a.work):
                 if f.startswith(f"clone{i}"):
                     os.remove(os.path.join(a.work, f))
         dest = os.path.join(a.work, "full")
-        full = timed([backup, "-a", vmx, "-r", dest])
+        full, full_cpu = timed([backup, "-a", vmx, "-r", dest], src)
         shutil.rmtree(dest)
-        ratios.append(full / clone)
-        rows.append((r, clone, full))
-    print(f"full backup vs clones: {a.disks} disks of {a.size} MiB, {a.fill:.0%} data")
-    for r, c, f in rows:
-        print(f"  round {r}: sum of clone times {c:.2f} s, backup {f:.2f} s, ratio {f / c:.3f}")
-    print(f"  median ratio {statistics.median(ratios):.3f} (target <= 1.2)")
-    rng = random.Random(7)
-    inc_ratios = []
+        rows.append((clone, clone_cpu, full, full_cpu))
+    return rows
+
+
+def incremental_vs_full(a, vm, cold, rng):
+    vmkfs, backup = os.path.join(REL, "vmkfs"), os.path.join(REL, "vmkfs-backup")
+    rows = []
     for r in range(a.rounds):
         vmr = os.path.join(a.work, f"vm{r}")
         shutil.copytree(vm, vmr)
+        src = vmr if cold else None
         vmxr = os.path.join(vmr, "vm.vmx")
         fulld, incd = os.path.join(a.work, f"tf{r}"), os.path.join(a.work, f"ti{r}")
-        tf = timed([backup, "-a", vmxr, "-r", fulld, "--keep-tracking"])
+        tf, tf_cpu = timed([backup, "-a", vmxr, "-r", fulld, "--keep-tracking"], src)
         changed = 0
         for i in range(a.disks):
             top = os.path.join(vmr, vmx_top(vmxr, f"scsi0:{i}"))
@@ -103,13 +110,70 @@ def main():
                 off = rng.randrange(0, (a.size << 20) - (1 << 20), 1 << 16)
                 run([vmkfs, "--write-at", str(off), top], input=rng.randbytes(1 << 20))
                 changed += 1 << 20
-        ti = timed([backup, "-a", vmxr, "-r", incd, "--since", fulld, "--keep-tracking"])
-        inc_ratios.append(ti / tf)
-        print(f"  round {r}: full (tracking) {tf:.2f} s, incremental after {changed >> 20} MiB changed {ti:.2f} s, ratio {ti / tf:.3f}")
+        ti, ti_cpu = timed([backup, "-a", vmxr, "-r", incd, "--since", fulld, "--keep-tracking"], src)
+        rows.append((tf, tf_cpu, ti, ti_cpu, changed))
         shutil.rmtree(vmr)
         shutil.rmtree(fulld)
         shutil.rmtree(incd)
-    print(f"  median incremental/full {statistics.median(inc_ratios):.3f} (target <= 0.10)")
+    return rows
+
+
+def cells(pairs):
+    return " | ".join(f"{n:.2f} / {d:.2f} s" for n, d in pairs)
+
+
+def table(a, cache, full_rows, inc_rows):
+    rounds = " | ".join(f"round {r}" for r in range(a.rounds))
+    print(f"\n{cache} source ({a.disks} disks of {a.size} MiB, {a.fill:.0%} data; {a.rounds} rounds)\n")
+    print(f"| measure | {rounds} | median | target |")
+    print("|---|" + "---|" * a.rounds + "---|---|")
+    fr = [f / c for c, _, f, _ in full_rows]
+    print(f"| full backup / sum of the disks' `vmkfs -i -d 2gbsparse`, wall | "
+          f"{cells([(f, c) for c, _, f, _ in full_rows])} | **{statistics.median(fr):.2f}** | ≤ 1.2 |")
+    frc = [fc / cc for _, cc, _, fc in full_rows]
+    print(f"| the same, CPU (user + system) | "
+          f"{cells([(fc, cc) for _, cc, _, fc in full_rows])} | {statistics.median(frc):.2f} | |")
+    ir = [i / f for f, _, i, _, _ in inc_rows]
+    mib = inc_rows[0][4] >> 20
+    print(f"| incremental (tracking link, {mib} MiB rewritten) / full (tracking), wall | "
+          f"{cells([(i, f) for f, _, i, _, _ in inc_rows])} | **{statistics.median(ir):.2f}** | ≤ 0.10 |")
+    irc = [ic / fc for _, fc, _, ic, _ in inc_rows]
+    print(f"| the same, CPU (user + system) | "
+          f"{cells([(ic, fc) for _, fc, _, ic, _ in inc_rows])} | {statistics.median(irc):.2f} | |")
+    sys.stdout.flush()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--disks", type=int, default=2)
+    ap.add_argument("--size", type=int, default=4096, help="MiB per disk")
+    ap.add_argument("--fill", type=float, default=0.25)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cache", choices=["hot", "cold", "both"], default="both")
+    ap.add_argument("--work", default="/tmp/vmkfs-bench-vm")
+    a = ap.parse_args()
+    vmkfs = os.path.join(REL, "vmkfs")
+    shutil.rmtree(a.work, ignore_errors=True)
+    vm = os.path.join(a.work, "vm")
+    os.makedirs(vm)
+    vmx = os.path.join(vm, "vm.vmx")
+    lines = ['displayName = "bench"', 'scsi0.present = "TRUE"']
+    for i in range(a.disks):
+        raw = os.path.join(a.work, f"d{i}.raw")
+        run([sys.executable, os.path.join(HERE, "gen_image.py"), raw, str(a.size), str(a.fill), str(i + 1)])
+        run([vmkfs, "-i", "-", "-d", "thin", "--size", str(a.size << 20), os.path.join(vm, f"d{i}.vmdk")],
+            stdin=open(raw, "rb"))
+        os.remove(raw)
+        lines += [f'scsi0:{i}.present = "TRUE"', f'scsi0:{i}.fileName = "d{i}.vmdk"']
+    open(vmx, "w").write("\n".join(lines) + "\n")
+    disks = [os.path.join(vm, f"d{i}.vmdk") for i in range(a.disks)]
+    print(f"load average before: {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
+    for cache in (["hot", "cold"] if a.cache == "both" else [a.cache]):
+        cold = cache == "cold"
+        full_rows = full_vs_clones(a, vm, vmx, disks, cold)
+        inc_rows = incremental_vs_full(a, vm, cold, random.Random(7))
+        table(a, cache, full_rows, inc_rows)
+    print(f"\nload average after: {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
     shutil.rmtree(a.work)
 
 

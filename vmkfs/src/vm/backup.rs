@@ -425,6 +425,9 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
         let hasher = plain::Hasher::new();
         let mut vmx_after = vmx.clone();
         let mut rewritten = false;
+        // Every disk's snapshot first (the VM's disks are static from one moment on), then the
+        // exports.
+        let mut snaps: Vec<Option<PathBuf>> = Vec::with_capacity(disks.len());
         for (n, d) in disks.iter().enumerate() {
             let key = d.vd.key.clone();
             let top = d.place.path.clone();
@@ -462,21 +465,36 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
                 }
                 snapshot = Some(s);
             }
-            let (entry, fe, dd) = match writer.as_mut() {
-                Some(w) => {
-                    let (entry, node, dd) =
-                        repo_disk(d, w, point.as_ref(), kind, &snapshot, opts.keep_tracking, ds, r)?;
-                    disk_nodes.push(node);
-                    (entry, Vec::new(), dd)
-                }
-                None => export_disk(d, &temp, opts.format, kind, &snapshot, opts.keep_tracking, ds, r)?,
-            };
+            snaps.push(snapshot);
+        }
+        let mut add = |(entry, fe, dd): (DiskEntry, Vec<FileEntry>, DiskDone)| {
             entries.push(entry);
             for f in fe {
                 hasher.add(files.len(), temp.join(&f.name));
                 files.push(f);
             }
             done.push(dd);
+        };
+        let each = |d: &Disk, snapshot: &Option<PathBuf>, r: &mut dyn Reporter| {
+            export_disk(d, &temp, opts.format, kind, snapshot, opts.keep_tracking, ds, r)
+        };
+        if writer.is_none() && disks.len() > 1 && disks.iter().all(|d| matches!(d.plan, Plan::Tracking { .. })) {
+            for out in concurrently(&disks, &snaps, each, r) {
+                add(out?);
+            }
+        } else {
+            for (d, snapshot) in disks.iter().zip(&snaps) {
+                let out = match writer.as_mut() {
+                    Some(w) => {
+                        let (entry, node, dd) =
+                            repo_disk(d, w, point.as_ref(), kind, snapshot, opts.keep_tracking, ds, r)?;
+                        disk_nodes.push(node);
+                        (entry, Vec::new(), dd)
+                    }
+                    None => each(d, snapshot, r)?,
+                };
+                add(out);
+            }
         }
         if rewritten {
             journal.vmx_after = Some(vmx_after.to_text());
@@ -727,6 +745,65 @@ fn load_blocks(folder: &Path, cat: &Catalog, d: &DiskEntry) -> Result<BlockHashe
     BlockHashes::from_bytes(&raw, &path)
 }
 
+/// Most disks [`concurrently`] works on at once.
+const CONCURRENT_DISKS: usize = 4;
+
+/// A reporter that passes events to another thread's.
+struct Forward(std::sync::mpsc::Sender<Event>);
+
+impl Reporter for Forward {
+    fn event(&mut self, e: Event) {
+        let _ = self.0.send(e);
+    }
+}
+
+/// Runs `work` for every item of `items` (with its `extra`) on up to [`CONCURRENT_DISKS`]
+/// threads, passing their events to `r` as they come; the results in the order of `items`.
+/// For passes whose cost is the changes (a tracking link's blocks, its commit), each disk's fixed
+/// costs — creating, flushing and renaming files, waiting on the disk — then overlap.
+fn concurrently<T: Sync, X: Sync, O: Send>(
+    items: &[T],
+    extra: &[X],
+    work: impl Fn(&T, &X, &mut dyn Reporter) -> Result<O> + Sync,
+    r: &mut dyn Reporter,
+) -> Vec<Result<O>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outs: Vec<std::sync::Mutex<Option<Result<O>>>> = items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let (tx, rx) = std::sync::mpsc::channel::<Event>();
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..items.len().min(CONCURRENT_DISKS))
+            .map(|_| {
+                let mut fwd = Forward(tx.clone());
+                let (next, outs, work) = (&next, &outs, &work);
+                s.spawn(move || loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= items.len() {
+                        return;
+                    }
+                    let o = work(&items[i], &extra[i], &mut fwd);
+                    *outs[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
+                })
+            })
+            .collect();
+        drop(tx);
+        for e in rx {
+            r.event(e);
+        }
+        for t in threads {
+            if let Err(p) = t.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    });
+    outs.into_iter()
+        .map(|o| {
+            o.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| Err(Error::Usage("a disk was not worked on".into())))
+        })
+        .collect()
+}
+
 /// Exports one disk into the backup folder `temp`; returns its catalog entry, its files and a
 /// summary.
 #[allow(clippy::too_many_arguments)]
@@ -916,7 +993,7 @@ fn rehash(top: &Path, opts: &OpenOptions, prev: &BlockHashes, changes: &redo::Ch
             let (off, len) = t.range(i);
             buf.resize(len as usize, 0);
             chain.read_at(&mut buf, off)?;
-            t.set(i, blocks::digest(&buf));
+            t.set(i, t.digest(&buf));
             last = Some(i);
         }
     }
@@ -1028,7 +1105,8 @@ fn finish_source(j: &Journal, r: &mut dyn Reporter) -> Result<()> {
             r.event(Event::Step { disk: None, what: format!("{} names the tracking links", j.vmx.display()) });
         }
     }
-    for d in &j.disks {
+    // Each disk's links in order; the disks (independent chains) at once.
+    let commit_links = |d: &JournalDisk, _: &(), r: &mut dyn Reporter| -> Result<()> {
         for link in &d.commit {
             vmdk::txn::settle(host().as_ref(), link)?;
             if link.exists() {
@@ -1036,8 +1114,10 @@ fn finish_source(j: &Journal, r: &mut dyn Reporter) -> Result<()> {
                 r.event(Event::Step { disk: Some(d.key.clone()), what: format!("committed {}", link.display()) });
             }
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    let units = vec![(); j.disks.len()];
+    concurrently(&j.disks, &units, commit_links, r).into_iter().collect()
 }
 
 /// What an interrupted backup left was finished: `dest` is complete (rolled forward) or absent.
