@@ -1,20 +1,24 @@
 //! `vmkfs-backup -a VM -r DEST`: a VM's disks and small files into a new backup folder.
 //!
-//! For each disk the `.vmx` names (see [`super::vmx`]):
+//! For each disk the `.vmx` names (see [`super::vmx`]; every disk's snapshot is taken before the
+//! first export):
 //! 1. **snapshot** the top link the `.vmx` names ([`redo::snapshot()`]), so the chain below it is
 //!    static (disks inside a VMFS volume image need none: the image does not change);
 //! 2. **export** that chain into the hidden backup folder: a full pass clones it
-//!    ([`clone_chain_through`], default `2gbsparse` as VCB does, recording a SHA-256 per block as
-//!    it reads); an incremental (`--since PREV`) or differential (`--since FULL --differential`)
+//!    ([`clone_chain_through`], default `2gbsparse` as VCB does, recording a BLAKE3 digest per
+//!    block as it reads: [`blocks`]); an incremental (`--since PREV`) or differential (`--since FULL --differential`)
 //!    pass writes a REDO link of the blocks changed since that backup — from the change-tracking
 //!    link the earlier pass kept ([`export_delta`], cost ∝ changed data), or else by comparing
 //!    block hashes with the earlier pass's ([`ChangedOnly`], one read of the disk, writes only
-//!    the changes);
+//!    the changes). Whole-disk exports go one after another, so that each disk's files are
+//!    hashed while the next one exports; when every disk comes from its tracking link (cost ∝
+//!    changes, mostly waiting on flushes), the disks are exported concurrently;
 //! 3. after the backup folder is in place: **commit** the snapshot ([`commit`]), or with
 //!    `--keep-tracking` keep it as the change-tracking link (the `.vmx` then names it: the VM
 //!    writes there, and the next pass exports exactly its blocks). A pass that used a tracking
 //!    link commits the links above the earlier pass's point, so the chain stays short; a
 //!    differential pass keeps them, so the next differential still finds the full backup's point.
+//!    The disks' commits run concurrently (each disk's links in order).
 //!
 //! Then the small files (`.vmx`, NVRAM, `.vmsd`, `.vmxf`, logs, the suspended state) are copied,
 //! every file is hashed, the catalog is written and the folder is renamed into place. How
