@@ -441,4 +441,43 @@ mod tests {
         let e = BlockHashes::from_bytes(&bad, Path::new("x")).unwrap_err().to_string();
         assert!(e.contains("version 3"), "{e}");
     }
+    #[test]
+    fn a_pass_against_a_sha256_table_compares_in_sha256() {
+        let d = tempfile::tempdir().unwrap();
+        let block = 65536usize;
+        let cap = 4 * block as u64;
+        // The disk now: block 0 zeros (as before), block 1 as before, block 2 changed, block 3
+        // zeros over earlier data.
+        let mut bytes = vec![0u8; cap as usize];
+        bytes[block..2 * block].fill(1);
+        bytes[2 * block..3 * block].fill(2);
+        let raw = d.path().join("now.raw");
+        std::fs::write(&raw, &bytes).unwrap();
+        // The table of an earlier version's backup: SHA-256 digests.
+        let mut prev = BlockHashes::zeros_in(Algo::Sha256, cap, block as u64).unwrap();
+        prev.set(1, Algo::Sha256.digest(&vec![1u8; block]));
+        prev.set(2, Algo::Sha256.digest(&vec![9u8; block]));
+        prev.set(3, Algo::Sha256.digest(&vec![3u8; block]));
+        let host = vmdk::HostStorage::shared();
+        let src = crate::vm::plain::PlainFile::open(&host, &raw).unwrap();
+        let copts = vmdk::create::CreateOptions::new(vmdk::create::DiskFormat::MonoSparse, cap);
+        let nd = vmdk::create::create(&d.path().join("delta.vmdk"), &copts).unwrap();
+        let t = ChangedOnly::new(nd.link(), &prev).unwrap();
+        let mut e = crate::engine::EngineOptions::new();
+        e.ordered = true;
+        e.skip_zeros = false;
+        e.align = block as u64;
+        e.chunk = e.chunk.max(block as u64);
+        crate::engine::copy(&src, &t, &e, &mut |_, _| {}, None).unwrap();
+        let (now, changed) = t.finish().unwrap();
+        assert_eq!(now.algo(), Algo::Sha256, "the digests now compare with the earlier table's");
+        assert_eq!(now.get(1), prev.get(1));
+        assert_eq!(now.get(2), Algo::Sha256.digest(&bytes[2 * block..3 * block]));
+        assert_eq!(now.get(3), ZERO);
+        // Block 1 is unchanged only when compared in SHA-256 (in BLAKE3 it would differ).
+        assert_eq!(changed, 2 * block as u64, "blocks 2 and 3 changed, block 1 did not");
+        let mut back = vec![0u8; block];
+        nd.link().read_at(&mut back, 2 * block as u64).unwrap();
+        assert_eq!(back, bytes[2 * block..3 * block]);
+    }
 }

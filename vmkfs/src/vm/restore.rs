@@ -290,6 +290,12 @@ pub fn restore(opts: &RestoreOptions, ask: &mut dyn Ask, r: &mut dyn Reporter) -
     for i in &items {
         vmdk::txn::settle(host().as_ref(), &i.target)?;
     }
+    // What dead restores left in these folders goes before anything is decided, so that a restore
+    // that stops at an existing file (`-b abort` after a killed run had finished) leaves none.
+    let folders: std::collections::BTreeSet<&Path> = items.iter().filter_map(|i| i.target.parent()).collect();
+    for f in folders {
+        sweep_stale_staging(f);
+    }
     let disk_targets: Vec<(String, PathBuf)> = items
         .iter()
         .filter_map(|i| match &i.what {
