@@ -461,7 +461,7 @@ mod tests {
         let host = vmdk::HostStorage::shared();
         let src = crate::vm::plain::PlainFile::open(&host, &raw).unwrap();
         let copts = vmdk::create::CreateOptions::new(vmdk::create::DiskFormat::MonoSparse, cap);
-        let nd = vmdk::create::create(&d.path().join("delta.vmdk"), &copts).unwrap();
+        let nd = vmdk::create::create(d.path().join("delta.vmdk"), &copts).unwrap();
         let t = ChangedOnly::new(nd.link(), &prev).unwrap();
         let mut e = crate::engine::EngineOptions::new();
         e.ordered = true;
