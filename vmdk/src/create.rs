@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::descriptor::{Access, CreateType, Descriptor, ExtentLine, ExtentType};
+use crate::descriptor::{Access, CreateType, Descriptor, ExtentLine, ExtentType, MAX_EXTENTS, MAX_FILE_BYTES};
 use crate::error::{Error, Result};
 use crate::extent::flat::FlatExtent;
 use crate::extent::gtcache::GtCache;
@@ -396,7 +396,7 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
             "a hosted sparse extent holds at most 2 TiB (use 2gbsparse or a flat format)".into(),
         ));
     }
-    crate::descriptor::check_capacity(path, format, cap, opts.split_sectors)?;
+    check_capacity(path, format, cap, opts.split_sectors)?;
     let stem = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -649,7 +649,7 @@ pub fn create_stream(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<New
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
     let (header, descriptor) = stream_layout(&name, opts.capacity, opts.adapter, opts.grain_sectors, opts.cid)?;
-    crate::descriptor::check_capacity(path, DiskFormat::StreamOptimized, opts.capacity, opts.split_sectors)?;
+    check_capacity(path, DiskFormat::StreamOptimized, opts.capacity, opts.split_sectors)?;
     let mut disk = NewDisk::begin(&opts.storage, path, opts.force)?;
     let backing = disk.files.create(path)?;
     Ok(NewStream { disk, backing, header, descriptor })
@@ -701,6 +701,43 @@ pub fn create_delta(path: impl AsRef<Path>, capacity: u64, parent: &Parent, opts
     Ok(guard)
 }
 
+/// Refuses, before any file is created, a capacity that a disk in `format` cannot hold: not a
+/// positive number of whole sectors, beyond a file offset ([`MAX_FILE_BYTES`]), a hosted sparse
+/// extent of more than 2^32 − 1 sectors, or a split disk (extents of `split_sectors`) needing more
+/// than [`MAX_EXTENTS`] extents (a descriptor we could not read back). Errors are
+/// [`Error::Unsupported`] on `path`: the capacity usually comes from a source being cloned, and a
+/// source the target cannot hold is an unsupported input.
+pub fn check_capacity(path: &Path, format: DiskFormat, capacity: u64, split_sectors: u64) -> Result<()> {
+    let refuse = |what: String| Err(Error::unsupported(path, what));
+    if capacity == 0 || !capacity.is_multiple_of(512) {
+        return refuse(format!(
+            "a capacity of {capacity} bytes: a disk holds a positive number of whole 512-byte sectors"
+        ));
+    }
+    if capacity > MAX_FILE_BYTES {
+        return refuse(format!(
+            "a capacity of {capacity} bytes is beyond what a file can hold (file offsets end at {MAX_FILE_BYTES} bytes)"
+        ));
+    }
+    let sectors = capacity / 512;
+    let split = matches!(format, DiskFormat::TwoGbSparse | DiskFormat::TwoGbFlat);
+    let extent_sectors = if split { sectors.min(split_sectors.max(1)) } else { sectors };
+    if format.is_sparse() && extent_sectors > u64::from(u32::MAX) {
+        return refuse(format!(
+            "a capacity of {capacity} bytes is beyond what a {} disk can hold (a hosted sparse extent holds at most 2 TiB; use 2gbsparse or a flat format)",
+            format.name()
+        ));
+    }
+    let extents = sectors.div_ceil(extent_sectors);
+    if extents > MAX_EXTENTS as u64 {
+        return refuse(format!(
+            "a capacity of {capacity} bytes is beyond what a {} disk can hold ({extents} extents of {extent_sectors} sectors; a descriptor holds at most {MAX_EXTENTS}; use a flat or monolithic format)",
+            format.name()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -724,5 +761,30 @@ mod tests {
         let u = new_uuid();
         assert_eq!(u.len(), 47);
         assert_eq!(&u[23..24], "-");
+    }
+
+    #[test]
+    fn capacities_a_format_cannot_hold_are_refused() {
+        use crate::descriptor::MAX_SECTORS;
+        let p = Path::new("d.vmdk");
+        let split = VMWARE_SPLIT_SECTORS;
+        check_capacity(p, DiskFormat::Thin, MAX_FILE_BYTES / 512 * 512, split).unwrap();
+        check_capacity(p, DiskFormat::MonoSparse, u64::from(u32::MAX) * 512, split).unwrap();
+        check_capacity(p, DiskFormat::TwoGbSparse, MAX_EXTENTS as u64 * split * 512, split).unwrap();
+        let cases = [
+            (DiskFormat::Thin, 0, "whole 512-byte sectors"),
+            (DiskFormat::MonoFlat, 1000, "whole 512-byte sectors"),
+            (DiskFormat::Thin, MAX_SECTORS * 512, "beyond what a file can hold"),
+            (DiskFormat::ZeroedThick, (MAX_FILE_BYTES / 512 + 1) * 512, "file offsets end at"),
+            (DiskFormat::StreamOptimized, u64::MAX / 512 * 512, "beyond what a file can hold"),
+            (DiskFormat::MonoSparse, (u64::from(u32::MAX) + 1) * 512, "at most 2 TiB"),
+            (DiskFormat::TwoGbSparse, (MAX_EXTENTS as u64 * split + 1) * 512, "at most 4096"),
+            (DiskFormat::TwoGbFlat, 1 << 60, "at most 4096"),
+        ];
+        for (format, cap, says) in cases {
+            let e = check_capacity(p, format, cap, split).unwrap_err();
+            assert!(matches!(e, Error::Unsupported { .. }), "{format:?} {cap}: {e:?}");
+            assert!(e.to_string().contains(says) && e.to_string().contains(&cap.to_string()), "{e}");
+        }
     }
 }

@@ -80,18 +80,7 @@ impl OpenOptions {
     }
 }
 
-/// What kind of file a link was opened from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Container {
-    /// A text descriptor naming extent files.
-    Descriptor,
-    /// A hosted sparse or streamOptimized file with its descriptor embedded.
-    Embedded,
-    /// A bare sparse, COWD or seSparse extent with no descriptor.
-    BareExtent,
-    /// A plain raw image.
-    Raw,
-}
+pub use crate::descriptor::Container;
 
 /// Where the descriptor is kept, for rewriting it (CID changes).
 #[derive(Debug)]
@@ -375,7 +364,7 @@ impl Link {
             let first = StreamExtent::with_model(main.clone(), &model, None, cache.clone())?;
             (model.descriptor().cloned(), home, Box::new(first))
         } else {
-            detect::check_descriptor_fields(&main, &h)?;
+            crate::extent::kdmv::check_descriptor_fields(&main, &h)?;
             let mut desc = None;
             let mut home = Home::None;
             if let Some(area) = kdmv::read_descriptor_area(&main, &h)?.filter(|a| !a.is_blank()) {
@@ -444,7 +433,7 @@ impl Link {
                         open_sparse_kind(b, Some(len), cache, write, line.kind.as_str(), &desc.create_type)?
                     }
                     ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
-                        crate::rawdev::open_extent(path, &desc, line, opts, write)?
+                        crate::extent::device::open_extent(path, &desc, line, &opts.storage, opts.allow_outside, write)?
                     }
                     ExtentType::Other(t) => {
                         return Err(Error::unsupported(

@@ -13,8 +13,8 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 
 use super::gtcache::{self, GtCache, Table};
 use super::{Extent, ExtentInfo, ExtentKind, ReadAt};
-use crate::check::Sink;
 use crate::error::{Error, Result};
+use crate::findings::Sink;
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
 

@@ -30,8 +30,8 @@ use super::cowd::{self, CowdHeader};
 use super::kdmv::{SparseHeader, FLAG_RGD, FLAG_ZEROED_GTE, GD_AT_END};
 use super::sparse::{EntryRule, Grain, GrainDir};
 use super::stream_model::table_sectors;
-use crate::check::{Change, ProblemId, Sink};
 use crate::error::Result;
+use crate::findings::{Change, ProblemId, Sink};
 use crate::storage::Backing;
 
 /// Checks (and, when the sink repairs, plans the repair of) the hosted sparse extent in `b` whose

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use byteorder::{ByteOrder, LittleEndian as LE};
 
 use super::kdmv::{SparseHeader, GD_AT_END};
-use super::stream::{inflate_grain, max_compressed_size};
+use super::stream_model::{inflate_grain, max_compressed_size};
 use super::stream_model::{parse_marker, StreamModel, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
 use crate::error::{Error, Result};
 use crate::storage::Backing;
@@ -273,7 +273,7 @@ impl<S: SeqRead> StreamReader<S> {
         let end = self.model.overhead_bytes();
         let desc = self.model.descriptor_range();
         let undeclared =
-            crate::detect::undeclared_descriptor_sector(self.model.header()).map(|(s, _)| (s * 512, s * 512 + 512));
+            super::kdmv::undeclared_descriptor_sector(self.model.header()).map(|(s, _)| (s * 512, s * 512 + 512));
         let gd = self.model.header_directory();
         let gd_bytes = gd.map(|(s, e)| e - s).unwrap_or(0);
         let mut desc_buf = Vec::new();
@@ -360,7 +360,7 @@ impl<S: SeqRead> StreamReader<S> {
             }
             self.pos = b1;
         }
-        crate::detect::check_undeclared_descriptor(self.model.header(), &undeclared_buf, self.path())?;
+        super::kdmv::check_undeclared_descriptor(self.model.header(), &undeclared_buf, self.path())?;
         let n = desc_buf.iter().position(|&b| b == 0).unwrap_or(desc_buf.len());
         let text = String::from_utf8_lossy(&desc_buf[..n]).into_owned();
         self.model.set_descriptor(desc.map(|_| text.as_str()))?;
