@@ -26,10 +26,7 @@ use super::error::{Result, VmfsError};
 use super::le::{pow2_in, uuid_string, Le};
 use super::partition::Partition;
 
-/// Offset of the LVM device header in its partition.
-pub const LVM_HEADER_OFFSET: u64 = 0x10_0000;
-/// Magic of the device header and of extended metadata regions.
-pub const LVM_MAGIC: u32 = 0xC001_D00D;
+pub use super::partition::{LVM_HEADER_OFFSET, LVM_MAGIC};
 /// Bytes of one volume-table entry.
 const VOL_ENTRY: u64 = 512;
 /// Bytes of one PE-table entry.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::address::{fd_addr, kind, Addr};
-use super::blockmap::{PbCache, Piece, PieceKind};
+use super::blockmap::{Extent, PbCache, PieceKind};
 use super::device::{read_vec, DeviceRead, HostDevice};
 use super::dir::{self, RawEntry};
 use super::error::{Result, VmfsError};
@@ -14,6 +14,7 @@ use super::filedesc::{FileDesc, FileKind, RdmInfo};
 use super::fsdesc::{FsDescriptor, Generation, FS_DESC_LEN, FS_DESC_OFFSET};
 use super::geometry::Geometry;
 use super::heartbeat::{self, Heartbeat};
+use super::inner::{Inner, SysFile};
 use super::le::Le;
 use super::lvm::{DeviceHeader, LogicalVolume, Member};
 use super::partition;
@@ -45,30 +46,6 @@ const MAX_DIR_BYTES: u64 = 256 << 20;
 const MAX_SYMLINKS: usize = 40;
 /// Longest symbolic-link target read.
 const MAX_LINK_BYTES: u64 = 4096;
-
-/// A system resource file: its descriptor and its metadata header.
-#[derive(Debug, Clone)]
-pub(crate) struct SysFile {
-    pub fd: FileDesc,
-    pub meta: ResourceMeta,
-}
-
-/// Shared state of an open volume.
-#[derive(Debug)]
-pub(crate) struct Inner {
-    pub lv: LogicalVolume,
-    pub fs: FsDescriptor,
-    pub g: Geometry,
-    pub place: String,
-    pub fdc: SysFile,
-    pub sbc: Option<SysFile>,
-    pub pbc: Option<SysFile>,
-    pub pb2: Option<SysFile>,
-    pub fbb: Option<SysFile>,
-    /// VMFS6: the small-file-block child header of `.fbb.sf`.
-    pub sfb: Option<ResourceMeta>,
-    pub sfb_per_cluster: u64,
-}
 
 /// An open, read-only VMFS volume. Cheap to clone; every method takes `&self` and is safe to call
 /// from many threads.
@@ -125,37 +102,6 @@ pub struct DirEntry {
     pub fd_address: u32,
     /// Kind recorded in the directory.
     pub kind: FileKind,
-}
-
-/// What a range of a file is, with device offsets for data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum ExtentKind {
-    /// Stored on device `device` (index in [`Volume::devices`]) at `device_offset`.
-    Data {
-        /// Device index.
-        device: usize,
-        /// Byte offset on the device.
-        device_offset: u64,
-        /// Byte offset in the logical volume.
-        volume_offset: u64,
-    },
-    /// Allocated but to be zeroed (lazily zeroed thick disks): reads as zeros.
-    Zero,
-    /// Not allocated: reads as zeros.
-    Hole,
-}
-
-/// A range of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Extent {
-    /// Offset in the file.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// What it is.
-    #[serde(flatten)]
-    pub kind: ExtentKind,
 }
 
 /// A device of the volume, for reports.
@@ -472,7 +418,7 @@ impl Volume {
             }
             _ => {}
         }
-        Ok(File::new(self.clone(), path.to_string(), fd))
+        Ok(File::new(self.inner.clone(), path.to_string(), fd))
     }
 
     /// The extent map of file `path`: data ranges with their device offsets, to-be-zeroed ranges
@@ -734,33 +680,6 @@ fn unreachable_root() -> FileDesc {
 /// Path components, without empty ones and `.`; ESXi's `/vmfs/volumes/NAME/` prefix is not special.
 fn components(path: &str) -> Vec<String> {
     path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_string).collect()
-}
-
-/// Pieces with device offsets.
-pub(crate) fn to_extents(inner: &Inner, pieces: Vec<Piece>) -> Result<Vec<Extent>> {
-    let mut out: Vec<Extent> = Vec::with_capacity(pieces.len());
-    for p in pieces {
-        match p.kind {
-            PieceKind::Data(at) => {
-                let mut off = p.offset;
-                for s in inner.lv.locate(at, p.len)? {
-                    out.push(Extent {
-                        offset: off,
-                        len: s.len,
-                        kind: ExtentKind::Data {
-                            device: s.device,
-                            device_offset: s.device_offset,
-                            volume_offset: s.logical,
-                        },
-                    });
-                    off += s.len;
-                }
-            }
-            PieceKind::Zero => out.push(Extent { offset: p.offset, len: p.len, kind: ExtentKind::Zero }),
-            PieceKind::Hole => out.push(Extent { offset: p.offset, len: p.len, kind: ExtentKind::Hole }),
-        }
-    }
-    Ok(out)
 }
 
 #[allow(dead_code)]
