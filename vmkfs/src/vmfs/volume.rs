@@ -192,24 +192,6 @@ impl Volume {
     }
 
     fn bootstrap(lv: LogicalVolume, fs: FsDescriptor, g: Geometry, place: String) -> Result<Volume> {
-        // Where a system file's descriptor sits before `.fdc.sf` can be read: resource r of cluster 0.
-        let (fs2, g2) = (fs.clone(), g.clone());
-        let sfd_offset = move |addr: u32| -> u64 {
-            let (fs, g) = (&fs2, &g2);
-            if !fs.is_vmfs6() && !fs.dense_sub_blocks() {
-                if addr == fs.pb2_fd_addr && fs.pb2_vol_addr != 0 {
-                    return fs.pb2_vol_addr;
-                }
-                if addr == fs.sdd_fd_addr && fs.sdd_vol_addr != 0 {
-                    return fs.sdd_vol_addr;
-                }
-            }
-            let r = ((addr >> 22) & 0x3FF) as u64;
-            g.fdc_start
-                + fs.fdc_cluster_group_offset as u64
-                + fs.fdc_clusters_per_group as u64 * g.cluster_header
-                + r * g.fd_size
-        };
         let sfb_default = if fs.is_vmfs6() { (0x2000u64).min((512u64 << 20) / g.fbs).max(1) } else { 1 };
         let mut inner = Inner {
             fdc: SysFile {
@@ -239,36 +221,12 @@ impl Volume {
             sfb_per_cluster: sfb_default,
         };
         let cache = PbCache::default();
-        let sys_fd = |inner: &Inner, addr: u32, name: &str| -> Result<FileDesc> {
-            let at = sfd_offset(addr);
-            let fd = inner.read_fd_at(at)?;
-            if fd.addr != addr || (fd.kind != FileKind::System && addr != sysaddr::SDD) {
-                return Err(VmfsError::corrupt(
-                    &inner.place,
-                    at,
-                    format!("{name} descriptor expected here (address {addr:#x}, system file), found address {:#x} of type {}", fd.addr, fd.raw_type),
-                ));
-            }
-            if fd.block_size != inner.g.fbs && fd.zla != super::filedesc::zla::RESIDENT {
-                return Err(VmfsError::corrupt(
-                    &inner.place,
-                    at,
-                    format!("{name} has block size {}, expected the file block size {}", fd.block_size, inner.g.fbs),
-                ));
-            }
-            Ok(fd)
-        };
-        let open_res = |inner: &Inner, addr: u32, name: &str, meta_at: u64| -> Result<SysFile> {
-            let fd = sys_fd(inner, addr, name)?;
-            let meta = inner.read_meta(&fd, meta_at, name, &cache)?;
-            Ok(SysFile { fd, meta })
-        };
         // Order matters: `.sbc.sf` on VMFS6 reaches its sub-blocks through `.pb2.sf`.
         if inner.fs.is_vmfs6() || inner.fs.pb2_vol_addr != 0 || inner.fs.pb2_fd_addr != 0 {
-            inner.pb2 = Some(open_res(&inner, sysaddr::PB2, ".pb2.sf", 0)?);
+            inner.pb2 = Some(inner.open_system_file(sysaddr::PB2, ".pb2.sf", &cache)?);
         }
-        inner.pbc = Some(open_res(&inner, sysaddr::PBC, ".pbc.sf", 0)?);
-        let fbb = open_res(&inner, sysaddr::FBB, ".fbb.sf", 0)?;
+        inner.pbc = Some(inner.open_system_file(sysaddr::PBC, ".pbc.sf", &cache)?);
+        let fbb = inner.open_system_file(sysaddr::FBB, ".fbb.sf", &cache)?;
         if inner.fs.is_vmfs6() {
             let child = fbb.meta.child_meta_offset;
             if child != 0 {
@@ -280,7 +238,7 @@ impl Volume {
             }
         }
         inner.fbb = Some(fbb);
-        inner.fdc = open_res(&inner, sysaddr::FDC, ".fdc.sf", 0)?;
+        inner.fdc = inner.open_system_file(sysaddr::FDC, ".fdc.sf", &cache)?;
         if inner.fdc.meta.res_size != inner.g.fd_size {
             return Err(VmfsError::corrupt(
                 &inner.place,
@@ -291,7 +249,7 @@ impl Volume {
                 ),
             ));
         }
-        let sbc = open_res(&inner, sysaddr::SBC, ".sbc.sf", 0)?;
+        let sbc = inner.open_system_file(sysaddr::SBC, ".sbc.sf", &cache)?;
         if sbc.meta.res_size != inner.g.sbs {
             return Err(VmfsError::corrupt(
                 &inner.place,
@@ -441,6 +399,58 @@ impl Volume {
 }
 
 impl Inner {
+    /// Where a system file's descriptor sits before `.fdc.sf` can be read: resource r of cluster 0
+    /// (or, for `.pb2.sf` and `.sdd.sf` on VMFS5 with sparse sub-blocks, the address the FS
+    /// descriptor records).
+    fn system_fd_offset(&self, addr: u32) -> u64 {
+        let (fs, g) = (&self.fs, &self.g);
+        if !fs.is_vmfs6() && !fs.dense_sub_blocks() {
+            if addr == fs.pb2_fd_addr && fs.pb2_vol_addr != 0 {
+                return fs.pb2_vol_addr;
+            }
+            if addr == fs.sdd_fd_addr && fs.sdd_vol_addr != 0 {
+                return fs.sdd_vol_addr;
+            }
+        }
+        let r = ((addr >> 22) & 0x3FF) as u64;
+        g.fdc_start
+            + fs.fdc_cluster_group_offset as u64
+            + fs.fdc_clusters_per_group as u64 * g.cluster_header
+            + r * g.fd_size
+    }
+
+    /// The descriptor of system file `name` at FD address `addr`, read from where bootstrapping
+    /// finds it, checked to be that system file with the file block size.
+    fn system_fd(&self, addr: u32, name: &str) -> Result<FileDesc> {
+        let at = self.system_fd_offset(addr);
+        let fd = self.read_fd_at(at)?;
+        if fd.addr != addr || (fd.kind != FileKind::System && addr != sysaddr::SDD) {
+            return Err(VmfsError::corrupt(
+                &self.place,
+                at,
+                format!(
+                    "{name} descriptor expected here (address {addr:#x}, system file), found address {:#x} of type {}",
+                    fd.addr, fd.raw_type
+                ),
+            ));
+        }
+        if fd.block_size != self.g.fbs && fd.zla != super::filedesc::zla::RESIDENT {
+            return Err(VmfsError::corrupt(
+                &self.place,
+                at,
+                format!("{name} has block size {}, expected the file block size {}", fd.block_size, self.g.fbs),
+            ));
+        }
+        Ok(fd)
+    }
+
+    /// System resource file `name` (descriptor and metadata header) at FD address `addr`.
+    fn open_system_file(&self, addr: u32, name: &str, cache: &PbCache) -> Result<SysFile> {
+        let fd = self.system_fd(addr, name)?;
+        let meta = self.read_meta(&fd, 0, name, cache)?;
+        Ok(SysFile { fd, meta })
+    }
+
     /// Reads and parses the descriptor at volume offset `at`.
     pub(crate) fn read_fd_at(&self, at: u64) -> Result<FileDesc> {
         let mut raw = vec![0u8; self.g.fd_size as usize];
