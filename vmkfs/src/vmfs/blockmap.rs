@@ -188,38 +188,24 @@ impl Inner {
             }
             Addr::Fb { block, tbz } => {
                 let e = upto(self.g.fbs);
-                let kind = if tbz {
-                    PieceKind::Zero
-                } else {
-                    PieceKind::Data(self.block_offset(block, self.g.fbs, raw, fd)? + (pos & (self.g.fbs - 1)))
-                };
+                let kind = self.block_piece(block, self.g.fbs, tbz, pos, raw, fd)?;
                 push(out, Piece { offset: pos, len: e - pos, kind });
                 Ok(e)
             }
             Addr::Sfb { cluster, resource, tbz } => {
                 let e = upto(self.g.fbs);
-                let kind = if tbz {
-                    PieceKind::Zero
-                } else {
-                    if resource >= self.sfb_per_cluster {
-                        return Err(self.bad_pointer(fd, raw, "small-file-block resource beyond its cluster"));
-                    }
-                    let block = cluster
-                        .checked_mul(self.sfb_per_cluster)
-                        .and_then(|c| c.checked_add(resource))
-                        .unwrap_or(u64::MAX);
-                    PieceKind::Data(self.block_offset(block, self.g.fbs, raw, fd)? + (pos & (self.g.fbs - 1)))
-                };
+                if !tbz && resource >= self.sfb_per_cluster {
+                    return Err(self.bad_pointer(fd, raw, "small-file-block resource beyond its cluster"));
+                }
+                let block =
+                    cluster.checked_mul(self.sfb_per_cluster).and_then(|c| c.checked_add(resource)).unwrap_or(u64::MAX);
+                let kind = self.block_piece(block, self.g.fbs, tbz, pos, raw, fd)?;
                 push(out, Piece { offset: pos, len: e - pos, kind });
                 Ok(e)
             }
             Addr::Lfb { block, tbz } if self.g.generation == super::fsdesc::Generation::Vmfs6 => {
                 let e = upto(self.g.lfbs);
-                let kind = if tbz {
-                    PieceKind::Zero
-                } else {
-                    PieceKind::Data(self.block_offset(block, self.g.lfbs, raw, fd)? + (pos & (self.g.lfbs - 1)))
-                };
+                let kind = self.block_piece(block, self.g.lfbs, tbz, pos, raw, fd)?;
                 push(out, Piece { offset: pos, len: e - pos, kind });
                 Ok(e)
             }
@@ -256,6 +242,15 @@ impl Inner {
         } else {
             Addr::decode32(raw as u32, self.g.dense)
         }
+    }
+
+    /// The piece at file offset `pos` inside block `block` of `size` bytes: to-be-zeroed when
+    /// `tbz`, else data at the block's volume offset.
+    fn block_piece(&self, block: u64, size: u64, tbz: bool, pos: u64, raw: u64, fd: &FileDesc) -> Result<PieceKind> {
+        if tbz {
+            return Ok(PieceKind::Zero);
+        }
+        Ok(PieceKind::Data(self.block_offset(block, size, raw, fd)? + (pos & (size - 1))))
     }
 
     fn block_offset(&self, block: u64, size: u64, raw: u64, fd: &FileDesc) -> Result<u64> {
