@@ -71,18 +71,24 @@ impl<R: Read> Pipe<R> {
     }
 }
 
+/// Reads from `r` until `buf` is full or the input ends (retrying interrupted reads); returns the
+/// bytes read. Errors name `name` (the pipe or file being read).
+pub fn read_full(r: &mut impl Read, buf: &mut [u8], name: &Path) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(name, "read", e)),
+        }
+    }
+    Ok(n)
+}
+
 impl<R: Read> SeqRead for Pipe<R> {
     fn read_full(&mut self, buf: &mut [u8]) -> Result<usize> {
-        let mut n = 0;
-        while n < buf.len() {
-            match self.r.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(&self.name, "read", e)),
-            }
-        }
-        Ok(n)
+        read_full(&mut self.r, buf, &self.name)
     }
     fn skip(&mut self, n: u64) -> Result<u64> {
         if self.scratch.is_empty() {
