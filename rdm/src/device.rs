@@ -273,15 +273,7 @@ impl Device {
                 Err(e) => return Err(e),
             }
         }
-        const CHUNK: u64 = 1 << 20;
-        let zeros = vec![0u8; CHUNK.min(len) as usize];
-        let mut done = 0;
-        while done < len {
-            let n = CHUNK.min(len - done);
-            self.write_all_at(&zeros[..n as usize], offset + done)?;
-            done += n;
-        }
-        Ok(())
+        write_zeros_with(offset, len, |buf, at| self.write_all_at(buf, at))
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
@@ -487,6 +479,20 @@ fn seek(fd: libc::c_int, pos: u64, whence: libc::c_int) -> io::Result<u64> {
     } else {
         Ok(r as u64)
     }
+}
+
+/// Writes `len` zero bytes at `offset` through `write(buf, at)`, in chunks of at most 1 MiB (one
+/// buffer of zeros, reused): the fallback of every zeroing path that the storage cannot do itself.
+pub fn write_zeros_with<E>(offset: u64, len: u64, mut write: impl FnMut(&[u8], u64) -> Result<(), E>) -> Result<(), E> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min(len - done);
+        write(&zeros[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -357,67 +357,25 @@ impl Mapping {
 
     /// Parses a record. `path` is only used in error messages.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Mapping, MappingError> {
-        let bad = |offset: usize, what: String| MappingError::Corrupt {
-            path: path.to_path_buf(),
-            offset: offset as u64,
-            what,
-        };
-        if bytes.len() > MAX_RECORD {
-            return Err(bad(0, format!("file is {} bytes; a mapping record is at most {MAX_RECORD}", bytes.len())));
-        }
-        if bytes.len() < HEADER_LEN + 4 {
-            return Err(bad(
-                0,
-                format!("file is {} bytes, shorter than the smallest record ({})", bytes.len(), HEADER_LEN + 4),
-            ));
-        }
-        if bytes[..8] != MAGIC {
-            return Err(bad(0, format!("magic is {:02x?}, expected \"VMKFSRDM\"", &bytes[..8])));
-        }
-        let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
-        let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        let u64_at = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[i..i + 8]);
-            u64::from_le_bytes(b)
-        };
-        let version = u16_at(8);
-        if version != VERSION {
-            return Err(MappingError::Version { path: path.to_path_buf(), version });
-        }
-        let body_len = u32_at(32) as usize;
-        let expected_len = HEADER_LEN.checked_add(body_len).and_then(|n| n.checked_add(4));
-        if expected_len != Some(bytes.len()) {
-            return Err(bad(
-                32,
-                format!(
-                    "field area of {body_len} bytes needs a file of {} bytes, the file has {}",
-                    HEADER_LEN as u64 + body_len as u64 + 4,
-                    bytes.len()
-                ),
-            ));
-        }
+        let r = Record { bytes, path };
+        r.check_frame()?;
         let crc_at = bytes.len() - 4;
-        let stored = u32_at(crc_at);
-        let actual = crc32fast::hash(&bytes[..crc_at]);
-        if stored != actual {
-            return Err(bad(crc_at, format!("CRC-32 is {stored:08x}, the record's bytes give {actual:08x}")));
-        }
-        let mode = Mode::from_code(bytes[10]).ok_or_else(|| bad(10, format!("mode {} is not 1, 2 or 3", bytes[10])))?;
+        let mode =
+            Mode::from_code(bytes[10]).ok_or_else(|| r.bad(10, format!("mode {} is not 1, 2 or 3", bytes[10])))?;
         let kind = match bytes[11] {
             1 => DeviceKind::Block,
             2 => DeviceKind::File,
-            k => return Err(bad(11, format!("device kind {k} is not 1 (block device) or 2 (regular file)"))),
+            k => return Err(r.bad(11, format!("device kind {k} is not 1 (block device) or 2 (regular file)"))),
         };
-        let flags = u32_at(12);
+        let flags = r.u32_at(12);
         if flags != 0 {
-            return Err(bad(12, format!("unknown flags {flags:08x}")));
+            return Err(r.bad(12, format!("unknown flags {flags:08x}")));
         }
-        let size = u64_at(16);
-        let created = u64_at(24);
-        let count = u16_at(36) as usize;
+        let size = r.u64_at(16);
+        let created = r.u64_at(24);
+        let count = r.u16_at(36) as usize;
         if count > MAX_FIELDS {
-            return Err(bad(36, format!("{count} fields; at most {MAX_FIELDS} are accepted")));
+            return Err(r.bad(36, format!("{count} fields; at most {MAX_FIELDS} are accepted")));
         }
         let mut identity = Identity {
             kind,
@@ -429,64 +387,134 @@ impl Mapping {
             loop_backing: None,
             partition: None,
         };
+        let device_path = r.fields(count, crc_at, &mut identity)?;
+        Ok(Mapping { mode, device_path, identity, created })
+    }
+
+    /// The mapping file name for a disk named `stem` (`NAME` of `NAME.vmdk`): `NAME-rdm.vmdk` or
+    /// `NAME-rdmp.vmdk`.
+    pub fn file_name(stem: &str, mode: Mode) -> String {
+        format!("{stem}{}.vmdk", mode.file_suffix())
+    }
+}
+
+/// A mapping record's bytes being parsed ([`Mapping::parse`]), with the file they came from.
+struct Record<'a> {
+    bytes: &'a [u8],
+    path: &'a Path,
+}
+
+impl Record<'_> {
+    fn bad(&self, offset: usize, what: String) -> MappingError {
+        MappingError::Corrupt { path: self.path.to_path_buf(), offset: offset as u64, what }
+    }
+
+    fn u16_at(&self, i: usize) -> u16 {
+        u16::from_le_bytes([self.bytes[i], self.bytes[i + 1]])
+    }
+
+    fn u32_at(&self, i: usize) -> u32 {
+        let b = self.bytes;
+        u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+    }
+
+    fn u64_at(&self, i: usize) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.bytes[i..i + 8]);
+        u64::from_le_bytes(b)
+    }
+
+    /// The frame around the fields: size limits, magic, version, the field area's length against
+    /// the file's, and the CRC-32 over everything before it.
+    fn check_frame(&self) -> Result<(), MappingError> {
+        let bytes = self.bytes;
+        if bytes.len() > MAX_RECORD {
+            return Err(self.bad(0, format!("file is {} bytes; a mapping record is at most {MAX_RECORD}", bytes.len())));
+        }
+        if bytes.len() < HEADER_LEN + 4 {
+            return Err(self.bad(
+                0,
+                format!("file is {} bytes, shorter than the smallest record ({})", bytes.len(), HEADER_LEN + 4),
+            ));
+        }
+        if bytes[..8] != MAGIC {
+            return Err(self.bad(0, format!("magic is {:02x?}, expected \"VMKFSRDM\"", &bytes[..8])));
+        }
+        let version = self.u16_at(8);
+        if version != VERSION {
+            return Err(MappingError::Version { path: self.path.to_path_buf(), version });
+        }
+        let body_len = self.u32_at(32) as usize;
+        let expected_len = HEADER_LEN.checked_add(body_len).and_then(|n| n.checked_add(4));
+        if expected_len != Some(bytes.len()) {
+            return Err(self.bad(
+                32,
+                format!(
+                    "field area of {body_len} bytes needs a file of {} bytes, the file has {}",
+                    HEADER_LEN as u64 + body_len as u64 + 4,
+                    bytes.len()
+                ),
+            ));
+        }
+        let crc_at = bytes.len() - 4;
+        let stored = self.u32_at(crc_at);
+        let actual = crc32fast::hash(&bytes[..crc_at]);
+        if stored != actual {
+            return Err(self.bad(crc_at, format!("CRC-32 is {stored:08x}, the record's bytes give {actual:08x}")));
+        }
+        Ok(())
+    }
+
+    /// Reads the `count` fields from the header's end up to the CRC at `crc_at` into `identity`;
+    /// returns the device path (which must appear exactly once). Unknown tags are skipped.
+    fn fields(&self, count: usize, crc_at: usize, identity: &mut Identity) -> Result<PathBuf, MappingError> {
         let mut device_path: Option<PathBuf> = None;
         let mut pos = HEADER_LEN;
         for _ in 0..count {
             if pos + 4 > crc_at {
-                return Err(bad(pos, "field header runs past the field area".into()));
+                return Err(self.bad(pos, "field header runs past the field area".into()));
             }
-            let t = u16_at(pos);
-            let len = u16_at(pos + 2) as usize;
+            let t = self.u16_at(pos);
+            let len = self.u16_at(pos + 2) as usize;
             if len > MAX_FIELD {
-                return Err(bad(pos + 2, format!("field of {len} bytes; at most {MAX_FIELD} are accepted")));
+                return Err(self.bad(pos + 2, format!("field of {len} bytes; at most {MAX_FIELD} are accepted")));
             }
             let start = pos + 4;
             let end = start + len;
             if end > crc_at {
-                return Err(bad(pos + 2, format!("field of {len} bytes runs past the field area")));
+                return Err(self.bad(pos + 2, format!("field of {len} bytes runs past the field area")));
             }
-            let value = std::str::from_utf8(&bytes[start..end])
-                .map_err(|_| bad(start, format!("field {t} is not UTF-8")))?
+            let value = std::str::from_utf8(&self.bytes[start..end])
+                .map_err(|_| self.bad(start, format!("field {t} is not UTF-8")))?
                 .to_string();
-            let once = |slot: &Option<String>| -> Result<(), MappingError> {
+            let once = |slot: &mut Option<String>, value: String| -> Result<(), MappingError> {
                 if slot.is_some() {
-                    Err(bad(pos, format!("field {t} appears twice")))
-                } else {
-                    Ok(())
+                    return Err(self.bad(pos, format!("field {t} appears twice")));
                 }
+                *slot = Some(value);
+                Ok(())
             };
             match t {
                 tag::DEVICE_PATH => {
                     if device_path.is_some() {
-                        return Err(bad(pos, "device path appears twice".into()));
+                        return Err(self.bad(pos, "device path appears twice".into()));
                     }
                     if value.is_empty() || value.contains('\0') {
-                        return Err(bad(start, "device path is empty or holds a NUL byte".into()));
+                        return Err(self.bad(start, "device path is empty or holds a NUL byte".into()));
                     }
                     device_path = Some(PathBuf::from(value));
                 }
-                tag::CANONICAL_PATH => {
-                    once(&identity.canonical_path)?;
-                    identity.canonical_path = Some(value);
-                }
-                tag::WWID => {
-                    once(&identity.wwid)?;
-                    identity.wwid = Some(value);
-                }
-                tag::SERIAL => {
-                    once(&identity.serial)?;
-                    identity.serial = Some(value);
-                }
-                tag::LOOP_BACKING => {
-                    once(&identity.loop_backing)?;
-                    identity.loop_backing = Some(value);
-                }
+                tag::CANONICAL_PATH => once(&mut identity.canonical_path, value)?,
+                tag::WWID => once(&mut identity.wwid, value)?,
+                tag::SERIAL => once(&mut identity.serial, value)?,
+                tag::LOOP_BACKING => once(&mut identity.loop_backing, value)?,
                 tag::PARTITION => {
                     if identity.partition.is_some() {
-                        return Err(bad(pos, "partition appears twice".into()));
+                        return Err(self.bad(pos, "partition appears twice".into()));
                     }
-                    identity.partition =
-                        Some(value.parse().map_err(|_| bad(start, format!("partition {value:?} is not a number")))?);
+                    identity.partition = Some(
+                        value.parse().map_err(|_| self.bad(start, format!("partition {value:?} is not a number")))?,
+                    );
                 }
                 tag::BY_ID => identity.by_id.push(value),
                 // Unknown tags are skipped: fields are self-delimiting, and a change that older
@@ -496,16 +524,9 @@ impl Mapping {
             pos = end;
         }
         if pos != crc_at {
-            return Err(bad(pos, format!("{} bytes after the last field", crc_at - pos)));
+            return Err(self.bad(pos, format!("{} bytes after the last field", crc_at - pos)));
         }
-        let device_path = device_path.ok_or_else(|| bad(HEADER_LEN, "no device path field".into()))?;
-        Ok(Mapping { mode, device_path, identity, created })
-    }
-
-    /// The mapping file name for a disk named `stem` (`NAME` of `NAME.vmdk`): `NAME-rdm.vmdk` or
-    /// `NAME-rdmp.vmdk`.
-    pub fn file_name(stem: &str, mode: Mode) -> String {
-        format!("{stem}{}.vmdk", mode.file_suffix())
+        device_path.ok_or_else(|| self.bad(HEADER_LEN, "no device path field".into()))
     }
 }
 

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use vmdk::family::ParentRef;
-use vmdk::map::{MapSource, Stack};
+use vmdk::map::MapSource;
+use vmdk::stack::Stack;
 use vmdk::{AllocMap, Container, Link, OpenOptions, ReadAt};
 
 /// Longest chain we follow (a guard against cycles and runaway chains).

@@ -20,8 +20,10 @@
 //! copy made of the link earlier (a backup) and the parent are then known to be the same disk, so
 //! deltas exported from the chain keep applying to that copy.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
+use vmdk::family::ParentRef;
 use vmdk::link::new_cid;
 use vmdk::txn::{self, Intent, Step};
 use vmdk::{Container, Link, OpenOptions};
@@ -61,73 +63,14 @@ pub fn commit_with(
     copy: impl FnOnce(&Link, &Chain) -> Result<(), RedoError>,
 ) -> Result<CommitReport, RedoError> {
     let storage = &opts.storage;
-    let mut resumed = txn::pending(storage, path)?;
-    if let Some(i) = resumed.take() {
-        if i.record().op != OP {
-            // Another operation's record for this disk: the ordinary settling decides.
-            drop(i);
-            txn::settle(storage.as_ref(), path)?;
-        } else if i.record().rerun.is_none() {
-            return finish_recorded(i, opts);
-        } else {
-            resumed = Some(i);
-        }
-    }
+    let resumed = match earlier_commit(path, opts)? {
+        ControlFlow::Break(report) => return Ok(report),
+        ControlFlow::Continue(resumed) => resumed,
+    };
     let lock = OpenOptions { write: false, exclusive: true, allow_children: true, ..opts.clone() };
     let link = Link::open(path, &lock)?;
-    let Some(pref) = parent_of(&link, opts.allow_outside)? else {
-        return Err(RedoError::Refused {
-            path: path.into(),
-            why: "is a base disk: there is nothing to commit it into".into(),
-        });
-    };
-    if !storage.exists(&pref.path) {
-        return Err(ChainError::MissingParent {
-            child: path.into(),
-            parent: pref.path,
-            hint: pref.hint,
-            renamed: None,
-        }
-        .into());
-    }
-    vmdk::storage::confine(storage.as_ref(), path, &pref.path, &pref.hint, opts.allow_outside)?;
-    crate::chain::refuse_files_of_ancestors(&link, opts)?;
-    if let Some(other) = children_of(&pref.path, opts).into_iter().find(|c| storage.real_path(c) != *link.real_path()) {
-        return Err(RedoError::Refused {
-            path: path.into(),
-            why: format!(
-                "its parent {} has another child, {}, which reads the parent as it is now: commit would change it",
-                pref.path.display(),
-                other.display()
-            ),
-        });
-    }
-    // ESX 2 children (`LINK.REDO`) name their parent only implicitly, so re-pointing one means
-    // renaming it to `PARENT.REDO`; check that this is possible before anything changes.
-    let legacy_moves = plan_legacy_children(path, &pref.path, opts)?;
-    let parent_opts = OpenOptions { write: true, keep_cid: true, allow_children: true, ..opts.clone() };
-    let parent_chain = Chain::open(&pref.path, &parent_opts)?;
+    let (pref, legacy_moves, parent_chain) = open_parent(path, &link, opts)?;
     let parent = parent_chain.top().clone();
-    if parent.capacity() != link.capacity() {
-        return Err(ChainError::CapacityMismatch {
-            child: path.into(),
-            parent: pref.path,
-            child_capacity: link.capacity(),
-            parent_capacity: parent.capacity(),
-        }
-        .into());
-    }
-    if let Some(expected) = pref.expected_cid {
-        if !cid_accepted(&parent, expected) {
-            return Err(ChainError::CidMismatch {
-                child: path.into(),
-                parent: pref.path,
-                expected,
-                found: parent.descriptor().cid,
-            }
-            .into());
-        }
-    }
     // The children, held exclusively: their descriptors change.
     let kids: Vec<Link> =
         children_of(path, opts).iter().map(|c| Link::open(c, &lock)).collect::<Result<_, vmdk::Error>>()?;
@@ -145,60 +88,16 @@ pub fn commit_with(
     apply_zeros(&link, &parent, parent_chain.links().len() > 1)?;
     parent.flush()?;
     // The steps.
-    let has_cid = |l: &Link| l.container() != Container::BareExtent && l.container() != Container::Raw;
-    let pd = parent.descriptor();
     let cid = if !has_cid(&parent) {
-        pd.cid
+        parent.descriptor().cid
     } else if has_cid(&link) {
         link.descriptor().cid
     } else {
-        new_cid(pd.cid)
+        new_cid(parent.descriptor().cid)
     };
-    let mut steps = Vec::new();
-    let mut children = Vec::new();
-    let mut takes_name: Option<PathBuf> = None;
-    for kid in &kids {
-        if kid.container() == Container::BareExtent {
-            let to = legacy_moves.iter().find(|(c, _)| storage.real_path(c) == *kid.real_path()).map(|(_, t)| t);
-            let to = to.ok_or_else(|| RedoError::Refused {
-                path: path.into(),
-                why: format!("{} appeared during the commit", kid.path().display()),
-            })?;
-            // When the link is itself `PARENT.REDO`, the child takes its name after the link's
-            // files are gone.
-            if storage.real_path(to) == *link.real_path() {
-                takes_name = Some(kid.real_path().to_path_buf());
-            } else {
-                steps.push(Step::RenameNew { from: kid.real_path().into(), to: storage.real_path(to) });
-            }
-            children.push(to.clone());
-            continue;
-        }
-        let mut d = kid.descriptor();
-        d.parent_file_name_hint = Some(relative_hint(kid.path(), &pref.path));
-        d.parent_cid = cid;
-        if let Some((_, step)) = kid.descriptor_update(&d)? {
-            steps.push(step);
-        }
-        children.push(kid.path().to_path_buf());
-    }
+    let plan = Plan { path, link: &link, parent: &parent, parent_path: &pref.path, legacy_moves: &legacy_moves, cid };
+    let (steps, children) = plan.steps(&kids, opts)?;
     let files = link.files();
-    for f in &files {
-        let real = storage.real_path(f);
-        match &takes_name {
-            // The child is renamed over the link's file instead.
-            Some(kid) if real == *link.real_path() => steps.push(Step::Rename { from: kid.clone(), to: real }),
-            _ => steps.push(Step::Remove { path: real }),
-        }
-    }
-    if has_cid(&parent) {
-        let mut d = pd.clone();
-        d.set_cid(cid);
-        d.remove_ddb(PENDING_CID_KEY);
-        if let Some((_, step)) = parent.descriptor_update(&d)? {
-            steps.push(step);
-        }
-    }
     // Every handle goes (the parent closed cleanly: its unclean-shutdown flag cleared) before the
     // steps are recorded and made (they rewrite and remove these files); the record's lock keeps
     // other commands out meanwhile.
@@ -209,6 +108,161 @@ pub fn commit_with(
     intent.set_steps(steps)?;
     intent.finish()?;
     Ok(CommitReport { parent: pref.path, children, removed: files, cid, resumed: false })
+}
+
+/// Settles what an earlier run left for `path`: another operation's record is settled as every
+/// command does; an earlier commit past its data phase is finished (`Break` with its report); one
+/// still in its data phase is taken over (`Continue(Some(record))`, copied again).
+fn earlier_commit(path: &Path, opts: &OpenOptions) -> Result<ControlFlow<CommitReport, Option<Intent>>, RedoError> {
+    let storage = &opts.storage;
+    let Some(i) = txn::pending(storage, path)? else { return Ok(ControlFlow::Continue(None)) };
+    if i.record().op != OP {
+        // Another operation's record for this disk: the ordinary settling decides.
+        drop(i);
+        txn::settle(storage.as_ref(), path)?;
+        Ok(ControlFlow::Continue(None))
+    } else if i.record().rerun.is_none() {
+        finish_recorded(i, opts).map(ControlFlow::Break)
+    } else {
+        Ok(ControlFlow::Continue(Some(i)))
+    }
+}
+
+/// Finds and checks `link`'s parent before anything changes: it exists inside the folder rule, has
+/// no other child, has the link's capacity and a CID the link accepts; ESX 2 children can be
+/// renamed. Returns the parent reference, the planned renames of those children, and the parent's
+/// chain opened for writing its top.
+fn open_parent(
+    path: &Path,
+    link: &Link,
+    opts: &OpenOptions,
+) -> Result<(ParentRef, Vec<(PathBuf, PathBuf)>, Chain), RedoError> {
+    let storage = &opts.storage;
+    let Some(pref) = parent_of(link, opts.allow_outside)? else {
+        return Err(RedoError::Refused {
+            path: path.into(),
+            why: "is a base disk: there is nothing to commit it into".into(),
+        });
+    };
+    if !storage.exists(&pref.path) {
+        return Err(ChainError::MissingParent {
+            child: path.into(),
+            parent: pref.path,
+            hint: pref.hint,
+            renamed: None,
+        }
+        .into());
+    }
+    vmdk::storage::confine(storage.as_ref(), path, &pref.path, &pref.hint, opts.allow_outside)?;
+    crate::chain::refuse_files_of_ancestors(link, opts)?;
+    if let Some(other) = children_of(&pref.path, opts).into_iter().find(|c| storage.real_path(c) != *link.real_path()) {
+        return Err(RedoError::Refused {
+            path: path.into(),
+            why: format!(
+                "its parent {} has another child, {}, which reads the parent as it is now: commit would change it",
+                pref.path.display(),
+                other.display()
+            ),
+        });
+    }
+    // ESX 2 children (`LINK.REDO`) name their parent only implicitly, so re-pointing one means
+    // renaming it to `PARENT.REDO`; check that this is possible before anything changes.
+    let legacy_moves = plan_legacy_children(path, &pref.path, opts)?;
+    let parent_opts = OpenOptions { write: true, keep_cid: true, allow_children: true, ..opts.clone() };
+    let parent_chain = Chain::open(&pref.path, &parent_opts)?;
+    let parent = parent_chain.top();
+    if parent.capacity() != link.capacity() {
+        return Err(ChainError::CapacityMismatch {
+            child: path.into(),
+            parent: pref.path,
+            child_capacity: link.capacity(),
+            parent_capacity: parent.capacity(),
+        }
+        .into());
+    }
+    if let Some(expected) = pref.expected_cid {
+        if !cid_accepted(parent, expected) {
+            return Err(ChainError::CidMismatch {
+                child: path.into(),
+                parent: pref.path,
+                expected,
+                found: parent.descriptor().cid,
+            }
+            .into());
+        }
+    }
+    Ok((pref, legacy_moves, parent_chain))
+}
+
+/// True for links whose descriptor carries a CID (not bare extents or raw images).
+fn has_cid(l: &Link) -> bool {
+    l.container() != Container::BareExtent && l.container() != Container::Raw
+}
+
+/// What the steps of a commit are made from.
+struct Plan<'a> {
+    path: &'a Path,
+    link: &'a Link,
+    parent: &'a Link,
+    parent_path: &'a Path,
+    legacy_moves: &'a [(PathBuf, PathBuf)],
+    /// The parent's CID after the commit.
+    cid: u32,
+}
+
+impl Plan<'_> {
+    /// The steps that finish the commit after its data phase — each child re-pointed at the parent
+    /// (an ESX 2 child renamed), the link's files removed, the parent's CID set — and the children's
+    /// paths afterwards.
+    fn steps(&self, kids: &[Link], opts: &OpenOptions) -> Result<(Vec<Step>, Vec<PathBuf>), RedoError> {
+        let storage = &opts.storage;
+        let mut steps = Vec::new();
+        let mut children = Vec::new();
+        let mut takes_name: Option<PathBuf> = None;
+        for kid in kids {
+            if kid.container() == Container::BareExtent {
+                let to =
+                    self.legacy_moves.iter().find(|(c, _)| storage.real_path(c) == *kid.real_path()).map(|(_, t)| t);
+                let to = to.ok_or_else(|| RedoError::Refused {
+                    path: self.path.into(),
+                    why: format!("{} appeared during the commit", kid.path().display()),
+                })?;
+                // When the link is itself `PARENT.REDO`, the child takes its name after the link's
+                // files are gone.
+                if storage.real_path(to) == *self.link.real_path() {
+                    takes_name = Some(kid.real_path().to_path_buf());
+                } else {
+                    steps.push(Step::RenameNew { from: kid.real_path().into(), to: storage.real_path(to) });
+                }
+                children.push(to.clone());
+                continue;
+            }
+            let mut d = kid.descriptor();
+            d.parent_file_name_hint = Some(relative_hint(kid.path(), self.parent_path));
+            d.parent_cid = self.cid;
+            if let Some((_, step)) = kid.descriptor_update(&d)? {
+                steps.push(step);
+            }
+            children.push(kid.path().to_path_buf());
+        }
+        for f in &self.link.files() {
+            let real = storage.real_path(f);
+            match &takes_name {
+                // The child is renamed over the link's file instead.
+                Some(kid) if real == *self.link.real_path() => steps.push(Step::Rename { from: kid.clone(), to: real }),
+                _ => steps.push(Step::Remove { path: real }),
+            }
+        }
+        if has_cid(self.parent) {
+            let mut d = self.parent.descriptor();
+            d.set_cid(self.cid);
+            d.remove_ddb(PENDING_CID_KEY);
+            if let Some((_, step)) = self.parent.descriptor_update(&d)? {
+                steps.push(step);
+            }
+        }
+        Ok((steps, children))
+    }
 }
 
 /// Applies the known-zero ranges of `link` (its own `Zero` runs) to `parent`: freed in a base;

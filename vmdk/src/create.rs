@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::descriptor::{Access, CreateType, Descriptor, ExtentLine, ExtentType};
+use crate::descriptor::{Access, CreateType, Descriptor, ExtentLine, ExtentType, MAX_EXTENTS, MAX_FILE_BYTES};
 use crate::error::{Error, Result};
 use crate::extent::flat::FlatExtent;
 use crate::extent::gtcache::GtCache;
@@ -362,6 +362,45 @@ pub fn new_uuid() -> String {
 /// Creates a disk at `path` (the descriptor, or the single file of monosparse).
 pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     let path = path.as_ref();
+    check_create_options(path, opts)?;
+    let stem = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
+    let stem = stem.strip_suffix(".vmdk").unwrap_or(&stem).to_string();
+    let format = opts.format;
+    let sizes = extent_sectors(opts.capacity / 512, format, opts.split_sectors);
+    let data_final: Vec<PathBuf> =
+        (0..sizes.len()).map(|i| path.with_file_name(data_file_name(&stem, format, i))).collect();
+    let desc = new_descriptor(opts, &sizes, &data_final);
+
+    // From here on, `guard` removes whatever was created if anything fails.
+    let storage = &opts.storage;
+    let mut guard = NewDisk::begin(storage, path, opts.force)?;
+    let cache = Arc::new(GtCache::default());
+    let mut extents: Vec<Box<dyn Extent>> = Vec::new();
+    let mut embedded = None;
+    for (fin, &n) in data_final.iter().zip(&sizes) {
+        let b = guard.files.create(fin)?;
+        let (extent, embedded_area) = create_extent(b, n, opts, &desc, &cache)?;
+        extents.push(extent);
+        embedded = embedded.or(embedded_area);
+    }
+    let mut separate = None;
+    if format != DiskFormat::MonoSparse {
+        let b = guard.files.create(path)?;
+        let text = desc.to_text();
+        b.write_all_at(text.as_bytes(), 0)?;
+        separate = Some(b);
+    }
+    let container = if format == DiskFormat::MonoSparse { Container::Embedded } else { Container::Descriptor };
+    guard.link = Some(Link::from_parts(path, storage, container, desc, separate, embedded, extents));
+    Ok(guard)
+}
+
+/// Refuses options [`create`] cannot honour, before any file exists: the file name, the capacity,
+/// grain and split sizes, and formats that are not created as writable links.
+fn check_create_options(path: &Path, opts: &CreateOptions) -> Result<()> {
     crate::descriptor::check_file_name(path)?;
     let cap = opts.capacity;
     if !cap.is_multiple_of(512) {
@@ -396,31 +435,32 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
             "a hosted sparse extent holds at most 2 TiB (use 2gbsparse or a flat format)".into(),
         ));
     }
-    crate::descriptor::check_capacity(path, format, cap, opts.split_sectors)?;
-    let stem = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
-    let stem = stem.strip_suffix(".vmdk").unwrap_or(&stem).to_string();
+    check_capacity(path, format, cap, opts.split_sectors)
+}
 
-    // Extent sizes.
-    let sizes: Vec<u64> = match format {
+/// The sectors of each extent of a disk of `sectors` in `format`: one extent, or extents of
+/// `split_sectors` (the last one shorter) for the split formats.
+fn extent_sectors(sectors: u64, format: DiskFormat, split_sectors: u64) -> Vec<u64> {
+    match format {
         DiskFormat::TwoGbSparse | DiskFormat::TwoGbFlat => {
             let mut v = Vec::new();
             let mut left = sectors;
             while left > 0 {
-                let n = left.min(opts.split_sectors);
+                let n = left.min(split_sectors);
                 v.push(n);
                 left -= n;
             }
             v
         }
         _ => vec![sectors],
-    };
-    let storage = &opts.storage;
-    let data_final: Vec<PathBuf> =
-        (0..sizes.len()).map(|i| path.with_file_name(data_file_name(&stem, format, i))).collect();
+    }
+}
 
+/// The descriptor of a new disk: its createType, CID and parent, one extent line per data file
+/// (`sizes[i]` sectors in `files[i]`), and the DDB keys ESXi (or Workstation) writes, in its order.
+fn new_descriptor(opts: &CreateOptions, sizes: &[u64], files: &[PathBuf]) -> Descriptor {
+    let format = opts.format;
+    let sectors = opts.capacity / 512;
     let cid = opts.cid.filter(|c| *c != NO_CID).unwrap_or_else(|| new_cid(NO_CID));
     let create_type = match format {
         DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => CreateType::Vmfs,
@@ -442,20 +482,17 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
             quoted: true,
         });
     }
-    for (i, &n) in sizes.iter().enumerate() {
-        let name = data_final[i].file_name().map(|s| s.to_string_lossy().into_owned());
-        let (kind, offset) = match format {
-            DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => (ExtentType::Vmfs, None),
-            DiskFormat::MonoFlat | DiskFormat::TwoGbFlat => (ExtentType::Flat, Some(0)),
-            DiskFormat::MonoSparse | DiskFormat::TwoGbSparse | DiskFormat::StreamOptimized => {
-                (ExtentType::Sparse, None)
-            }
-        };
+    let (kind, offset) = match format {
+        DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => (ExtentType::Vmfs, None),
+        DiskFormat::MonoFlat | DiskFormat::TwoGbFlat => (ExtentType::Flat, Some(0)),
+        DiskFormat::MonoSparse | DiskFormat::TwoGbSparse | DiskFormat::StreamOptimized => (ExtentType::Sparse, None),
+    };
+    for (file, &n) in files.iter().zip(sizes) {
         desc.extents.push(ExtentLine {
             access: Access::ReadWrite,
             sectors: n,
-            kind,
-            file: name,
+            kind: kind.clone(),
+            file: file.file_name().map(|s| s.to_string_lossy().into_owned()),
             offset,
             extra: vec![],
         });
@@ -478,60 +515,43 @@ pub fn create(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<NewDisk> {
     if !format.is_esx() {
         desc.set_ddb("toolsVersion", "2147483647");
     }
+    desc
+}
 
-    // From here on, `guard` removes whatever was created if anything fails.
-    let mut guard = NewDisk::begin(storage, path, opts.force)?;
-    let cache = Arc::new(GtCache::default());
-    let mut extents: Vec<Box<dyn Extent>> = Vec::new();
-    let mut embedded = None;
-    for (i, &n) in sizes.iter().enumerate() {
-        let fin = &data_final[i];
-        let b = guard.files.create(fin)?;
-        let bytes = n * 512;
-        match format {
-            DiskFormat::MonoSparse | DiskFormat::TwoGbSparse => {
-                let mono = format == DiskFormat::MonoSparse;
-                let layout = Layout::plan(n, opts.grain_sectors, if mono { EMBEDDED_DESCRIPTOR_SECTORS } else { 0 });
-                let text = desc.to_text();
-                sparse::create(&b, &layout, mono.then_some(text.as_bytes()))?;
-                if mono {
-                    embedded =
-                        Some((b.clone(), layout.header.descriptor_offset * 512, layout.header.descriptor_size * 512));
-                }
-                extents.push(Box::new(SparseExtent::open(b, layout.header, Some(bytes), cache.clone(), true)?));
-            }
-            _ => {
-                b.set_len(bytes)?;
-                match format {
-                    DiskFormat::Thin => {}
-                    DiskFormat::EagerZeroedThick => {
-                        b.allocate(0, bytes)?;
-                        if opts.zero_fill {
-                            write_zeros(b.as_ref(), 0, bytes)?;
-                        }
-                    }
-                    _ => b.allocate(0, bytes)?,
-                }
-                extents.push(Box::new(FlatExtent::open(
-                    b,
-                    0,
-                    bytes,
-                    if format.is_esx() { ExtentKind::Vmfs } else { ExtentKind::Flat },
-                    true,
-                )?));
+/// Lays out one new data file `b` of `n` sectors (a sparse header and tables, or a flat file sized,
+/// allocated or zeroed as the format says) and opens it as a writable extent; for monosparse, also
+/// where its embedded descriptor area is (`(file, offset, length)`).
+fn create_extent(
+    b: Arc<dyn Backing>,
+    n: u64,
+    opts: &CreateOptions,
+    desc: &Descriptor,
+    cache: &Arc<GtCache>,
+) -> Result<(Box<dyn Extent>, Option<(Arc<dyn Backing>, u64, u64)>)> {
+    let format = opts.format;
+    let bytes = n * 512;
+    if let DiskFormat::MonoSparse | DiskFormat::TwoGbSparse = format {
+        let mono = format == DiskFormat::MonoSparse;
+        let layout = Layout::plan(n, opts.grain_sectors, if mono { EMBEDDED_DESCRIPTOR_SECTORS } else { 0 });
+        let text = desc.to_text();
+        sparse::create(&b, &layout, mono.then_some(text.as_bytes()))?;
+        let embedded =
+            mono.then(|| (b.clone(), layout.header.descriptor_offset * 512, layout.header.descriptor_size * 512));
+        return Ok((Box::new(SparseExtent::open(b, layout.header, Some(bytes), cache.clone(), true)?), embedded));
+    }
+    b.set_len(bytes)?;
+    match format {
+        DiskFormat::Thin => {}
+        DiskFormat::EagerZeroedThick => {
+            b.allocate(0, bytes)?;
+            if opts.zero_fill {
+                write_zeros(b.as_ref(), 0, bytes)?;
             }
         }
+        _ => b.allocate(0, bytes)?,
     }
-    let mut separate = None;
-    if format != DiskFormat::MonoSparse {
-        let b = guard.files.create(path)?;
-        let text = desc.to_text();
-        b.write_all_at(text.as_bytes(), 0)?;
-        separate = Some(b);
-    }
-    let container = if format == DiskFormat::MonoSparse { Container::Embedded } else { Container::Descriptor };
-    guard.link = Some(Link::from_parts(path, storage, container, desc, separate, embedded, extents));
-    Ok(guard)
+    let kind = if format.is_esx() { ExtentKind::Vmfs } else { ExtentKind::Flat };
+    Ok((Box::new(FlatExtent::open(b, 0, bytes, kind, true)?), None))
 }
 
 /// The data file names a disk at `path` in `format` would use (for messages and `-U`).
@@ -649,7 +669,7 @@ pub fn create_stream(path: impl AsRef<Path>, opts: &CreateOptions) -> Result<New
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
     let (header, descriptor) = stream_layout(&name, opts.capacity, opts.adapter, opts.grain_sectors, opts.cid)?;
-    crate::descriptor::check_capacity(path, DiskFormat::StreamOptimized, opts.capacity, opts.split_sectors)?;
+    check_capacity(path, DiskFormat::StreamOptimized, opts.capacity, opts.split_sectors)?;
     let mut disk = NewDisk::begin(&opts.storage, path, opts.force)?;
     let backing = disk.files.create(path)?;
     Ok(NewStream { disk, backing, header, descriptor })
@@ -701,6 +721,43 @@ pub fn create_delta(path: impl AsRef<Path>, capacity: u64, parent: &Parent, opts
     Ok(guard)
 }
 
+/// Refuses, before any file is created, a capacity that a disk in `format` cannot hold: not a
+/// positive number of whole sectors, beyond a file offset ([`MAX_FILE_BYTES`]), a hosted sparse
+/// extent of more than 2^32 − 1 sectors, or a split disk (extents of `split_sectors`) needing more
+/// than [`MAX_EXTENTS`] extents (a descriptor we could not read back). Errors are
+/// [`Error::Unsupported`] on `path`: the capacity usually comes from a source being cloned, and a
+/// source the target cannot hold is an unsupported input.
+pub fn check_capacity(path: &Path, format: DiskFormat, capacity: u64, split_sectors: u64) -> Result<()> {
+    let refuse = |what: String| Err(Error::unsupported(path, what));
+    if capacity == 0 || !capacity.is_multiple_of(512) {
+        return refuse(format!(
+            "a capacity of {capacity} bytes: a disk holds a positive number of whole 512-byte sectors"
+        ));
+    }
+    if capacity > MAX_FILE_BYTES {
+        return refuse(format!(
+            "a capacity of {capacity} bytes is beyond what a file can hold (file offsets end at {MAX_FILE_BYTES} bytes)"
+        ));
+    }
+    let sectors = capacity / 512;
+    let split = matches!(format, DiskFormat::TwoGbSparse | DiskFormat::TwoGbFlat);
+    let extent_sectors = if split { sectors.min(split_sectors.max(1)) } else { sectors };
+    if format.is_sparse() && extent_sectors > u64::from(u32::MAX) {
+        return refuse(format!(
+            "a capacity of {capacity} bytes is beyond what a {} disk can hold (a hosted sparse extent holds at most 2 TiB; use 2gbsparse or a flat format)",
+            format.name()
+        ));
+    }
+    let extents = sectors.div_ceil(extent_sectors);
+    if extents > MAX_EXTENTS as u64 {
+        return refuse(format!(
+            "a capacity of {capacity} bytes is beyond what a {} disk can hold ({extents} extents of {extent_sectors} sectors; a descriptor holds at most {MAX_EXTENTS}; use a flat or monolithic format)",
+            format.name()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -724,5 +781,30 @@ mod tests {
         let u = new_uuid();
         assert_eq!(u.len(), 47);
         assert_eq!(&u[23..24], "-");
+    }
+
+    #[test]
+    fn capacities_a_format_cannot_hold_are_refused() {
+        use crate::descriptor::MAX_SECTORS;
+        let p = Path::new("d.vmdk");
+        let split = VMWARE_SPLIT_SECTORS;
+        check_capacity(p, DiskFormat::Thin, MAX_FILE_BYTES / 512 * 512, split).unwrap();
+        check_capacity(p, DiskFormat::MonoSparse, u64::from(u32::MAX) * 512, split).unwrap();
+        check_capacity(p, DiskFormat::TwoGbSparse, MAX_EXTENTS as u64 * split * 512, split).unwrap();
+        let cases = [
+            (DiskFormat::Thin, 0, "whole 512-byte sectors"),
+            (DiskFormat::MonoFlat, 1000, "whole 512-byte sectors"),
+            (DiskFormat::Thin, MAX_SECTORS * 512, "beyond what a file can hold"),
+            (DiskFormat::ZeroedThick, (MAX_FILE_BYTES / 512 + 1) * 512, "file offsets end at"),
+            (DiskFormat::StreamOptimized, u64::MAX / 512 * 512, "beyond what a file can hold"),
+            (DiskFormat::MonoSparse, (u64::from(u32::MAX) + 1) * 512, "at most 2 TiB"),
+            (DiskFormat::TwoGbSparse, (MAX_EXTENTS as u64 * split + 1) * 512, "at most 4096"),
+            (DiskFormat::TwoGbFlat, 1 << 60, "at most 4096"),
+        ];
+        for (format, cap, says) in cases {
+            let e = check_capacity(p, format, cap, split).unwrap_err();
+            assert!(matches!(e, Error::Unsupported { .. }), "{format:?} {cap}: {e:?}");
+            assert!(e.to_string().contains(says) && e.to_string().contains(&cap.to_string()), "{e}");
+        }
     }
 }

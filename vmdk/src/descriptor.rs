@@ -14,6 +14,19 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// What kind of file a link was opened from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    /// A text descriptor naming extent files.
+    Descriptor,
+    /// A hosted sparse or streamOptimized file with its descriptor embedded.
+    Embedded,
+    /// A bare sparse, COWD or seSparse extent with no descriptor.
+    BareExtent,
+    /// A plain raw image.
+    Raw,
+}
+
 /// Largest descriptor we read (qemu's limit for separate descriptors is 1 MiB − 1).
 pub const MAX_DESCRIPTOR_BYTES: usize = 1 << 20;
 /// Largest number of extent lines we accept.
@@ -589,44 +602,6 @@ fn describe_char(c: char) -> String {
     }
 }
 
-/// Refuses, before any file is created, a capacity that a disk in `format` cannot hold: not a
-/// positive number of whole sectors, beyond a file offset ([`MAX_FILE_BYTES`]), a hosted sparse
-/// extent of more than 2^32 − 1 sectors, or a split disk (extents of `split_sectors`) needing more
-/// than [`MAX_EXTENTS`] extents (a descriptor we could not read back). Errors are
-/// [`Error::Unsupported`] on `path`: the capacity usually comes from a source being cloned, and a
-/// source the target cannot hold is an unsupported input.
-pub fn check_capacity(path: &Path, format: crate::create::DiskFormat, capacity: u64, split_sectors: u64) -> Result<()> {
-    use crate::create::DiskFormat;
-    let refuse = |what: String| Err(Error::unsupported(path, what));
-    if capacity == 0 || !capacity.is_multiple_of(512) {
-        return refuse(format!(
-            "a capacity of {capacity} bytes: a disk holds a positive number of whole 512-byte sectors"
-        ));
-    }
-    if capacity > MAX_FILE_BYTES {
-        return refuse(format!(
-            "a capacity of {capacity} bytes is beyond what a file can hold (file offsets end at {MAX_FILE_BYTES} bytes)"
-        ));
-    }
-    let sectors = capacity / 512;
-    let split = matches!(format, DiskFormat::TwoGbSparse | DiskFormat::TwoGbFlat);
-    let extent_sectors = if split { sectors.min(split_sectors.max(1)) } else { sectors };
-    if format.is_sparse() && extent_sectors > u64::from(u32::MAX) {
-        return refuse(format!(
-            "a capacity of {capacity} bytes is beyond what a {} disk can hold (a hosted sparse extent holds at most 2 TiB; use 2gbsparse or a flat format)",
-            format.name()
-        ));
-    }
-    let extents = sectors.div_ceil(extent_sectors);
-    if extents > MAX_EXTENTS as u64 {
-        return refuse(format!(
-            "a capacity of {capacity} bytes is beyond what a {} disk can hold ({extents} extents of {extent_sectors} sectors; a descriptor holds at most {MAX_EXTENTS}; use a flat or monolithic format)",
-            format.name()
-        ));
-    }
-    Ok(())
-}
-
 /// The header keys VMware writes, in their canonical spelling.
 pub const KNOWN_HEADER_KEYS: &[&str] = &[
     "version",
@@ -874,31 +849,6 @@ mod tests {
             extra: vec![],
         });
         assert_eq!(Descriptor::parse(&d.to_text(), Path::new("x")).unwrap(), d);
-    }
-
-    #[test]
-    fn capacities_a_format_cannot_hold_are_refused() {
-        use crate::create::{DiskFormat, VMWARE_SPLIT_SECTORS};
-        let p = Path::new("d.vmdk");
-        let split = VMWARE_SPLIT_SECTORS;
-        check_capacity(p, DiskFormat::Thin, MAX_FILE_BYTES / 512 * 512, split).unwrap();
-        check_capacity(p, DiskFormat::MonoSparse, u64::from(u32::MAX) * 512, split).unwrap();
-        check_capacity(p, DiskFormat::TwoGbSparse, MAX_EXTENTS as u64 * split * 512, split).unwrap();
-        let cases = [
-            (DiskFormat::Thin, 0, "whole 512-byte sectors"),
-            (DiskFormat::MonoFlat, 1000, "whole 512-byte sectors"),
-            (DiskFormat::Thin, MAX_SECTORS * 512, "beyond what a file can hold"),
-            (DiskFormat::ZeroedThick, (MAX_FILE_BYTES / 512 + 1) * 512, "file offsets end at"),
-            (DiskFormat::StreamOptimized, u64::MAX / 512 * 512, "beyond what a file can hold"),
-            (DiskFormat::MonoSparse, (u64::from(u32::MAX) + 1) * 512, "at most 2 TiB"),
-            (DiskFormat::TwoGbSparse, (MAX_EXTENTS as u64 * split + 1) * 512, "at most 4096"),
-            (DiskFormat::TwoGbFlat, 1 << 60, "at most 4096"),
-        ];
-        for (format, cap, says) in cases {
-            let e = check_capacity(p, format, cap, split).unwrap_err();
-            assert!(matches!(e, Error::Unsupported { .. }), "{format:?} {cap}: {e:?}");
-            assert!(e.to_string().contains(says) && e.to_string().contains(&cap.to_string()), "{e}");
-        }
     }
 
     #[test]

@@ -29,9 +29,7 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use crate::descriptor::{descriptor_evidence, looks_like_descriptor};
 use crate::error::{Error, Result};
 use crate::extent::cowd::{self, CowdHeader};
-use crate::extent::kdmv::{
-    self, SparseHeader, DESCRIPTOR_OFFSET_FIELD, DESCRIPTOR_SIZE_FIELD, FLAG_NEWLINE_TEST, GD_AT_END, NEWLINE_TEST,
-};
+use crate::extent::kdmv::{self, SparseHeader, FLAG_NEWLINE_TEST, GD_AT_END, NEWLINE_TEST};
 use crate::extent::sesparse::{self, SeSparseHeader};
 use crate::extent::stream_model::{parse_marker, MARKER_FOOTER};
 use crate::storage::Backing;
@@ -280,52 +278,6 @@ fn footer_in_tail(tail: &[u8]) -> Option<u64> {
     }
     let f: [u8; 512] = tail.get(512..1024)?.try_into().ok()?;
     SparseHeader::parse(&f, Path::new(""), 0).ok().map(|_| 512)
-}
-
-/// The sector a hosted sparse header would keep its descriptor in when it declares none
-/// (`descriptorOffset` or `descriptorSize` 0), and the byte offset of the field that is 0: where
-/// text left behind by a damaged field would be. `None` when the header declares an area, or that
-/// sector is not metadata (at or past overHead).
-pub fn undeclared_descriptor_sector(h: &SparseHeader) -> Option<(u64, u64)> {
-    if h.descriptor_offset != 0 && h.descriptor_size != 0 {
-        return None;
-    }
-    let (sector, field) = if h.descriptor_offset != 0 {
-        (h.descriptor_offset, DESCRIPTOR_SIZE_FIELD)
-    } else {
-        (1, DESCRIPTOR_OFFSET_FIELD)
-    };
-    (sector < h.overhead && sector < u64::MAX / 512).then_some((sector, field))
-}
-
-/// Checks the bytes `s` of the sector [`undeclared_descriptor_sector`] names: if they hold
-/// descriptor text, a descriptor field is damaged, and opening the file without its descriptor
-/// would lose its parent and CID (a child read as a base disk). The error names the field that is
-/// 0.
-pub fn check_undeclared_descriptor(h: &SparseHeader, s: &[u8], path: &Path) -> Result<()> {
-    let Some((sector, field)) = undeclared_descriptor_sector(h) else { return Ok(()) };
-    if !looks_like_descriptor(s) && descriptor_evidence(s) < 2 {
-        return Ok(());
-    }
-    let name = if field == DESCRIPTOR_SIZE_FIELD { "descriptorSize" } else { "descriptorOffset" };
-    Err(Error::corrupt(
-        path,
-        field,
-        format!(
-            "{name} is 0, but sector {sector} holds descriptor text: the header is damaged, and reading the file without its descriptor would lose its parent and CID"
-        ),
-    ))
-}
-
-/// [`check_undeclared_descriptor`] on the file `backing` whose header is `h`.
-pub fn check_descriptor_fields(backing: &Arc<dyn Backing>, h: &SparseHeader) -> Result<()> {
-    let Some((sector, _)) = undeclared_descriptor_sector(h) else { return Ok(()) };
-    if (sector + 1) * 512 > backing.len()? {
-        return Ok(()); // Not in the file: nothing a descriptor could hide in.
-    }
-    let mut s = [0u8; 512];
-    backing.read_exact_at(&mut s, sector * 512)?;
-    check_undeclared_descriptor(h, &s, backing.path())
 }
 
 #[cfg(test)]

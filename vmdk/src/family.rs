@@ -8,11 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::descriptor::{CreateType, Descriptor, MAX_DESCRIPTOR_BYTES, NO_PARENT_CID};
+use crate::descriptor::{Container, CreateType, Descriptor, MAX_DESCRIPTOR_BYTES, NO_PARENT_CID};
 use crate::detect::Format;
 use crate::error::{Error, Result};
 use crate::extent::kdmv;
-use crate::link::Container;
 use crate::storage::{resolve_extent_path, Storage};
 use crate::txn::{file_name, folder, is_temp_name};
 

@@ -20,20 +20,23 @@ pub mod detect;
 pub mod error;
 pub mod extent;
 pub mod family;
+pub mod findings;
 pub mod link;
 pub mod map;
 pub mod rawdev;
+pub mod stack;
 pub mod storage;
 pub mod txn;
 
 pub use create::{Adapter, CreateOptions, DiskFormat, NewDisk, NewStream};
 pub use descriptor::{CreateType, Descriptor};
 pub use error::{Error, Result};
+pub use extent::device::rdm_mode;
 pub use extent::ReadAt;
 pub use link::{Container, Link, OpenOptions};
 pub use map::{AllocMap, Run, State};
-pub use rawdev::rdm_mode;
 pub use rdm::Mode as RdmMode;
+pub use stack::Stack;
 pub use storage::{Backing, HostStorage, Storage};
 
 /// Bytes per sector.

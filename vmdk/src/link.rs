@@ -80,18 +80,7 @@ impl OpenOptions {
     }
 }
 
-/// What kind of file a link was opened from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Container {
-    /// A text descriptor naming extent files.
-    Descriptor,
-    /// A hosted sparse or streamOptimized file with its descriptor embedded.
-    Embedded,
-    /// A bare sparse, COWD or seSparse extent with no descriptor.
-    BareExtent,
-    /// A plain raw image.
-    Raw,
-}
+pub use crate::descriptor::Container;
 
 /// Where the descriptor is kept, for rewriting it (CID changes).
 #[derive(Debug)]
@@ -375,7 +364,7 @@ impl Link {
             let first = StreamExtent::with_model(main.clone(), &model, None, cache.clone())?;
             (model.descriptor().cloned(), home, Box::new(first))
         } else {
-            detect::check_descriptor_fields(&main, &h)?;
+            crate::extent::kdmv::check_descriptor_fields(&main, &h)?;
             let mut desc = None;
             let mut home = Home::None;
             if let Some(area) = kdmv::read_descriptor_area(&main, &h)?.filter(|a| !a.is_blank()) {
@@ -444,7 +433,7 @@ impl Link {
                         open_sparse_kind(b, Some(len), cache, write, line.kind.as_str(), &desc.create_type)?
                     }
                     ExtentType::VmfsRdm | ExtentType::VmfsRaw => {
-                        crate::rawdev::open_extent(path, &desc, line, opts, write)?
+                        crate::extent::device::open_extent(path, &desc, line, &opts.storage, opts.allow_outside, write)?
                     }
                     ExtentType::Other(t) => {
                         return Err(Error::unsupported(
@@ -655,14 +644,7 @@ impl Link {
         }
         // Refuse before anything changes (CID, unclean flags, the writable part of the range) when
         // part of the range lies in an extent that cannot be written (ZERO, RDONLY, streamOptimized).
-        self.each_slot(offset, buf.len() as u64, |s, eo, _, _| {
-            if s.ext.writable() {
-                return Ok(());
-            }
-            // The extent's own refusal (an empty write does no I/O) says why.
-            s.ext.write_at(&[], eo, None)?;
-            Err(Error::ReadOnly { path: self.path.clone(), what: format!("extent at byte {} is read-only", s.start) })
-        })?;
+        self.refuse_read_only_extents(offset, buf.len() as u64)?;
         self.begin_write()?;
         let mut parent = self.parent.read().unwrap_or_else(|p| p.into_inner()).clone();
         if parent.is_none() && self.names_parent() {
@@ -673,6 +655,19 @@ impl Link {
         self.each_slot(offset, buf.len() as u64, |s, eo, bo, n| {
             let shifted = parent.as_deref().map(|p| Shifted { inner: p, base: s.start });
             s.ext.write_at(&buf[bo..bo + n], eo, shifted.as_ref().map(|x| x as &dyn ReadAt))
+        })
+    }
+
+    /// Refuses a write to `[offset, offset+len)` when part of it lies in an extent that cannot be
+    /// written (ZERO, RDONLY, streamOptimized), before anything changes; the extent's own refusal
+    /// (an empty write does no I/O) says why.
+    fn refuse_read_only_extents(&self, offset: u64, len: u64) -> Result<()> {
+        self.each_slot(offset, len, |s, eo, _, _| {
+            if s.ext.writable() {
+                return Ok(());
+            }
+            s.ext.write_at(&[], eo, None)?;
+            Err(Error::ReadOnly { path: self.path.clone(), what: format!("extent at byte {} is read-only", s.start) })
         })
     }
 
@@ -687,13 +682,7 @@ impl Link {
         if len == 0 {
             return Ok(());
         }
-        self.each_slot(offset, len, |s, eo, _, _| {
-            if s.ext.writable() {
-                return Ok(());
-            }
-            s.ext.write_at(&[], eo, None)?;
-            Err(Error::ReadOnly { path: self.path.clone(), what: format!("extent at byte {} is read-only", s.start) })
-        })?;
+        self.refuse_read_only_extents(offset, len)?;
         self.begin_write()?;
         let parent = self.parent.read().unwrap_or_else(|p| p.into_inner()).clone();
         self.each_slot(offset, len, |s, eo, _, n| {

@@ -76,15 +76,7 @@ pub enum LockMode {
 
 /// Writes `len` zero bytes at `offset` in chunks of at most 1 MiB.
 pub fn write_zeros<B: Backing + ?Sized>(b: &B, offset: u64, len: u64) -> Result<()> {
-    const CHUNK: u64 = 1 << 20;
-    let zeros = vec![0u8; CHUNK.min(len) as usize];
-    let mut done = 0;
-    while done < len {
-        let n = CHUNK.min(len - done);
-        b.write_all_at(&zeros[..n as usize], offset + done)?;
-        done += n;
-    }
-    Ok(())
+    rdm::device::write_zeros_with(offset, len, |buf, at| b.write_all_at(buf, at))
 }
 
 /// A place files live: the host file system, a VMFS volume, …

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use common::*;
 use vmdk::create::{create, create_delta, CreateOptions, DiskFormat, Parent};
 use vmdk::extent::pieces;
-use vmdk::map::{self, MapSource, Stack};
+use vmdk::map::{self, MapSource};
+use vmdk::stack::Stack;
 use vmdk::{AllocMap, Link, OpenOptions, State};
 
 /// `src`'s map of `[0, capacity)` asked for with `budget`, a fresh map each call: each answer

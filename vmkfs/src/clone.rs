@@ -135,7 +135,7 @@ impl Destination {
     /// or clears what killed runs left for it). `level` is the zlib level of a streamOptimized
     /// destination.
     pub fn create(dst: &Path, copts: &CreateOptions, level: u32) -> Result<Destination> {
-        vmdk::descriptor::check_capacity(dst, copts.format, copts.capacity, copts.split_sectors)?;
+        vmdk::create::check_capacity(dst, copts.format, copts.capacity, copts.split_sectors)?;
         if copts.format == DiskFormat::StreamOptimized {
             let new = create_stream(dst, copts)?;
             let sink = BackingSink::new(new.backing().clone());

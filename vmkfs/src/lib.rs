@@ -34,6 +34,7 @@
 
 pub mod check;
 pub mod clone;
+pub mod copy_out;
 pub mod engine;
 pub mod error;
 pub mod facade;

@@ -12,7 +12,8 @@ use redo::Chain;
 use serde::Serialize;
 use vmdk::create::Adapter;
 use vmdk::descriptor::{looks_like_descriptor, Descriptor, ExtentType, MAX_DESCRIPTOR_BYTES};
-use vmdk::rawdev::{create_device_disk, rdm_mode, read_mapping, DeviceDiskOptions};
+use vmdk::extent::device::{rdm_mode, read_mapping};
+use vmdk::rawdev::{create_device_disk, DeviceDiskOptions};
 use vmdk::storage::resolve_extent_path;
 use vmdk::OpenOptions;
 

@@ -289,16 +289,7 @@ impl<R: Read + Send> RawFeed<R> {
     }
 
     fn read_full(&mut self, buf: &mut [u8]) -> vmdk::Result<usize> {
-        let mut n = 0;
-        while n < buf.len() {
-            match self.r.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(vmdk::Error::io(&self.name, "read", e)),
-            }
-        }
-        Ok(n)
+        vmdk::extent::stream_read::read_full(&mut self.r, buf, &self.name)
     }
 }
 

@@ -19,23 +19,6 @@ use std::sync::Mutex;
 /// Loop devices are a machine-wide resource: one test at a time in this binary.
 static LOOPS: Mutex<()> = Mutex::new(());
 
-fn ok(o: &Outcome) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fail(o: &Outcome, code: i32) -> String {
-    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert_eq!(o.status.code(), Some(code), "{all}");
-    all
-}
-
 /// Standard output of a successful run, as bytes.
 fn bytes(o: &Outcome) -> Vec<u8> {
     ok(o);

@@ -3,9 +3,12 @@
 //! the top link and of middle links, discards; after every step every link of the chain reads what
 //! the model says, and the changed blocks above every link are exactly the blocks written above it.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use common::fill;
 use proptest::prelude::*;
 use vmkfs::redo::{self, Chain};
 use vmkfs::redo_ops;
@@ -14,19 +17,6 @@ use vmkfs::vmdk::{DiskFormat, Link, OpenOptions};
 
 const CAP: u64 = 3 << 20;
 const BLOCK: u64 = 64 << 10;
-
-/// A deterministic pseudo-random fill (splitmix64).
-fn fill(buf: &mut [u8], seed: u64) {
-    let mut x = seed;
-    for c in buf.chunks_mut(8) {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        c.copy_from_slice(&z.to_le_bytes()[..c.len()]);
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {

@@ -15,18 +15,6 @@ use vmkfs::vmdk::{DiskFormat, OpenOptions};
 
 const CAP: u64 = 5 << 20;
 
-fn fill(buf: &mut [u8], seed: u64) {
-    let mut x = seed;
-    for c in buf.chunks_mut(8) {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        c.copy_from_slice(&z.to_le_bytes()[..c.len()]);
-    }
-}
-
 /// Writes `len` bytes at `at` to the top of the chain at `top`, in `model` too (zeros when `seed` is 0).
 fn write(dir: &Path, top: &str, model: &mut [u8], at: u64, len: usize, seed: u64) {
     let mut buf = vec![0u8; len];

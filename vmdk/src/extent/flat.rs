@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::{Extent, ExtentInfo, ExtentKind, ReadAt};
-use crate::check::Sink;
 use crate::error::{Error, Result};
+use crate::findings::Sink;
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
 

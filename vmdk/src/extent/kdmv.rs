@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
-use crate::descriptor::{CreateType, MAX_DESCRIPTOR_BYTES};
+use crate::descriptor::{descriptor_evidence, looks_like_descriptor, CreateType, MAX_DESCRIPTOR_BYTES};
 use crate::error::{Error, Result};
 use crate::storage::Backing;
 
@@ -325,6 +325,52 @@ impl Layout {
         }
         b
     }
+}
+
+/// The sector a hosted sparse header would keep its descriptor in when it declares none
+/// (`descriptorOffset` or `descriptorSize` 0), and the byte offset of the field that is 0: where
+/// text left behind by a damaged field would be. `None` when the header declares an area, or that
+/// sector is not metadata (at or past overHead).
+pub fn undeclared_descriptor_sector(h: &SparseHeader) -> Option<(u64, u64)> {
+    if h.descriptor_offset != 0 && h.descriptor_size != 0 {
+        return None;
+    }
+    let (sector, field) = if h.descriptor_offset != 0 {
+        (h.descriptor_offset, DESCRIPTOR_SIZE_FIELD)
+    } else {
+        (1, DESCRIPTOR_OFFSET_FIELD)
+    };
+    (sector < h.overhead && sector < u64::MAX / 512).then_some((sector, field))
+}
+
+/// Checks the bytes `s` of the sector [`undeclared_descriptor_sector`] names: if they hold
+/// descriptor text, a descriptor field is damaged, and opening the file without its descriptor
+/// would lose its parent and CID (a child read as a base disk). The error names the field that is
+/// 0.
+pub fn check_undeclared_descriptor(h: &SparseHeader, s: &[u8], path: &Path) -> Result<()> {
+    let Some((sector, field)) = undeclared_descriptor_sector(h) else { return Ok(()) };
+    if !looks_like_descriptor(s) && descriptor_evidence(s) < 2 {
+        return Ok(());
+    }
+    let name = if field == DESCRIPTOR_SIZE_FIELD { "descriptorSize" } else { "descriptorOffset" };
+    Err(Error::corrupt(
+        path,
+        field,
+        format!(
+            "{name} is 0, but sector {sector} holds descriptor text: the header is damaged, and reading the file without its descriptor would lose its parent and CID"
+        ),
+    ))
+}
+
+/// [`check_undeclared_descriptor`] on the file `backing` whose header is `h`.
+pub fn check_descriptor_fields(backing: &Arc<dyn Backing>, h: &SparseHeader) -> Result<()> {
+    let Some((sector, _)) = undeclared_descriptor_sector(h) else { return Ok(()) };
+    if (sector + 1) * 512 > backing.len()? {
+        return Ok(()); // Not in the file: nothing a descriptor could hide in.
+    }
+    let mut s = [0u8; 512];
+    backing.read_exact_at(&mut s, sector * 512)?;
+    check_undeclared_descriptor(h, &s, backing.path())
 }
 
 #[cfg(test)]

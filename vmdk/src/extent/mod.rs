@@ -12,6 +12,7 @@ use crate::map::AllocMap;
 use crate::storage::Backing;
 
 pub mod cowd;
+pub mod device;
 pub mod flat;
 pub mod gtcache;
 pub mod kdmv;

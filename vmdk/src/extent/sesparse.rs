@@ -12,10 +12,11 @@ use std::sync::Arc;
 use byteorder::{ByteOrder, LittleEndian as LE};
 
 use super::gtcache::{self, GtCache, Table};
+use super::sparse::Grain;
 use super::{Extent, ExtentInfo, ExtentKind, ReadAt};
-use crate::check::Sink;
 use crate::error::{Error, Result};
-use crate::map::{AllocMap, State};
+use crate::findings::Sink;
+use crate::map::AllocMap;
 use crate::storage::Backing;
 
 /// Constant-header magic.
@@ -94,13 +95,6 @@ pub struct SeSparseExtent {
     file_len: u64,
     owner: u64,
     cache: Arc<GtCache>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Grain {
-    Absent,
-    Zero,
-    At(u64),
 }
 
 impl SeSparseExtent {
@@ -415,12 +409,7 @@ impl Extent for SeSparseExtent {
     }
     fn map(&self, offset: u64, len: u64, base: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
         self.walk(offset, len, |p, l, g| {
-            let state = match g {
-                Grain::At(_) => State::Data,
-                Grain::Zero => State::Zero,
-                Grain::Absent => State::Absent,
-            };
-            out.push(base + p, l, state, 0);
+            out.push(base + p, l, g.state(), 0);
             Ok(out.runs().len() < budget)
         })
     }

@@ -363,6 +363,17 @@ pub enum Grain {
     At(u64),
 }
 
+impl Grain {
+    /// The allocation-map state of a grain's range.
+    pub fn state(self) -> State {
+        match self {
+            Grain::At(_) => State::Data,
+            Grain::Zero => State::Zero,
+            Grain::Absent => State::Absent,
+        }
+    }
+}
+
 /// The reader's rule for a grain table entry of an extent: 0 is absent, 1 a zeroed grain where
 /// `one_is_zero`, anything else a grain that must lie inside the file and past the metadata. The
 /// reader applies it to every entry it uses; `-x check`, repair and the self-heal apply it to every
@@ -954,12 +965,7 @@ impl Extent for SparseExtent {
 
     fn map(&self, offset: u64, len: u64, base: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
         self.walk(offset, len, |p, l, g| {
-            let state = match g {
-                Grain::At(_) => State::Data,
-                Grain::Zero => State::Zero,
-                Grain::Absent => State::Absent,
-            };
-            out.push(base + p, l, state, 0);
+            out.push(base + p, l, g.state(), 0);
             Ok(out.runs().len() < budget)
         })
     }

@@ -30,8 +30,8 @@ use super::cowd::{self, CowdHeader};
 use super::kdmv::{SparseHeader, FLAG_RGD, FLAG_ZEROED_GTE, GD_AT_END};
 use super::sparse::{EntryRule, Grain, GrainDir};
 use super::stream_model::table_sectors;
-use crate::check::{Change, ProblemId, Sink};
 use crate::error::Result;
+use crate::findings::{Change, ProblemId, Sink};
 use crate::storage::Backing;
 
 /// Checks (and, when the sink repairs, plans the repair of) the hosted sparse extent in `b` whose
@@ -501,14 +501,8 @@ fn grain_conflicts(
     let mut ptrs: Vec<u32> = Vec::new();
     for i in 0..eff[0].len() {
         let (tp, tr) = tables_of(eff, i);
-        let p = match tp {
-            Some(t) => Some(read_table(b, t, shape.gtes)?),
-            None => None,
-        };
-        let r = match tr {
-            Some(t) => Some(read_table(b, t, shape.gtes)?),
-            None => None,
-        };
+        let p = tp.map(|t| read_table(b, t, shape.gtes)).transpose()?;
+        let r = tr.map(|t| read_table(b, t, shape.gtes)).transpose()?;
         for t in [tp, tr].into_iter().flatten() {
             *end = (*end).max(t as u64 + shape.gt_sectors());
         }
@@ -570,14 +564,8 @@ fn check_entries(
         if tp.is_none() && tr.is_none() {
             continue;
         }
-        let p = match tp {
-            Some(t) => Some(read_table(b, t, shape.gtes)?),
-            None => None,
-        };
-        let r = match tr {
-            Some(t) => Some(read_table(b, t, shape.gtes)?),
-            None => None,
-        };
+        let p = tp.map(|t| read_table(b, t, shape.gtes)).transpose()?;
+        let r = tr.map(|t| read_table(b, t, shape.gtes)).transpose()?;
         for j in 0..gtes {
             let g = i as u64 * gtes + j;
             let pv = p.as_ref().map(|t| t[j as usize]);

@@ -10,17 +10,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use byteorder::{ByteOrder, LittleEndian as LE};
-use flate2::{Decompress, FlushDecompress, Status};
 
 use super::gtcache::GtCache;
 use super::kdmv::{self, SparseHeader, GD_AT_END};
 use super::sparse::GrainDir;
-use super::stream_model::{parse_marker, StreamModel};
+use super::stream_model::{inflate_grain, max_compressed_size, parse_marker, StreamModel};
 pub use super::stream_model::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, MARKER_PROGRESS};
 use super::stream_read::{BackingCursor, StreamReader};
 use super::{Extent, ExtentInfo, ExtentKind, ReadAt};
-use crate::check::Sink;
 use crate::error::{Error, Result};
+use crate::findings::Sink;
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
 
@@ -30,7 +29,7 @@ use crate::storage::Backing;
 pub fn read_model(backing: &Arc<dyn Backing>, header: SparseHeader) -> Result<StreamModel> {
     let mut model = StreamModel::new(header, backing.path())?;
     model.check_length(backing.len()?)?;
-    crate::detect::check_descriptor_fields(backing, model.header())?;
+    super::kdmv::check_descriptor_fields(backing, model.header())?;
     let area = kdmv::read_descriptor_area(backing, model.header())?;
     model.set_descriptor(area.as_ref().map(|a| a.text.as_str()))?;
     Ok(model)
@@ -121,12 +120,6 @@ fn footer_directory(
         }
     }
     Ok(GrainDir::new(backing.clone(), gd, None, gtes, cache).with_inline_tables(overhead + 1))
-}
-
-/// Largest compressed grain we accept, exclusive (VirtualBox rejects twice the grain or more; qemu
-/// reads two grains' worth).
-pub fn max_compressed_size(grain_bytes: u64) -> u64 {
-    2 * grain_bytes + 1024
 }
 
 /// Where the grains of a stream are found.
@@ -462,36 +455,6 @@ pub fn read_grain(
     let mut out = vec![0u8; grain_bytes as usize];
     inflate_grain(path, at + 12, &comp, g, grain_bytes, want, &mut out)?;
     Ok(out)
-}
-
-/// Inflates the zlib stream `comp` of grain `g` (found at byte `at` of `path`) into `out`, which
-/// must end up holding at least `want` inflated bytes; output beyond `out` (a last grain inflated
-/// past the disk's end) is dropped.
-pub fn inflate_grain(
-    path: &Path,
-    at: u64,
-    comp: &[u8],
-    g: u64,
-    grain_bytes: u64,
-    want: usize,
-    out: &mut [u8],
-) -> Result<()> {
-    let mut z = Decompress::new(true);
-    let status = z
-        .decompress(comp, out, FlushDecompress::Finish)
-        .map_err(|e| Error::corrupt(path, at, format!("grain {g} does not inflate: {e}")))?;
-    let n = z.total_out() as usize;
-    if status != Status::StreamEnd && n < out.len() {
-        return Err(Error::corrupt(
-            path,
-            at,
-            format!("grain {g}: compressed data ends early ({n} of {grain_bytes} bytes)"),
-        ));
-    }
-    if n < want {
-        return Err(Error::corrupt(path, at, format!("grain {g} inflates to {n} bytes, expected {want}")));
-    }
-    Ok(())
 }
 
 impl Extent for StreamExtent {

@@ -17,6 +17,7 @@
 //!   marker one sector; the footer repeats the header's capacity, grain size, table size and flags;
 //! - the file is a whole number of sectors.
 
+use flate2::{Decompress, FlushDecompress, Status};
 use std::path::{Path, PathBuf};
 
 use byteorder::{ByteOrder, LittleEndian as LE};
@@ -401,6 +402,42 @@ impl StreamModel {
         }
         Ok(())
     }
+}
+
+/// Largest compressed grain we accept, exclusive (VirtualBox rejects twice the grain or more; qemu
+/// reads two grains' worth).
+pub fn max_compressed_size(grain_bytes: u64) -> u64 {
+    2 * grain_bytes + 1024
+}
+
+/// Inflates the zlib stream `comp` of grain `g` (found at byte `at` of `path`) into `out`, which
+/// must end up holding at least `want` inflated bytes; output beyond `out` (a last grain inflated
+/// past the disk's end) is dropped.
+pub fn inflate_grain(
+    path: &Path,
+    at: u64,
+    comp: &[u8],
+    g: u64,
+    grain_bytes: u64,
+    want: usize,
+    out: &mut [u8],
+) -> Result<()> {
+    let mut z = Decompress::new(true);
+    let status = z
+        .decompress(comp, out, FlushDecompress::Finish)
+        .map_err(|e| Error::corrupt(path, at, format!("grain {g} does not inflate: {e}")))?;
+    let n = z.total_out() as usize;
+    if status != Status::StreamEnd && n < out.len() {
+        return Err(Error::corrupt(
+            path,
+            at,
+            format!("grain {g}: compressed data ends early ({n} of {grain_bytes} bytes)"),
+        ));
+    }
+    if n < want {
+        return Err(Error::corrupt(path, at, format!("grain {g} inflates to {n} bytes, expected {want}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

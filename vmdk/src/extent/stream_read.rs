@@ -27,7 +27,7 @@ use std::sync::Arc;
 use byteorder::{ByteOrder, LittleEndian as LE};
 
 use super::kdmv::{SparseHeader, GD_AT_END};
-use super::stream::{inflate_grain, max_compressed_size};
+use super::stream_model::{inflate_grain, max_compressed_size};
 use super::stream_model::{parse_marker, StreamModel, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
 use crate::error::{Error, Result};
 use crate::storage::Backing;
@@ -71,18 +71,24 @@ impl<R: Read> Pipe<R> {
     }
 }
 
+/// Reads from `r` until `buf` is full or the input ends (retrying interrupted reads); returns the
+/// bytes read. Errors name `name` (the pipe or file being read).
+pub fn read_full(r: &mut impl Read, buf: &mut [u8], name: &Path) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(name, "read", e)),
+        }
+    }
+    Ok(n)
+}
+
 impl<R: Read> SeqRead for Pipe<R> {
     fn read_full(&mut self, buf: &mut [u8]) -> Result<usize> {
-        let mut n = 0;
-        while n < buf.len() {
-            match self.r.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(&self.name, "read", e)),
-            }
-        }
-        Ok(n)
+        read_full(&mut self.r, buf, &self.name)
     }
     fn skip(&mut self, n: u64) -> Result<u64> {
         if self.scratch.is_empty() {
@@ -273,7 +279,7 @@ impl<S: SeqRead> StreamReader<S> {
         let end = self.model.overhead_bytes();
         let desc = self.model.descriptor_range();
         let undeclared =
-            crate::detect::undeclared_descriptor_sector(self.model.header()).map(|(s, _)| (s * 512, s * 512 + 512));
+            super::kdmv::undeclared_descriptor_sector(self.model.header()).map(|(s, _)| (s * 512, s * 512 + 512));
         let gd = self.model.header_directory();
         let gd_bytes = gd.map(|(s, e)| e - s).unwrap_or(0);
         let mut desc_buf = Vec::new();
@@ -360,7 +366,7 @@ impl<S: SeqRead> StreamReader<S> {
             }
             self.pos = b1;
         }
-        crate::detect::check_undeclared_descriptor(self.model.header(), &undeclared_buf, self.path())?;
+        super::kdmv::check_undeclared_descriptor(self.model.header(), &undeclared_buf, self.path())?;
         let n = desc_buf.iter().position(|&b| b == 0).unwrap_or(desc_buf.len());
         let text = String::from_utf8_lossy(&desc_buf[..n]).into_owned();
         self.model.set_descriptor(desc.map(|_| text.as_str()))?;

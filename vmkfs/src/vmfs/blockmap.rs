@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::address::{describe, kind, Addr};
 use super::error::{Result, VmfsError};
 use super::filedesc::{zla, FileDesc};
-use super::volume::Inner;
+use super::inner::Inner;
 
 /// How deep system files may refer to each other while resolving one address (a cycle limit:
 /// a user file's sub-block lives in `.sbc.sf`, whose pointer blocks live in `.pb2.sf`).
@@ -188,38 +188,24 @@ impl Inner {
             }
             Addr::Fb { block, tbz } => {
                 let e = upto(self.g.fbs);
-                let kind = if tbz {
-                    PieceKind::Zero
-                } else {
-                    PieceKind::Data(self.block_offset(block, self.g.fbs, raw, fd)? + (pos & (self.g.fbs - 1)))
-                };
+                let kind = self.block_piece(block, self.g.fbs, tbz, pos, raw, fd)?;
                 push(out, Piece { offset: pos, len: e - pos, kind });
                 Ok(e)
             }
             Addr::Sfb { cluster, resource, tbz } => {
                 let e = upto(self.g.fbs);
-                let kind = if tbz {
-                    PieceKind::Zero
-                } else {
-                    if resource >= self.sfb_per_cluster {
-                        return Err(self.bad_pointer(fd, raw, "small-file-block resource beyond its cluster"));
-                    }
-                    let block = cluster
-                        .checked_mul(self.sfb_per_cluster)
-                        .and_then(|c| c.checked_add(resource))
-                        .unwrap_or(u64::MAX);
-                    PieceKind::Data(self.block_offset(block, self.g.fbs, raw, fd)? + (pos & (self.g.fbs - 1)))
-                };
+                if !tbz && resource >= self.sfb_per_cluster {
+                    return Err(self.bad_pointer(fd, raw, "small-file-block resource beyond its cluster"));
+                }
+                let block =
+                    cluster.checked_mul(self.sfb_per_cluster).and_then(|c| c.checked_add(resource)).unwrap_or(u64::MAX);
+                let kind = self.block_piece(block, self.g.fbs, tbz, pos, raw, fd)?;
                 push(out, Piece { offset: pos, len: e - pos, kind });
                 Ok(e)
             }
             Addr::Lfb { block, tbz } if self.g.generation == super::fsdesc::Generation::Vmfs6 => {
                 let e = upto(self.g.lfbs);
-                let kind = if tbz {
-                    PieceKind::Zero
-                } else {
-                    PieceKind::Data(self.block_offset(block, self.g.lfbs, raw, fd)? + (pos & (self.g.lfbs - 1)))
-                };
+                let kind = self.block_piece(block, self.g.lfbs, tbz, pos, raw, fd)?;
                 push(out, Piece { offset: pos, len: e - pos, kind });
                 Ok(e)
             }
@@ -256,6 +242,15 @@ impl Inner {
         } else {
             Addr::decode32(raw as u32, self.g.dense)
         }
+    }
+
+    /// The piece at file offset `pos` inside block `block` of `size` bytes: to-be-zeroed when
+    /// `tbz`, else data at the block's volume offset.
+    fn block_piece(&self, block: u64, size: u64, tbz: bool, pos: u64, raw: u64, fd: &FileDesc) -> Result<PieceKind> {
+        if tbz {
+            return Ok(PieceKind::Zero);
+        }
+        Ok(PieceKind::Data(self.block_offset(block, size, raw, fd)? + (pos & (size - 1))))
     }
 
     fn block_offset(&self, block: u64, size: u64, raw: u64, fd: &FileDesc) -> Result<u64> {
@@ -368,4 +363,62 @@ impl Inner {
         }
         Ok(buf)
     }
+}
+
+/// What a range of a file is, with device offsets for data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ExtentKind {
+    /// Stored on device `device` (index in [`super::Volume::devices`]) at `device_offset`.
+    Data {
+        /// Device index.
+        device: usize,
+        /// Byte offset on the device.
+        device_offset: u64,
+        /// Byte offset in the logical volume.
+        volume_offset: u64,
+    },
+    /// Allocated but to be zeroed (lazily zeroed thick disks): reads as zeros.
+    Zero,
+    /// Not allocated: reads as zeros.
+    Hole,
+}
+
+/// A range of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Extent {
+    /// Offset in the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// What it is.
+    #[serde(flatten)]
+    pub kind: ExtentKind,
+}
+
+/// Pieces with device offsets.
+pub(crate) fn to_extents(inner: &Inner, pieces: Vec<Piece>) -> Result<Vec<Extent>> {
+    let mut out: Vec<Extent> = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        match p.kind {
+            PieceKind::Data(at) => {
+                let mut off = p.offset;
+                for s in inner.lv.locate(at, p.len)? {
+                    out.push(Extent {
+                        offset: off,
+                        len: s.len,
+                        kind: ExtentKind::Data {
+                            device: s.device,
+                            device_offset: s.device_offset,
+                            volume_offset: s.logical,
+                        },
+                    });
+                    off += s.len;
+                }
+            }
+            PieceKind::Zero => out.push(Extent { offset: p.offset, len: p.len, kind: ExtentKind::Zero }),
+            PieceKind::Hole => out.push(Extent { offset: p.offset, len: p.len, kind: ExtentKind::Hole }),
+        }
+    }
+    Ok(out)
 }

@@ -3,7 +3,10 @@
 use super::blockmap::{PbCache, PieceKind};
 use super::error::{Result, VmfsError};
 use super::filedesc::FileDesc;
-use super::volume::{to_extents, Extent, ExtentKind, Volume};
+use std::sync::Arc;
+
+use super::blockmap::{to_extents, Extent, ExtentKind};
+use super::inner::Inner;
 
 /// Largest range mapped at once by a read (keeps the piece list small for huge reads).
 const READ_WINDOW: u64 = 64 << 20;
@@ -11,15 +14,15 @@ const READ_WINDOW: u64 = 64 << 20;
 /// A file of a VMFS volume, open for positional reads from many threads.
 #[derive(Debug)]
 pub struct File {
-    vol: Volume,
+    inner: Arc<Inner>,
     path: String,
     fd: FileDesc,
     cache: PbCache,
 }
 
 impl File {
-    pub(crate) fn new(vol: Volume, path: String, fd: FileDesc) -> File {
-        File { vol, path, fd, cache: PbCache::default() }
+    pub(crate) fn new(inner: Arc<Inner>, path: String, fd: FileDesc) -> File {
+        File { inner, path, fd, cache: PbCache::default() }
     }
 
     /// The path it was opened by.
@@ -37,11 +40,6 @@ impl File {
         self.fd.length == 0
     }
 
-    /// The volume the file is on.
-    pub fn volume(&self) -> &Volume {
-        &self.vol
-    }
-
     /// Reads up to `buf.len()` bytes at `offset`; returns the bytes read (fewer only at the end of
     /// the file). Holes and to-be-zeroed blocks read as zeros.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
@@ -50,7 +48,7 @@ impl File {
         while done < n {
             let w = ((n - done) as u64).min(READ_WINDOW);
             let start = offset + done as u64;
-            let inner = &self.vol.inner;
+            let inner = &self.inner;
             for p in inner.map_file(&self.fd, start, w, &self.cache)? {
                 let b = done + (p.offset - start) as usize;
                 let dst = &mut buf[b..b + p.len as usize];
@@ -69,7 +67,7 @@ impl File {
         let n = self.read_at(buf, offset)?;
         if n < buf.len() {
             return Err(VmfsError::corrupt(
-                format!("{} in {}", self.path, self.vol.inner.place),
+                format!("{} in {}", self.path, self.inner.place),
                 offset + n as u64,
                 format!(
                     "read of {} bytes at offset {offset} runs past the end of the {}-byte file",
@@ -84,7 +82,7 @@ impl File {
     /// The extent map of `[offset, offset+len)` (clamped to the file): data ranges with device
     /// offsets, to-be-zeroed ranges and holes, in order and contiguous.
     pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let inner = &self.vol.inner;
+        let inner = &self.inner;
         let pieces = inner.map_file(&self.fd, offset, len, &self.cache)?;
         to_extents(inner, pieces)
     }
@@ -92,7 +90,7 @@ impl File {
     /// Only the data ranges of `[offset, offset+len)` as `(file offset, length)`; everything else
     /// reads as zeros.
     pub fn data_runs(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
-        let inner = &self.vol.inner;
+        let inner = &self.inner;
         let mut out: Vec<(u64, u64)> = Vec::new();
         for p in inner.map_file(&self.fd, offset, len, &self.cache)? {
             if let PieceKind::Data(_) = p.kind {
@@ -110,7 +108,6 @@ impl File {
         match e.kind {
             ExtentKind::Data { device, device_offset, .. } => {
                 let d = self
-                    .vol
                     .inner
                     .lv
                     .devices

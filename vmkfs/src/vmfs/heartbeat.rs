@@ -4,8 +4,8 @@
 
 use super::error::Result;
 use super::geometry::HEARTBEAT_OFFSET;
+use super::inner::Inner;
 use super::le::{uuid_string, Le};
-use super::volume::Inner;
 
 /// Magic of a free heartbeat slot.
 pub const HB_FREE: u32 = 0xABCD_EF01;

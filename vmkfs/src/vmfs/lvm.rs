@@ -26,10 +26,7 @@ use super::error::{Result, VmfsError};
 use super::le::{pow2_in, uuid_string, Le};
 use super::partition::Partition;
 
-/// Offset of the LVM device header in its partition.
-pub const LVM_HEADER_OFFSET: u64 = 0x10_0000;
-/// Magic of the device header and of extended metadata regions.
-pub const LVM_MAGIC: u32 = 0xC001_D00D;
+pub use super::partition::{LVM_HEADER_OFFSET, LVM_MAGIC};
 /// Bytes of one volume-table entry.
 const VOL_ENTRY: u64 = 512;
 /// Bytes of one PE-table entry.
@@ -167,126 +164,13 @@ impl DeviceHeader {
         if vt + vt_bytes > dev.len() {
             return Err(bad(md_alignment as u64, "the volume table runs past the end of the device".into()));
         }
-        let vraw = read_vec(dev, vt, vt_bytes as usize)?;
-        let mut volumes = Vec::with_capacity(num_volumes as usize);
-        for i in 0..num_volumes as usize {
-            let e = Le(&vraw[i * VOL_ENTRY as usize..(i + 1) * VOL_ENTRY as usize]);
-            let v = VolumeDesc {
-                logical_size: e.u64(0).unwrap_or(0),
-                name: e.cstr(0x14, 64).unwrap_or_default(),
-                lv_uuid: uuid_string(e.bytes(0x54, 16).unwrap_or(&[])),
-                snap_id: e.u32(0x64).unwrap_or(0),
-                volume_id: e.u32(0x70).unwrap_or(0),
-                first_pe: e.u64(0x78).unwrap_or(0),
-                last_pe: e.u64(0x80).unwrap_or(0),
-                num_devices: e.u32(0x90).unwrap_or(0),
-            };
-            volumes.push(v);
-        }
-        // Device names (LVM5 and later, meaningful on the first device).
-        let sd = vt + SD_TABLE_FROM_VOLUMES;
-        let mut device_names = Vec::new();
-        if major >= 5 && sd + SD_TABLE <= dev.len() {
-            let names = read_vec(dev, sd, SD_TABLE as usize)?;
-            for i in 0..32 {
-                let n = Le(&names).cstr(i * 256, 256).unwrap_or_default();
-                if n.is_empty() {
-                    break;
-                }
-                device_names.push(n);
-            }
-        }
-        let bitmap = if lvm6 { (md_alignment as u64).max(1024) } else { 1024 };
-        let map_rel = md_alignment as u64 + SD_TABLE_FROM_VOLUMES + SD_TABLE;
-        let num_pes = f(0x6A) as u64;
-        let mut extents = Vec::new();
-        let mut remaining = num_pes;
-        // (region base, number of maps): the main region, then the extended ones.
-        let mut region = Some((h_off, f(0xBE).max(1)));
-        let mut next_ext = g(0xC2);
-        let mut seen = 0usize;
-        while let Some((base, maps)) = region.take() {
-            if maps > MAX_MAPS_PER_REGION {
-                return Err(bad(0xBE, format!("{maps} PE maps in one metadata region; at most {MAX_MAPS_PER_REGION}")));
-            }
-            for m in 0..maps as u64 {
-                if remaining == 0 {
-                    break;
-                }
-                let n = remaining.min(PES_PER_MAP);
-                let table = base + map_rel + m * (bitmap + PES_PER_MAP * PE_ENTRY) + bitmap;
-                if table.checked_add(n * PE_ENTRY).is_none_or(|e| e > dev.len()) {
-                    return Err(VmfsError::corrupt(
-                        place(dev),
-                        table,
-                        format!("PE table of {n} entries runs past the end of the device ({} bytes)", dev.len()),
-                    ));
-                }
-                let t = read_vec(dev, table, (n * PE_ENTRY) as usize)?;
-                for i in 0..n as usize {
-                    let e = Le(&t[i * PE_ENTRY as usize..(i + 1) * PE_ENTRY as usize]);
-                    if e.u8(0) != Some(1) {
-                        continue;
-                    }
-                    let pe = PhysExtent {
-                        id: e.u32(1).unwrap_or(0),
-                        volume_id: e.u32(5).unwrap_or(0),
-                        phys_offset: e.u64(9).unwrap_or(0),
-                        logical_offset: e.u64(0x11).unwrap_or(0),
-                        len: e.u64(0x19).unwrap_or(0),
-                    };
-                    let at = table + i as u64 * PE_ENTRY;
-                    if pe.len == 0 || !pe.len.is_multiple_of(512) {
-                        return Err(VmfsError::corrupt(
-                            place(dev),
-                            at,
-                            format!("PE {} has length {}, expected a non-zero multiple of 512", pe.id, pe.len),
-                        ));
-                    }
-                    if pe.phys_offset.checked_add(pe.len).is_none() || pe.logical_offset.checked_add(pe.len).is_none() {
-                        return Err(VmfsError::corrupt(place(dev), at, format!("PE {} offsets overflow", pe.id)));
-                    }
-                    if pe.phys_offset < LVM_HEADER_OFFSET {
-                        return Err(VmfsError::corrupt(
-                            place(dev),
-                            at,
-                            format!(
-                                "PE {} starts at partition offset {}, inside the LVM header area",
-                                pe.id, pe.phys_offset
-                            ),
-                        ));
-                    }
-                    extents.push(pe);
-                }
-                remaining -= n;
-            }
-            if remaining == 0 || next_ext == 0 {
-                break;
-            }
-            seen += 1;
-            if seen > MAX_EXT_REGIONS {
-                return Err(bad(0xC2, format!("more than {MAX_EXT_REGIONS} extended metadata regions (a loop?)")));
-            }
-            let at = part.start.checked_add(next_ext).filter(|a| a.checked_add(24).is_some_and(|e| e <= dev.len()));
-            let Some(at) = at else {
-                return Err(bad(0xC2, format!("extended metadata offset {next_ext} is outside the device")));
-            };
-            let x = read_vec(dev, at, 24)?;
-            let xl = Le(&x);
-            if xl.u32(0) != Some(LVM_MAGIC) {
-                return Err(VmfsError::corrupt(place(dev), at, "extended LVM metadata has no 0xC001D00D magic"));
-            }
-            region = Some((at, xl.u32(4).unwrap_or(0).max(1)));
-            let nx = xl.u64(16).unwrap_or(0);
-            if nx != 0 && nx <= next_ext {
-                return Err(VmfsError::corrupt(
-                    place(dev),
-                    at + 16,
-                    format!("extended metadata chain goes backwards ({nx} after {next_ext})"),
-                ));
-            }
-            next_ext = nx;
-        }
+        let volumes = read_volume_table(dev, vt, num_volumes)?;
+        let device_names = if major >= 5 { read_device_names(dev, vt + SD_TABLE_FROM_VOLUMES)? } else { Vec::new() };
+        let layout = PeLayout {
+            bitmap: if lvm6 { (md_alignment as u64).max(1024) } else { 1024 },
+            map_rel: md_alignment as u64 + SD_TABLE_FROM_VOLUMES + SD_TABLE,
+        };
+        let extents = read_pe_tables(dev, part, h_off, &layout, f(0x6A) as u64, f(0xBE).max(1), g(0xC2))?;
         Ok(DeviceHeader {
             major,
             minor: f(8),
@@ -300,6 +184,151 @@ impl DeviceHeader {
             device_names,
         })
     }
+}
+
+/// Where the PE maps of a metadata region are, relative to the region's start: the maps begin at
+/// `map_rel`, each a `bitmap`-byte bitmap followed by [`PES_PER_MAP`] entries.
+struct PeLayout {
+    bitmap: u64,
+    map_rel: u64,
+}
+
+/// The `count` entries of the volume table at byte `vt` of `dev` (checked to lie on the device).
+fn read_volume_table(dev: &dyn DeviceRead, vt: u64, count: u32) -> Result<Vec<VolumeDesc>> {
+    let vraw = read_vec(dev, vt, count as usize * VOL_ENTRY as usize)?;
+    Ok(vraw
+        .chunks_exact(VOL_ENTRY as usize)
+        .map(|entry| {
+            let e = Le(entry);
+            VolumeDesc {
+                logical_size: e.u64(0).unwrap_or(0),
+                name: e.cstr(0x14, 64).unwrap_or_default(),
+                lv_uuid: uuid_string(e.bytes(0x54, 16).unwrap_or(&[])),
+                snap_id: e.u32(0x64).unwrap_or(0),
+                volume_id: e.u32(0x70).unwrap_or(0),
+                first_pe: e.u64(0x78).unwrap_or(0),
+                last_pe: e.u64(0x80).unwrap_or(0),
+                num_devices: e.u32(0x90).unwrap_or(0),
+            }
+        })
+        .collect())
+}
+
+/// The device-name table at byte `sd` of `dev` (LVM5 and later, meaningful on the first device):
+/// up to 32 names of 256 bytes, ending at the first empty one; none when the table is past the end.
+fn read_device_names(dev: &dyn DeviceRead, sd: u64) -> Result<Vec<String>> {
+    if sd + SD_TABLE > dev.len() {
+        return Ok(Vec::new());
+    }
+    let names = read_vec(dev, sd, SD_TABLE as usize)?;
+    Ok((0..32).map(|i| Le(&names).cstr(i * 256, 256).unwrap_or_default()).take_while(|n| !n.is_empty()).collect())
+}
+
+/// The used physical extents of all PE maps: `num_pes` entries in the maps of the main metadata
+/// region at `h_off` (`maps` of them), then of the extended regions chained from `next_ext`
+/// (partition-relative), each region's maps at the same relative place ([`PeLayout`]).
+fn read_pe_tables(
+    dev: &dyn DeviceRead,
+    part: &Partition,
+    h_off: u64,
+    layout: &PeLayout,
+    num_pes: u64,
+    maps: u32,
+    mut next_ext: u64,
+) -> Result<Vec<PhysExtent>> {
+    let bad = |rel: u64, what: String| VmfsError::corrupt(place(dev), h_off + rel, what);
+    let mut extents = Vec::new();
+    let mut remaining = num_pes;
+    // (region base, number of maps): the main region, then the extended ones.
+    let mut region = Some((h_off, maps));
+    let mut seen = 0usize;
+    while let Some((base, maps)) = region.take() {
+        if maps > MAX_MAPS_PER_REGION {
+            return Err(bad(0xBE, format!("{maps} PE maps in one metadata region; at most {MAX_MAPS_PER_REGION}")));
+        }
+        for m in 0..maps as u64 {
+            if remaining == 0 {
+                break;
+            }
+            let n = remaining.min(PES_PER_MAP);
+            let table = base + layout.map_rel + m * (layout.bitmap + PES_PER_MAP * PE_ENTRY) + layout.bitmap;
+            read_pe_table(dev, table, n, &mut extents)?;
+            remaining -= n;
+        }
+        if remaining == 0 || next_ext == 0 {
+            break;
+        }
+        seen += 1;
+        if seen > MAX_EXT_REGIONS {
+            return Err(bad(0xC2, format!("more than {MAX_EXT_REGIONS} extended metadata regions (a loop?)")));
+        }
+        let at = part.start.checked_add(next_ext).filter(|a| a.checked_add(24).is_some_and(|e| e <= dev.len()));
+        let Some(at) = at else {
+            return Err(bad(0xC2, format!("extended metadata offset {next_ext} is outside the device")));
+        };
+        let x = read_vec(dev, at, 24)?;
+        let xl = Le(&x);
+        if xl.u32(0) != Some(LVM_MAGIC) {
+            return Err(VmfsError::corrupt(place(dev), at, "extended LVM metadata has no 0xC001D00D magic"));
+        }
+        region = Some((at, xl.u32(4).unwrap_or(0).max(1)));
+        let nx = xl.u64(16).unwrap_or(0);
+        if nx != 0 && nx <= next_ext {
+            return Err(VmfsError::corrupt(
+                place(dev),
+                at + 16,
+                format!("extended metadata chain goes backwards ({nx} after {next_ext})"),
+            ));
+        }
+        next_ext = nx;
+    }
+    Ok(extents)
+}
+
+/// The used entries of the PE table of `n` entries at byte `table` of `dev`, appended to `out`
+/// after checking each (a non-zero whole number of sectors, no overflow, not in the header area).
+fn read_pe_table(dev: &dyn DeviceRead, table: u64, n: u64, out: &mut Vec<PhysExtent>) -> Result<()> {
+    if table.checked_add(n * PE_ENTRY).is_none_or(|e| e > dev.len()) {
+        return Err(VmfsError::corrupt(
+            place(dev),
+            table,
+            format!("PE table of {n} entries runs past the end of the device ({} bytes)", dev.len()),
+        ));
+    }
+    let t = read_vec(dev, table, (n * PE_ENTRY) as usize)?;
+    for (i, entry) in t.chunks_exact(PE_ENTRY as usize).enumerate() {
+        let e = Le(entry);
+        if e.u8(0) != Some(1) {
+            continue;
+        }
+        let pe = PhysExtent {
+            id: e.u32(1).unwrap_or(0),
+            volume_id: e.u32(5).unwrap_or(0),
+            phys_offset: e.u64(9).unwrap_or(0),
+            logical_offset: e.u64(0x11).unwrap_or(0),
+            len: e.u64(0x19).unwrap_or(0),
+        };
+        let at = table + i as u64 * PE_ENTRY;
+        if pe.len == 0 || !pe.len.is_multiple_of(512) {
+            return Err(VmfsError::corrupt(
+                place(dev),
+                at,
+                format!("PE {} has length {}, expected a non-zero multiple of 512", pe.id, pe.len),
+            ));
+        }
+        if pe.phys_offset.checked_add(pe.len).is_none() || pe.logical_offset.checked_add(pe.len).is_none() {
+            return Err(VmfsError::corrupt(place(dev), at, format!("PE {} offsets overflow", pe.id)));
+        }
+        if pe.phys_offset < LVM_HEADER_OFFSET {
+            return Err(VmfsError::corrupt(
+                place(dev),
+                at,
+                format!("PE {} starts at partition offset {}, inside the LVM header area", pe.id, pe.phys_offset),
+            ));
+        }
+        out.push(pe);
+    }
+    Ok(())
 }
 
 /// A piece of the logical volume on one device.

@@ -30,7 +30,6 @@
 
 pub mod address;
 pub mod blockmap;
-pub mod copy_out;
 pub mod device;
 pub mod dir;
 pub mod error;
@@ -39,6 +38,7 @@ pub mod filedesc;
 pub mod fsdesc;
 pub mod geometry;
 pub mod heartbeat;
+mod inner;
 mod le;
 pub mod lvm;
 pub mod partition;
@@ -46,7 +46,7 @@ pub mod resource;
 pub mod storage;
 pub mod volume;
 
-pub use copy_out::{copy_out, CopiedOut};
+pub use blockmap::{Extent, ExtentKind};
 pub use device::{DeviceRead, HostDevice, MemDevice};
 pub use error::{Result, VmfsError};
 pub use file::File;
@@ -54,4 +54,4 @@ pub use filedesc::{DiskLock, FileDesc, FileKind, RdmInfo};
 pub use fsdesc::{FsDescriptor, Generation};
 pub use heartbeat::Heartbeat;
 pub use storage::{VmfsBacking, VmfsStorage};
-pub use volume::{DeviceInfo, DirEntry, Extent, ExtentKind, Stat, Usage, Volume};
+pub use volume::{DeviceInfo, DirEntry, Stat, Usage, Volume};

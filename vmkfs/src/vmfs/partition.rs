@@ -4,7 +4,11 @@
 use super::device::{read_vec, DeviceRead};
 use super::error::Result;
 use super::le::Le;
-use super::lvm::{LVM_HEADER_OFFSET, LVM_MAGIC};
+
+/// Offset of the LVM device header in its partition.
+pub const LVM_HEADER_OFFSET: u64 = 0x10_0000;
+/// Magic of the device header and of extended metadata regions.
+pub const LVM_MAGIC: u32 = 0xC001_D00D;
 
 /// MBR partition type of VMFS.
 pub const MBR_TYPE_VMFS: u8 = 0xFB;

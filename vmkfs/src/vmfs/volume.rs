@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::address::{fd_addr, kind, Addr};
-use super::blockmap::{PbCache, Piece, PieceKind};
+use super::blockmap::{Extent, PbCache, PieceKind};
 use super::device::{read_vec, DeviceRead, HostDevice};
 use super::dir::{self, RawEntry};
 use super::error::{Result, VmfsError};
@@ -14,6 +14,7 @@ use super::filedesc::{FileDesc, FileKind, RdmInfo};
 use super::fsdesc::{FsDescriptor, Generation, FS_DESC_LEN, FS_DESC_OFFSET};
 use super::geometry::Geometry;
 use super::heartbeat::{self, Heartbeat};
+use super::inner::{Inner, SysFile};
 use super::le::Le;
 use super::lvm::{DeviceHeader, LogicalVolume, Member};
 use super::partition;
@@ -45,30 +46,6 @@ const MAX_DIR_BYTES: u64 = 256 << 20;
 const MAX_SYMLINKS: usize = 40;
 /// Longest symbolic-link target read.
 const MAX_LINK_BYTES: u64 = 4096;
-
-/// A system resource file: its descriptor and its metadata header.
-#[derive(Debug, Clone)]
-pub(crate) struct SysFile {
-    pub fd: FileDesc,
-    pub meta: ResourceMeta,
-}
-
-/// Shared state of an open volume.
-#[derive(Debug)]
-pub(crate) struct Inner {
-    pub lv: LogicalVolume,
-    pub fs: FsDescriptor,
-    pub g: Geometry,
-    pub place: String,
-    pub fdc: SysFile,
-    pub sbc: Option<SysFile>,
-    pub pbc: Option<SysFile>,
-    pub pb2: Option<SysFile>,
-    pub fbb: Option<SysFile>,
-    /// VMFS6: the small-file-block child header of `.fbb.sf`.
-    pub sfb: Option<ResourceMeta>,
-    pub sfb_per_cluster: u64,
-}
 
 /// An open, read-only VMFS volume. Cheap to clone; every method takes `&self` and is safe to call
 /// from many threads.
@@ -125,37 +102,6 @@ pub struct DirEntry {
     pub fd_address: u32,
     /// Kind recorded in the directory.
     pub kind: FileKind,
-}
-
-/// What a range of a file is, with device offsets for data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum ExtentKind {
-    /// Stored on device `device` (index in [`Volume::devices`]) at `device_offset`.
-    Data {
-        /// Device index.
-        device: usize,
-        /// Byte offset on the device.
-        device_offset: u64,
-        /// Byte offset in the logical volume.
-        volume_offset: u64,
-    },
-    /// Allocated but to be zeroed (lazily zeroed thick disks): reads as zeros.
-    Zero,
-    /// Not allocated: reads as zeros.
-    Hole,
-}
-
-/// A range of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Extent {
-    /// Offset in the file.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// What it is.
-    #[serde(flatten)]
-    pub kind: ExtentKind,
 }
 
 /// A device of the volume, for reports.
@@ -246,24 +192,6 @@ impl Volume {
     }
 
     fn bootstrap(lv: LogicalVolume, fs: FsDescriptor, g: Geometry, place: String) -> Result<Volume> {
-        // Where a system file's descriptor sits before `.fdc.sf` can be read: resource r of cluster 0.
-        let (fs2, g2) = (fs.clone(), g.clone());
-        let sfd_offset = move |addr: u32| -> u64 {
-            let (fs, g) = (&fs2, &g2);
-            if !fs.is_vmfs6() && !fs.dense_sub_blocks() {
-                if addr == fs.pb2_fd_addr && fs.pb2_vol_addr != 0 {
-                    return fs.pb2_vol_addr;
-                }
-                if addr == fs.sdd_fd_addr && fs.sdd_vol_addr != 0 {
-                    return fs.sdd_vol_addr;
-                }
-            }
-            let r = ((addr >> 22) & 0x3FF) as u64;
-            g.fdc_start
-                + fs.fdc_cluster_group_offset as u64
-                + fs.fdc_clusters_per_group as u64 * g.cluster_header
-                + r * g.fd_size
-        };
         let sfb_default = if fs.is_vmfs6() { (0x2000u64).min((512u64 << 20) / g.fbs).max(1) } else { 1 };
         let mut inner = Inner {
             fdc: SysFile {
@@ -293,36 +221,12 @@ impl Volume {
             sfb_per_cluster: sfb_default,
         };
         let cache = PbCache::default();
-        let sys_fd = |inner: &Inner, addr: u32, name: &str| -> Result<FileDesc> {
-            let at = sfd_offset(addr);
-            let fd = inner.read_fd_at(at)?;
-            if fd.addr != addr || (fd.kind != FileKind::System && addr != sysaddr::SDD) {
-                return Err(VmfsError::corrupt(
-                    &inner.place,
-                    at,
-                    format!("{name} descriptor expected here (address {addr:#x}, system file), found address {:#x} of type {}", fd.addr, fd.raw_type),
-                ));
-            }
-            if fd.block_size != inner.g.fbs && fd.zla != super::filedesc::zla::RESIDENT {
-                return Err(VmfsError::corrupt(
-                    &inner.place,
-                    at,
-                    format!("{name} has block size {}, expected the file block size {}", fd.block_size, inner.g.fbs),
-                ));
-            }
-            Ok(fd)
-        };
-        let open_res = |inner: &Inner, addr: u32, name: &str, meta_at: u64| -> Result<SysFile> {
-            let fd = sys_fd(inner, addr, name)?;
-            let meta = inner.read_meta(&fd, meta_at, name, &cache)?;
-            Ok(SysFile { fd, meta })
-        };
         // Order matters: `.sbc.sf` on VMFS6 reaches its sub-blocks through `.pb2.sf`.
         if inner.fs.is_vmfs6() || inner.fs.pb2_vol_addr != 0 || inner.fs.pb2_fd_addr != 0 {
-            inner.pb2 = Some(open_res(&inner, sysaddr::PB2, ".pb2.sf", 0)?);
+            inner.pb2 = Some(inner.open_system_file(sysaddr::PB2, ".pb2.sf", &cache)?);
         }
-        inner.pbc = Some(open_res(&inner, sysaddr::PBC, ".pbc.sf", 0)?);
-        let fbb = open_res(&inner, sysaddr::FBB, ".fbb.sf", 0)?;
+        inner.pbc = Some(inner.open_system_file(sysaddr::PBC, ".pbc.sf", &cache)?);
+        let fbb = inner.open_system_file(sysaddr::FBB, ".fbb.sf", &cache)?;
         if inner.fs.is_vmfs6() {
             let child = fbb.meta.child_meta_offset;
             if child != 0 {
@@ -334,7 +238,7 @@ impl Volume {
             }
         }
         inner.fbb = Some(fbb);
-        inner.fdc = open_res(&inner, sysaddr::FDC, ".fdc.sf", 0)?;
+        inner.fdc = inner.open_system_file(sysaddr::FDC, ".fdc.sf", &cache)?;
         if inner.fdc.meta.res_size != inner.g.fd_size {
             return Err(VmfsError::corrupt(
                 &inner.place,
@@ -345,7 +249,7 @@ impl Volume {
                 ),
             ));
         }
-        let sbc = open_res(&inner, sysaddr::SBC, ".sbc.sf", 0)?;
+        let sbc = inner.open_system_file(sysaddr::SBC, ".sbc.sf", &cache)?;
         if sbc.meta.res_size != inner.g.sbs {
             return Err(VmfsError::corrupt(
                 &inner.place,
@@ -472,7 +376,7 @@ impl Volume {
             }
             _ => {}
         }
-        Ok(File::new(self.clone(), path.to_string(), fd))
+        Ok(File::new(self.inner.clone(), path.to_string(), fd))
     }
 
     /// The extent map of file `path`: data ranges with their device offsets, to-be-zeroed ranges
@@ -495,6 +399,58 @@ impl Volume {
 }
 
 impl Inner {
+    /// Where a system file's descriptor sits before `.fdc.sf` can be read: resource r of cluster 0
+    /// (or, for `.pb2.sf` and `.sdd.sf` on VMFS5 with sparse sub-blocks, the address the FS
+    /// descriptor records).
+    fn system_fd_offset(&self, addr: u32) -> u64 {
+        let (fs, g) = (&self.fs, &self.g);
+        if !fs.is_vmfs6() && !fs.dense_sub_blocks() {
+            if addr == fs.pb2_fd_addr && fs.pb2_vol_addr != 0 {
+                return fs.pb2_vol_addr;
+            }
+            if addr == fs.sdd_fd_addr && fs.sdd_vol_addr != 0 {
+                return fs.sdd_vol_addr;
+            }
+        }
+        let r = ((addr >> 22) & 0x3FF) as u64;
+        g.fdc_start
+            + fs.fdc_cluster_group_offset as u64
+            + fs.fdc_clusters_per_group as u64 * g.cluster_header
+            + r * g.fd_size
+    }
+
+    /// The descriptor of system file `name` at FD address `addr`, read from where bootstrapping
+    /// finds it, checked to be that system file with the file block size.
+    fn system_fd(&self, addr: u32, name: &str) -> Result<FileDesc> {
+        let at = self.system_fd_offset(addr);
+        let fd = self.read_fd_at(at)?;
+        if fd.addr != addr || (fd.kind != FileKind::System && addr != sysaddr::SDD) {
+            return Err(VmfsError::corrupt(
+                &self.place,
+                at,
+                format!(
+                    "{name} descriptor expected here (address {addr:#x}, system file), found address {:#x} of type {}",
+                    fd.addr, fd.raw_type
+                ),
+            ));
+        }
+        if fd.block_size != self.g.fbs && fd.zla != super::filedesc::zla::RESIDENT {
+            return Err(VmfsError::corrupt(
+                &self.place,
+                at,
+                format!("{name} has block size {}, expected the file block size {}", fd.block_size, self.g.fbs),
+            ));
+        }
+        Ok(fd)
+    }
+
+    /// System resource file `name` (descriptor and metadata header) at FD address `addr`.
+    fn open_system_file(&self, addr: u32, name: &str, cache: &PbCache) -> Result<SysFile> {
+        let fd = self.system_fd(addr, name)?;
+        let meta = self.read_meta(&fd, 0, name, cache)?;
+        Ok(SysFile { fd, meta })
+    }
+
     /// Reads and parses the descriptor at volume offset `at`.
     pub(crate) fn read_fd_at(&self, at: u64) -> Result<FileDesc> {
         let mut raw = vec![0u8; self.g.fd_size as usize];
@@ -734,33 +690,6 @@ fn unreachable_root() -> FileDesc {
 /// Path components, without empty ones and `.`; ESXi's `/vmfs/volumes/NAME/` prefix is not special.
 fn components(path: &str) -> Vec<String> {
     path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_string).collect()
-}
-
-/// Pieces with device offsets.
-pub(crate) fn to_extents(inner: &Inner, pieces: Vec<Piece>) -> Result<Vec<Extent>> {
-    let mut out: Vec<Extent> = Vec::with_capacity(pieces.len());
-    for p in pieces {
-        match p.kind {
-            PieceKind::Data(at) => {
-                let mut off = p.offset;
-                for s in inner.lv.locate(at, p.len)? {
-                    out.push(Extent {
-                        offset: off,
-                        len: s.len,
-                        kind: ExtentKind::Data {
-                            device: s.device,
-                            device_offset: s.device_offset,
-                            volume_offset: s.logical,
-                        },
-                    });
-                    off += s.len;
-                }
-            }
-            PieceKind::Zero => out.push(Extent { offset: p.offset, len: p.len, kind: ExtentKind::Zero }),
-            PieceKind::Hole => out.push(Extent { offset: p.offset, len: p.len, kind: ExtentKind::Hole }),
-        }
-    }
-    Ok(out)
 }
 
 #[allow(dead_code)]

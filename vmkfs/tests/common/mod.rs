@@ -100,6 +100,18 @@ impl Outcome {
     }
 }
 
+/// The standard output of a run that must have succeeded (panics with everything about it otherwise).
+pub fn ok(o: &Outcome) -> String {
+    assert!(o.success(), "{}", o.describe());
+    o.out()
+}
+
+/// Standard output and error of a run that must have exited with `code`.
+pub fn fail(o: &Outcome, code: i32) -> String {
+    assert_eq!(o.code(), Some(code), "{}", o.describe());
+    o.text()
+}
+
 fn floor(s: &str, mut i: usize) -> usize {
     while !s.is_char_boundary(i) {
         i -= 1;
@@ -397,6 +409,14 @@ pub fn pattern(offset: u64, len: usize, seed: u64) -> Vec<u8> {
         c.copy_from_slice(&z.to_le_bytes());
     }
     v
+}
+
+/// Fills `buf` with the SplitMix64 stream of `seed` ([`Rng`]), 8 little-endian bytes per value.
+pub fn fill(buf: &mut [u8], seed: u64) {
+    let mut r = Rng::new(seed);
+    for c in buf.chunks_mut(8) {
+        c.copy_from_slice(&r.next_u64().to_le_bytes()[..c.len()]);
+    }
 }
 
 /// SplitMix64, for seeded campaigns.

@@ -313,7 +313,7 @@ fn run_list(cli: &Cli, path: &str) -> Result<i32> {
 fn run_copy_out(cli: &Cli, path: &str) -> Result<i32> {
     let dest = crate::target(cli)?;
     let vol = open_volume(cli)?;
-    let c = vmkfs::vmfs::copy_out(&vol, path, dest, cli.common.force)?;
+    let c = vmkfs::copy_out::copy_out(&vol, path, dest, cli.common.force)?;
     if cli.common.json {
         out::line(serde_json::json!({"event": "copied", "source": path, "destination": c.path,
             "size": c.size, "data": c.data, "mtime": c.mtime}));

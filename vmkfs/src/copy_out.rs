@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use vmdk::txn::NewFiles;
 use vmdk::HostStorage;
 
-use super::volume::Volume;
 use crate::error::{Error, Result};
+use crate::vmfs::Volume;
 
 /// Bytes read and written per step.
 const CHUNK: u64 = 1 << 20;
