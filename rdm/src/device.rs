@@ -429,10 +429,26 @@ impl std::fmt::Display for LockHolder {
 
 /// The processes holding `flock` locks on the file at `path`, from `/proc/locks` (empty when it
 /// cannot be read, or when nobody holds one).
+///
+/// `/proc/locks` is generated a page per `read` from a list other processes change meanwhile, so
+/// one reading can miss an entry while locks elsewhere come and go; callers ask after a conflict
+/// (somebody holds the lock), so an empty answer is read again a few times before it is believed.
 pub fn lock_holders(path: &Path) -> Vec<LockHolder> {
     use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::metadata(path) else { return Vec::new() };
-    let Ok(table) = std::fs::read_to_string("/proc/locks") else { return Vec::new() };
+    for _ in 0..4 {
+        let Ok(table) = std::fs::read_to_string("/proc/locks") else { return Vec::new() };
+        let found = holders_in(&table, &m);
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    Vec::new()
+}
+
+/// The holders of `flock` locks on the file `m` describes, in one reading of `/proc/locks`.
+fn holders_in(table: &str, m: &std::fs::Metadata) -> Vec<LockHolder> {
+    use std::os::unix::fs::MetadataExt;
     let (major, minor) = (libc::major(m.dev()), libc::minor(m.dev()));
     let mut out: Vec<LockHolder> = Vec::new();
     for line in table.lines() {
