@@ -793,5 +793,5 @@ fn kill_9_during_apply() {
             cases += 1;
         }
     }
-    println!("{cases} kill points");
+    println!("{cases} kill points (the replica at S1 reads as {}, at S2 as {})", f.sha[0], f.sha[1]);
 }
