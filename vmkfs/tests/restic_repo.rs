@@ -517,15 +517,19 @@ impl Replicated {
         .unwrap();
         let r = format!("restic:{}", root.path().join("repo").display());
         backup_ok(root.path(), &["-a", "vm/vm.vmx", "-r", &r, "--init", "--keep-tracking"]);
+        let ids = || -> Vec<String> {
+            snapshots(&root.path().join("repo")).iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+        };
+        let s1 = ids().pop().unwrap();
         let top = |root: &Path| Vm::top_of(&root.join("vm"), "scsi0:0");
         let sha1 = disk_digest(&d, &top(root.path()), &[]).unwrap().sha256;
         write_pattern(&d, &top(root.path()), 7 * MIB + 4096, 64 * KIB as usize, 2);
         write_at(&d, &top(root.path()), 40 * MIB, &vec![0u8; MIB as usize]);
         backup_ok(root.path(), &["-a", "vm/vm.vmx", "-r", &r, "--since", "latest", "--keep-tracking"]);
         let sha2 = disk_digest(&d, &top(root.path()), &[]).unwrap().sha256;
-        let snaps = snapshots(&root.path().join("repo"));
-        let id = |i: usize| snaps[i]["id"].as_str().unwrap().to_string();
-        Replicated { s1: id(0), s2: id(1), sha: [sha1, sha2], root }
+        // S2 is the other one (their times may fall within one second).
+        let s2 = ids().into_iter().find(|i| *i != s1).unwrap();
+        Replicated { s1, s2, sha: [sha1, sha2], root }
     }
 
     fn dir(&self) -> &Path {

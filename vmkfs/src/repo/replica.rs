@@ -231,7 +231,7 @@ impl ResticApply<'_> {
         let old_file = RepoFile::new(repo, &from.file, node.content.as_deref().unwrap_or_default(), node.size)?;
         let same: std::collections::HashSet<(u64, Id, u64)> = old_file.blobs().iter().copied().collect();
         let diff = (0..self.file.blobs().len()).filter(|&i| !same.contains(&self.file.blobs()[i])).collect();
-        Ok(Some((diff, old.time > self.src.snapshot.time)))
+        Ok(Some((diff, snapshot::time_key(&old.time) > snapshot::time_key(&self.src.snapshot.time))))
     }
 
     /// The blobs whose bytes the replica does not hold: read and hashed (a range the replica's map
