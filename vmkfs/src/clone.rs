@@ -39,6 +39,9 @@ pub struct CloneOptions<'a> {
     pub engine: Option<EngineOptions>,
     /// zlib level (0–9) of streamOptimized output.
     pub compress_level: u32,
+    /// Disk database entries the new disk gets (the restic point a replica records); not for
+    /// streamOptimized, which is never a replica.
+    pub ddb: Vec<(String, String)>,
 }
 
 impl<'a> CloneOptions<'a> {
@@ -53,6 +56,7 @@ impl<'a> CloneOptions<'a> {
             cancel: None,
             engine: None,
             compress_level: DEFAULT_COMPRESS_LEVEL,
+            ddb: Vec::new(),
         }
     }
 }
@@ -249,6 +253,13 @@ pub fn clone_source_into(
         None => &mut noop,
     };
     let stats = new.fill(CopyFrom::Source(through), &engine, progress, opts.cancel)?;
+    if let (Destination::Disk { disk, .. }, false) = (&new, opts.ddb.is_empty()) {
+        disk.link().update_descriptor(|d| {
+            for (k, v) in &opts.ddb {
+                d.set_ddb(k, v.clone());
+            }
+        })?;
+    }
     let path = new.commit()?;
     Ok(CloneReport { path, files, stats })
 }

@@ -8,7 +8,7 @@ use redo::{Chain, ChangeMap, CommitReport, RedoError};
 use vmdk::map::MapSource;
 use vmdk::{AllocMap, Link, OpenOptions};
 
-use crate::engine::{copy, EngineOptions, Source};
+use crate::engine::{copy, CopyStats, EngineOptions, Source};
 use crate::error::{Error, Result};
 
 /// A link's own data, as a copy source: its map (absent and zero ranges are not copied) and its
@@ -238,26 +238,50 @@ pub enum Applied {
     Already(u32),
 }
 
-/// Replication: applies an exported REDO link (`delta`) onto `replica`, a copy of the link it was
-/// exported against. The replica's CID must be the delta's parentCID (unless `force`); afterwards
-/// the replica has the delta's CID, so the next incremental applies on top. A replica that already
-/// has the delta's CID is left as it is ([`Applied::Already`]), so a rerun after success is
-/// harmless; a delta for a later point is refused naming the CID the replica must reach first (and
-/// the delta in `delta`'s folder that would bring it there, if one is).
-///
-/// The copy into the replica is a data phase in the sense of [`vmdk::txn`]: while it runs (or after
-/// it was interrupted) the replica is refused to every command but this apply's re-run, which
-/// copies again and finishes.
-pub fn apply_delta(
-    delta: &Path,
+/// One way of bringing a replica to a new point — an exported REDO link ([`apply_delta`]), a file
+/// of a restic snapshot ([`crate::repo::replica`]) — as [`replicate`] drives it: checks, the data
+/// phase, and the point the replica records afterwards.
+pub trait Replication {
+    /// Whether the replica may keep its child `child` (a link naming it as its parent, by real
+    /// path): a delta placed beside the replica is the one being merged; any other child reads the
+    /// replica as it is and forbids the change.
+    fn allows_child(&self, _child: &Path) -> bool {
+        false
+    }
+
+    /// Before the data phase (`resumed`: a re-run of an interrupted one): `Ok(true)` when the
+    /// replica (the top of `chain`) is at the point already and nothing is to be written; an error
+    /// refuses the replication.
+    fn check(&mut self, chain: &Chain, resumed: bool) -> Result<bool>;
+
+    /// The data phase: writes into the top of `chain` what it needs to reach the point. Must give
+    /// the same result when run again over a replica an interrupted run left half written.
+    fn write(
+        &mut self,
+        chain: &Chain,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: Option<&AtomicBool>,
+    ) -> Result<CopyStats>;
+
+    /// The point reached, recorded in the replica's descriptor (its CID, disk database keys).
+    fn record(&self, d: &mut vmdk::Descriptor);
+}
+
+/// Brings `replica` to the point `how` describes, through the transaction home: the replica is
+/// locked exclusively (opened for writing, keeping its CID), the data phase runs under an intent
+/// whose re-run is `rerun`, and the new point is recorded in the descriptor only as the last step,
+/// after every block is in and the replica is closed cleanly. While the data phase runs (or after
+/// it was interrupted) the replica is refused to every command but this re-run, which writes again
+/// and finishes. Returns `None` when the replica was at the point already (nothing written).
+pub fn replicate(
     replica: &Path,
     opts: &OpenOptions,
-    force: bool,
+    rerun: Vec<String>,
+    how: &mut dyn Replication,
     progress: &mut dyn FnMut(u64, u64),
     cancel: Option<&AtomicBool>,
-) -> Result<Applied> {
+) -> Result<Option<CopyStats>> {
     let storage = &opts.storage;
-    let rerun = crate::phase::rerun_command(&["--apply"], &[delta, replica], opts);
     let mut resumed = None;
     if let Some(i) = vmdk::txn::pending(storage, replica)? {
         let rec = i.record().clone();
@@ -273,54 +297,111 @@ pub fn apply_delta(
             }
         }
     }
-    let dl = Link::open(delta, &OpenOptions { write: false, ..opts.clone() })?;
-    // A delta placed beside the replica names it as its parent: that child is the one being merged
-    // (as in a commit). Any other child reads the replica as it is and forbids the change.
     let rchain =
         Chain::open(replica, &OpenOptions { write: true, keep_cid: true, allow_children: true, ..opts.clone() })?;
     let target = rchain.top();
-    let (want, have, cid) = (dl.descriptor().parent_cid, target.descriptor().cid, dl.descriptor().cid);
-    if resumed.is_none() && !force {
-        if have == cid {
-            return Ok(Applied::Already(cid));
-        }
-        if want != have {
-            return Err(out_of_order(delta, replica, want, have, opts));
-        }
+    if how.check(&rchain, resumed.is_some())? {
+        return Ok(None);
     }
-    if let Some(child) = target.children().into_iter().find(|c| storage.real_path(c) != *dl.real_path()) {
-        return Err(
-            vmdk::Error::HasChildren { path: replica.into(), child, what: "applying a delta to it".into() }.into()
-        );
-    }
-    if dl.capacity() != target.capacity() {
-        return Err(redo::ChainError::CapacityMismatch {
-            child: delta.into(),
-            parent: replica.into(),
-            child_capacity: dl.capacity(),
-            parent_capacity: target.capacity(),
-        }
-        .into());
+    if let Some(child) = target.children().into_iter().find(|c| !how.allows_child(&storage.real_path(c))) {
+        return Err(vmdk::Error::HasChildren { path: replica.into(), child, what: "applying to it".into() }.into());
     }
     let mut intent = match resumed {
         Some(i) => i,
         None => vmdk::txn::Intent::begin(storage, target.real_path(), "apply", &[], Some(rerun))?,
     };
-    let mut e = EngineOptions::new();
-    e.skip_zeros = false;
-    copy(&OwnData(&dl), target, &e, progress, cancel)?;
-    // A hole in a replica that has a parent would show the parent: zeros are written there.
-    redo::commit::apply_zeros(&dl, target, rchain.links().len() > 1)?;
+    let stats = how.write(&rchain, progress, cancel)?;
     target.flush()?;
     let mut d = target.descriptor();
-    d.set_cid(cid);
+    how.record(&mut d);
     let steps = target.descriptor_update(&d)?.map(|(_, s)| s).into_iter().collect();
     // The replica closed cleanly (its unclean-shutdown flag cleared) before the data phase ends.
-    drop(dl);
     rchain.close()?;
     intent.set_steps(steps)?;
     intent.finish()?;
-    Ok(Applied::Now(cid))
+    Ok(Some(stats))
+}
+
+/// [`apply_delta`]'s [`Replication`]: the delta's own data, its zeros, its CID.
+struct DeltaApply<'a> {
+    delta: &'a Path,
+    replica: &'a Path,
+    dl: Link,
+    opts: &'a OpenOptions,
+    force: bool,
+}
+
+impl Replication for DeltaApply<'_> {
+    fn allows_child(&self, child: &Path) -> bool {
+        child == self.dl.real_path()
+    }
+
+    fn check(&mut self, chain: &Chain, resumed: bool) -> Result<bool> {
+        let target = chain.top();
+        let (want, have, cid) = (self.dl.descriptor().parent_cid, target.descriptor().cid, self.dl.descriptor().cid);
+        if !resumed && !self.force {
+            if have == cid {
+                return Ok(true);
+            }
+            if want != have {
+                return Err(out_of_order(self.delta, self.replica, want, have, self.opts));
+            }
+        }
+        if self.dl.capacity() != target.capacity() {
+            return Err(redo::ChainError::CapacityMismatch {
+                child: self.delta.into(),
+                parent: self.replica.into(),
+                child_capacity: self.dl.capacity(),
+                parent_capacity: target.capacity(),
+            }
+            .into());
+        }
+        Ok(false)
+    }
+
+    fn write(
+        &mut self,
+        chain: &Chain,
+        progress: &mut dyn FnMut(u64, u64),
+        cancel: Option<&AtomicBool>,
+    ) -> Result<CopyStats> {
+        let mut e = EngineOptions::new();
+        e.skip_zeros = false;
+        let stats = copy(&OwnData(&self.dl), chain.top(), &e, progress, cancel)?;
+        // A hole in a replica that has a parent would show the parent: zeros are written there.
+        redo::commit::apply_zeros(&self.dl, chain.top(), chain.links().len() > 1)?;
+        Ok(stats)
+    }
+
+    fn record(&self, d: &mut vmdk::Descriptor) {
+        d.set_cid(self.dl.descriptor().cid);
+    }
+}
+
+/// Replication: applies an exported REDO link (`delta`) onto `replica`, a copy of the link it was
+/// exported against. The replica's CID must be the delta's parentCID (unless `force`); afterwards
+/// the replica has the delta's CID, so the next incremental applies on top. A replica that already
+/// has the delta's CID is left as it is ([`Applied::Already`]), so a rerun after success is
+/// harmless; a delta for a later point is refused naming the CID the replica must reach first (and
+/// the delta in `delta`'s folder that would bring it there, if one is).
+///
+/// The copy into the replica is a data phase in the sense of [`vmdk::txn`] ([`replicate`]).
+pub fn apply_delta(
+    delta: &Path,
+    replica: &Path,
+    opts: &OpenOptions,
+    force: bool,
+    progress: &mut dyn FnMut(u64, u64),
+    cancel: Option<&AtomicBool>,
+) -> Result<Applied> {
+    let rerun = crate::phase::rerun_command(&["--apply"], &[delta, replica], opts);
+    let dl = Link::open(delta, &OpenOptions { write: false, ..opts.clone() })?;
+    let cid = dl.descriptor().cid;
+    let mut how = DeltaApply { delta, replica, dl, opts, force };
+    Ok(match replicate(replica, opts, rerun, &mut how, progress, cancel)? {
+        Some(_) => Applied::Now(cid),
+        None => Applied::Already(cid),
+    })
 }
 
 /// The refusal of a delta that does not follow the replica's point: names the CID needed and, if

@@ -17,9 +17,22 @@
 //!   and the pack; a restore that needs the pack writes nothing.
 //! - `kill_9_during_backup`: backups killed at several points leave a repository `restic check`
 //!   accepts, and the re-run completes with a snapshot that dumps as the disks.
+//! - `two_backups_at_once`: two VMs backed up into one repository at the same time, then one VM
+//!   twice at once: every run succeeds or fails cleanly, `restic check --read-data` passes and
+//!   every snapshot dumps as its disks were.
+//! - `replica_follows_snapshots`: `vmkfs -i restic:…@S1` into thin, 2gbsparse and zeroedthick
+//!   replicas (which record the point), 1 % of the blocks changed (one of them to zeros), a
+//!   second backup, `vmkfs --apply restic:…@S2`: `qemu-img compare` with the source, and the
+//!   `--json` report says only the changed blocks were written; again: nothing to do; back to S1:
+//!   the older point; a replica written since, a disk that records no point (refused, then
+//!   `--force`), another capacity, a replica with a child, the password options.
+//! - `kill_9_during_apply`: an apply killed (strace) at points of every state-changing system call
+//!   leaves a replica that reads as before or after, or is refused naming the re-run, and the
+//!   re-run finishes it.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -144,14 +157,7 @@ impl Vm {
         self.root.path().join("vm")
     }
     fn top(&self, key: &str) -> String {
-        let text = std::fs::read_to_string(self.dir().join("vm.vmx")).unwrap();
-        let want = format!("{key}.filename");
-        text.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once('=')?;
-                (k.trim().to_ascii_lowercase() == want).then(|| v.trim().trim_matches('"').to_string())
-            })
-            .unwrap()
+        Vm::top_of(&self.dir(), key)
     }
     fn digests(&self) -> Vec<String> {
         KEYS.iter().map(|k| disk_digest(&self.dir(), &self.top(k), &[]).unwrap().sha256).collect()
@@ -418,4 +424,378 @@ fn kill_9_during_backup() {
     assert_ne!(want, vm.digests());
     let out = String::from_utf8(restic(&repo, &["check", "--read-data"])).unwrap();
     assert!(out.contains("no errors were found"), "{out}");
+}
+
+/// Backups running at once: each must succeed or fail with the lock message and no panic.
+fn at_once(runs: Vec<(PathBuf, Vec<String>)>) -> Vec<Outcome> {
+    let handles: Vec<_> = runs
+        .into_iter()
+        .map(|(dir, args)| {
+            std::thread::spawn(move || {
+                let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                backup(&dir, &a)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn succeeded_or_refused_cleanly(o: &Outcome) -> bool {
+    o.success() || (!o.panicked() && o.code().is_some() && o.err().to_lowercase().contains("lock"))
+}
+
+#[test]
+fn two_backups_at_once() {
+    if !have_restic() {
+        return;
+    }
+    let a = Vm::new("vm-a");
+    let b = Vm::new("vm-b");
+    b.change(3);
+    let repo = a.root.path().join("repo");
+    let r = format!("restic:{}", repo.display());
+    backup_ok(a.root.path(), &["-a", "vm/vm.vmx", "-r", &r, "--init"]);
+    let args = |dir: &Path| (dir.to_path_buf(), vec!["-a".into(), "vm/vm.vmx".into(), "-r".into(), r.clone()]);
+    // Two VMs at once: restic's lock is non-exclusive for backups and packs are immutable, so
+    // both succeed.
+    let outs = at_once(vec![args(a.root.path()), args(b.root.path())]);
+    for o in &outs {
+        assert!(o.success(), "{}", o.describe());
+    }
+    // One VM twice at once: the disks' locks decide; each run succeeds or fails cleanly.
+    a.change(4);
+    let outs = at_once(vec![args(a.root.path()), args(a.root.path())]);
+    assert!(outs.iter().any(Outcome::success), "neither run succeeded: {}", outs[0].describe());
+    for o in &outs {
+        assert!(succeeded_or_refused_cleanly(o), "{}", o.describe());
+    }
+    restic(&repo, &["unlock"]);
+    let out = String::from_utf8(restic(&repo, &["check", "--read-data"])).unwrap();
+    assert!(out.contains("no errors were found"), "{out}");
+    let snaps = snapshots(&repo);
+    assert_eq!(snaps.len(), 3 + outs.iter().filter(|o| o.success()).count());
+    // Every snapshot dumps as whole disks; the newest of each VM as the VM is now.
+    for s in &snaps {
+        let id = s["short_id"].as_str().unwrap();
+        let folder = s["paths"][0].as_str().unwrap().trim_start_matches('/').to_string();
+        for n in raw_names(&repo, id, &folder) {
+            restic_dump_sha(&repo, id, &n);
+        }
+    }
+    for (vm, folder) in [(&a, "vm-a"), (&b, "vm-b")] {
+        let last = snaps.iter().rev().find(|s| s["paths"][0] == format!("/{folder}")).unwrap();
+        let id = last["short_id"].as_str().unwrap();
+        let got: Vec<String> = raw_names(&repo, id, folder).iter().map(|n| restic_dump_sha(&repo, id, n)).collect();
+        assert_eq!(got, vm.digests(), "{folder}");
+    }
+}
+
+/// A one-disk VM `vm/` (128 MiB thin, 100 MiB of data) backed up twice into `repo/`: S1, then
+/// 2 of its 128 blocks changed (one rewritten, one zeroed, 1.6 %), S2.
+struct Replicated {
+    root: tempfile::TempDir,
+    s1: String,
+    s2: String,
+    /// The disk's SHA-256 at S1 and at S2.
+    sha: [String; 2],
+}
+
+const REPLICA_CAP: u64 = 128 * MIB;
+const FILE: &str = "/web/scsi0-0-os.raw";
+
+impl Replicated {
+    fn new() -> Replicated {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("vm");
+        std::fs::create_dir(&d).unwrap();
+        create_disk(&d, "os.vmdk", "thin", REPLICA_CAP);
+        write_pattern(&d, "os.vmdk", 0, 100 * MIB as usize, 1);
+        std::fs::write(
+            d.join("vm.vmx"),
+            "displayName = \"web\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"os.vmdk\"\n",
+        )
+        .unwrap();
+        let r = format!("restic:{}", root.path().join("repo").display());
+        backup_ok(root.path(), &["-a", "vm/vm.vmx", "-r", &r, "--init", "--keep-tracking"]);
+        let ids = || -> Vec<String> {
+            snapshots(&root.path().join("repo")).iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+        };
+        let s1 = ids().pop().unwrap();
+        let top = |root: &Path| Vm::top_of(&root.join("vm"), "scsi0:0");
+        let sha1 = disk_digest(&d, &top(root.path()), &[]).unwrap().sha256;
+        write_pattern(&d, &top(root.path()), 7 * MIB + 4096, 64 * KIB as usize, 2);
+        write_at(&d, &top(root.path()), 40 * MIB, &vec![0u8; MIB as usize]);
+        backup_ok(root.path(), &["-a", "vm/vm.vmx", "-r", &r, "--since", "latest", "--keep-tracking"]);
+        let sha2 = disk_digest(&d, &top(root.path()), &[]).unwrap().sha256;
+        // S2 is the other one (their times may fall within one second).
+        let s2 = ids().into_iter().find(|i| *i != s1).unwrap();
+        Replicated { s1, s2, sha: [sha1, sha2], root }
+    }
+
+    fn dir(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// `restic:REPO@SNAP:/web/scsi0-0-os.raw`.
+    fn at(&self, snap: &str) -> String {
+        format!("restic:{}@{snap}:{FILE}", self.dir().join("repo").display())
+    }
+
+    /// `vmkfs ARGS` with the password in RESTIC_PASSWORD.
+    fn vmkfs(&self, args: &[&str]) -> Outcome {
+        run(with_password(vmkfs_cmd(self.dir(), args)), None, Some(Duration::from_secs(300)))
+    }
+
+    /// `vmkfs --json --apply SRC REPLICA [EXTRA]`, which must succeed: its report.
+    fn apply(&self, snap: &str, replica: &str, extra: &[&str]) -> serde_json::Value {
+        let src = self.at(snap);
+        let o = self.vmkfs(&[&["--json", "--apply", &src, replica], extra].concat());
+        assert!(o.success(), "{}", o.describe());
+        serde_json::from_str(o.out().lines().last().unwrap()).unwrap()
+    }
+
+    fn sha(&self, disk: &str) -> String {
+        disk_digest(self.dir(), disk, &[]).unwrap().sha256
+    }
+}
+
+impl Vm {
+    /// The disk file the `.vmx` in `dir` names for `key`.
+    fn top_of(dir: &Path, key: &str) -> String {
+        let text = std::fs::read_to_string(dir.join("vm.vmx")).unwrap();
+        let want = format!("{key}.filename");
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                (k.trim().to_ascii_lowercase() == want).then(|| v.trim().trim_matches('"').to_string())
+            })
+            .unwrap()
+    }
+}
+
+fn qemu_identical(dir: &Path, a: &str, b: &str) {
+    if !have_qemu() {
+        return;
+    }
+    let o = qemu_img(dir, &["compare", "-f", "vmdk", "-F", "vmdk", a, b]);
+    assert!(o.success() && o.out().contains("identical"), "{}", o.describe());
+}
+
+#[test]
+fn replica_follows_snapshots() {
+    if !have_restic() {
+        return;
+    }
+    let f = Replicated::new();
+    let dir = f.dir();
+    let source = format!("vm/{}", Vm::top_of(&dir.join("vm"), "scsi0:0"));
+    // Item 2: the password from --password-file (RESTIC_PASSWORD unset).
+    let pw = dir.join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    for fmt in ["thin", "2gbsparse", "zeroedthick"] {
+        let replica = format!("replica-{fmt}.vmdk");
+        let mut c = vmkfs_cmd(dir, &["-i", &f.at(&f.s1), "-d", fmt, &replica, "--password-file", pw.to_str().unwrap()]);
+        c.env_remove("RESTIC_PASSWORD").env_remove("RESTIC_PASSWORD_FILE");
+        let o = run(c, None, Some(Duration::from_secs(300)));
+        assert!(o.success(), "{}", o.describe());
+        assert_eq!(f.sha(&replica), f.sha[0], "{fmt}");
+        let desc = std::fs::read_to_string(dir.join(&replica)).unwrap();
+        assert!(desc.contains(&format!("ddb.vmkfs.resticSnapshot = \"{}\"", f.s1)), "{desc}");
+        // S2 through RESTIC_PASSWORD_FILE: exactly the changed block written, the zeroed one
+        // discarded.
+        let mut c = vmkfs_cmd(dir, &["--json", "--apply", &f.at(&f.s2), &replica]);
+        c.env_remove("RESTIC_PASSWORD").env("RESTIC_PASSWORD_FILE", &pw);
+        let o = run(c, None, Some(Duration::from_secs(300)));
+        assert!(o.success(), "{}", o.describe());
+        let rep: serde_json::Value = serde_json::from_str(o.out().lines().last().unwrap()).unwrap();
+        assert_eq!(rep["mode"], "diff", "{rep}");
+        assert_eq!(rep["from"].as_str(), Some(f.s1.as_str()));
+        assert_eq!(
+            (rep["ranges"].as_u64(), rep["written"].as_u64(), rep["zeroed"].as_u64()),
+            (Some(2), Some(MIB), Some(MIB)),
+            "{rep}"
+        );
+        assert_eq!(f.sha(&replica), f.sha[1], "{fmt}");
+        qemu_identical(dir, &replica, &source);
+        // Again: nothing to do.
+        let rep = f.apply("latest", &replica, &[]);
+        assert_eq!((rep["mode"].as_str(), rep["written"].as_u64()), (Some("already"), Some(0)), "{rep}");
+    }
+    // Back to the older snapshot: the two blocks written back, reported as older.
+    let rep = f.apply(&f.s1[..8], "replica-thin.vmdk", &[]);
+    assert_eq!((rep["mode"].as_str(), rep["older"].as_bool()), (Some("diff"), Some(true)), "{rep}");
+    assert_eq!((rep["written"].as_u64(), rep["zeroed"].as_u64()), (Some(2 * MIB), Some(0)), "{rep}");
+    assert_eq!(f.sha("replica-thin.vmdk"), f.sha[0]);
+    // A replica written since its point (its CID changed): every block compared, one written.
+    f.apply(&f.s2, "replica-thin.vmdk", &[]);
+    write_at(dir, "replica-thin.vmdk", 90 * MIB + 5, b"local change");
+    let rep = f.apply(&f.s2, "replica-thin.vmdk", &[]);
+    assert_eq!(rep["mode"], "compare", "{rep}");
+    assert!(rep["why"].as_str().unwrap().contains("written since"), "{rep}");
+    assert_eq!((rep["written"].as_u64(), rep["compared"].as_u64()), (Some(MIB), Some(99 * MIB)), "{rep}");
+    assert_eq!(f.sha("replica-thin.vmdk"), f.sha[1]);
+    // A disk that records no point: refused (it may be another disk), then with --force every
+    // block compared and written where it differs.
+    create_disk(dir, "plain.vmdk", "thin", REPLICA_CAP);
+    write_pattern(dir, "plain.vmdk", 0, 50 * MIB as usize, 1);
+    let o = f.vmkfs(&["--apply", &f.at("latest"), "plain.vmdk"]);
+    assert!(
+        !o.success() && o.err().contains("records no restic point") && o.err().contains("--force"),
+        "{}",
+        o.describe()
+    );
+    let rep = f.apply("latest", "plain.vmdk", &["--force"]);
+    assert_eq!(rep["mode"], "compare", "{rep}");
+    // It holds S1's first 50 MiB: S2's other 50 MiB, its changed block and its zeroed one differ.
+    let counts = (rep["ranges"].as_u64(), rep["written"].as_u64(), rep["zeroed"].as_u64(), rep["compared"].as_u64());
+    assert_eq!(counts, (Some(52), Some(51 * MIB), Some(MIB), Some(50 * MIB)), "{rep}");
+    assert_eq!(f.sha("plain.vmdk"), f.sha[1]);
+    qemu_identical(dir, "plain.vmdk", &source);
+    let rep = f.apply("latest", "plain.vmdk", &[]);
+    assert_eq!(rep["mode"], "already", "{rep}");
+    // Another capacity: a typed refusal naming both sizes; nothing written.
+    create_disk(dir, "small.vmdk", "thin", 64 * MIB);
+    let before = f.sha("small.vmdk");
+    let o = f.vmkfs(&["--apply", &f.at("latest"), "small.vmdk", "--force"]);
+    assert!(
+        !o.success() && o.err().contains(&(64 * MIB).to_string()) && o.err().contains(&REPLICA_CAP.to_string()),
+        "{}",
+        o.describe()
+    );
+    assert_eq!(f.sha("small.vmdk"), before);
+    // A replica with a child (a snapshot link on it) is read-only to --apply.
+    assert_eq!(snapshot(dir, "replica-2gbsparse.vmdk", false), "replica-2gbsparse-000001.vmdk");
+    let o = f.vmkfs(&["--apply", &f.at(&f.s1), "replica-2gbsparse.vmdk"]);
+    assert!(!o.success() && o.err().contains("replica-2gbsparse-000001.vmdk"), "{}", o.describe());
+    // Password options: a wrong one names the keys; --password-file goes only with restic:.
+    std::fs::write(&pw, "wrong\n").unwrap();
+    let o = f.vmkfs(&["--apply", &f.at("latest"), "replica-thin.vmdk", "--password-file", pw.to_str().unwrap()]);
+    assert!(!o.success() && o.err().contains("wrong password"), "{}", o.describe());
+    let o = f.vmkfs(&["-i", "plain.vmdk", "-d", "thin", "x.vmdk", "--password-file", pw.to_str().unwrap()]);
+    assert_eq!(o.code(), Some(2), "{}", o.describe());
+    let mut c = vmkfs_cmd(dir, &["--apply", &f.at("latest"), "replica-thin.vmdk"]);
+    c.env_remove("RESTIC_PASSWORD").env_remove("RESTIC_PASSWORD_FILE");
+    let o = run(c, None, Some(Duration::from_secs(60)));
+    assert!(!o.success() && o.err().contains("--password-file"), "{}", o.describe());
+}
+
+/// System calls an apply is killed at (one at a time).
+const KILL_SYSCALLS: [&str; 5] = ["pwrite64", "fsync", "fdatasync", "rename", "unlink"];
+
+/// `vmkfs --threads 1 --chunk-kib 256 --apply SRC replica.vmdk` under strace in `dir`, killed at
+/// the `n`-th call of `syscall` (per thread), or (`None`) counting the calls: the most any one
+/// thread made of each.
+fn strace_apply(dir: &Path, src: &str, kill: Option<(&str, u64)>) -> (Outcome, BTreeMap<String, u64>) {
+    let trace = dir.join("trace.txt");
+    let mut c = with_password(Command::new("strace"));
+    match kill {
+        Some((sc, n)) => c.args([
+            "-f",
+            "-qq",
+            "-e",
+            &format!("trace={sc}"),
+            "-e",
+            &format!("inject={sc}:signal=KILL:when={n}"),
+            "-o",
+            "/dev/null",
+        ]),
+        None => {
+            c.args(["-f", "-qq", "-e", &format!("trace={}", KILL_SYSCALLS.join(",")), "-o", trace.to_str().unwrap()])
+        }
+    };
+    c.arg(bin())
+        .args(["--threads", "1", "--chunk-kib", "256", "--apply", src, "replica.vmdk"])
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    let o = run(c, None, Some(Duration::from_secs(300)));
+    let mut per_thread: BTreeMap<(String, String), u64> = BTreeMap::new();
+    if kill.is_none() {
+        for line in std::fs::read_to_string(&trace).unwrap_or_default().lines() {
+            let Some((tid, rest)) = line.split_once(' ') else { continue };
+            let name = rest.trim_start().split('(').next().unwrap_or_default();
+            if KILL_SYSCALLS.contains(&name) {
+                *per_thread.entry((name.to_string(), tid.to_string())).or_default() += 1;
+            }
+        }
+        let _ = std::fs::remove_file(&trace);
+    }
+    let mut counts = BTreeMap::new();
+    for ((sc, _), n) in per_thread {
+        let m = counts.entry(sc).or_insert(0);
+        *m = (*m).max(n);
+    }
+    (o, counts)
+}
+
+/// Up to `k` points spread evenly over `1..=m`, the first and the last among them.
+fn spread(m: u64, k: u64) -> Vec<u64> {
+    let k = k.min(m).max(1);
+    if k == 1 {
+        return vec![m];
+    }
+    (0..k).map(|i| 1 + i * (m - 1) / (k - 1)).collect()
+}
+
+#[test]
+fn kill_9_during_apply() {
+    if !have_restic() {
+        return;
+    }
+    if !have_tool("strace") {
+        skip("strace is not installed: the apply kill points need it");
+        return;
+    }
+    let f = Replicated::new();
+    let base = f.dir().join("base");
+    std::fs::create_dir(&base).unwrap();
+    let o = f.vmkfs(&["-i", &f.at(&f.s1), "-d", "2gbsparse", "base/replica.vmdk"]);
+    assert!(o.success(), "{}", o.describe());
+    let src = f.at(&f.s2);
+    let fresh = |name: &str| -> PathBuf {
+        let d = f.dir().join(name);
+        let st = Command::new("cp").args(["-a", "--sparse=always"]).arg(&base).arg(&d).status().unwrap();
+        assert!(st.success());
+        d
+    };
+    let (o, counts) = strace_apply(&fresh("count"), &src, None);
+    assert!(o.success(), "{}", o.describe());
+    assert!(
+        counts.get("pwrite64").copied().unwrap_or(0) > 4 && counts.get("rename").copied().unwrap_or(0) > 0,
+        "{counts:?}"
+    );
+    let max = env_number("VMKFS_KILLPOINTS_MAX", 6);
+    let mut cases = 0;
+    for (sc, &m) in &counts {
+        for n in spread(m, max) {
+            let d = fresh(&format!("kill-{sc}-{n}"));
+            let (killed, _) = strace_apply(&d, &src, Some((sc, n)));
+            let at = format!("killed at {sc} #{n} of {m}");
+            // As before, as after, or refused naming the re-run.
+            match disk_digest(&d, "replica.vmdk", &[]) {
+                Ok(dg) => assert!(
+                    dg.sha256 == f.sha[0] || dg.sha256 == f.sha[1],
+                    "{at}: a mixed replica ({})",
+                    killed.describe()
+                ),
+                Err(o) => assert!(o.code() == Some(5) && o.text().contains("re-run"), "{at}: {}", o.describe()),
+            }
+            let o = run(
+                with_password(vmkfs_cmd(&d, &["--json", "--apply", &src, "replica.vmdk"])),
+                None,
+                Some(Duration::from_secs(300)),
+            );
+            assert!(o.success(), "{at}: the re-run failed: {}", o.describe());
+            let got = disk_digest(&d, "replica.vmdk", &[]).unwrap().sha256;
+            assert_eq!(got, f.sha[1], "{at} (S1 is {}): the re-run said {}", f.sha[0], o.out());
+            let desc = std::fs::read_to_string(d.join("replica.vmdk")).unwrap();
+            assert!(desc.contains(&f.s2), "{at}: the point is not recorded: {desc}");
+            let left: Vec<String> = listing(&d).into_iter().filter(|n| n.contains(".vmkfs")).collect();
+            assert!(left.is_empty(), "{at}: left {left:?}");
+            let o = vmkfs_cmd(&d, &["-x", "check", "replica.vmdk"]).output().unwrap();
+            assert!(o.status.success(), "{at}: {}", String::from_utf8_lossy(&o.stdout));
+            std::fs::remove_dir_all(&d).unwrap();
+            cases += 1;
+        }
+    }
+    println!("{cases} kill points (the replica at S1 reads as {}, at S2 as {})", f.sha[0], f.sha[1]);
 }

@@ -8,6 +8,8 @@
 //! index.rs   index files: which pack holds each blob, where
 //! tree.rs    tree blobs (directories), snapshot.rs snapshot files
 //! repo.rs    the repository: init, open with a password, unpacked files, locks, blob reads, writer
+//! replica.rs a file of a snapshot opened as a clone source; a replica disk brought to a snapshot
+//!            (`--apply`): the point it records, the blocks that differ
 //! vmdisk.rs  a disk as one raw file of fixed 1 MiB blocks taken from the allocation map; a file of
 //!            a snapshot read back as a disk source (zero blobs answer as zeros)
 //! ```
@@ -27,6 +29,7 @@
 pub mod crypto;
 pub mod index;
 pub mod pack;
+pub mod replica;
 #[allow(clippy::module_inception)]
 pub mod repo;
 pub mod snapshot;

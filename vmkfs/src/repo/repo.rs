@@ -198,7 +198,7 @@ impl Repo {
             let s: Snapshot = repo.load_unpacked(&root.join("snapshots").join(id.hex()))?;
             repo.snapshots.push((id, s));
         }
-        repo.snapshots.sort_by(|a, b| a.1.time.cmp(&b.1.time));
+        repo.snapshots.sort_by_key(|(id, s)| (super::snapshot::time_key(&s.time), *id));
         for id in list_ids(&root.join("index"))? {
             let f: IndexFile = repo.load_unpacked(&root.join("index").join(id.hex()))?;
             for p in f.packs {

@@ -36,6 +36,34 @@ pub struct Snapshot {
     pub program_version: Option<String>,
 }
 
+/// Now, as restic writes snapshot times (RFC 3339 with nanoseconds, UTC), so that two snapshots
+/// taken within one second still have an order (`latest`).
+pub fn now_nanos() -> String {
+    loop {
+        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let whole = crate::vm::catalog::now_utc();
+        // The same second on both sides: `whole` names it.
+        if crate::vm::catalog::unix_now() == before.as_secs() {
+            return format!("{}.{:09}Z", whole.trim_end_matches('Z'), before.subsec_nanos());
+        }
+    }
+}
+
+/// The order of snapshot times: seconds since 1970 (any RFC 3339 offset), then the fraction in
+/// nanoseconds; a time that does not parse sorts first.
+pub fn time_key(time: &str) -> (u64, u32) {
+    let secs = crate::vm::catalog::parse_utc(time).unwrap_or(0);
+    let frac = time.split_once('.').map(|(_, f)| f.bytes().take_while(u8::is_ascii_digit).collect::<Vec<u8>>());
+    let nanos = frac.map_or(0, |d| {
+        let mut n = 0u32;
+        for i in 0..9 {
+            n = n * 10 + d.get(i).map_or(0, |c| u32::from(c - b'0'));
+        }
+        n
+    });
+    (secs, nanos)
+}
+
 /// Saves a snapshot holding one folder `name` with `files` (nodes made by the caller from blobs
 /// `w` stored): the folder's tree and the root tree are stored, `w` writes its packs and index,
 /// then the snapshot file is written — the commit point; the lock is released after it.
@@ -53,7 +81,7 @@ pub fn save_folder(
             "{name:?}: a snapshot folder name without quotes, backslashes, slashes or control characters"
         )));
     }
-    let time = crate::vm::catalog::now_utc();
+    let time = now_nanos();
     let folder = Tree { nodes: files }.encode();
     let folder_id = w.add(BlobKind::Tree, &[&folder])?[0];
     let root = Tree { nodes: vec![Node::dir(name, folder_id, &time)] }.encode();
@@ -107,4 +135,19 @@ pub fn find_file(repo: &super::Repo, snap: &Snapshot, path: &str) -> crate::Resu
         .into_iter()
         .find(|n| n.name == name && n.kind == "file")
         .ok_or_else(|| crate::Error::Usage(format!("/{path}: no such file in snapshot {}", snap.tree)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_times_order_within_a_second() {
+        assert!(time_key("2026-12-01T14:51:39.5Z") > time_key("2026-12-01T14:51:39.123456789Z"));
+        assert!(time_key("2026-12-01T14:51:39Z") < time_key("2026-12-01T14:51:39.000000001Z"));
+        // restic's local offsets: 15:51:40+01:00 is 14:51:40 UTC.
+        assert!(time_key("2026-12-01T15:51:40.1+01:00") > time_key("2026-12-01T14:51:39.9Z"));
+        let (a, b) = (now_nanos(), now_nanos());
+        assert!(time_key(&b) >= time_key(&a) && time_key(&a).0 > 0, "{a} {b}");
+    }
 }

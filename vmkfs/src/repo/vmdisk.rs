@@ -164,6 +164,16 @@ impl<'a> RepoFile<'a> {
         Ok(RepoFile { repo, blobs, zero, size, last: Mutex::new(None) })
     }
 
+    /// `(start offset, blob, length)` of each blob, in order.
+    pub fn blobs(&self) -> &[(u64, Id, u64)] {
+        &self.blobs
+    }
+
+    /// Whether blob `i` (of [`RepoFile::blobs`]) is all zeros.
+    pub fn is_zero(&self, i: usize) -> bool {
+        self.zero[i]
+    }
+
     fn blob_at(&self, offset: u64) -> usize {
         self.blobs.partition_point(|b| b.0 + b.2 <= offset)
     }

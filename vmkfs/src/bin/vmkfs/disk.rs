@@ -202,7 +202,7 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
         let t0 = std::time::Instant::now();
         let restic = vmkfs::repo::vmbackup::parse_location(&src.to_string_lossy());
         let r = match (&device, restic) {
-            (None, Some(l)) => clone_from_repo(&l, dst, &mut opts)?,
+            (None, Some(l)) => clone_from_repo(cli, &l, dst, &mut opts)?,
             (Some(_), Some(_)) => {
                 return Err(Error::Usage(
                     "a file of a restic snapshot clones into a disk format, not onto a device".into(),
@@ -217,22 +217,20 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
     msg.finish(cli, &result)
 }
 
-/// `-i restic:PATH@SNAP:/FILE`: the file of the snapshot (a disk's raw image) into a new disk
-/// (password from RESTIC_PASSWORD_FILE or RESTIC_PASSWORD).
+/// `-i restic:PATH@SNAP:/FILE`: the file of the snapshot (a disk's raw image) into a new disk,
+/// which records the point ([`vmkfs::repo::replica::Point`]) so that `--apply` can bring it to
+/// later snapshots.
 fn clone_from_repo(
+    cli: &Cli,
     l: &vmkfs::repo::vmbackup::Location,
     dst: &Path,
     opts: &mut CloneOptions<'_>,
 ) -> Result<vmkfs::clone::CloneReport> {
-    use vmkfs::repo::{snapshot, vmdisk::RepoFile, Repo};
-    let file = l.file.as_deref().ok_or_else(|| {
-        Error::Usage(format!("{}: name the file: restic:PATH@SNAPSHOT:/VM/disk.raw", l.path.display()))
-    })?;
-    let repo = Repo::open(&l.path, &vmkfs::repo::repo::password(None)?)?;
-    let (_, snap) = repo.find_snapshot(l.snapshot.as_deref().unwrap_or("latest"))?;
-    let node = snapshot::find_file(&repo, &snap, file)?;
-    let src = RepoFile::new(&repo, file, node.content.as_deref().unwrap_or_default(), node.size)?;
-    vmkfs::clone::clone_source_into(&src, node.size, None, None, dst, opts)
+    let src = vmkfs::repo::replica::SnapshotFile::open(l, &crate::password(cli)?)?;
+    let _lock = src.repo.lock(false)?;
+    let point = src.point();
+    opts.ddb = point.ddb();
+    vmkfs::clone::clone_source_into(&src.source()?, src.node.size, None, Some(point.cid()), dst, opts)
 }
 
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

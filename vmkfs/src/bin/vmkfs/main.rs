@@ -76,6 +76,10 @@ pub struct Common {
     /// Copy-engine chunk size in KiB, rounded up to a power of two (for test harnesses).
     #[arg(long = "chunk-kib", value_name = "N", hide = true, value_parser = clap::value_parser!(u32).range(4..=65536))]
     pub chunk_kib: Option<u32>,
+    /// The restic repository's password file, for `-i restic:…` and `--apply restic:…` (else
+    /// RESTIC_PASSWORD_FILE, else RESTIC_PASSWORD).
+    #[arg(long = "password-file", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     /// Print help.
     #[arg(long = "help", action = ArgAction::Help)]
     pub help: Option<bool>,
@@ -113,6 +117,10 @@ fn main() -> ExitCode {
         threads: cli.common.threads.map(|t| t as usize),
         chunk: cli.common.chunk_kib.map(|k| u64::from(k) << 10),
     });
+    if cli.common.password_file.is_some() && !reads_a_repository(&cli) {
+        out::err_line("vmkfs: --password-file goes with -i restic:… or --apply restic:…");
+        return ExitCode::from(exit::USAGE as u8);
+    }
     if let Err(e) = check_disk_names(&cli) {
         return ExitCode::from(report_error(&cli, &e) as u8);
     }
@@ -151,6 +159,20 @@ fn check_disk_names(cli: &Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// True when `-i` or `--apply` names a restic repository (`restic:…`).
+fn reads_a_repository(cli: &Cli) -> bool {
+    [cli.disk.clone.as_deref(), cli.redo.apply.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(|p| vmkfs::repo::vmbackup::parse_location(&p.to_string_lossy()).is_some())
+}
+
+/// The restic repository's password: `--password-file`, else RESTIC_PASSWORD_FILE, else
+/// RESTIC_PASSWORD ([`vmkfs::repo::repo::password`]).
+pub fn password(cli: &Cli) -> Result<Vec<u8>> {
+    vmkfs::repo::repo::password(cli.common.password_file.as_deref())
 }
 
 /// The target path (the last positional argument).

@@ -40,7 +40,8 @@ pub struct RedoArgs {
     /// chains onto a copy of LINK.
     #[arg(long = "export-delta", value_name = "DST", requires = "since")]
     pub export_delta: Option<PathBuf>,
-    /// Replication: apply an exported REDO link DELTA onto the target (a replica of its parent).
+    /// Replication: apply an exported REDO link DELTA onto the target (a replica of its parent), or
+    /// the file of a restic snapshot (restic:PATH@SNAP:/VM/disk.raw): only the blocks that differ.
     #[arg(long = "apply", value_name = "DELTA")]
     pub apply: Option<PathBuf>,
     /// With --changed-blocks: block size (default 64k).
@@ -128,6 +129,9 @@ fn run_inner(cli: &Cli) -> Result<i32> {
         }
         return Ok(exit::OK);
     }
+    if let Some(l) = r.apply.as_deref().and_then(|a| vmkfs::repo::vmbackup::parse_location(&a.to_string_lossy())) {
+        return run_apply_restic(cli, &l, disk, &opts);
+    }
     if let Some(delta) = &r.apply {
         let mut progress = |_: u64, _: u64| {};
         let applied = vmkfs::redo_ops::apply_delta(
@@ -209,6 +213,42 @@ fn run_inner(cli: &Cli) -> Result<i32> {
         return Ok(if broken { exit::NEGATIVE } else { exit::OK });
     }
     run_changed_blocks(cli, disk, &opts)
+}
+
+/// `--apply restic:PATH@SNAP:/FILE REPLICA`: the replica brought to the file of the snapshot,
+/// only the blocks that differ written ([`vmkfs::repo::replica`]).
+fn run_apply_restic(cli: &Cli, l: &vmkfs::repo::vmbackup::Location, disk: &Path, opts: &OpenOptions) -> Result<i32> {
+    let src = vmkfs::repo::replica::SnapshotFile::open(l, &crate::password(cli)?)?;
+    let mut progress = |_: u64, _: u64| {};
+    let rep = vmkfs::repo::replica::apply(
+        &src,
+        disk,
+        opts,
+        cli.common.force,
+        &mut progress,
+        Some(crate::disk::install_interrupt_handler()),
+    )?;
+    if cli.common.json {
+        let mut v = serde_json::to_value(&rep).expect("serializable");
+        v["event"] = "applied".into();
+        out::line(v);
+    } else if rep.mode == vmkfs::repo::replica::Mode::Already {
+        outln!("'{}' already holds snapshot {}: nothing to do.", disk.display(), &rep.snapshot[..8]);
+    } else {
+        if let Some(why) = &rep.why {
+            outln!("Every block compared: {why}.");
+        }
+        outln!(
+            "Applied snapshot {} to '{}'{}: {} ranges differed, {} bytes written, {} bytes zeroed.",
+            &rep.snapshot[..8],
+            disk.display(),
+            if rep.older { " (an older snapshot than it held)" } else { "" },
+            rep.ranges,
+            rep.written,
+            rep.zeroed
+        );
+    }
+    Ok(exit::OK)
 }
 
 /// `--changed-blocks [--since LINK | --since-map FILE] [--save-map FILE]`.
