@@ -434,7 +434,6 @@ impl std::fmt::Display for LockHolder {
 /// one reading can miss an entry while locks elsewhere come and go; callers ask after a conflict
 /// (somebody holds the lock), so an empty answer is read again a few times before it is believed.
 pub fn lock_holders(path: &Path) -> Vec<LockHolder> {
-    use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::metadata(path) else { return Vec::new() };
     for _ in 0..4 {
         let Ok(table) = std::fs::read_to_string("/proc/locks") else { return Vec::new() };

@@ -48,6 +48,7 @@ pub mod redo_ops;
 pub mod repo;
 pub mod size;
 pub mod stream;
+pub mod text;
 pub mod vm;
 pub mod vmfs;
 

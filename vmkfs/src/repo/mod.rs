@@ -27,14 +27,16 @@
 //! exclusive one (`restic prune`).
 
 pub mod crypto;
+pub mod host;
 pub mod index;
+pub mod location;
 pub mod pack;
 pub mod replica;
 #[allow(clippy::module_inception)]
 pub mod repo;
 pub mod snapshot;
 pub mod tree;
-pub mod vmbackup;
+
 pub mod vmdisk;
 
 use std::fmt;
@@ -56,7 +58,7 @@ impl Id {
 
     /// Lower-case hex, as restic names files.
     pub fn hex(&self) -> String {
-        crate::vm::plain::hex(&self.0)
+        crate::text::hex(&self.0)
     }
 
     /// From 64 hex digits.

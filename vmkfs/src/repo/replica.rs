@@ -36,9 +36,9 @@ use sha2::{Digest, Sha256};
 use vmdk::map::{AllocMap, MapSource, State};
 use vmdk::{Descriptor, OpenOptions};
 
+use super::location::Location;
 use super::snapshot::{self, Snapshot};
 use super::tree::Node;
-use super::vmbackup::Location;
 use super::vmdisk::RepoFile;
 use super::{Id, Repo};
 use crate::engine::{copy, CopyStats, EngineOptions, Source};

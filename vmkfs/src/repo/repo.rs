@@ -13,6 +13,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use vmdk::{HostStorage, Storage};
 
 use super::crypto::{self, Key, KeyError, KeyFile};
+use super::host::{hostname, username};
 use super::index::{IndexBlob, IndexFile, IndexPack};
 use super::pack::{PackBuf, TARGET};
 use super::snapshot::Snapshot;
@@ -86,15 +87,6 @@ pub fn password(file: Option<&Path>) -> Result<Vec<u8>> {
     ))
 }
 
-/// This machine's name, as restic records it in locks and snapshots.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
-}
-
-fn username() -> String {
-    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default()
-}
-
 /// Encodes an unpacked file's plaintext: version byte 2, then zstd-compressed JSON.
 fn pack_json<T: Serialize>(v: &T) -> Vec<u8> {
     let json = serde_json::to_vec(v).expect("serializable");
@@ -148,14 +140,14 @@ impl Repo {
             std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
         }
         let master = Key::random();
-        let kf = KeyFile::new(&master, password, &hostname(), &username(), &crate::vm::catalog::now_utc());
+        let kf = KeyFile::new(&master, password, &hostname(), &username(), &crate::text::now_utc());
         let kjson = serde_json::to_vec(&kf).expect("serializable");
         write_new(&root.join("keys").join(Id::of(&kjson).hex()), &kjson)?;
         let mut rid = [0u8; 32];
         crypto::random(&mut rid);
         let cfg = Config {
             version: 2,
-            id: crate::vm::plain::hex(&rid),
+            id: crate::text::hex(&rid),
             // restic checks that this is an irreducible polynomial of degree 53; this one is the
             // example of its design document. We cut fixed blocks and never use it.
             chunker_polynomial: "25b468838dcb75".into(),
@@ -411,7 +403,7 @@ struct LockFile {
 
 impl LockFile {
     fn is_stale(&self) -> bool {
-        let age = crate::vm::catalog::parse_utc(&self.time).map(|t| crate::vm::catalog::unix_now().saturating_sub(t));
+        let age = crate::text::parse_utc(&self.time).map(|t| crate::text::unix_now().saturating_sub(t));
         if age.is_some_and(|a| a > STALE.as_secs()) {
             return true;
         }
@@ -431,7 +423,7 @@ pub struct Lock<'a> {
 impl Lock<'_> {
     fn write(&mut self) -> Result<()> {
         let f = LockFile {
-            time: crate::vm::catalog::now_utc(),
+            time: crate::text::now_utc(),
             exclusive: self.exclusive,
             hostname: hostname(),
             username: username(),

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Id;
+use crate::error::Error;
 
 /// A snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -41,9 +42,9 @@ pub struct Snapshot {
 pub fn now_nanos() -> String {
     loop {
         let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let whole = crate::vm::catalog::now_utc();
+        let whole = crate::text::now_utc();
         // The same second on both sides: `whole` names it.
-        if crate::vm::catalog::unix_now() == before.as_secs() {
+        if crate::text::unix_now() == before.as_secs() {
             return format!("{}.{:09}Z", whole.trim_end_matches('Z'), before.subsec_nanos());
         }
     }
@@ -52,7 +53,7 @@ pub fn now_nanos() -> String {
 /// The order of snapshot times: seconds since 1970 (any RFC 3339 offset), then the fraction in
 /// nanoseconds; a time that does not parse sorts first.
 pub fn time_key(time: &str) -> (u64, u32) {
-    let secs = crate::vm::catalog::parse_utc(time).unwrap_or(0);
+    let secs = crate::text::parse_utc(time).unwrap_or(0);
     let frac = time.split_once('.').map(|(_, f)| f.bytes().take_while(u8::is_ascii_digit).collect::<Vec<u8>>());
     let nanos = frac.map_or(0, |d| {
         let mut n = 0u32;
@@ -91,7 +92,7 @@ pub fn save_folder(
         time,
         tree: root_id,
         paths: vec![format!("/{name}")],
-        hostname: super::repo::hostname(),
+        hostname: super::host::hostname(),
         username: std::env::var("USER").unwrap_or_default(),
         tags,
         program_version: Some(format!("vmkfs {}", env!("CARGO_PKG_VERSION"))),
@@ -123,8 +124,11 @@ pub fn folder(repo: &super::Repo, snap: &Snapshot, name: Option<&str>) -> crate:
 /// Reads and parses tree blob `id`.
 pub fn read_tree(repo: &super::Repo, id: &Id) -> crate::Result<super::tree::Tree> {
     let raw = repo.read_blob(id)?;
-    serde_json::from_slice(&raw)
-        .map_err(|e| super::repo::corrupt(&repo.root().join("index"), None, format!("tree {id}: JSON: {e}")))
+    serde_json::from_slice(&raw).map_err(|e| Error::Repo {
+        path: repo.root().join("index"),
+        offset: None,
+        what: format!("tree {id}: JSON: {e}"),
+    })
 }
 
 /// The file node at `path` (`/VM/disk.raw`, `disk.raw`) of a snapshot.

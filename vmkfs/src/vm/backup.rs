@@ -34,6 +34,7 @@ use vmdk::{CreateType, HostStorage, OpenOptions, RdmMode, Storage};
 
 use super::blocks::{self, BlockHashes, ChangedOnly, Hashing};
 use super::catalog::{self, Catalog, DiskEntry, FileEntry, Kind, Method, Role};
+use super::in_repo;
 use super::place::{Datastores, Place};
 use super::verify;
 use super::vmx::{DiskMode, Vmx, VmxDisk};
@@ -43,7 +44,7 @@ use crate::engine::{copy, EngineOptions};
 use crate::error::{Error, Result};
 use crate::redo_ops::{changed_blocks, commit, export_delta};
 use crate::repo::vmdisk;
-use crate::repo::{tree::Node, vmbackup, Writer};
+use crate::repo::{tree::Node, Writer};
 
 /// The intent operation name of a backup.
 pub const OP: &str = "backup";
@@ -217,7 +218,7 @@ fn new_id() -> String {
     for c in b.chunks_mut(4) {
         c.copy_from_slice(&vmdk::link::new_cid(0).to_le_bytes());
     }
-    plain::hex(&b)
+    crate::text::hex(&b)
 }
 
 /// `vm-000002.vmdk` → `vm`.
@@ -304,7 +305,7 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
         }
     }
     let repo = opts.repo.as_ref().map(|rd| crate::repo::Repo::open(&dest, &rd.password)).transpose()?;
-    let folder_name = crate::repo::vmbackup::folder_name(vmx.display_name(), &vmx_place.name());
+    let folder_name = super::in_repo::folder_name(vmx.display_name(), &vmx_place.name());
     if !parent.is_dir() {
         return Err(Error::Usage(format!("{}: the parent folder of the backup does not exist", parent.display())));
     }
@@ -321,7 +322,7 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
     let point = match (&repo, &opts.since) {
         (Some(repo), Some(spec)) => {
             let spec = spec.to_string_lossy();
-            let p = crate::repo::vmbackup::find_point(repo, Some(&folder_name), &spec)?;
+            let p = super::in_repo::find_point(repo, Some(&folder_name), &spec)?;
             if p.is_none() {
                 r.event(Event::Note { disk: None, what: format!("no snapshot of {folder_name} yet: a full backup") });
             }
@@ -520,7 +521,7 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
         let cat = Catalog {
             id: id.clone(),
             kind: if in_repo { Kind::Full } else { kind },
-            time: catalog::now_utc(),
+            time: crate::text::now_utc(),
             parent: prev.as_ref().filter(|_| !in_repo).map(|(f, c)| (relative_to(f, &parent), c.id.clone())),
             base: prev.as_ref().filter(|_| !in_repo).map(|(_, c)| c.base.clone()).unwrap_or_else(|| id.clone()),
             display_name: vmx.display_name().unwrap_or_default().to_string(),
@@ -546,7 +547,7 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
             r.event(Event::Step { disk: None, what: format!("storing the VM's files in {}", dest.display()) });
             let mut names: Vec<String> = cat.files.iter().map(|f| f.name.clone()).collect();
             names.push(catalog::FILE_NAME.to_string());
-            let mut nodes = vmbackup::write_files(&mut w, &temp, &names)?;
+            let mut nodes = in_repo::write_files(&mut w, &temp, &names)?;
             nodes.append(&mut disk_nodes);
             let tags = vec!["vmkfs".to_string(), folder_name.clone(), kind.as_str().to_string()];
             // The commit point: the snapshot file.
@@ -918,7 +919,7 @@ fn export_disk(
 fn repo_disk(
     d: &Disk,
     w: &mut Writer<'_>,
-    point: Option<&vmbackup::Point>,
+    point: Option<&in_repo::Point>,
     kind: Kind,
     snapshot: &Option<PathBuf>,
     keep_tracking: bool,
@@ -937,7 +938,7 @@ fn repo_disk(
     let changed = match (&d.plan, &prev_blobs) {
         (Plan::Tracking { point: at, .. }, Some(_)) => {
             let m = changed_blocks(&d.place.path, Some(at), vmdisk::BLOCK, &opts)?;
-            Some(vmbackup::changed_blocks(&m, d.capacity))
+            Some(in_repo::changed_blocks(&m, d.capacity))
         }
         _ => None,
     };
@@ -948,7 +949,7 @@ fn repo_disk(
     };
     let mut progress = |done: u64, total: u64| r.event(Event::Progress { disk: key.clone(), done, total });
     let prev = prev_blobs.as_deref().zip(changed.as_deref());
-    let (node, wr) = vmbackup::write_disk(w, &file, &chain, prev, &mut progress)?;
+    let (node, wr) = in_repo::write_disk(w, &file, &chain, prev, &mut progress)?;
     r.event(Event::Step {
         disk: Some(key.clone()),
         what: format!("{} bytes read, {} blocks kept from the previous snapshot unread", wr.read, wr.reused),

@@ -37,6 +37,7 @@
 pub mod backup;
 pub mod blocks;
 pub mod catalog;
+pub mod in_repo;
 pub mod kv;
 pub mod place;
 pub mod plain;

@@ -102,7 +102,7 @@ impl Hashed {
         let mut st = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
         let rest = self.len - st.pos.min(self.len);
         hash_zeros(&mut st.sha, rest);
-        hex(&st.sha.finalize())
+        crate::text::hex(&st.sha.finalize())
     }
 }
 
@@ -226,14 +226,10 @@ impl Default for Hasher {
     }
 }
 
-/// Lower-case hex.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::text::hex;
     use std::os::unix::fs::FileExt;
 
     #[test]

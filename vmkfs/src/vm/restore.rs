@@ -110,7 +110,7 @@ pub struct RestoreOptions {
 /// read out into (removed when dropped).
 struct FromRepo {
     repo: crate::repo::Repo,
-    point: crate::repo::vmbackup::Point,
+    point: super::in_repo::Point,
     dir: PathBuf,
 }
 
@@ -123,9 +123,9 @@ impl Drop for FromRepo {
 /// Opens the repository and reads the snapshot's small files and catalog out into a private
 /// folder beside the repository.
 fn open_repo(root: &Path, password: &[u8], spec: &str) -> Result<FromRepo> {
-    use crate::repo::vmbackup;
+    use super::in_repo;
     let repo = crate::repo::Repo::open(root, password)?;
-    let point = vmbackup::find_point(&repo, None, spec)?
+    let point = in_repo::find_point(&repo, None, spec)?
         .ok_or_else(|| Error::Backup { path: root.into(), what: "the repository holds no vmkfs VM snapshot".into() })?;
     let dir = vmdk::txn::temp_name(&std::env::temp_dir().join("vmkfs-restore"));
     std::fs::create_dir(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;

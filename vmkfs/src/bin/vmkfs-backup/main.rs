@@ -84,7 +84,7 @@ fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
         return Ok(if rep.findings.is_empty() { exit::OK } else { exit::NEGATIVE });
     }
     let given = cli.dest.as_deref().unwrap_or_default();
-    let restic = vmkfs::repo::vmbackup::parse_location(given);
+    let restic = vmkfs::repo::location::parse_location(given);
     if cli.init && restic.is_none() {
         return Err(Error::Usage("--init needs -r restic:PATH".into()));
     }

@@ -98,7 +98,7 @@ fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
         .as_deref()
         .map(|f| DiskFormat::parse(f).ok_or_else(|| Error::Usage(format!("-d {f:?}: not a disk format"))))
         .transpose()?;
-    let restic = vmkfs::repo::vmbackup::parse_location(&cli.src);
+    let restic = vmkfs::repo::location::parse_location(&cli.src);
     if restic.as_ref().is_some_and(|l| l.file.is_some()) {
         return Err(Error::Usage(format!("-s {:?}: restic:PATH[@SNAPSHOT] names a VM snapshot, not a file", cli.src)));
     }

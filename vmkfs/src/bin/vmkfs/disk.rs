@@ -200,7 +200,7 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
         crate::verbose::engine(cli, &engine);
         opts.engine = Some(engine);
         let t0 = std::time::Instant::now();
-        let restic = vmkfs::repo::vmbackup::parse_location(&src.to_string_lossy());
+        let restic = vmkfs::repo::location::parse_location(&src.to_string_lossy());
         let r = match (&device, restic) {
             (None, Some(l)) => clone_from_repo(cli, &l, dst, &mut opts)?,
             (Some(_), Some(_)) => {
@@ -222,7 +222,7 @@ fn run_clone(cli: &Cli, src: &Path) -> i32 {
 /// later snapshots.
 fn clone_from_repo(
     cli: &Cli,
-    l: &vmkfs::repo::vmbackup::Location,
+    l: &vmkfs::repo::location::Location,
     dst: &Path,
     opts: &mut CloneOptions<'_>,
 ) -> Result<vmkfs::clone::CloneReport> {

@@ -166,7 +166,7 @@ fn reads_a_repository(cli: &Cli) -> bool {
     [cli.disk.clone.as_deref(), cli.redo.apply.as_deref()]
         .into_iter()
         .flatten()
-        .any(|p| vmkfs::repo::vmbackup::parse_location(&p.to_string_lossy()).is_some())
+        .any(|p| vmkfs::repo::location::parse_location(&p.to_string_lossy()).is_some())
 }
 
 /// The restic repository's password: `--password-file`, else RESTIC_PASSWORD_FILE, else

@@ -129,7 +129,7 @@ fn run_inner(cli: &Cli) -> Result<i32> {
         }
         return Ok(exit::OK);
     }
-    if let Some(l) = r.apply.as_deref().and_then(|a| vmkfs::repo::vmbackup::parse_location(&a.to_string_lossy())) {
+    if let Some(l) = r.apply.as_deref().and_then(|a| vmkfs::repo::location::parse_location(&a.to_string_lossy())) {
         return run_apply_restic(cli, &l, disk, &opts);
     }
     if let Some(delta) = &r.apply {
@@ -217,7 +217,7 @@ fn run_inner(cli: &Cli) -> Result<i32> {
 
 /// `--apply restic:PATH@SNAP:/FILE REPLICA`: the replica brought to the file of the snapshot,
 /// only the blocks that differ written ([`vmkfs::repo::replica`]).
-fn run_apply_restic(cli: &Cli, l: &vmkfs::repo::vmbackup::Location, disk: &Path, opts: &OpenOptions) -> Result<i32> {
+fn run_apply_restic(cli: &Cli, l: &vmkfs::repo::location::Location, disk: &Path, opts: &OpenOptions) -> Result<i32> {
     let src = vmkfs::repo::replica::SnapshotFile::open(l, &crate::password(cli)?)?;
     let mut progress = |_: u64, _: u64| {};
     let rep = vmkfs::repo::replica::apply(

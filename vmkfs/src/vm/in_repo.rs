@@ -1,48 +1,20 @@
-//! The VM backup's restic side: where a VM's snapshot is, its previous point, one disk's blobs,
-//! and the upload of the small files and the catalog (the layout `/VMNAME/{catalog, .vmx, …,
-//! KEY-NAME.raw}`).
+//! A VM backup inside a restic repository: its previous point, one disk's blobs, and the upload
+//! of the small files and the catalog (the layout `/VMNAME/{catalog, .vmx, …, KEY-NAME.raw}`).
+//! Above both the VM model and the repository ([`crate::repo`]), which knows nothing of VMs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use vmdk::{HostStorage, Storage};
 
-use super::snapshot::{self, Snapshot};
-use super::tree::{self, Node};
-use super::vmdisk::{self, RepoFile, Written};
-use super::{Id, Repo, Writer};
+use super::catalog::{self, Catalog};
+use super::plain::PlainFile;
 use crate::engine::Source;
 use crate::error::{Error, Result};
-use crate::vm::catalog::{self, Catalog};
-use crate::vm::plain::PlainFile;
-
-/// A `restic:PATH[@SNAPSHOT]` location.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    /// The repository folder.
-    pub path: PathBuf,
-    /// The snapshot (`latest`, an ID or prefix), when given.
-    pub snapshot: Option<String>,
-    /// A file inside the snapshot (`…@SNAP:/VM/disk.raw`), when given.
-    pub file: Option<String>,
-}
-
-/// Parses `restic:PATH[@SNAP[:/FILE]]`; `None` when `given` is not a `restic:` location.
-pub fn parse_location(given: &str) -> Option<Location> {
-    let rest = given.strip_prefix("restic:")?;
-    let (path, snap) = match rest.rsplit_once('@') {
-        Some((p, s)) if !s.contains('/') || s.contains(":/") => (p, Some(s)),
-        _ => (rest, None),
-    };
-    let (snapshot, file) = match snap {
-        Some(s) => match s.split_once(':') {
-            Some((s, f)) => (Some(s.to_string()), Some(f.to_string())),
-            None => (Some(s.to_string()), None),
-        },
-        None => (None, None),
-    };
-    Some(Location { path: PathBuf::from(path), snapshot, file })
-}
+use crate::repo::snapshot::{self, Snapshot};
+use crate::repo::tree::{self, Node};
+use crate::repo::vmdisk::{self, RepoFile, Written};
+use crate::repo::{Id, Repo, Writer};
 
 /// The folder name a VM gets in its snapshots: its display name when restic keeps it as it is,
 /// else the `.vmx` name without `.vmx`.
@@ -98,7 +70,7 @@ pub fn load_point(repo: &Repo, id: Id, snap: Snapshot) -> Result<Point> {
         what: format!("/{folder}/{}: not in the snapshot (not a vmkfs VM backup)", catalog::FILE_NAME),
     })?;
     let f = RepoFile::new(repo, catalog::FILE_NAME, cat_node.content.as_deref().unwrap_or_default(), cat_node.size)?;
-    if cat_node.size > crate::vm::kv::MAX_BYTES {
+    if cat_node.size > super::kv::MAX_BYTES {
         return Err(Error::Backup { path: spath, what: "the catalog is too large".into() });
     }
     let mut text = vec![0u8; cat_node.size as usize];
@@ -132,7 +104,7 @@ pub fn write_disk(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(Node, Written)> {
     let wr = vmdisk::write_source(w, src, prev, progress)?;
-    Ok((Node::file(name, src.capacity(), wr.content.clone(), &catalog::now_utc()), wr))
+    Ok((Node::file(name, src.capacity(), wr.content.clone(), &crate::text::now_utc()), wr))
 }
 
 /// Stores the plain files `names` of folder `dir` (the small files and the catalog).
@@ -147,7 +119,7 @@ pub fn write_files(w: &mut Writer<'_>, dir: &Path, names: &[String]) -> Result<V
         }
         let f = PlainFile::open(&storage, &dir.join(n))?;
         let wr = vmdisk::write_source(w, &f, None, &mut |_, _| {})?;
-        out.push(Node::file(n, f.len(), wr.content, &catalog::now_utc()));
+        out.push(Node::file(n, f.len(), wr.content, &crate::text::now_utc()));
     }
     Ok(out)
 }
@@ -167,20 +139,6 @@ pub fn changed_blocks(m: &redo::ChangeMap, capacity: u64) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn locations() {
-        let l = |s: &str| parse_location(s).unwrap();
-        assert_eq!(l("restic:/r"), Location { path: "/r".into(), snapshot: None, file: None });
-        assert_eq!(l("restic:/r@latest"), Location { path: "/r".into(), snapshot: Some("latest".into()), file: None });
-        assert_eq!(
-            l("restic:/r@4f1c:/vm/scsi0-0-vm.raw"),
-            Location { path: "/r".into(), snapshot: Some("4f1c".into()), file: Some("/vm/scsi0-0-vm.raw".into()) }
-        );
-        // An @ inside the path is part of it.
-        assert_eq!(l("restic:/backups/a@b/repo").path, PathBuf::from("/backups/a@b/repo"));
-        assert!(parse_location("/plain/folder").is_none());
-    }
 
     #[test]
     fn folder_names_restic_keeps() {
