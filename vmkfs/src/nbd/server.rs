@@ -486,8 +486,13 @@ fn plan_read<'a>(chain: &'a Chain, offset: u64, len: u64, plan: &mut Vec<Piece<'
     let links = chain.links();
     for r in vmdk::map::runs(chain, offset, offset + len) {
         let r = r?;
-        let link = match links.get(r.depth as usize) {
-            Some(l) if r.state == State::Data => l,
+        let link = match (r.state, links.get(r.depth as usize)) {
+            (State::Data, Some(l)) => l,
+            // The read says what is wrong with such a run.
+            (State::Data, None) => {
+                push_piece(plan, Piece { offset: r.offset, len: r.len, how: How::Read });
+                continue;
+            }
             _ => {
                 push_piece(plan, Piece { offset: r.offset, len: r.len, how: How::Hole });
                 continue;
