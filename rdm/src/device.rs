@@ -361,6 +361,56 @@ impl Device {
         }
         Ok(done)
     }
+
+    /// Sends `len` bytes of this file at `offset` to the socket (or pipe) `out` inside the kernel
+    /// (`sendfile`): the file's page-cache pages are handed to the socket without a copy through
+    /// user space. Returns the bytes sent: fewer than `len` only at the file's EOF. A socket that
+    /// takes nothing for its send timeout is [`io::ErrorKind::WouldBlock`] (some bytes may have
+    /// gone; the caller cannot resume a message then).
+    pub fn send_to(&self, out: std::os::fd::BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<u64> {
+        let mut done = 0u64;
+        while done < len {
+            let mut off = to_off(offset + done)?;
+            let chunk = (len - done).min(1 << 30) as usize;
+            // SAFETY: both descriptors are valid for the call (`out` is borrowed, `self.file` owned);
+            // the offset pointer points at a live off_t, which sendfile reads and updates.
+            let n = unsafe { libc::sendfile(out.as_raw_fd(), self.file.as_raw_fd(), &mut off, chunk) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                break;
+            }
+            done += n as u64;
+        }
+        Ok(done)
+    }
+}
+
+/// Asks for a send buffer of `bytes` on the socket `sock` (`SO_SNDBUF`; the kernel caps it at
+/// `net.core.wmem_max`), so that a large reply is queued in fewer rounds of waking the reader.
+pub fn set_send_buffer(sock: std::os::fd::BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `sock` is a valid descriptor for the call; the option value points at a live c_int
+    // whose size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Renames `from` to `to` unless `to` exists (`renameat2(RENAME_NOREPLACE)`; where the file system

@@ -613,6 +613,18 @@ impl Link {
         self.each_slot(offset, buf.len() as u64, |s, eo, bo, n| s.ext.read_at(&mut buf[bo..bo + n], eo))
     }
 
+    /// Where this link's own bytes at `offset` are stored as they read (see [`Extent::locate`]):
+    /// `(file, file offset, n)` for the `n` bytes from `offset` (`1 <= n <= len`, within one
+    /// extent) lying contiguous in `file`; `None` where the range does not start with such bytes.
+    pub fn locate_own(&self, offset: u64, len: u64) -> Result<Option<(&dyn Backing, u64, u64)>> {
+        self.check_range(offset, len)?;
+        let i = self.slots.partition_point(|s| s.start + s.ext.len() <= offset);
+        match self.slots.get(i) {
+            Some(s) if len > 0 => s.ext.locate(offset - s.start, (s.start + s.ext.len() - offset).min(len)),
+            _ => Ok(None),
+        }
+    }
+
     /// Reads `buf.len()` bytes at `offset`, falling through to the parent (if set) where this link
     /// holds nothing.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {

@@ -87,3 +87,38 @@ fn kill_9_leaves_no_destination_and_next_clone_cleans_up() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(names(d), vec!["big.raw", "out-flat.vmdk", "out.vmdk"]);
 }
+
+#[test]
+fn sigterm_ends_an_export_blocked_on_a_pipe_nobody_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    big_source(d);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
+        .args(["-e", "-", "big.raw", "-d", "raw"])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 4 GiB into a pipe of a few pages that is never read: the writer is soon blocked in write(2).
+    let _unread = child.stdout.take();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "the export ended with nobody reading its output");
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            child.kill().unwrap();
+            panic!("vmkfs -e - still blocked 5 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(4), "the interrupted exit code: {err}");
+    assert!(err.contains("interrupted"), "{err}");
+}

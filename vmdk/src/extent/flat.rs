@@ -114,6 +114,12 @@ impl Extent for FlatExtent {
         buf[have..].fill(0);
         Ok(())
     }
+    fn locate(&self, offset: u64, len: u64) -> Result<Option<(&dyn Backing, u64, u64)>> {
+        if offset >= self.present || len == 0 {
+            return Ok(None);
+        }
+        Ok(Some((&*self.backing, self.start + offset, len.min(self.present - offset))))
+    }
     fn write_at(&self, buf: &[u8], offset: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly { path: self.backing.path().into(), what: "extent is read-only".into() });

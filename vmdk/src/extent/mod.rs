@@ -134,6 +134,15 @@ pub trait Extent: Send + Sync + Debug {
     fn writable(&self) -> bool;
     /// Reads `buf.len()` bytes at `offset`; ranges not stored here read as zeros.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+    /// Where the bytes at `offset` are stored as they read, when they are: `(file, file offset,
+    /// n)`, the `n` bytes from `offset` (`1 <= n <= len`) lying contiguous in `file`, so a reader
+    /// can hand them on without reading them (`sendfile`). `None` when the range does not start
+    /// with such bytes (a hole, an absent or zeroed grain, compressed data, an extent kind that
+    /// does not say): the caller reads it with [`Extent::read_at`]. The default says `None`.
+    fn locate(&self, offset: u64, len: u64) -> Result<Option<(&dyn Backing, u64, u64)>> {
+        let _ = (offset, len);
+        Ok(None)
+    }
     /// Writes `buf` at `offset`. `below` reads what lies under this extent (for partial grains).
     fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt>) -> Result<()>;
     /// Appends the runs of `[offset, offset+len)` to `out` (which ends at `base + offset`), shifted

@@ -932,6 +932,23 @@ impl Extent for SparseExtent {
         flush(&mut run, buf)
     }
 
+    fn locate(&self, offset: u64, len: u64) -> Result<Option<(&dyn Backing, u64, u64)>> {
+        // The allocated grains from `offset` on, as long as each follows the last in the file.
+        let gb = self.grain_bytes;
+        let mut found: Option<(u64, u64)> = None; // (file offset, bytes)
+        self.walk(offset, len, |p, l, g| {
+            let Grain::At(sector) = g else { return Ok(false) };
+            let fo = sector * 512 + p % gb;
+            match &mut found {
+                None => found = Some((fo, l)),
+                Some((f, n)) if *f + *n == fo => *n += l,
+                Some(_) => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(found.map(|(fo, n)| (&*self.dir.backing as &dyn Backing, fo, n)))
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt>) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly { path: self.path().into(), what: "extent is opened read-only".into() });

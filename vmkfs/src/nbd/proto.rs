@@ -634,6 +634,16 @@ pub fn offset_data_header(handle: u64, done: bool, offset: u64, len: u32) -> [u8
     b
 }
 
+/// A whole `NBD_REPLY_TYPE_OFFSET_HOLE` chunk: `len` bytes at `offset` read as zeros.
+pub fn offset_hole_chunk(handle: u64, done: bool, offset: u64, len: u32) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    let flags = if done { chunk::FLAG_DONE } else { 0 };
+    b[..20].copy_from_slice(&chunk_header(flags, chunk::OFFSET_HOLE, handle, 12));
+    b[20..28].copy_from_slice(&offset.to_be_bytes());
+    b[28..32].copy_from_slice(&len.to_be_bytes());
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

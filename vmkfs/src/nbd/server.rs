@@ -3,13 +3,17 @@
 //! A connection goes through the fixed-newstyle handshake (options answered one by one, errors as
 //! option error replies) and then serves requests in order, one at a time, each answered before
 //! the next is read; several connections run in parallel over the one open chain (a link is
-//! `Sync`). Memory per connection is one buffer of at most [`MAX_REQUEST`] bytes plus one
+//! `Sync`). A structured `READ` reply comes in pieces: holes as `OFFSET_HOLE` chunks, data stored
+//! as is in a host file sent from the file to the socket inside the kernel (`sendfile`: no copy
+//! through the server), the rest read into the buffer. Memory per connection is one buffer of at
+//! most [`MAX_REQUEST`] bytes, one read plan (a piece per 4 KiB of the request at most) and one
 //! block-status reply of at most [`MAX_EXTENTS`] extents. Sockets are read with a short timeout so
 //! that a cancellation flag set by a signal handler is seen between requests; the request in hand
 //! is finished and answered first.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -32,6 +36,9 @@ pub const MAX_REQUEST: u32 = 32 << 20;
 pub const MAX_EXTENTS: usize = 16384;
 /// The preferred block size advertised.
 const PREFERRED_BLOCK: u32 = 4096;
+/// The socket send buffer asked for: a few 256 KiB replies (nbdcopy's request size) queue
+/// without waiting for the client to take each.
+const SEND_BUFFER: usize = 2 << 20;
 /// How often a waiting read looks at the cancellation flag.
 const POLL: Duration = Duration::from_millis(100);
 /// How long a reply may wait for the client to take any of it before the connection is dropped.
@@ -182,9 +189,17 @@ impl Conn {
     fn setup(&self) -> io::Result<()> {
         self.set_nonblocking(false)?;
         self.set_read_timeout(Some(POLL))?;
+        // Only a request: the kernel caps it (net.core.wmem_max), and the default works too.
+        let _ = rdm::device::set_send_buffer(self.fd(), SEND_BUFFER);
         match self {
             Conn::Unix(s) => s.set_write_timeout(Some(WRITE_STALL)),
             Conn::Tcp(s) => s.set_write_timeout(Some(WRITE_STALL)),
+        }
+    }
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Conn::Unix(s) => s.as_fd(),
+            Conn::Tcp(s) => s.as_fd(),
         }
     }
     fn set_nonblocking(&self, on: bool) -> io::Result<()> {
@@ -198,6 +213,19 @@ impl Conn {
             Conn::Unix(s) => s.set_read_timeout(t),
             Conn::Tcp(s) => s.set_read_timeout(t),
         }
+    }
+}
+
+impl Conn {
+    /// Sends `len` bytes of `dev` at `at` to the client without copying them through user space.
+    fn send_file(&self, dev: &rdm::Device, at: u64, len: u64) -> io::Result<()> {
+        if dev.send_to(self.fd(), at, len)? < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: ends before {len} bytes at {at}", dev.path().display()),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -422,6 +450,92 @@ impl Extents {
     }
 }
 
+/// Shortest stored run sent from its file on its own (with its own chunk and system call);
+/// shorter ones are read with their neighbours.
+const MIN_SEND: u64 = 16 << 10;
+/// Shortest hole sent as an `OFFSET_HOLE` chunk; shorter ones are read (as zeros) with their
+/// neighbours.
+const MIN_HOLE: u64 = 4 << 10;
+
+/// How the bytes of one piece of a read reply are sent.
+#[derive(Debug, Clone, Copy)]
+enum How<'a> {
+    /// From the file `dev` at `at`, in the kernel (`sendfile`).
+    File { dev: &'a rdm::Device, at: u64 },
+    /// Zeros: an `OFFSET_HOLE` chunk.
+    Hole,
+    /// Read through the chain and sent from the buffer.
+    Read,
+}
+
+/// One piece of a read reply: `len` bytes at `offset` of the disk.
+#[derive(Debug, Clone, Copy)]
+struct Piece<'a> {
+    offset: u64,
+    len: u64,
+    how: How<'a>,
+}
+
+/// The pieces of a read of `[offset, offset+len)` of `chain`, in order, into `plan` (empty): runs
+/// that no link holds or that read as zeros are holes, a link's data stored as is in a host file
+/// (flat extents, uncompressed sparse and COWD grains) is sent from that file, one piece per
+/// stretch contiguous in it, and the rest (compressed grains, other kinds, pieces too short to be
+/// worth their own chunk) is read. A request is at most [`MAX_REQUEST`] bytes and every piece but
+/// a read one at least [`MIN_HOLE`], so the plan stays small.
+fn plan_read<'a>(chain: &'a Chain, offset: u64, len: u64, plan: &mut Vec<Piece<'a>>) -> vmdk::Result<()> {
+    let links = chain.links();
+    for r in vmdk::map::runs(chain, offset, offset + len) {
+        let r = r?;
+        let link = match (r.state, links.get(r.depth as usize)) {
+            (State::Data, Some(l)) => l,
+            // The read says what is wrong with such a run.
+            (State::Data, None) => {
+                push_piece(plan, Piece { offset: r.offset, len: r.len, how: How::Read });
+                continue;
+            }
+            _ => {
+                push_piece(plan, Piece { offset: r.offset, len: r.len, how: How::Hole });
+                continue;
+            }
+        };
+        let mut pos = r.offset;
+        while pos < r.end() {
+            let (n, how) = match link.locate_own(pos, r.end() - pos)? {
+                Some((file, at, n)) => match file.device() {
+                    Some(dev) => (n, How::File { dev, at }),
+                    None => (n, How::Read),
+                },
+                None => (r.end() - pos, How::Read),
+            };
+            push_piece(plan, Piece { offset: pos, len: n, how });
+            pos += n;
+        }
+    }
+    Ok(())
+}
+
+/// Appends `p` to `plan`, joining it to the last piece where they continue each other (the same
+/// file, contiguous; two reads; two holes) and reading pieces too short to go on their own.
+fn push_piece<'a>(plan: &mut Vec<Piece<'a>>, mut p: Piece<'a>) {
+    match p.how {
+        How::File { .. } if p.len < MIN_SEND => p.how = How::Read,
+        How::Hole if p.len < MIN_HOLE => p.how = How::Read,
+        _ => {}
+    }
+    if let Some(last) = plan.last_mut() {
+        let joins = match (last.how, p.how) {
+            (How::File { dev: a, at: x }, How::File { dev: b, at: y }) => std::ptr::eq(a, b) && x + last.len == y,
+            (How::Read, How::Read) | (How::Hole, How::Hole) => true,
+            _ => false,
+        };
+        if joins {
+            last.len += p.len;
+            return;
+        }
+    }
+    plan.push(p);
+}
+
 /// How to serve.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServeOptions<'a> {
@@ -582,6 +696,8 @@ struct Session<'a, C: Fn() -> bool> {
     no_zeroes: bool,
     contexts: Vec<u32>,
     buf: Vec<u8>,
+    /// The pieces of the read in hand (kept to reuse its allocation).
+    plan: Vec<Piece<'a>>,
     requests: u64,
 }
 
@@ -597,6 +713,7 @@ impl<'a, C: Fn() -> bool> Session<'a, C> {
             no_zeroes: false,
             contexts: Vec::new(),
             buf: Vec::new(),
+            plan: Vec::new(),
             requests: 0,
         }
     }
@@ -904,7 +1021,14 @@ impl<'a, C: Fn() -> bool> Session<'a, C> {
         None
     }
 
+    /// Serves a `READ`. With structured replies (and no `DF` flag) the reply is one chunk per
+    /// piece of the range ([`plan_read`]): data stored as is goes from its file to the socket in
+    /// the kernel, holes are `OFFSET_HOLE` chunks, the rest is read and sent; otherwise the range
+    /// is read whole and sent in one piece.
     fn read(&mut self, req: &Request) -> Step<()> {
+        if self.structured && req.flags & cflags::DF == 0 {
+            return self.read_in_pieces(req);
+        }
         self.buf.resize(req.length as usize, 0);
         let data = &mut self.buf[..req.length as usize];
         if let Err(e) = self.export.chain.read_at(data, req.offset) {
@@ -915,8 +1039,13 @@ impl<'a, C: Fn() -> bool> Session<'a, C> {
         } else {
             proto::simple_reply(0, req.handle).to_vec()
         };
-        // Header and data in one system call where the socket takes them.
-        let mut parts = [io::IoSlice::new(&header), io::IoSlice::new(&self.buf[..req.length as usize])];
+        self.send_with_header(&header, req.length as usize)
+    }
+
+    /// Writes `header` then the first `len` bytes of `buf`, in one system call where the socket
+    /// takes them.
+    fn send_with_header(&mut self, header: &[u8], len: usize) -> Step<()> {
+        let mut parts = [io::IoSlice::new(header), io::IoSlice::new(&self.buf[..len])];
         let mut parts = &mut parts[..];
         while !parts.is_empty() {
             match self.conn.write_vectored(parts) {
@@ -924,6 +1053,44 @@ impl<'a, C: Fn() -> bool> Session<'a, C> {
                 Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(End::Io(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// A structured read reply, one chunk per piece. A piece that fails to read is answered with
+    /// an error chunk (which ends the reply); a file that fails under `sendfile` once its chunk
+    /// header is out cannot be answered, and ends the connection.
+    fn read_in_pieces(&mut self, req: &Request) -> Step<()> {
+        let export: &'a Export = self.export;
+        let mut plan = std::mem::take(&mut self.plan);
+        let planned = plan_read(&export.chain, req.offset, u64::from(req.length), &mut plan);
+        let sent = match planned {
+            Ok(()) => self.send_pieces(req.handle, &plan),
+            Err(e) => self.reply_error(req.handle, errno_of(&e), &e.to_string()),
+        };
+        plan.clear();
+        self.plan = plan;
+        sent
+    }
+
+    fn send_pieces(&mut self, handle: u64, plan: &[Piece<'_>]) -> Step<()> {
+        for (i, p) in plan.iter().enumerate() {
+            let done = i + 1 == plan.len();
+            let len = p.len as u32; // a piece is within one request: under 4 GiB
+            match p.how {
+                How::Hole => self.conn.write_all(&proto::offset_hole_chunk(handle, done, p.offset, len))?,
+                How::File { dev, at } => {
+                    self.conn.write_all(&proto::offset_data_header(handle, done, p.offset, len))?;
+                    self.conn.send_file(dev, at, p.len)?;
+                }
+                How::Read => {
+                    self.buf.resize(len as usize, 0);
+                    if let Err(e) = self.export.chain.read_at(&mut self.buf[..len as usize], p.offset) {
+                        return self.reply_error(handle, errno_of(&e), &e.to_string());
+                    }
+                    self.send_with_header(&proto::offset_data_header(handle, done, p.offset, len), len as usize)?;
+                }
             }
         }
         Ok(())
@@ -973,6 +1140,48 @@ mod tests {
         assert!(e.push(450, 0) && e.push(600, 0), "the last one still grows");
         assert_eq!(e.v, vec![(200, 3), (300, 0)]);
         assert_eq!(e.pos, 600);
+    }
+
+    #[test]
+    fn reads_plan_stored_grains_from_their_file_and_the_rest_as_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.vmdk");
+        crate::create(&path, vmdk::DiskFormat::MonoSparse, 16 << 20).unwrap();
+        let chain = Chain::open(&path, &OpenOptions::write()).unwrap();
+        chain.top().write_at(&[7u8; 1 << 20], 4 << 20).unwrap();
+        chain.top().write_at(&[8u8; 4096], 8 << 20).unwrap();
+        let mut plan = Vec::new();
+        plan_read(&chain, 0, 16 << 20, &mut plan).unwrap();
+        let shape: Vec<(u64, u64, &str)> = plan
+            .iter()
+            .map(|p| {
+                (
+                    p.offset,
+                    p.len,
+                    match p.how {
+                        How::File { .. } => "file",
+                        How::Hole => "hole",
+                        How::Read => "read",
+                    },
+                )
+            })
+            .collect();
+        // The 1 MiB went into sixteen grains written one after another (one piece); the 4 KiB
+        // into a grain of its own (the rest of the grain is stored zeros).
+        let want =
+            [(0, 4 << 20, "hole"), (4 << 20, 1 << 20, "file"), (5 << 20, 3 << 20, "hole"), (8 << 20, 64 << 10, "file")];
+        assert_eq!(&shape[..4], &want);
+        assert_eq!(shape[4], ((8 << 20) + (64 << 10), (8 << 20) - (64 << 10), "hole"));
+        for (p, byte) in [(plan[1], 7u8), (plan[3], 8u8)] {
+            let How::File { dev, at } = p.how else { unreachable!() };
+            let mut b = vec![0u8; 4096];
+            dev.read_exact_at(&mut b, at).unwrap();
+            assert!(b.iter().all(|&x| x == byte), "the piece names where its bytes are in the file");
+        }
+        // A short stored piece is read with its neighbours, not sent on its own.
+        plan.clear();
+        plan_read(&chain, (4 << 20) + (60 << 10), 8 << 10, &mut plan).unwrap();
+        assert!(matches!(&plan[..], [Piece { how: How::Read, len: 8192, .. }]), "{plan:?}");
     }
 
     #[test]

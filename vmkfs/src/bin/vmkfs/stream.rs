@@ -137,7 +137,13 @@ fn run_export(cli: &Cli, dst: &Path) -> i32 {
         if to_stdout {
             let stem = src.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "disk".into());
             let what = if raw { PipeFormat::Raw } else { PipeFormat::Stream };
-            let (stats, bytes) = export_to(src, stdout_file()?, what, &format!("{stem}-stream.vmdk"), &mut opts)?;
+            let (stats, bytes) = export_to(
+                src,
+                crate::disk::Interruptible(stdout_file()?),
+                what,
+                &format!("{stem}-stream.vmdk"),
+                &mut opts,
+            )?;
             crate::verbose::copied(cli, &stats, t0.elapsed());
             return Ok(serde_json::json!({"event": "done", "destination": "-", "bytes": bytes, "read": stats.read}));
         }
