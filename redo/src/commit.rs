@@ -69,7 +69,7 @@ pub fn commit_with(
     };
     let lock = OpenOptions { write: false, exclusive: true, allow_children: true, ..opts.clone() };
     let link = Link::open(path, &lock)?;
-    let (pref, legacy_moves, parent_chain) = open_parent(path, &link, opts)?;
+    let OpenedParent { pref, legacy_moves, chain: parent_chain } = open_parent(path, &link, opts)?;
     let parent = parent_chain.top().clone();
     // The children, held exclusively: their descriptors change.
     let kids: Vec<Link> =
@@ -128,6 +128,15 @@ fn earlier_commit(path: &Path, opts: &OpenOptions) -> Result<ControlFlow<CommitR
     }
 }
 
+/// A commit's parent, checked ([`open_parent`]).
+struct OpenedParent {
+    pref: ParentRef,
+    /// ESX 2 children to rename: `(child, new name)`.
+    legacy_moves: Vec<(PathBuf, PathBuf)>,
+    /// The parent's chain, its top opened for writing.
+    chain: Chain,
+}
+
 /// Finds and checks `link`'s parent before anything changes: it exists inside the folder rule, has
 /// no other child, has the link's capacity and a CID the link accepts; ESX 2 children can be
 /// renamed. Returns the parent reference, the planned renames of those children, and the parent's
@@ -136,7 +145,7 @@ fn open_parent(
     path: &Path,
     link: &Link,
     opts: &OpenOptions,
-) -> Result<(ParentRef, Vec<(PathBuf, PathBuf)>, Chain), RedoError> {
+) -> Result<OpenedParent, RedoError> {
     let storage = &opts.storage;
     let Some(pref) = parent_of(link, opts.allow_outside)? else {
         return Err(RedoError::Refused {
@@ -191,7 +200,7 @@ fn open_parent(
             .into());
         }
     }
-    Ok((pref, legacy_moves, parent_chain))
+    Ok(OpenedParent { pref, legacy_moves, chain: parent_chain })
 }
 
 /// True for links whose descriptor carries a CID (not bare extents or raw images).

@@ -518,6 +518,9 @@ fn new_descriptor(opts: &CreateOptions, sizes: &[u64], files: &[PathBuf]) -> Des
     desc
 }
 
+/// Where a monosparse file keeps its embedded descriptor: the file, the area's byte offset and length.
+type EmbeddedArea = (Arc<dyn Backing>, u64, u64);
+
 /// Lays out one new data file `b` of `n` sectors (a sparse header and tables, or a flat file sized,
 /// allocated or zeroed as the format says) and opens it as a writable extent; for monosparse, also
 /// where its embedded descriptor area is (`(file, offset, length)`).
@@ -527,7 +530,7 @@ fn create_extent(
     opts: &CreateOptions,
     desc: &Descriptor,
     cache: &Arc<GtCache>,
-) -> Result<(Box<dyn Extent>, Option<(Arc<dyn Backing>, u64, u64)>)> {
+) -> Result<(Box<dyn Extent>, Option<EmbeddedArea>)> {
     let format = opts.format;
     let bytes = n * 512;
     if let DiskFormat::MonoSparse | DiskFormat::TwoGbSparse = format {
