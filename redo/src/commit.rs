@@ -141,11 +141,7 @@ struct OpenedParent {
 /// no other child, has the link's capacity and a CID the link accepts; ESX 2 children can be
 /// renamed. Returns the parent reference, the planned renames of those children, and the parent's
 /// chain opened for writing its top.
-fn open_parent(
-    path: &Path,
-    link: &Link,
-    opts: &OpenOptions,
-) -> Result<OpenedParent, RedoError> {
+fn open_parent(path: &Path, link: &Link, opts: &OpenOptions) -> Result<OpenedParent, RedoError> {
     let storage = &opts.storage;
     let Some(pref) = parent_of(link, opts.allow_outside)? else {
         return Err(RedoError::Refused {
