@@ -527,6 +527,46 @@ fn holders_in(table: &str, m: &std::fs::Metadata) -> Vec<LockHolder> {
     out
 }
 
+/// The flag [`catch_interrupts`] sets.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The first signal asks the command to stop (the flag); a second one, for a command that does not
+/// stop, ends the process at once with the signal's default action.
+extern "C" fn on_interrupt(sig: libc::c_int) {
+    if INTERRUPTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: signal and raise are async-signal-safe; restoring the default action and raising
+        // the signal again ends the process as if no handler had been installed.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+}
+
+/// The flag [`catch_interrupts`] sets (false until a signal arrives, or when none is caught).
+pub fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
+    &INTERRUPTED
+}
+
+/// Catches SIGINT, SIGTERM and SIGHUP: the first sets the returned flag (commands poll it and stop
+/// cleanly), a second ends the process. The handler is installed without `SA_RESTART`, so a system
+/// call blocked when the signal arrives (a write to a pipe nobody reads) returns `EINTR` instead of
+/// waiting on. Installing it again is harmless.
+pub fn catch_interrupts() -> &'static std::sync::atomic::AtomicBool {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the sigaction struct is zeroed then filled (handler, empty mask, no flags) and
+        // lives across the call; the handler only touches an atomic and async-signal-safe calls.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = 0;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    &INTERRUPTED
+}
+
 /// `_IOR(0x12, 114, size_t)`: the block device size in bytes.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 /// `_IO(0x12, 127)`: zero a byte range `[start, len]` of a block device.

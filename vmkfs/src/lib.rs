@@ -39,6 +39,7 @@ pub mod engine;
 pub mod error;
 pub mod facade;
 pub mod info;
+pub mod interrupt;
 pub mod mount;
 pub mod nbd;
 pub mod ops;

@@ -233,61 +233,9 @@ fn clone_from_repo(
     vmkfs::clone::clone_source_into(&src.source()?, src.node.size, None, Some(point.cid()), dst, opts)
 }
 
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// The first signal asks the command to stop (the flag); a second one, for a command that does not
-/// stop, ends the process at once with the signal's default action.
-extern "C" fn on_signal(sig: libc::c_int) {
-    if INTERRUPTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        // SAFETY: signal and raise are async-signal-safe; restoring the default action and raising
-        // the signal again ends the process as if no handler had been installed.
-        unsafe {
-            libc::signal(sig, libc::SIG_DFL);
-            libc::raise(sig);
-        }
-    }
-}
-
-/// Makes SIGINT, SIGTERM and SIGHUP stop a clone cleanly (the destination's temporary files are
-/// removed) instead of killing the process mid-write. The handler is installed without
-/// `SA_RESTART`, so a system call blocked when the signal arrives (a write to a pipe nobody
-/// reads) returns `EINTR` instead of waiting on; [`Interruptible`] turns that into an error. A
-/// second signal ends the process at once.
+/// Installs the library's interrupt handler ([`vmkfs::interrupt::install`]) and returns its flag.
 pub fn install_interrupt_handler() -> &'static std::sync::atomic::AtomicBool {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the sigaction struct is zeroed then filled (handler, empty mask, no flags) and
-        // lives across the call; the handler only touches an atomic and async-signal-safe calls.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            sa.sa_flags = 0;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-    &INTERRUPTED
-}
-
-/// A writer that gives up once an interrupt has arrived: a `write` blocked on a full pipe returns
-/// `EINTR` (see [`install_interrupt_handler`]), which std's `write_all` would retry forever; this
-/// fails it instead (and every later write), so the command ends with its interrupted exit code.
-pub struct Interruptible<W>(pub W);
-
-impl<W: std::io::Write> std::io::Write for Interruptible<W> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        loop {
-            if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(std::io::Error::other("interrupted by a signal"));
-            }
-            match self.0.write(b) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                r => return r,
-            }
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
+    vmkfs::interrupt::install()
 }
 
 fn print_info(i: &DiskInfo) {
