@@ -71,16 +71,28 @@ pub fn corrupt(path: &Path, offset: Option<u64>, what: impl Into<String>) -> Err
     Error::Repo { path: path.to_path_buf(), offset, what: what.into() }
 }
 
-/// The password restic would use: `--password-file`, else `RESTIC_PASSWORD_FILE`, else
-/// `RESTIC_PASSWORD` (a file's content without surrounding white space, as restic reads it).
-pub fn password(file: Option<&Path>) -> Result<Vec<u8>> {
-    let env_file = std::env::var_os("RESTIC_PASSWORD_FILE").map(PathBuf::from);
-    if let Some(f) = file.map(Path::to_path_buf).or(env_file) {
+/// Where a repository's password may come from, in restic's order: a password file given on the
+/// command line, else the file `RESTIC_PASSWORD_FILE` names, else `RESTIC_PASSWORD` itself. The
+/// library reads no environment: the caller fills in the two variables.
+#[derive(Debug, Clone, Default)]
+pub struct PasswordSources {
+    /// `--password-file FILE`.
+    pub file: Option<PathBuf>,
+    /// The value of `RESTIC_PASSWORD_FILE`.
+    pub env_file: Option<std::ffi::OsString>,
+    /// The value of `RESTIC_PASSWORD`.
+    pub env_password: Option<std::ffi::OsString>,
+}
+
+/// The password restic would use (see [`PasswordSources`]; a file's content without surrounding
+/// white space, as restic reads it).
+pub fn password(from: &PasswordSources) -> Result<Vec<u8>> {
+    if let Some(f) = from.file.clone().or_else(|| from.env_file.clone().map(PathBuf::from)) {
         let raw = std::fs::read(&f).map_err(|e| io(&f, e))?;
         return Ok(String::from_utf8_lossy(&raw).trim().as_bytes().to_vec());
     }
-    if let Some(p) = std::env::var_os("RESTIC_PASSWORD") {
-        return Ok(p.into_encoded_bytes());
+    if let Some(p) = &from.env_password {
+        return Ok(p.clone().into_encoded_bytes());
     }
     Err(Error::Usage(
         "a restic repository needs its password: --password-file FILE, RESTIC_PASSWORD_FILE or RESTIC_PASSWORD".into(),

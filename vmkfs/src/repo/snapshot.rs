@@ -93,7 +93,7 @@ pub fn save_folder(
         tree: root_id,
         paths: vec![format!("/{name}")],
         hostname: super::host::hostname(),
-        username: std::env::var("USER").unwrap_or_default(),
+        username: super::host::username(),
         tags,
         program_version: Some(format!("vmkfs {}", env!("CARGO_PKG_VERSION"))),
         ..Snapshot::default()

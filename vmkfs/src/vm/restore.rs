@@ -104,6 +104,10 @@ pub struct RestoreOptions {
     /// `src` is a restic repository: its password and the snapshot (`latest`: the newest VM
     /// snapshot; an ID or prefix).
     pub repo: Option<(Vec<u8>, String)>,
+    /// Where the small files of a repository's snapshot are read out to before they are restored
+    /// (a private folder is made inside it and removed afterwards); the command passes the
+    /// system's temporary folder.
+    pub scratch: PathBuf,
 }
 
 /// A restic snapshot being restored: the repository, the point, the folder its small files were
@@ -122,12 +126,12 @@ impl Drop for FromRepo {
 
 /// Opens the repository and reads the snapshot's small files and catalog out into a private
 /// folder beside the repository.
-fn open_repo(root: &Path, password: &[u8], spec: &str) -> Result<FromRepo> {
+fn open_repo(root: &Path, password: &[u8], spec: &str, scratch: &Path) -> Result<FromRepo> {
     use super::in_repo;
     let repo = crate::repo::Repo::open(root, password)?;
     let point = in_repo::find_point(&repo, None, spec)?
         .ok_or_else(|| Error::Backup { path: root.into(), what: "the repository holds no vmkfs VM snapshot".into() })?;
-    let dir = vmdk::txn::temp_name(&std::env::temp_dir().join("vmkfs-restore"));
+    let dir = vmdk::txn::temp_name(&scratch.join("vmkfs-restore"));
     std::fs::create_dir(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
     let from = FromRepo { repo, point, dir };
     let mut names: Vec<&str> = from.point.catalog.files.iter().map(|f| f.name.as_str()).collect();
@@ -201,7 +205,7 @@ pub fn default_format(format: &str) -> DiskFormat {
 /// Restores the VM in `opts.src`.
 pub fn restore(opts: &RestoreOptions, ask: &mut dyn Ask, r: &mut dyn Reporter) -> Result<RestoreReport> {
     let ds = &opts.datastores;
-    let from_repo = opts.repo.as_ref().map(|(pw, spec)| open_repo(&opts.src, pw, spec)).transpose()?;
+    let from_repo = opts.repo.as_ref().map(|(pw, spec)| open_repo(&opts.src, pw, spec, &opts.scratch)).transpose()?;
     let chain = match &from_repo {
         Some(f) => vec![(f.dir.clone(), f.point.catalog.clone())],
         None => verify::chain(&opts.src)?,

@@ -125,3 +125,13 @@ pub fn main<C: Parser>(
     };
     ExitCode::from(out::finish(code) as u8)
 }
+
+/// Where the repository's password comes from: `--password-file`, else the environment restic
+/// reads (`RESTIC_PASSWORD_FILE`, `RESTIC_PASSWORD`).
+pub fn restic_password(file: Option<&std::path::Path>) -> vmkfs::repo::repo::PasswordSources {
+    vmkfs::repo::repo::PasswordSources {
+        file: file.map(std::path::Path::to_path_buf),
+        env_file: std::env::var_os("RESTIC_PASSWORD_FILE"),
+        env_password: std::env::var_os("RESTIC_PASSWORD"),
+    }
+}

@@ -95,9 +95,10 @@ fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
         Some(_) if cli.differential => {
             return Err(Error::Usage("--differential: every snapshot of a repository is whole; leave it out".into()))
         }
-        Some(_) => {
-            Some(RepoDest { password: vmkfs::repo::repo::password(cli.password_file.as_deref())?, init: cli.init })
-        }
+        Some(_) => Some(RepoDest {
+            password: vmkfs::repo::repo::password(&shared::restic_password(cli.password_file.as_deref()))?,
+            init: cli.init,
+        }),
         None => None,
     };
     let opts = BackupOptions {

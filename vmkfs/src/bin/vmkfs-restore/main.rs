@@ -104,7 +104,7 @@ fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
     }
     let repo = match &restic {
         Some(l) => Some((
-            vmkfs::repo::repo::password(cli.password_file.as_deref())?,
+            vmkfs::repo::repo::password(&shared::restic_password(cli.password_file.as_deref()))?,
             l.snapshot.clone().unwrap_or_else(|| "latest".into()),
         )),
         None => None,
@@ -119,6 +119,7 @@ fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
         policy,
         format,
         datastores: cli.place.datastores()?,
+        scratch: std::env::temp_dir(),
     };
     let rep = restore(&opts, &mut Terminal, p)?;
     let mut text = vec![format!(

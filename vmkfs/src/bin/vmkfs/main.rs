@@ -172,7 +172,11 @@ fn reads_a_repository(cli: &Cli) -> bool {
 /// The restic repository's password: `--password-file`, else RESTIC_PASSWORD_FILE, else
 /// RESTIC_PASSWORD ([`vmkfs::repo::repo::password`]).
 pub fn password(cli: &Cli) -> Result<Vec<u8>> {
-    vmkfs::repo::repo::password(cli.common.password_file.as_deref())
+    vmkfs::repo::repo::password(&vmkfs::repo::repo::PasswordSources {
+        file: cli.common.password_file.clone(),
+        env_file: std::env::var_os("RESTIC_PASSWORD_FILE"),
+        env_password: std::env::var_os("RESTIC_PASSWORD"),
+    })
 }
 
 /// The target path (the last positional argument).
