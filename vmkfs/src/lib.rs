@@ -47,6 +47,7 @@ pub mod phase;
 pub mod rdm_ops;
 pub mod redo_ops;
 pub mod repo;
+pub mod rw;
 pub mod size;
 pub mod stream;
 pub mod text;

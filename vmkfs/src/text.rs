@@ -8,9 +8,20 @@ pub fn hex(b: &[u8]) -> String {
 
 /// Now, as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
 pub fn now_utc() -> String {
-    let secs = unix_now();
+    let (date, time) = civil(unix_now());
+    format!("{date}T{time}Z")
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of `secs` seconds since 1970, as reports print times.
+pub fn utc_text(secs: u64) -> String {
+    let (date, time) = civil(secs);
+    format!("{date} {time}")
+}
+
+/// The civil date `YYYY-MM-DD` and time `HH:MM:SS` (UTC) of `secs` since 1970-01-01 (Howard
+/// Hinnant's algorithm).
+fn civil(secs: u64) -> (String, String) {
     let (days, rem) = (secs / 86400, secs % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -21,7 +32,7 @@ pub fn now_utc() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    (format!("{y:04}-{m:02}-{d:02}"), format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60))
 }
 
 /// Seconds since 1970-01-01 UTC.
@@ -88,6 +99,13 @@ mod tests {
         for bad in ["", "2024-13-01T00:00:00Z", "2024-01-01 00:00", "2024-01-01T00:00:00+0200"] {
             assert_eq!(parse_utc(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn report_times() {
+        assert_eq!(utc_text(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_text(1_700_000_000), "2023-11-14 22:13:20");
+        assert_eq!(utc_text(951_782_400), "2000-02-29 00:00:00");
     }
 
     #[test]

@@ -35,6 +35,35 @@ impl VmfsStorage {
     }
 }
 
+/// A volume that failed to open (`--volume` given, the volume unreadable): every access reports why,
+/// so a command fails on the first path it resolves.
+#[derive(Debug)]
+pub struct Unopened(pub String);
+
+impl Unopened {
+    fn err(&self) -> vmdk::Error {
+        vmdk::Error::unsupported("--volume", self.0.clone())
+    }
+}
+
+impl Storage for Unopened {
+    fn open(&self, _: &Path, _: bool) -> vmdk::Result<Arc<dyn Backing>> {
+        Err(self.err())
+    }
+    fn create_new(&self, _: &Path) -> vmdk::Result<Arc<dyn Backing>> {
+        Err(self.err())
+    }
+    fn exists(&self, _: &Path) -> bool {
+        false
+    }
+    fn rename(&self, _: &Path, _: &Path) -> vmdk::Result<()> {
+        Err(self.err())
+    }
+    fn remove(&self, _: &Path) -> vmdk::Result<()> {
+        Err(self.err())
+    }
+}
+
 fn text(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }

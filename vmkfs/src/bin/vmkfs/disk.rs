@@ -543,61 +543,14 @@ fn run_read_at(cli: &Cli, disk: &Path, off: &str, opts: &OpenOptions) -> Result<
         range_end(off, len, u64::MAX)?; // an overflow is refused before the disk is opened
     }
     let chain = vmkfs::redo::Chain::open(disk, opts)?;
-    let cap = chain.capacity();
-    let end = range_end(off, len.unwrap_or(cap.saturating_sub(off)), cap)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = off;
-    while pos < end {
-        let n = (end - pos).min(buf.len() as u64) as usize;
-        chain.read_at(&mut buf[..n], pos)?;
-        out::data(&buf[..n])?;
-        pos += n as u64;
-    }
+    vmkfs::rw::read_range(&chain, off, len, out::data)?;
     out::flush_data()?;
     Ok(exit::OK)
 }
 
-/// `--write-at OFF`: standard input into the disk (its top link) from OFF. Input that would run
-/// past the end of the disk is refused before that piece is written.
 fn run_write_at(cli: &Cli, disk: &Path, off: &str) -> Result<i32> {
     let off = parse_bytes(off, "offset")?;
     let chain = vmkfs::redo::Chain::open(disk, &rw_options(cli))?;
-    let cap = chain.capacity();
-    range_end(off, 0, cap)?;
-    let mut input = std::io::stdin().lock();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = off;
-    loop {
-        let n = read_full(&mut input, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        range_end(pos, n as u64, cap).map_err(|e| {
-            Error::Usage(format!(
-                "standard input runs past the end of the disk: {e} ({} bytes were written)",
-                pos - off
-            ))
-        })?;
-        chain.write_at(&buf[..n], pos)?;
-        pos += n as u64;
-        if n < buf.len() {
-            break;
-        }
-    }
-    chain.top().flush()?;
+    vmkfs::rw::write_from(&chain, off, std::io::stdin().lock(), Path::new("standard input"))?;
     Ok(exit::OK)
-}
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(input: &mut impl std::io::Read, buf: &mut [u8]) -> Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match input.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(r) => n += r,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::Io { path: "<stdin>".into(), source: e }),
-        }
-    }
-    Ok(n)
 }

@@ -90,23 +90,6 @@ fn run_create(cli: &Cli, dev: &Path, map: &Path, mode: Mode) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// `2023-11-14 22:13:20 UTC` for seconds since 1970.
-fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem / 60 % 60, rem % 60)
-}
-
 fn print_query(i: &RdmInfo) {
     let p = i.path.display();
     match i.mode.as_str() {
@@ -147,7 +130,7 @@ fn print_query(i: &RdmInfo) {
         }
     }
     if let Some(c) = i.created {
-        outln!("Created: {}", utc(c));
+        outln!("Created: {} UTC", vmkfs::text::utc_text(c));
     }
     match (&i.found_at, &i.problem) {
         (Some(f), _) => {
@@ -178,16 +161,4 @@ fn run_query(cli: &Cli, path: &Path) -> Result<i32> {
     }
     // A mapping whose device cannot be used is a bad input, whatever was printed.
     Ok(if info.problem.is_some() { exit::BAD_INPUT } else { exit::OK })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
-    }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use clap::{Args, CommandFactory};
 use vmkfs::error::{exit, Error, Result};
-use vmkfs::vmdk::{self, Backing, Storage};
+use vmkfs::vmdk::Storage;
 use vmkfs::vmfs::{FileKind, Stat, VmfsStorage, Volume};
 
 use crate::out::outln;
@@ -80,7 +80,7 @@ pub fn storage(cli: &Cli) -> Option<Arc<dyn Storage>> {
     }
     Some(match volume_of(&cli.vmfs.volume) {
         Ok(v) => VmfsStorage::shared(v),
-        Err(e) => Arc::new(Unopenable(e)),
+        Err(e) => Arc::new(vmkfs::vmfs::storage::Unopened(e)),
     })
 }
 
@@ -93,50 +93,6 @@ fn open_volume(cli: &Cli) -> Result<Volume> {
         return Err(Error::Usage("give the volume's devices with --volume DEV[,DEV...]".into()));
     };
     Volume::open(&devs).map_err(Error::from)
-}
-
-/// A volume that failed to open: every access reports why.
-#[derive(Debug)]
-struct Unopenable(String);
-
-impl Unopenable {
-    fn err(&self) -> vmdk::Error {
-        vmdk::Error::unsupported("--volume", self.0.clone())
-    }
-}
-
-impl Storage for Unopenable {
-    fn open(&self, _: &std::path::Path, _: bool) -> vmdk::Result<Arc<dyn Backing>> {
-        Err(self.err())
-    }
-    fn create_new(&self, _: &std::path::Path) -> vmdk::Result<Arc<dyn Backing>> {
-        Err(self.err())
-    }
-    fn exists(&self, _: &std::path::Path) -> bool {
-        false
-    }
-    fn rename(&self, _: &std::path::Path, _: &std::path::Path) -> vmdk::Result<()> {
-        Err(self.err())
-    }
-    fn remove(&self, _: &std::path::Path) -> vmdk::Result<()> {
-        Err(self.err())
-    }
-}
-
-/// `YYYY-MM-DD HH:MM:SS` (UTC) of seconds since 1970.
-pub fn utc(t: u64) -> String {
-    let (days, secs) = (t / 86400, t % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// Decimal units the way vmkfstools -h prints them (`256 MB`, `1.5 GB`).
@@ -237,7 +193,7 @@ fn run_queryfs(cli: &Cli) -> Result<i32> {
     } else {
         outln!("Sub-block size {}", sz(cli, g.sbs));
     }
-    outln!("Volume Creation Time: {} UTC", utc(fs.creation_time as u64));
+    outln!("Volume Creation Time: {} UTC", vmkfs::text::utc_text(fs.creation_time as u64));
     outln!("UUID: {}", fs.uuid);
     outln!("Logical device: {}", vol.lv_uuid());
     outln!("Partitions spanned (on \"lvm\"):");
@@ -303,7 +259,7 @@ fn run_list(cli: &Cli, path: &str) -> Result<i32> {
             s.kind.name(),
             size(s.size),
             size(s.allocated),
-            utc(s.mtime as u64)
+            vmkfs::text::utc_text(s.mtime as u64)
         );
     }
     Ok(exit::OK)
@@ -323,7 +279,7 @@ fn run_copy_out(cli: &Cli, path: &str) -> Result<i32> {
             dest.display(),
             c.size,
             c.data,
-            utc(c.mtime.into())
+            vmkfs::text::utc_text(c.mtime.into())
         );
     }
     Ok(exit::OK)
@@ -363,9 +319,9 @@ pub fn run_dump_file(cli: &Cli) -> Result<i32> {
     outln!("Mode: {:o}  Owner: {}:{}", fd.mode, fd.uid, fd.gid);
     outln!(
         "Modified: {} UTC  Changed: {} UTC  Accessed: {} UTC",
-        utc(fd.mtime.into()),
-        utc(fd.ctime.into()),
-        utc(fd.atime.into())
+        vmkfs::text::utc_text(fd.mtime.into()),
+        vmkfs::text::utc_text(fd.ctime.into()),
+        vmkfs::text::utc_text(fd.atime.into())
     );
     outln!(
         "Lock: {} (mode {}), owner {}, token {}, heartbeat {:#x} generation {}, holders {}",
