@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""Times `vmkfs -i` against `qemu-img convert -m 8 -W` side by side, interleaved (A B A B ...).
+"""Times `vmkfs -i` against `qemu-img convert -m 8 -W` (default cache, and `-t none`) and, for raw-like
+outputs, against `dd bs=1M conv=sparse,fsync oflag=direct` of the same image (the rate this machine
+writes the data at), side by side, interleaved (A B C D A B C D ...).
 
-Both commands are followed by `sync` (vmkfs flushes its output itself; qemu-img 10 does not), so the
-flushed times compare like with like; qemu's unflushed time is reported too. Peak memory (max RSS)
-comes from wait4(). Prints medians and the median of the pairwise ratios.
+Every command is followed by `sync` (vmkfs flushes its output itself; qemu-img and dd are given the
+same flush), so the flushed times compare like with like; qemu's unflushed time is reported too.
+Peak memory (max RSS) comes from wait4(). Per round the ratios vmkfs / the better qemu-img of that
+round and vmkfs / dd are taken; the table gives their medians (medians of pairwise ratios).
 
 Output sizes (all files of the destination) are reported too. Cases: raw-thin, raw-zeroedthick,
 sparse-2gbsparse, raw-monosparse, sparse-thin, raw-stream (streamOptimized; `raw-stream@N` passes
-`--compress-level N` to vmkfs, qemu always uses zlib's default level).
+`--compress-level N` to vmkfs, qemu always uses zlib's default level). `CASE+ARG` passes the
+hidden engine option `--ARG` to vmkfs, e.g. `raw-thin+direct-io=off` (buffered writes).
 
 usage: bench_vs_qemu.py [--rounds N] [--sizes 2048:0.5,16384:0.1] [--cases raw-thin,raw-stream@1]
                         [--work DIR] [--vmkfs PATH]
@@ -53,6 +57,18 @@ def clean(prefix):
             os.remove(os.path.join(d, n))
 
 
+def machine():
+    """One line about the machine: CPU model, cores, memory, the file system of the work folder."""
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -62,6 +78,8 @@ def main():
     ap.add_argument("--cases", default="raw-thin,sparse-2gbsparse")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}; load average "
+          f"{os.getloadavg()[0]:.2f} at the start", flush=True)
     rows = []
     for spec in a.sizes.split(","):
         mib, fill = spec.split(":")
@@ -72,51 +90,73 @@ def main():
         if not os.path.exists(sparse):
             subprocess.check_call(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=monolithicSparse", raw, sparse])
         out = os.path.join(a.work, "out")
+        # (source, vmkfs arguments, qemu-img -o, whether dd of the raw image is the same output)
         cases = {
-            "raw-thin": (raw, ["-d", "thin"], ["-o", "subformat=monolithicFlat"]),
-            "raw-zeroedthick": (raw, ["-d", "zeroedthick"], ["-o", "subformat=monolithicFlat,preallocation=falloc"]),
-            "sparse-2gbsparse": (sparse, ["-d", "2gbsparse"], ["-o", "subformat=twoGbMaxExtentSparse"]),
-            "raw-monosparse": (raw, ["-d", "monosparse"], ["-o", "subformat=monolithicSparse"]),
-            "sparse-thin": (sparse, ["-d", "thin"], ["-o", "subformat=monolithicFlat"]),
-            "raw-stream": (raw, ["-d", "streamoptimized"], ["-o", "subformat=streamOptimized"]),
+            "raw-thin": (raw, ["-d", "thin"], ["-o", "subformat=monolithicFlat"], True),
+            "raw-zeroedthick": (raw, ["-d", "zeroedthick"], ["-o", "subformat=monolithicFlat,preallocation=falloc"],
+                                False),
+            "sparse-2gbsparse": (sparse, ["-d", "2gbsparse"], ["-o", "subformat=twoGbMaxExtentSparse"], False),
+            "raw-monosparse": (raw, ["-d", "monosparse"], ["-o", "subformat=monolithicSparse"], False),
+            "sparse-thin": (sparse, ["-d", "thin"], ["-o", "subformat=monolithicFlat"], False),
+            "raw-stream": (raw, ["-d", "streamoptimized"], ["-o", "subformat=streamOptimized"], False),
         }
         for case in a.cases.split(","):
-            name, _, level = case.partition("@")
-            src, vargs, qargs = cases[name]
+            case_name, _, extra = case.partition("+")
+            name, _, level = case_name.partition("@")
+            src, vargs, qargs, with_dd = cases[name]
             if level:
                 vargs = vargs + ["--compress-level", level]
-            v_cmd = [a.vmkfs, "-i", src] + vargs + [out + "-v.vmdk"]
-            q_cmd = ["qemu-img", "convert", "-m", "8", "-W", "-O", "vmdk"] + qargs + [src, out + "-q.vmdk"]
+            if extra:
+                vargs = vargs + ["--" + extra]
+            cmds = {
+                "vmkfs": ([a.vmkfs, "-i", src] + vargs + [out + "-v.vmdk"], out + "-v"),
+                "qemu": (["qemu-img", "convert", "-m", "8", "-W", "-O", "vmdk"] + qargs + [src, out + "-q.vmdk"],
+                         out + "-q"),
+                "qemu-t-none": (["qemu-img", "convert", "-m", "8", "-W", "-t", "none", "-O", "vmdk"] + qargs +
+                                [src, out + "-n.vmdk"], out + "-n"),
+            }
+            if with_dd:
+                cmds["dd"] = (["dd", f"if={src}", f"of={out}-d.raw", "bs=1M", "conv=sparse,fsync", "oflag=direct",
+                               "status=none"], out + "-d")
             # Warm the page cache with the source, then one untimed run of each.
-            for cmd, pre in ((v_cmd, out + "-v"), (q_cmd, out + "-q")):
+            for cmd, pre in cmds.values():
                 clean(pre)
                 run(cmd)
                 clean(pre)
-            v_t, q_t, q_un, ratios, v_rss, q_rss = [], [], [], [], [], []
+            t = {k: [] for k in cmds}
+            q_un, vs_qemu, vs_dd, v_rss, q_rss = [], [], [], [], []
             v_size = q_size = 0
             for _ in range(a.rounds):
-                clean(out + "-v")
-                tv, _, rv = run(v_cmd)
-                v_size = size_of(out + "-v")
-                clean(out + "-v")
-                clean(out + "-q")
-                tq, tq_un, rq = run(q_cmd)
-                q_size = size_of(out + "-q")
-                clean(out + "-q")
-                v_t.append(tv)
-                q_t.append(tq)
-                q_un.append(tq_un)
-                ratios.append(tv / tq)
-                v_rss.append(rv)
-                q_rss.append(rq)
-            rows.append((f"{int(mib) // 1024} GiB, {int(float(fill) * 100)}% data", case, statistics.median(v_t),
-                         statistics.median(q_t), statistics.median(q_un), statistics.median(ratios),
+                for k, (cmd, pre) in cmds.items():
+                    clean(pre)
+                    tk, tk_un, rss = run(cmd)
+                    if k == "vmkfs":
+                        v_size = size_of(pre)
+                        v_rss.append(rss)
+                    elif k == "qemu":
+                        q_size = size_of(pre)
+                        q_rss.append(rss)
+                        q_un.append(tk_un)
+                    clean(pre)
+                    t[k].append(tk)
+                vs_qemu.append(t["vmkfs"][-1] / min(t["qemu"][-1], t["qemu-t-none"][-1]))
+                if with_dd:
+                    vs_dd.append(t["vmkfs"][-1] / t["dd"][-1])
+            med = {k: statistics.median(v) for k, v in t.items()}
+            rows.append((f"{int(mib) // 1024} GiB, {int(float(fill) * 100)}% data", case, med["vmkfs"], med["qemu"],
+                         med["qemu-t-none"], statistics.median(q_un), statistics.median(vs_qemu),
+                         med.get("dd"), statistics.median(vs_dd) if vs_dd else None,
                          max(v_rss) / 1024, max(q_rss) / 1024, v_size / 2**20, q_size / 2**20))
+    print(f"load average {os.getloadavg()[0]:.2f} at the end; rounds {a.rounds}")
     print()
-    print("| image | conversion | vmkfs (s, flushed) | qemu-img -m 8 -W (s, + sync) | qemu-img unflushed (s) | ratio vmkfs/qemu (median of pairs) | vmkfs peak RSS (MiB) | qemu peak RSS (MiB) | vmkfs output (MiB) | qemu output (MiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| image | conversion | vmkfs (s) | qemu-img (s) | qemu-img -t none (s) | qemu-img unflushed (s) "
+          "| vmkfs / better qemu-img (median of pairs) | dd oflag=direct (s) | vmkfs / dd (median of pairs) "
+          "| vmkfs peak RSS (MiB) | qemu peak RSS (MiB) | vmkfs output (MiB) | qemu output (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    opt = lambda x: "—" if x is None else f"{x:.2f}"
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.0f} | {r[7]:.0f} | {r[8]:.1f} | {r[9]:.1f} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {opt(r[7])} "
+              f"| {opt(r[8])} | {r[9]:.0f} | {r[10]:.0f} | {r[11]:.1f} | {r[12]:.1f} |")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,15 @@ pub struct Device {
     path: PathBuf,
     block_device: bool,
     writable: bool,
+    /// A second descriptor of the same file opened with `O_DIRECT`, once [`Device::enable_direct`]
+    /// asked for one (`None` inside: the file system refused).
+    direct: std::sync::OnceLock<Option<File>>,
 }
+
+/// What direct I/O needs aligned: a write goes through the `O_DIRECT` descriptor only when its
+/// buffer address, offset and length are all multiples of this (4 KiB covers 512-byte and 4 KiB
+/// logical blocks).
+pub const DIRECT_ALIGN: usize = 4096;
 
 impl Device {
     /// Opens `path` in `mode`.
@@ -134,7 +142,7 @@ impl Device {
                 return Err(io::Error::last_os_error());
             }
         }
-        Ok(Device { file, path: path.to_path_buf(), block_device, writable })
+        Ok(Device { file, path: path.to_path_buf(), block_device, writable, direct: std::sync::OnceLock::new() })
     }
 
     /// The `(device, inode)` pair of the open file: two handles name the same file exactly when
@@ -199,9 +207,40 @@ impl Device {
         Ok(done)
     }
 
-    /// Writes all of `buf` at `offset`.
+    /// Writes all of `buf` at `offset`: through the direct descriptor when
+    /// [`Device::enable_direct`] opened one and the write is aligned to [`DIRECT_ALIGN`], else
+    /// through the page cache.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let aligned = |n: usize| n % DIRECT_ALIGN == 0;
+        if let Some(Some(direct)) = self.direct.get() {
+            if aligned(buf.as_ptr() as usize) && aligned(buf.len()) && offset % DIRECT_ALIGN as u64 == 0 {
+                match direct.write_all_at(buf, offset) {
+                    // A file system that took the open but refuses this write (alignment finer
+                    // than it supports): the page cache takes it.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    r => return r,
+                }
+            }
+        }
         self.file.write_all_at(buf, offset)
+    }
+
+    /// Opens a second descriptor of this (writable) file with `O_DIRECT`, which
+    /// [`Device::write_all_at`] then uses for every write aligned to [`DIRECT_ALIGN`]: large copies
+    /// go to the device without filling the page cache with data nobody reads back, and without the
+    /// kernel's writeback in between. Other writes stay buffered; [`Device::sync`] flushes both.
+    /// Returns false, changing nothing, for a read-only device or where the file system refuses
+    /// direct I/O (tmpfs on older kernels, some FUSE file systems).
+    pub fn enable_direct(&self) -> bool {
+        if !self.writable {
+            return false;
+        }
+        let reopen = || {
+            // Reopening through /proc names this very file, whatever happened to its path.
+            let proc = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+            OpenOptions::new().write(true).custom_flags(libc::O_DIRECT | libc::O_CLOEXEC).open(proc).ok()
+        };
+        self.direct.get_or_init(reopen).is_some()
     }
 
     /// Sets the file length (regular files only).
@@ -603,6 +642,36 @@ pub fn write_zeros_with<E>(offset: u64, len: u64, mut write: impl FnMut(&[u8], u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_writes_land_and_unaligned_ones_stay_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let d = Device::open(&p, OpenMode::CreateNew).unwrap();
+        assert!(!Device::open(&p, OpenMode::Read).unwrap().enable_direct(), "a read-only device takes no direct I/O");
+        if !d.enable_direct() {
+            eprintln!("skipped: the file system of {} refuses O_DIRECT", dir.path().display());
+            return;
+        }
+        // An aligned buffer (direct), then writes unaligned in address, offset or length (buffered).
+        let mut raw = vec![0u8; 3 * DIRECT_ALIGN + 8192];
+        let start = (DIRECT_ALIGN - raw.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+        raw[start..start + 8192].fill(0x5a);
+        d.write_all_at(&raw[start..start + 8192], 1 << 20).unwrap();
+        d.write_all_at(&raw[start + 1..start + 4097], 0).unwrap();
+        d.write_all_at(&[7u8; 4096], 4096 + 512).unwrap();
+        d.write_all_at(&[9u8; 100], 3 << 20).unwrap();
+        d.sync().unwrap();
+        let all = std::fs::read(&p).unwrap();
+        assert_eq!(all.len(), (3 << 20) + 100);
+        assert!(all[1 << 20..(1 << 20) + 8192].iter().all(|&b| b == 0x5a));
+        assert!(all[..4096].iter().all(|&b| b == 0x5a));
+        assert!(all[4096..4608].iter().all(|&b| b == 0));
+        assert!(all[4608..8704].iter().all(|&b| b == 7));
+        assert!(all[3 << 20..].iter().all(|&b| b == 9));
+        // The direct descriptor writes the same file: data runs see the direct write.
+        assert!(d.data_runs(1 << 20, 8192).unwrap() == vec![(1 << 20, 8192)]);
+    }
 
     #[test]
     fn data_runs_follow_holes() {

@@ -730,6 +730,14 @@ impl Link {
         }
     }
 
+    /// Sends aligned writes into this link's flat and device extents past the page cache from now
+    /// on (`O_DIRECT`; see [`rdm::Device::enable_direct`]): for a large copy into the link, whose
+    /// data nobody reads back soon. Grain-allocating extents keep buffered writes. True when at
+    /// least one extent took it.
+    pub fn enable_direct_io(&self) -> bool {
+        self.slots.iter().fold(false, |any, s| s.ext.enable_direct() | any)
+    }
+
     /// The allocation map of `[offset, offset+len)` in this link alone (depth 0), in one piece.
     /// To walk a large range in bounded memory use [`crate::map::runs`] (a link is a
     /// [`MapSource`]).

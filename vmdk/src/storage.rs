@@ -54,6 +54,11 @@ pub trait Backing: Send + Sync + Debug {
     /// Starts writing back `[offset, offset+len)` to stable storage without waiting. The default
     /// does nothing.
     fn start_writeback(&self, _offset: u64, _len: u64) {}
+    /// Sends aligned writes past the page cache from now on ([`rdm::Device::enable_direct`]);
+    /// false where the backing cannot. The default cannot.
+    fn enable_direct(&self) -> bool {
+        false
+    }
     /// The host device under this backing, when there is one (for `copy_file_range`).
     fn device(&self) -> Option<&Device> {
         None
@@ -225,6 +230,9 @@ impl Backing for HostFile {
     fn start_writeback(&self, offset: u64, len: u64) {
         // Only a hint: a failure here shows up again at the final sync.
         let _ = self.dev.start_writeback(offset, len);
+    }
+    fn enable_direct(&self) -> bool {
+        self.dev.enable_direct()
     }
     fn device(&self) -> Option<&Device> {
         Some(&self.dev)

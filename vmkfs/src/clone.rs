@@ -89,6 +89,9 @@ impl Target for DiskTarget<'_> {
     fn start_writeback(&self, offset: u64, len: u64) {
         Target::start_writeback(self.link, offset, len)
     }
+    fn enable_direct_io(&self) -> bool {
+        self.link.enable_direct_io()
+    }
 }
 
 /// What a clone did.

@@ -142,6 +142,11 @@ pub trait Target: Sync {
     }
     /// Starts writing back a chunk just written (a hint). The default does nothing.
     fn start_writeback(&self, _offset: u64, _len: u64) {}
+    /// Sends aligned writes past the page cache from now on (direct I/O, for a large copy); false
+    /// where the target cannot, which then stays buffered. The default cannot.
+    fn enable_direct_io(&self) -> bool {
+        false
+    }
 }
 
 /// A link encodes nothing: each run is written with [`Link::write_at`]. A link whose extents
@@ -176,6 +181,9 @@ impl Target for Link {
     fn start_writeback(&self, offset: u64, len: u64) {
         Link::start_writeback(self, offset, len)
     }
+    fn enable_direct_io(&self) -> bool {
+        Link::enable_direct_io(self)
+    }
 }
 
 /// A shared target is a target (so `&Arc<Link>` works where `&Link` does).
@@ -198,6 +206,9 @@ impl<T: Target + Send> Target for std::sync::Arc<T> {
     }
     fn start_writeback(&self, offset: u64, len: u64) {
         (**self).start_writeback(offset, len)
+    }
+    fn enable_direct_io(&self) -> bool {
+        (**self).enable_direct_io()
     }
 }
 
@@ -244,8 +255,11 @@ pub struct EngineOptions {
     pub ordered: bool,
     /// Most chunk buffers alive at once.
     pub in_flight: usize,
-    /// Start writeback of each chunk as soon as it is written, so the final flush overlaps the copy.
+    /// Start writeback of each chunk as soon as it is written, so the final flush overlaps the copy
+    /// (buffered writes only).
     pub writeback: bool,
+    /// Whether data goes to the target past the page cache (direct I/O).
+    pub direct: DirectIo,
     /// Skip all-zero blocks of data ranges (thin targets). Off when the target may hold older data
     /// the zeros must overwrite (committing a REDO link into its parent).
     pub skip_zeros: bool,
@@ -260,6 +274,67 @@ pub struct EngineOptions {
     pub align: u64,
 }
 
+/// Whether a copy writes past the page cache ([`EngineOptions::direct`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DirectIo {
+    /// Direct I/O when the copy writes at least [`DIRECT_MIN`] bytes into a target that takes it
+    /// (flat files and devices, on file systems that support `O_DIRECT`); buffered otherwise.
+    #[default]
+    Auto,
+    /// Direct I/O wherever the target takes it, whatever the size.
+    On,
+    /// Always through the page cache.
+    Off,
+}
+
+/// Bytes of data from which [`DirectIo::Auto`] writes past the page cache. Below it, buffered
+/// writes and one flush cost less than direct writes (which wait for the device one by one); above
+/// it, the page cache's writeback costs more CPU than the copy itself and evicts what the machine
+/// was caching, for data nobody reads back soon.
+pub const DIRECT_MIN: u64 = 256 << 20;
+
+impl DirectIo {
+    /// Whether a copy of `total` bytes should ask its target for direct I/O.
+    fn wanted(self, total: u64) -> bool {
+        match self {
+            DirectIo::Auto => total >= DIRECT_MIN,
+            DirectIo::On => true,
+            DirectIo::Off => false,
+        }
+    }
+}
+
+/// A chunk buffer whose bytes start at a multiple of [`rdm::device::DIRECT_ALIGN`], so a direct
+/// write can take it as it is. Reads as the slice it holds.
+struct Buf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Buf {
+    /// A zeroed buffer of `len` bytes.
+    fn new(len: usize) -> Buf {
+        const ALIGN: usize = rdm::device::DIRECT_ALIGN;
+        let raw = vec![0u8; len + ALIGN];
+        let start = (ALIGN - raw.as_ptr() as usize % ALIGN) % ALIGN;
+        Buf { raw, start, len }
+    }
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
 /// Process-wide engine defaults a program sets once, before any copy (the `vmkfs` binary's hidden
 /// `--threads` and `--chunk-kib`, which test harnesses use to make runs repeatable). A library
 /// caller tunes each copy through its [`EngineOptions`] instead.
@@ -269,6 +344,8 @@ pub struct Tuning {
     pub threads: Option<usize>,
     /// Chunk size in bytes, rounded up to a power of two (`None`: 2 MiB).
     pub chunk: Option<u64>,
+    /// Direct I/O (`None`: [`DirectIo::Auto`]).
+    pub direct: Option<DirectIo>,
 }
 
 static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
@@ -295,6 +372,7 @@ impl EngineOptions {
             ordered: false,
             in_flight: threads + 4,
             writeback: true,
+            direct: t.direct.unwrap_or_default(),
             skip_zeros: true,
             zero_target: false,
             align: 0,
@@ -317,6 +395,8 @@ pub struct CopyStats {
     pub written: u64,
     /// Bytes the target would have been sent had zeros not been skipped.
     pub total: u64,
+    /// The data went past the page cache ([`EngineOptions::direct`]).
+    pub direct: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -546,7 +626,7 @@ pub fn nonzero_runs(buf: &[u8], block: usize) -> Vec<(usize, usize)> {
 /// A chunk read, encoded and waiting for the ordered writer.
 struct Filled<E> {
     chunk: Chunk,
-    buf: Vec<u8>,
+    buf: Buf,
     runs: Vec<(usize, usize)>,
     enc: E,
 }
@@ -641,8 +721,11 @@ fn run<P: Plan, T: Target>(
     let in_flight = opts.in_flight.max(threads + 1);
     let abort = AtomicBool::new(false);
     let gate = Gate { written: Mutex::new(0), cv: Condvar::new() };
-    let pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-    let zeros = vec![0u8; opts.chunk as usize];
+    let pool: Mutex<Vec<Buf>> = Mutex::new(Vec::new());
+    let zeros = Buf::new(opts.chunk as usize);
+    let direct = !opts.ordered && opts.direct.wanted(total) && dst.enable_direct_io();
+    let writeback = opts.writeback && !direct;
+    stats.direct = direct;
     let (tx, rx) = sync_channel::<Msg<T::Encoded>>(in_flight);
     let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
     let whole = opts.dense || !opts.skip_zeros;
@@ -685,8 +768,8 @@ fn run<P: Plan, T: Target>(
                 let _ = tx.send(Msg::Done { chunk, written: chunk.len });
                 continue;
             }
-            let mut buf = pool.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
-            buf.resize(opts.chunk as usize, 0);
+            let mut buf =
+                pool.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_else(|| Buf::new(opts.chunk as usize));
             let filled = match fill {
                 Fill::Zeros => {
                     buf[..len].fill(0);
@@ -724,7 +807,7 @@ fn run<P: Plan, T: Target>(
                 Err(e) => return fail(e),
             };
             pool.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
-            if opts.writeback && written > 0 {
+            if writeback && written > 0 {
                 dst.start_writeback(chunk.offset, chunk.len);
             }
             if tx.send(Msg::Done { chunk, written }).is_err() {

@@ -124,6 +124,9 @@ impl Extent for DeviceExtent {
     fn start_writeback(&self, offset: u64, len: u64) {
         self.flat.start_writeback(offset, len)
     }
+    fn enable_direct(&self) -> bool {
+        self.flat.enable_direct()
+    }
     fn flush(&self) -> Result<()> {
         self.flat.flush()
     }

@@ -177,6 +177,9 @@ impl Extent for FlatExtent {
             self.backing.start_writeback(self.start + offset, len);
         }
     }
+    fn enable_direct(&self) -> bool {
+        self.writable && self.backing.enable_direct()
+    }
     fn flush(&self) -> Result<()> {
         if self.writable {
             self.backing.sync()?;

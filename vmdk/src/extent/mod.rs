@@ -180,6 +180,11 @@ pub trait Extent: Send + Sync + Debug {
     /// Starts writing back what was written to `[offset, offset+len)` without waiting (a hint that
     /// lets the final flush overlap with copying). The default does nothing.
     fn start_writeback(&self, _offset: u64, _len: u64) {}
+    /// Sends this extent's aligned data writes past the page cache from now on (a large copy into
+    /// a flat extent); false where it cannot. The default cannot.
+    fn enable_direct(&self) -> bool {
+        false
+    }
     /// Flushes written data and metadata to stable storage.
     fn flush(&self) -> Result<()>;
     /// Flushes and clears the unclean-shutdown mark set by [`Extent::begin_write`].

@@ -20,6 +20,33 @@ use crate::storage::Backing;
 /// Bytes of a file whose data runs [`GrainDir::skip_unwritten_tables`] asks for at a time.
 pub const TABLE_WINDOW: u64 = 64 << 20;
 
+/// For each table at `sectors[k]` (0: no table) of `gt_bytes` bytes, whether it lies wholly in a
+/// hole of the file, so it reads as zeros (all its grains unallocated) and walks may skip it
+/// unread. Asks the file for its data runs in windows of [`TABLE_WINDOW`] bytes from each table not
+/// covered yet (a few calls for tables laid out back to back). A table reaching past the end of the
+/// file is not in a hole but missing (reading it reports the truncation). None where the file
+/// cannot say (an error, no `SEEK_DATA`): then every table counts as written.
+pub fn tables_in_holes(backing: &dyn Backing, sectors: &[u64], gt_bytes: u64) -> Option<Vec<bool>> {
+    let file_len = backing.len().ok()?;
+    // The file's data runs over `[start, end)`.
+    let mut window: (u64, u64, Vec<(u64, u64)>) = (0, 0, Vec::new());
+    let mut out = vec![false; sectors.len()];
+    for (k, &sector) in sectors.iter().enumerate() {
+        if sector == 0 {
+            continue;
+        }
+        let (start, end) = (sector * 512, sector * 512 + gt_bytes);
+        if !(window.0 <= start && end <= window.1) {
+            let we = start.saturating_add(TABLE_WINDOW.max(gt_bytes));
+            window = (start, we, backing.data_runs(start, we - start).ok()?);
+        }
+        let runs = &window.2;
+        let first = runs.partition_point(|&(s, l)| s + l <= start);
+        out[k] = end <= file_len && runs.get(first).is_none_or(|&(s, _)| s >= end);
+    }
+    Some(out)
+}
+
 /// A grain directory with 32-bit entries and its tables, read through a shared [`GtCache`].
 /// Used by hosted sparse, streamOptimized and COWD extents.
 #[derive(Debug)]
@@ -162,27 +189,12 @@ impl GrainDir {
     /// each table not covered yet (a few calls for tables laid out back to back); where the file
     /// cannot say (an error, no `SEEK_DATA`), every table counts as written.
     pub fn skip_unwritten_tables(self) -> GrainDir {
-        let gt_bytes = self.gtes as u64 * 4;
-        // The file's data runs over `[start, end)`.
-        let mut window: (u64, u64, Vec<(u64, u64)>) = (0, 0, Vec::new());
-        for gt in 0..self.gd.len() as u64 {
-            let sector = self.sector_of_table(gt) as u64;
-            if sector == 0 {
-                continue;
-            }
-            let (start, end) = (sector * 512, sector * 512 + gt_bytes);
-            if !(window.0 <= start && end <= window.1) {
-                let we = start.saturating_add(TABLE_WINDOW.max(gt_bytes));
-                match self.backing.data_runs(start, we - start) {
-                    Ok(runs) => window = (start, we, runs),
-                    Err(_) => return self,
-                }
-            }
-            let runs = &window.2;
-            let first = runs.partition_point(|&(s, l)| s + l <= start);
-            if runs.get(first).is_none_or(|&(s, _)| s >= end) {
-                self.held[(gt / 64) as usize].fetch_and(!(1 << (gt % 64)), Ordering::AcqRel);
-            }
+        let sectors: Vec<u64> = (0..self.gd.len() as u64).map(|gt| self.sector_of_table(gt) as u64).collect();
+        let Some(unwritten) = tables_in_holes(&*self.backing, &sectors, self.gtes as u64 * 4) else {
+            return self;
+        };
+        for (gt, _) in unwritten.iter().enumerate().filter(|(_, &u)| u) {
+            self.held[gt / 64].fetch_and(!(1 << (gt % 64)), Ordering::AcqRel);
         }
         self
     }

@@ -270,10 +270,51 @@ fn check_tables(b: &Arc<dyn Backing>, shape: &Shape<'_>, gd: Dir, rgd: Option<Di
     if sink.repairing() {
         decide_directories(b, shape, &dirs, &intervals, &mut eff, sink)?;
     }
+    let tables = Tables::new(b, shape, eff);
     let mut end = 0u64;
-    let conflicts = grain_conflicts(b, shape, &eff, &intervals, &mut end)?;
-    check_entries(b, shape, &eff, &conflicts, sink)?;
+    let conflicts = grain_conflicts(b, shape, &tables, &intervals, &mut end)?;
+    check_entries(b, shape, &tables, &conflicts, sink)?;
     Ok(end)
+}
+
+/// The tables each directory entry's copies are read from, and which of them lie wholly in holes
+/// of the file: those read as zeros (every grain unallocated), so an entry whose every table does
+/// needs no reading and no checking — the walk costs the tables written, not the capacity.
+struct Tables {
+    /// Per directory, per entry: the table's sector (None: unusable).
+    eff: Vec<Vec<Option<u32>>>,
+    /// Per directory, per entry: the table lies in a hole.
+    unwritten: Vec<Vec<bool>>,
+}
+
+impl Tables {
+    fn new(b: &Arc<dyn Backing>, shape: &Shape<'_>, eff: Vec<Vec<Option<u32>>>) -> Tables {
+        let unwritten = eff
+            .iter()
+            .map(|d| {
+                let sectors: Vec<u64> = d.iter().map(|e| e.unwrap_or(0) as u64).collect();
+                super::sparse::tables_in_holes(&**b, &sectors, shape.gtes as u64 * 4)
+                    .unwrap_or_else(|| vec![false; sectors.len()])
+            })
+            .collect();
+        Tables { eff, unwritten }
+    }
+
+    fn len(&self) -> usize {
+        self.eff[0].len()
+    }
+
+    /// Entry `i`'s table and its redundant copy ([`tables_of`]).
+    fn of(&self, i: usize) -> (Option<u32>, Option<u32>) {
+        tables_of(&self.eff, i)
+    }
+
+    /// True when entry `i` has no table to read: none at all, or only tables in holes.
+    fn nothing_written(&self, i: usize) -> bool {
+        let (p, r) = self.of(i);
+        let unwritten = |d: usize, t: Option<u32>| t.is_none() || self.unwritten[d][i];
+        unwritten(0, p) && unwritten(1.min(self.eff.len() - 1), r)
+    }
 }
 
 /// Finds metadata that overlaps: fixed ranges, the directories, the tables of sound entries.
@@ -492,20 +533,23 @@ fn tables_of(eff: &[Vec<Option<u32>>], i: usize) -> (Option<u32>, Option<u32>) {
 fn grain_conflicts(
     b: &Arc<dyn Backing>,
     shape: &Shape<'_>,
-    eff: &[Vec<Option<u32>>],
+    tables: &Tables,
     intervals: &[(u64, u64, Owner)],
     end: &mut u64,
 ) -> Result<HashMap<u32, String>> {
     let g = shape.rule.grain_sectors;
     let at = |v: u32| matches!(shape.rule.classify(shape.path, "", v as u64, 0, 0), Ok(Grain::At(_)));
     let mut ptrs: Vec<u32> = Vec::new();
-    for i in 0..eff[0].len() {
-        let (tp, tr) = tables_of(eff, i);
-        let p = tp.map(|t| read_table(b, t, shape.gtes)).transpose()?;
-        let r = tr.map(|t| read_table(b, t, shape.gtes)).transpose()?;
+    for i in 0..tables.len() {
+        let (tp, tr) = tables.of(i);
         for t in [tp, tr].into_iter().flatten() {
             *end = (*end).max(t as u64 + shape.gt_sectors());
         }
+        if tables.nothing_written(i) {
+            continue;
+        }
+        let p = tp.map(|t| read_table(b, t, shape.gtes)).transpose()?;
+        let r = tr.map(|t| read_table(b, t, shape.gtes)).transpose()?;
         for j in 0..shape.gtes as usize {
             let pv = p.as_ref().map(|t| t[j]);
             let rv = r.as_ref().map(|t| t[j]).filter(|&v| Some(v) != pv);
@@ -550,7 +594,7 @@ fn grain_conflicts(
 fn check_entries(
     b: &Arc<dyn Backing>,
     shape: &Shape<'_>,
-    eff: &[Vec<Option<u32>>],
+    tables: &Tables,
     conflicts: &HashMap<u32, String>,
     sink: &mut Sink,
 ) -> Result<()> {
@@ -559,9 +603,9 @@ fn check_entries(
     let rule = &shape.rule;
     // First entry met for each pointer used twice (to name both grains).
     let mut first_use: HashMap<u32, u64> = HashMap::new();
-    for i in 0..eff[0].len() {
-        let (tp, tr) = tables_of(eff, i);
-        if tp.is_none() && tr.is_none() {
+    for i in 0..tables.len() {
+        let (tp, tr) = tables.of(i);
+        if tables.nothing_written(i) {
             continue;
         }
         let p = tp.map(|t| read_table(b, t, shape.gtes)).transpose()?;

@@ -76,6 +76,10 @@ pub struct Common {
     /// Copy-engine chunk size in KiB, rounded up to a power of two (for test harnesses).
     #[arg(long = "chunk-kib", value_name = "N", hide = true, value_parser = clap::value_parser!(u32).range(4..=65536))]
     pub chunk_kib: Option<u32>,
+    /// Copy-engine direct I/O: auto (past the page cache for large copies into flat files and
+    /// devices), on or off (for benchmarks comparing them).
+    #[arg(long = "direct-io", value_name = "WHEN", hide = true, value_parser = ["auto", "on", "off"])]
+    pub direct_io: Option<String>,
     /// The restic repository's password file, for `-i restic:…` and `--apply restic:…` (else
     /// RESTIC_PASSWORD_FILE, else RESTIC_PASSWORD).
     #[arg(long = "password-file", value_name = "FILE")]
@@ -116,6 +120,11 @@ fn main() -> ExitCode {
     vmkfs::engine::set_tuning(vmkfs::engine::Tuning {
         threads: cli.common.threads.map(|t| t as usize),
         chunk: cli.common.chunk_kib.map(|k| u64::from(k) << 10),
+        direct: cli.common.direct_io.as_deref().map(|w| match w {
+            "on" => vmkfs::engine::DirectIo::On,
+            "off" => vmkfs::engine::DirectIo::Off,
+            _ => vmkfs::engine::DirectIo::Auto,
+        }),
     });
     if cli.common.password_file.is_some() && !reads_a_repository(&cli) {
         out::err_line("vmkfs: --password-file goes with -i restic:… or --apply restic:…");

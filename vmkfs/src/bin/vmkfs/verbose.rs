@@ -69,11 +69,12 @@ fn describe_map(cli: &Cli, path: &Path) {
 pub fn engine(cli: &Cli, e: &EngineOptions) {
     if level(cli) >= 2 {
         out::err_line(format_args!(
-            "vmkfs: engine: {} reader thread(s), {} KiB chunks, {} chunks in flight, zero blocks of {} bytes",
+            "vmkfs: engine: {} reader thread(s), {} KiB chunks, {} chunks in flight, zero blocks of {} bytes, direct I/O {:?}",
             e.threads,
             e.chunk >> 10,
             e.in_flight,
-            e.zero_block
+            e.zero_block,
+            e.direct
         ));
     }
 }
@@ -86,7 +87,10 @@ pub fn copied(cli: &Cli, stats: &CopyStats, took: Duration) {
     let secs = took.as_secs_f64();
     let rate = if secs > 0.0 { stats.read as f64 / secs / (1 << 20) as f64 } else { 0.0 };
     out::err_line(format_args!(
-        "vmkfs: read {} bytes, wrote {} bytes ({} bytes of the source's data ranges) in {secs:.3} s ({rate:.1} MiB/s read)",
-        stats.read, stats.written, stats.total
+        "vmkfs: read {} bytes, wrote {} bytes ({} bytes of the source's data ranges) in {secs:.3} s ({rate:.1} MiB/s read), {} writes",
+        stats.read,
+        stats.written,
+        stats.total,
+        if stats.direct { "direct" } else { "buffered" }
     ));
 }
