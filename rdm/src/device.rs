@@ -211,9 +211,9 @@ impl Device {
     /// [`Device::enable_direct`] opened one and the write is aligned to [`DIRECT_ALIGN`], else
     /// through the page cache.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let aligned = |n: usize| n % DIRECT_ALIGN == 0;
+        let aligned = |n: usize| n.is_multiple_of(DIRECT_ALIGN);
         if let Some(Some(direct)) = self.direct.get() {
-            if aligned(buf.as_ptr() as usize) && aligned(buf.len()) && offset % DIRECT_ALIGN as u64 == 0 {
+            if aligned(buf.as_ptr() as usize) && aligned(buf.len()) && offset.is_multiple_of(DIRECT_ALIGN as u64) {
                 match direct.write_all_at(buf, offset) {
                     // A file system that took the open but refuses this write (alignment finer
                     // than it supports): the page cache takes it.

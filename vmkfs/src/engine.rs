@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Condvar, Mutex};
 
 use redo::Chain;
@@ -714,110 +714,27 @@ fn run<P: Plan, T: Target>(
     progress: &mut dyn FnMut(u64, u64),
     cancel: Option<&AtomicBool>,
 ) -> Result<CopyStats> {
-    let mut stats = CopyStats { total, ..CopyStats::default() };
     progress(0, total);
-    let planner = Mutex::new(plan);
     let threads = opts.threads.max(1);
     let in_flight = opts.in_flight.max(threads + 1);
-    let abort = AtomicBool::new(false);
-    let gate = Gate { written: Mutex::new(0), cv: Condvar::new() };
-    let pool: Mutex<Vec<Buf>> = Mutex::new(Vec::new());
-    let zeros = Buf::new(opts.chunk as usize);
     let direct = !opts.ordered && opts.direct.wanted(total) && dst.enable_direct_io();
-    let writeback = opts.writeback && !direct;
-    stats.direct = direct;
-    let (tx, rx) = sync_channel::<Msg<T::Encoded>>(in_flight);
-    let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
-    let whole = opts.dense || !opts.skip_zeros;
-
-    let worker = |tx: std::sync::mpsc::SyncSender<Msg<T::Encoded>>| {
-        let fail = |e: Error| {
-            abort.store(true, Ordering::Release);
-            gate.wake();
-            let _ = tx.send(Msg::Failed(e));
-        };
-        loop {
-            if abort.load(Ordering::Acquire) {
-                return;
-            }
-            let (chunk, fill) = match planner.lock().unwrap_or_else(|p| p.into_inner()).next() {
-                Ok(Some(c)) => c,
-                Ok(None) => return,
-                Err(e) => return fail(e.into()),
-            };
-            if opts.ordered {
-                gate.wait(chunk.idx, in_flight as u64 - threads as u64, &abort);
-                if abort.load(Ordering::Acquire) {
-                    return;
-                }
-            }
-            let len = chunk.len as usize;
-            if matches!(fill, Fill::Zeros) && !opts.ordered {
-                // Dense mode, a range with no data: write zeros without reading (or zero the target's
-                // range through its zeroing primitive).
-                let r = if opts.zero_target {
-                    dst.zero_range(chunk.offset, chunk.len)
-                } else {
-                    let runs = [(0, len)];
-                    let piece = Piece { offset: chunk.offset, buf: &zeros[..len], runs: &runs };
-                    dst.encode(&piece).and_then(|enc| dst.write(&piece, enc)).map(|_| ())
-                };
-                if let Err(e) = r {
-                    return fail(e);
-                }
-                let _ = tx.send(Msg::Done { chunk, written: chunk.len });
-                continue;
-            }
-            let mut buf =
-                pool.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_else(|| Buf::new(opts.chunk as usize));
-            let filled = match fill {
-                Fill::Zeros => {
-                    buf[..len].fill(0);
-                    Ok(())
-                }
-                Fill::Source(depth) => match src {
-                    Some(s) => match depth {
-                        Some(d) => s.read_run(&mut buf[..len], chunk.offset, d),
-                        None => s.read_at(&mut buf[..len], chunk.offset),
-                    },
-                    None => Err(vmdk::Error::InvalidArgument("a feed's chunk asks to read a source".into())),
-                },
-                Fill::With(f) => {
-                    buf[..len].fill(0);
-                    f(&mut buf[..len])
-                }
-            };
-            if let Err(e) = filled {
-                return fail(e.into());
-            }
-            let runs = if whole { vec![(0, len)] } else { nonzero_runs(&buf[..len], opts.zero_block) };
-            let piece = Piece { offset: chunk.offset, buf: &buf[..len], runs: &runs };
-            let enc = match dst.encode(&piece) {
-                Ok(e) => e,
-                Err(e) => return fail(e),
-            };
-            if opts.ordered {
-                if tx.send(Msg::Filled(Filled { chunk, buf, runs, enc })).is_err() {
-                    return;
-                }
-                continue;
-            }
-            let written = match dst.write(&piece, enc) {
-                Ok(n) => n,
-                Err(e) => return fail(e),
-            };
-            pool.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
-            if writeback && written > 0 {
-                dst.start_writeback(chunk.offset, chunk.len);
-            }
-            if tx.send(Msg::Done { chunk, written }).is_err() {
-                return;
-            }
-        }
+    let job = Job {
+        planner: Mutex::new(plan),
+        src,
+        dst,
+        opts,
+        ahead: (in_flight - threads) as u64,
+        abort: AtomicBool::new(false),
+        gate: Gate { written: Mutex::new(0), cv: Condvar::new() },
+        pool: Mutex::new(Vec::new()),
+        zeros: Buf::new(opts.chunk as usize),
+        whole: opts.dense || !opts.skip_zeros,
+        writeback: opts.writeback && !direct,
     };
-
+    let mut tally = Tally { stats: CopyStats { total, direct, ..CopyStats::default() }, done: 0 };
+    let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+    let (tx, rx) = sync_channel::<Msg<T::Encoded>>(in_flight);
     let mut result: Result<()> = Ok(());
-    let mut done = 0u64;
     // A scoped pool: its threads are joined before the copy returns, so an embedding program is
     // left with no threads (nor their thread-locals) of ours after a call.
     let scoped =
@@ -826,59 +743,11 @@ fn run<P: Plan, T: Target>(
             |pool_threads| {
                 pool_threads.in_place_scope(|s| {
                     for _ in 0..threads {
-                        let tx = tx.clone();
-                        let worker = &worker;
-                        s.spawn(move |_| worker(tx));
+                        let (tx, job) = (tx.clone(), &job);
+                        s.spawn(move |_| job.read_chunks(tx));
                     }
                     drop(tx);
-                    let mut pending: BTreeMap<u64, Filled<T::Encoded>> = BTreeMap::new();
-                    let mut next_write = 0u64;
-                    let fail = |e: Error, result: &mut Result<()>| {
-                        if result.is_ok() {
-                            *result = Err(e);
-                        }
-                        abort.store(true, Ordering::Release);
-                        gate.wake();
-                    };
-                    for msg in rx.iter() {
-                        if result.is_err() {
-                            continue; // Drain until every worker has stopped.
-                        }
-                        if cancelled() {
-                            fail(Error::Interrupted, &mut result);
-                            continue;
-                        }
-                        match msg {
-                            Msg::Failed(e) => fail(e, &mut result),
-                            Msg::Done { chunk, written } => {
-                                stats.read += if chunk.read { chunk.len } else { 0 };
-                                stats.written += written;
-                                done += chunk.skipped + chunk.len;
-                                progress(done, total);
-                            }
-                            Msg::Filled(f) => {
-                                pending.insert(f.chunk.idx, f);
-                                while let Some(f) = pending.remove(&next_write) {
-                                    let c = f.chunk;
-                                    let piece =
-                                        Piece { offset: c.offset, buf: &f.buf[..c.len as usize], runs: &f.runs };
-                                    match dst.write(&piece, f.enc) {
-                                        Ok(n) => stats.written += n,
-                                        Err(e) => fail(e, &mut result),
-                                    }
-                                    stats.read += if c.read { c.len } else { 0 };
-                                    pool.lock().unwrap_or_else(|p| p.into_inner()).push(f.buf);
-                                    next_write += 1;
-                                    gate.advance(next_write);
-                                    done += c.skipped + c.len;
-                                    progress(done, total);
-                                    if result.is_err() {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    result = job.collect(rx, &mut tally, progress, &cancelled);
                 })
             },
         );
@@ -887,10 +756,200 @@ fn run<P: Plan, T: Target>(
     if cancelled() {
         return Err(Error::Interrupted);
     }
-    if done < total {
+    if tally.done < total {
         progress(total, total);
     }
-    Ok(stats)
+    Ok(tally.stats)
+}
+
+/// What the readers and the writer of one copy share.
+struct Job<'a, P, T> {
+    planner: Mutex<P>,
+    src: Option<&'a dyn Source>,
+    dst: &'a T,
+    opts: &'a EngineOptions,
+    /// Chunks readers may run ahead of the ordered writer.
+    ahead: u64,
+    abort: AtomicBool,
+    gate: Gate,
+    pool: Mutex<Vec<Buf>>,
+    zeros: Buf,
+    /// Every byte of a chunk is written, zeros included.
+    whole: bool,
+    /// Start writeback of each chunk written (buffered writes).
+    writeback: bool,
+}
+
+/// What the calling thread has counted: the statistics and the bytes done (for progress).
+struct Tally {
+    stats: CopyStats,
+    done: u64,
+}
+
+impl<P: Plan, T: Target> Job<'_, P, T> {
+    /// Stops every reader (a failure or a cancellation).
+    fn stop(&self) {
+        self.abort.store(true, Ordering::Release);
+        self.gate.wake();
+    }
+
+    fn stopped(&self) -> bool {
+        self.abort.load(Ordering::Acquire)
+    }
+
+    /// One reader thread: takes chunks from the planner until it runs dry or the copy stops, and
+    /// sends what became of each.
+    fn read_chunks(&self, tx: SyncSender<Msg<T::Encoded>>) {
+        loop {
+            if self.stopped() {
+                return;
+            }
+            let (chunk, fill) = match self.planner.lock().unwrap_or_else(|p| p.into_inner()).next() {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                Err(e) => return self.fail(&tx, e.into()),
+            };
+            if self.opts.ordered {
+                self.gate.wait(chunk.idx, self.ahead, &self.abort);
+                if self.stopped() {
+                    return;
+                }
+            }
+            let msg = if matches!(fill, Fill::Zeros) && !self.opts.ordered {
+                self.write_zeros(chunk).map(|()| Msg::Done { chunk, written: chunk.len })
+            } else {
+                self.copy_chunk(chunk, fill)
+            };
+            match msg {
+                Ok(m) => {
+                    if tx.send(m).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => return self.fail(&tx, e),
+            }
+        }
+    }
+
+    fn fail(&self, tx: &SyncSender<Msg<T::Encoded>>, e: Error) {
+        self.stop();
+        let _ = tx.send(Msg::Failed(e));
+    }
+
+    /// Dense mode, a range with no data: zeros written without reading (or the target's range
+    /// zeroed through its zeroing primitive).
+    fn write_zeros(&self, chunk: Chunk) -> Result<()> {
+        if self.opts.zero_target {
+            return self.dst.zero_range(chunk.offset, chunk.len);
+        }
+        let len = chunk.len as usize;
+        let runs = [(0, len)];
+        let piece = Piece { offset: chunk.offset, buf: &self.zeros[..len], runs: &runs };
+        let enc = self.dst.encode(&piece)?;
+        self.dst.write(&piece, enc).map(|_| ())
+    }
+
+    /// Fills a buffer with one chunk and encodes it; a parallel target's chunk is written here, an
+    /// ordered one's is handed to the writer.
+    fn copy_chunk(&self, chunk: Chunk, fill: Fill) -> Result<Msg<T::Encoded>> {
+        let len = chunk.len as usize;
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut buf = pooled.unwrap_or_else(|| Buf::new(self.opts.chunk as usize));
+        self.fill(&mut buf[..len], chunk.offset, fill)?;
+        let runs = if self.whole { vec![(0, len)] } else { nonzero_runs(&buf[..len], self.opts.zero_block) };
+        let piece = Piece { offset: chunk.offset, buf: &buf[..len], runs: &runs };
+        let enc = self.dst.encode(&piece)?;
+        if self.opts.ordered {
+            return Ok(Msg::Filled(Filled { chunk, buf, runs, enc }));
+        }
+        let written = self.dst.write(&piece, enc)?;
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
+        if self.writeback && written > 0 {
+            self.dst.start_writeback(chunk.offset, chunk.len);
+        }
+        Ok(Msg::Done { chunk, written })
+    }
+
+    /// Gives `buf` (one chunk at `offset`) its bytes.
+    fn fill(&self, buf: &mut [u8], offset: u64, fill: Fill) -> vmdk::Result<()> {
+        match fill {
+            Fill::Zeros => {
+                buf.fill(0);
+                Ok(())
+            }
+            Fill::Source(depth) => match (self.src, depth) {
+                (Some(s), Some(d)) => s.read_run(buf, offset, d),
+                (Some(s), None) => s.read_at(buf, offset),
+                (None, _) => Err(vmdk::Error::InvalidArgument("a feed's chunk asks to read a source".into())),
+            },
+            Fill::With(f) => {
+                buf.fill(0);
+                f(buf)
+            }
+        }
+    }
+
+    /// The calling thread's part: counts what the readers did, reports progress, and writes the
+    /// chunks of an ordered target in disk order. Returns the first failure (or the cancellation)
+    /// after every reader has stopped.
+    fn collect(
+        &self,
+        rx: Receiver<Msg<T::Encoded>>,
+        tally: &mut Tally,
+        progress: &mut dyn FnMut(u64, u64),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<()> {
+        let mut result: Result<()> = Ok(());
+        let mut pending: BTreeMap<u64, Filled<T::Encoded>> = BTreeMap::new();
+        let mut next_write = 0u64;
+        let total = tally.stats.total;
+        for msg in rx.iter() {
+            if result.is_err() {
+                continue; // Drain until every reader has stopped.
+            }
+            let msg = if cancelled() { Msg::Failed(Error::Interrupted) } else { msg };
+            match msg {
+                Msg::Failed(e) => {
+                    result = Err(e);
+                    self.stop();
+                }
+                Msg::Done { chunk, written } => {
+                    tally.count(chunk, written);
+                    progress(tally.done, total);
+                }
+                Msg::Filled(f) => {
+                    pending.insert(f.chunk.idx, f);
+                    while let Some(f) = pending.remove(&next_write) {
+                        let c = f.chunk;
+                        let piece = Piece { offset: c.offset, buf: &f.buf[..c.len as usize], runs: &f.runs };
+                        let written = self.dst.write(&piece, f.enc);
+                        self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(f.buf);
+                        next_write += 1;
+                        self.gate.advance(next_write);
+                        match written {
+                            Ok(n) => tally.count(c, n),
+                            Err(e) => {
+                                result = Err(e);
+                                self.stop();
+                                break;
+                            }
+                        }
+                        progress(tally.done, total);
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+impl Tally {
+    /// Counts a chunk handled, `written` bytes of it stored.
+    fn count(&mut self, chunk: Chunk, written: u64) {
+        self.stats.read += if chunk.read { chunk.len } else { 0 };
+        self.stats.written += written;
+        self.done += chunk.skipped + chunk.len;
+    }
 }
 
 #[cfg(test)]
