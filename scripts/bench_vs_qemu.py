@@ -13,6 +13,9 @@ sparse-2gbsparse, raw-monosparse, sparse-thin, raw-stream (streamOptimized; `raw
 `--compress-level N` to vmkfs, qemu always uses zlib's default level). `CASE+ARG` passes the
 hidden engine option `--ARG` to vmkfs, e.g. `raw-thin+direct-io=off` (buffered writes).
 
+A size may name its own cases: `--sizes 2048:0.5,16384:0.1:raw-thin/raw-monosparse` runs --cases at
+2 GiB and only those two at 16 GiB.
+
 usage: bench_vs_qemu.py [--rounds N] [--sizes 2048:0.5,16384:0.1] [--cases raw-thin,raw-stream@1]
                         [--work DIR] [--vmkfs PATH]
 """
@@ -82,7 +85,7 @@ def main():
           f"{os.getloadavg()[0]:.2f} at the start", flush=True)
     rows = []
     for spec in a.sizes.split(","):
-        mib, fill = spec.split(":")
+        mib, fill, *only = spec.split(":")
         raw = os.path.join(a.work, f"src-{mib}m-{fill}.raw")
         sparse = os.path.join(a.work, f"src-{mib}m-{fill}.vmdk")
         if not os.path.exists(raw):
@@ -100,7 +103,7 @@ def main():
             "sparse-thin": (sparse, ["-d", "thin"], ["-o", "subformat=monolithicFlat"], False),
             "raw-stream": (raw, ["-d", "streamoptimized"], ["-o", "subformat=streamOptimized"], False),
         }
-        for case in a.cases.split(","):
+        for case in (only[0].split("/") if only else a.cases.split(",")):
             case_name, _, extra = case.partition("+")
             name, _, level = case_name.partition("@")
             src, vargs, qargs, with_dd = cases[name]

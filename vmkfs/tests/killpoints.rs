@@ -159,7 +159,28 @@ fn fixture(root: &Path, name: &str, build: impl FnOnce(&Path)) -> PathBuf {
 }
 
 /// Builds every fixture under `root` and returns the operations.
-fn operations(root: &Path) -> Vec<Op> {
+/// The folders the operations start from, and what they hold.
+#[derive(Clone)]
+struct Fixtures {
+    thin: PathBuf,
+    mono: PathBuf,
+    big: PathBuf,
+    snap1: PathBuf,
+    snap2: PathBuf,
+    split_flat: PathBuf,
+    split_sparse: PathBuf,
+    apply: PathBuf,
+    repair: PathBuf,
+    repair_good: DiskDigest,
+    thin_content: DiskDigest,
+    big_content: DiskDigest,
+    snap1_top: DiskDigest,
+    apply_top: DiskDigest,
+    thin_files: Vec<String>,
+}
+
+/// Builds every fixture under `root`.
+fn fixtures(root: &Path) -> Fixtures {
     let thin = fixture(root, "thin", |d| disk_with_data(d, "vm.vmdk", "thin", CAP, 1));
     let mono = fixture(root, "mono", |d| disk_with_data(d, "host.vmdk", "monosparse", CAP, 2));
     // A 2 GiB monosparse source: data at the start and across the split boundary (2047 MiB).
@@ -211,6 +232,37 @@ fn operations(root: &Path) -> Vec<Op> {
     let apply_top = digest(&apply, "vm-000001.vmdk");
     let thin_files = strs(&["vm.vmdk", "vm-flat.vmdk"]);
 
+    Fixtures {
+        thin,
+        mono,
+        big,
+        snap1,
+        snap2,
+        split_flat,
+        split_sparse,
+        apply,
+        repair,
+        repair_good: repair_good.expect("repair fixture built"),
+        thin_content,
+        big_content,
+        snap1_top,
+        apply_top,
+        thin_files,
+    }
+}
+
+/// Builds every fixture under `root` and returns the operations.
+fn operations(root: &Path) -> Vec<Op> {
+    let f = fixtures(root);
+    let mut ops = clone_ops(&f);
+    chain_ops(&f, &mut ops);
+    disk_ops(&f, &mut ops);
+    ops
+}
+
+/// `-i` into every format.
+fn clone_ops(f: &Fixtures) -> Vec<Op> {
+    let Fixtures { thin, big, thin_content, big_content, thin_files, .. } = f.clone();
     let mut ops = Vec::new();
     for fmt in
         ["zeroedthick", "eagerzeroedthick", "thin", "monosparse", "2gbsparse", "monoflat", "2gbflat", "streamoptimized"]
@@ -233,6 +285,12 @@ fn operations(root: &Path) -> Vec<Op> {
             expect: vec![Expect::Digest(content)],
         });
     }
+    ops
+}
+
+/// Commit, discard, snapshots and delta export.
+fn chain_ops(f: &Fixtures, ops: &mut Vec<Op>) {
+    let Fixtures { thin, mono, snap1, snap2, snap1_top, thin_files, .. } = f.clone();
     ops.push(Op {
         name: "commit".into(),
         fixture: snap1.clone(),
@@ -303,6 +361,11 @@ fn operations(root: &Path) -> Vec<Op> {
         data_phase: false,
         expect: vec![Expect::Digest(snap1_top)],
     });
+}
+
+/// Rename, delete, extend, punch, zero, apply and repair.
+fn disk_ops(f: &Fixtures, ops: &mut Vec<Op>) {
+    let Fixtures { thin, mono, snap1, split_flat, split_sparse, apply, repair, repair_good, apply_top, .. } = f.clone();
     ops.push(Op {
         name: "rename-esx-with-child".into(),
         fixture: snap1.clone(),
@@ -388,9 +451,8 @@ fn operations(root: &Path) -> Vec<Op> {
         sources: vec![],
         rerun: Rerun::Idempotent,
         data_phase: true,
-        expect: vec![Expect::Digest(repair_good.expect("repair fixture built"))],
+        expect: vec![Expect::Digest(repair_good)],
     });
-    ops
 }
 
 // ---------------------------------------------------------------------------------------------

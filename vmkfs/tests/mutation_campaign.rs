@@ -1007,10 +1007,9 @@ fn save_failure(v: &Verdict, seeds: &[Seed], global: u64, scratch: &Path, out: &
     dest
 }
 
-#[test]
-fn mutants_never_panic_hang_or_pass_check_unreadable() {
-    let started = Instant::now();
-    let global = std::env::var("VMKFS_MUTATION_SEED")
+/// The campaign's seed: `VMKFS_MUTATION_SEED` (decimal or 0x-hex), else [`DEFAULT_SEED`].
+fn campaign_seed() -> u64 {
+    std::env::var("VMKFS_MUTATION_SEED")
         .ok()
         .map(|s| {
             let t = s.trim();
@@ -1019,41 +1018,16 @@ fn mutants_never_panic_hang_or_pass_check_unreadable() {
                 .unwrap_or_else(|| t.parse())
                 .expect("VMKFS_MUTATION_SEED")
         })
-        .unwrap_or(DEFAULT_SEED);
-    let count = env_number("VMKFS_MUTANTS", 3000) as usize;
-    let threads = env_number("VMKFS_MUTATION_THREADS", 2) as usize;
-    let only = std::env::var("VMKFS_MUTANT").ok().map(|s| s.trim().parse::<usize>().expect("VMKFS_MUTANT"));
-    if !have_tool("prlimit") {
-        skip("prlimit (util-linux) not installed: mutants run without the 2 GiB address-space limit");
-    }
-    let root = tempfile::tempdir().unwrap();
-    let seeds = build_seeds(&root.path().join("seeds"));
-    let scratch = root.path().join("mutants");
-    std::fs::create_dir(&scratch).unwrap();
-    println!("mutation campaign: seed {global:#x}, {count} mutants over {} seeds, {threads} threads", seeds.len());
+        .unwrap_or(DEFAULT_SEED)
+}
 
-    // The seeds themselves must be sound.
-    for s in &seeds {
-        for args in [&["--info", s.target.as_str()][..], &["-x", "check", &s.target], &["--read-at", "0", &s.target]] {
-            let o = limited(&s.dir, args, true);
-            assert!(o.success(), "seed {} is not sound: {}", s.name, o.describe());
-        }
-    }
-    let before: Vec<Vec<(String, String)>> = seeds.iter().map(|s| hash_tree(&s.dir)).collect();
-
-    let indices: Vec<usize> = match only {
-        Some(i) => vec![i],
-        None => (0..count).collect(),
-    };
-    let verdicts = parallel_map(&indices, threads, |&i| run_mutant(&seeds, global, i, &scratch), |_, _| {});
-    let elapsed = started.elapsed();
-
-    // Summary.
+/// The campaign's summary: mutants and failures per seed, each command's exits, the failure kinds.
+fn summarize(verdicts: &[Verdict], seeds: &[Seed], global: u64, elapsed: std::time::Duration) -> String {
     let mut per_seed: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut hist: BTreeMap<&str, BTreeMap<String, usize>> = BTreeMap::new();
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     let mut capped = 0;
-    for v in &verdicts {
+    for v in verdicts {
         let e = per_seed.entry(seeds[v.mutant.seed].name).or_default();
         e.0 += 1;
         e.1 += usize::from(!v.problems.is_empty());
@@ -1099,6 +1073,42 @@ fn mutants_never_panic_hang_or_pass_check_unreadable() {
         verdicts.len(),
         elapsed.as_secs_f64()
     );
+    summary
+}
+
+#[test]
+fn mutants_never_panic_hang_or_pass_check_unreadable() {
+    let started = Instant::now();
+    let global = campaign_seed();
+    let count = env_number("VMKFS_MUTANTS", 3000) as usize;
+    let threads = env_number("VMKFS_MUTATION_THREADS", 2) as usize;
+    let only = std::env::var("VMKFS_MUTANT").ok().map(|s| s.trim().parse::<usize>().expect("VMKFS_MUTANT"));
+    if !have_tool("prlimit") {
+        skip("prlimit (util-linux) not installed: mutants run without the 2 GiB address-space limit");
+    }
+    let root = tempfile::tempdir().unwrap();
+    let seeds = build_seeds(&root.path().join("seeds"));
+    let scratch = root.path().join("mutants");
+    std::fs::create_dir(&scratch).unwrap();
+    println!("mutation campaign: seed {global:#x}, {count} mutants over {} seeds, {threads} threads", seeds.len());
+
+    // The seeds themselves must be sound.
+    for s in &seeds {
+        for args in [&["--info", s.target.as_str()][..], &["-x", "check", &s.target], &["--read-at", "0", &s.target]] {
+            let o = limited(&s.dir, args, true);
+            assert!(o.success(), "seed {} is not sound: {}", s.name, o.describe());
+        }
+    }
+    let before: Vec<Vec<(String, String)>> = seeds.iter().map(|s| hash_tree(&s.dir)).collect();
+
+    let indices: Vec<usize> = match only {
+        Some(i) => vec![i],
+        None => (0..count).collect(),
+    };
+    let verdicts = parallel_map(&indices, threads, |&i| run_mutant(&seeds, global, i, &scratch), |_, _| {});
+    let elapsed = started.elapsed();
+
+    let summary = summarize(&verdicts, &seeds, global, elapsed);
     println!("{summary}");
 
     let after: Vec<Vec<(String, String)>> = seeds.iter().map(|s| hash_tree(&s.dir)).collect();

@@ -840,32 +840,34 @@ impl<'a> Writer<'a> {
     }
 
     fn write_system(&mut self, sys: &[&str]) {
-        let g_fbs = self.g.fbs;
+        self.write_resource_headers(sys.len() as u64);
+        self.write_pointer_blocks();
+        self.write_fbb();
+        self.write_sdd_and_heartbeats();
+        self.write_system_fds(sys);
+        self.write_fs_descriptor();
+    }
+
+    /// Where system file `name` starts on the volume.
+    fn sys_start(&self, name: &str) -> u64 {
+        self.sys[name].0 * self.g.fbs
+    }
+
+    /// The resource files' headers (file descriptors, sub-blocks, pointer blocks; VMFS6 journal).
+    fn write_resource_headers(&mut self, system_files: u64) {
         let v6 = self.v6;
-        // Resource headers.
-        let meta = |res: &Res, n: u64, flags: u32| -> Vec<u8> {
-            let mut m = vec![0u8; 0x58];
-            p32(&mut m, 0, res.rpc as u32);
-            p32(&mut m, 4, res.cpg as u32);
-            p32(&mut m, 8, 0x10000);
-            p32(&mut m, 0xC, res.rs as u32);
-            p32(&mut m, 0x10, res.cgs() as u32);
-            p32(&mut m, 0x14, n as u32);
-            p32(&mut m, 0x18, n.div_ceil(res.rpc.max(1)).div_ceil(res.cpg).max(1) as u32);
-            if v6 {
-                p32(&mut m, 0x20, 0x7266_6D64);
-                p32(&mut m, 0x24, 1);
-                p32(&mut m, 0x28, flags);
-            }
-            m
-        };
-        let start = |w: &Self, name: &str| w.sys[name].0 * g_fbs;
-        let total_fds = self.nodes.len() as u64 + sys.len() as u64 + 1;
-        self.wvol(start(self, ".fdc.sf"), &meta(&self.fdc_res, total_fds, 4));
-        self.wvol(start(self, ".sbc.sf"), &meta(&self.sb_res, self.next_sb.max(1), 4));
-        self.wvol(start(self, ".pbc.sf"), &meta(&self.pb_res, self.next_pb.max(1), 4));
-        self.wvol(start(self, ".pb2.sf"), &meta(&self.pb2_res, self.next_pb2.max(1), 4));
-        // Pointer blocks.
+        let total_fds = self.nodes.len() as u64 + system_files + 1;
+        self.wvol(self.sys_start(".fdc.sf"), &res_meta(&self.fdc_res, total_fds, 4, v6));
+        self.wvol(self.sys_start(".sbc.sf"), &res_meta(&self.sb_res, self.next_sb.max(1), 4, v6));
+        self.wvol(self.sys_start(".pbc.sf"), &res_meta(&self.pb_res, self.next_pb.max(1), 4, v6));
+        self.wvol(self.sys_start(".pb2.sf"), &res_meta(&self.pb2_res, self.next_pb2.max(1), 4, v6));
+        if v6 {
+            let jb = Res { rpc: 8, cpg: 4, rs: 0x1000, hdr: self.g.hdr };
+            self.wvol(self.sys_start(".jbc.sf"), &res_meta(&jb, 0, 0, v6));
+        }
+    }
+
+    fn write_pointer_blocks(&mut self) {
         let pbs: Vec<((bool, u64), Vec<u64>)> = self.pbs.iter().map(|(k, v)| (*k, v.clone())).collect();
         for ((pb2, k), v) in pbs {
             let (res, file) = if pb2 { (self.pb2_res, ".pb2.sf") } else { (self.pb_res, ".pbc.sf") };
@@ -878,19 +880,23 @@ impl<'a> Writer<'a> {
                 }
             }
             b.truncate(res.rs as usize);
-            self.wvol(start(self, file) + res.offset(k), &b);
+            self.wvol(self.sys_start(file) + res.offset(k), &b);
         }
-        // .fbb.sf: file-block allocation (VMFS5: one header; VMFS6: large blocks, then small ones).
+    }
+
+    /// .fbb.sf: file-block allocation (VMFS5: one header; VMFS6: large blocks, then small ones).
+    fn write_fbb(&mut self) {
+        let (g_fbs, v6) = (self.g.fbs, self.v6);
         let total_blocks = self.b.size / g_fbs;
-        let fbb = start(self, ".fbb.sf");
+        let fbb = self.sys_start(".fbb.sf");
         if v6 {
             let lfb = Res { rpc: 16, cpg: 8, rs: 0x2000, hdr: self.g.hdr };
             let nlfb = self.b.size / self.g.lfbs;
-            let mut m = meta(&lfb, nlfb, 0x35);
+            let mut m = res_meta(&lfb, nlfb, 0x35, v6);
             p32(&mut m, 0x34, 0x1000);
             self.wvol(fbb, &m);
             let sfb = Res { rpc: 512, cpg: 8, rs: 0, hdr: self.g.hdr };
-            let mut m = meta(&sfb, total_blocks, 0x2A);
+            let mut m = res_meta(&sfb, total_blocks, 0x2A, v6);
             p32(&mut m, 0x38, 16);
             p32(&mut m, 0x3C, 8);
             p32(&mut m, 0x40, lfb.cgs() as u32);
@@ -913,7 +919,7 @@ impl<'a> Writer<'a> {
             }
         } else {
             let res = Res { rpc: 200, cpg: 64, rs: 0, hdr: 1024 };
-            self.wvol(fbb, &meta(&res, total_blocks, 0));
+            self.wvol(fbb, &res_meta(&res, total_blocks, 0, v6));
             let clusters = total_blocks.div_ceil(200);
             for c in 0..clusters {
                 let total = (total_blocks - c * 200).min(200);
@@ -931,10 +937,11 @@ impl<'a> Writer<'a> {
                 self.wvol(fbb + 0x10000 + (c / 64) * res.cgs() + (c % 64) * 1024, &h);
             }
         }
-        if v6 {
-            let jb = Res { rpc: 8, cpg: 4, rs: 0x1000, hdr: self.g.hdr };
-            self.wvol(start(self, ".jbc.sf"), &meta(&jb, 0, 0));
-        }
+    }
+
+    /// .sdd.sf (an empty system directory) and the heartbeat region (every slot free).
+    fn write_sdd_and_heartbeats(&mut self) {
+        let v6 = self.v6;
         // .sdd.sf: an empty system directory.
         let sdd_fd = self.fd_addr(7);
         let sdd_data = if v6 {
@@ -951,7 +958,7 @@ impl<'a> Writer<'a> {
             put(&mut d, 0x98, b"..");
             d
         };
-        self.wvol(start(self, ".sdd.sf"), &sdd_data);
+        self.wvol(self.sys_start(".sdd.sf"), &sdd_data);
         // Heartbeats: every slot free.
         let (slot, n) = if v6 { (self.g.md, 1024) } else { (512, 2048) };
         let mut hb = vec![0u8; (slot * n) as usize];
@@ -960,7 +967,10 @@ impl<'a> Writer<'a> {
             p64(&mut hb, i * slot + 4, 0x30_0000 + i * slot);
         }
         self.wvol(0x30_0000, &hb);
-        // System file descriptors.
+    }
+
+    fn write_system_fds(&mut self, sys: &[&str]) {
+        let g_fbs = self.g.fbs;
         for (j, name) in sys.iter().enumerate() {
             let (blk, nb, len) = self.sys[name];
             let k = j as u64 + 1;
@@ -978,7 +988,10 @@ impl<'a> Writer<'a> {
             }
             self.wvol(fdv, &fd);
         }
-        // The FS descriptor.
+    }
+
+    fn write_fs_descriptor(&mut self) {
+        let (g_fbs, v6) = (self.g.fbs, self.v6);
         let mut sd = vec![0u8; 512];
         p32(&mut sd, 0, 0x2FAB_F15E);
         p32(&mut sd, 4, if v6 { 24 } else { 14 });
@@ -1089,4 +1102,22 @@ pub fn expected(spec: &FileSpec, off: u64, len: u64) -> Vec<u8> {
         }
     }
     v
+}
+
+/// A resource file's header: `n` resources of `res`'s shape (VMFS6 adds its signature and flags).
+fn res_meta(res: &Res, n: u64, flags: u32, v6: bool) -> Vec<u8> {
+    let mut m = vec![0u8; 0x58];
+    p32(&mut m, 0, res.rpc as u32);
+    p32(&mut m, 4, res.cpg as u32);
+    p32(&mut m, 8, 0x10000);
+    p32(&mut m, 0xC, res.rs as u32);
+    p32(&mut m, 0x10, res.cgs() as u32);
+    p32(&mut m, 0x14, n as u32);
+    p32(&mut m, 0x18, n.div_ceil(res.rpc.max(1)).div_ceil(res.cpg).max(1) as u32);
+    if v6 {
+        p32(&mut m, 0x20, 0x7266_6D64);
+        p32(&mut m, 0x24, 1);
+        p32(&mut m, 0x28, flags);
+    }
+    m
 }

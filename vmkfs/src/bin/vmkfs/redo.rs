@@ -96,123 +96,130 @@ fn run_inner(cli: &Cli) -> Result<i32> {
         return run_unique(cli, child);
     }
     let disk = target(cli)?;
-    if r.chain_consistent {
-        return run_chain_consistent(cli, disk);
-    }
     let opts = open_options(cli);
-    let json = cli.common.json;
-    if r.snapshot {
-        let new = vmkfs::redo::snapshot(disk, &opts, r.legacy_redo)?;
-        if json {
-            out::line(serde_json::json!({"event": "snapshot", "link": new, "parent": disk}));
-        } else {
-            out::line(new.display());
-        }
-        return Ok(exit::OK);
-    }
-    if let Some(dst) = &r.export_delta {
-        let since = r.since.as_deref().expect("clap requires --since");
-        let mut progress = |_: u64, _: u64| {};
-        let out = vmkfs::redo_ops::export_delta(
-            disk,
-            since,
-            dst,
-            &opts,
-            cli.common.force,
-            &mut progress,
-            Some(crate::disk::install_interrupt_handler()),
-        )?;
-        if json {
-            out::line(serde_json::json!({"event": "exported", "delta": out, "since": since}));
-        } else {
-            out::line(out.display());
-        }
-        return Ok(exit::OK);
-    }
-    if let Some(l) = r.apply.as_deref().and_then(|a| vmkfs::repo::location::parse_location(&a.to_string_lossy())) {
-        return run_apply_restic(cli, &l, disk, &opts);
-    }
-    if let Some(delta) = &r.apply {
-        let mut progress = |_: u64, _: u64| {};
-        let applied = vmkfs::redo_ops::apply_delta(
-            delta,
-            disk,
-            &opts,
-            cli.common.force,
-            &mut progress,
-            Some(crate::disk::install_interrupt_handler()),
-        )?;
-        let (cid, already) = match applied {
-            vmkfs::redo_ops::Applied::Now(c) => (c, false),
-            vmkfs::redo_ops::Applied::Already(c) => (c, true),
-        };
-        if json {
-            out::line(
-                serde_json::json!({"event": "applied", "replica": disk, "cid": format!("{cid:08x}"), "already": already}),
-            );
-        } else if already {
-            outln!("'{}' already holds '{}' (CID {cid:08x}): nothing to do.", disk.display(), delta.display());
-        } else {
-            outln!("Applied '{}' to '{}'.", delta.display(), disk.display());
-        }
-        return Ok(exit::OK);
-    }
-    if r.commit {
-        let tty = std::io::stdout().is_terminal() && !json;
-        let mut last = u64::MAX;
-        let mut progress = |done: u64, total: u64| {
-            let pct = (done * 100).checked_div(total).unwrap_or(100);
-            if pct != last {
-                last = pct;
-                if json {
-                    out::line(serde_json::json!({"event": "progress", "done": done, "total": total, "percent": pct}));
-                } else if tty {
-                    out::text(format_args!("\rCommit: {pct}% done."));
-                } else {
-                    outln!("Commit: {pct}% done.");
-                }
-            }
-        };
-        let rep = vmkfs::redo_ops::commit(disk, &opts, &mut progress, Some(crate::disk::install_interrupt_handler()))?;
-        if tty {
-            out::line("");
-        }
-        if json {
-            out::line(
-                serde_json::json!({"event": "committed", "parent": rep.parent, "children": rep.children, "removed": rep.removed, "cid": format!("{:08x}", rep.cid)}),
-            );
-        } else {
-            outln!("Committed '{}' into '{}'.", disk.display(), rep.parent.display());
-        }
-        return Ok(exit::OK);
-    }
-    if r.discard {
+    if r.chain_consistent {
+        run_chain_consistent(cli, disk)
+    } else if r.snapshot {
+        run_snapshot(cli, disk, &opts)
+    } else if let Some(dst) = &r.export_delta {
+        run_export_delta(cli, disk, dst, &opts)
+    } else if let Some(l) = r.apply.as_deref().and_then(|a| vmkfs::repo::location::parse_location(&a.to_string_lossy()))
+    {
+        run_apply_restic(cli, &l, disk, &opts)
+    } else if let Some(delta) = &r.apply {
+        run_apply(cli, delta, disk, &opts)
+    } else if r.commit {
+        run_commit(cli, disk, &opts)
+    } else if r.discard {
         let files = vmkfs::redo::discard(disk, &opts)?;
-        if json {
+        if cli.common.json {
             out::line(serde_json::json!({"event": "discarded", "files": files}));
         }
-        return Ok(exit::OK);
+        Ok(exit::OK)
+    } else if r.chain {
+        run_chain(cli, disk, &opts)
+    } else {
+        run_changed_blocks(cli, disk, &opts)
     }
-    if r.chain {
-        let rep = vmkfs::redo::diagnose(disk, &opts);
-        let broken = rep.iter().any(|l| l.status != "ok");
-        if json {
-            out::line(serde_json::json!({"links": rep, "ok": !broken}));
-        } else {
-            for (i, l) in rep.iter().enumerate() {
-                outln!(
-                    "{i}: {} [{}] CID {} parentCID {} {}",
-                    l.path.display(),
-                    l.format,
-                    l.cid,
-                    l.parent_cid,
-                    if l.status == "ok" { "ok".to_string() } else { format!("BROKEN: {}", l.status) }
-                );
+}
+
+/// `--snapshot`: a new child link (or, with `--legacy-redo`, an ESX 2 `.REDO` log).
+fn run_snapshot(cli: &Cli, disk: &Path, opts: &OpenOptions) -> Result<i32> {
+    let new = vmkfs::redo::snapshot(disk, opts, cli.redo.legacy_redo)?;
+    if cli.common.json {
+        out::line(serde_json::json!({"event": "snapshot", "link": new, "parent": disk}));
+    } else {
+        out::line(new.display());
+    }
+    Ok(exit::OK)
+}
+
+/// `--export-delta DST --since LINK`: the changes above LINK as a standalone delta.
+fn run_export_delta(cli: &Cli, disk: &Path, dst: &Path, opts: &OpenOptions) -> Result<i32> {
+    let since = cli.redo.since.as_deref().expect("clap requires --since");
+    let mut progress = |_: u64, _: u64| {};
+    let interrupt = Some(crate::disk::install_interrupt_handler());
+    let out = vmkfs::redo_ops::export_delta(disk, since, dst, opts, cli.common.force, &mut progress, interrupt)?;
+    if cli.common.json {
+        out::line(serde_json::json!({"event": "exported", "delta": out, "since": since}));
+    } else {
+        out::line(out.display());
+    }
+    Ok(exit::OK)
+}
+
+/// `--apply DELTA REPLICA`: an exported delta written into its replica.
+fn run_apply(cli: &Cli, delta: &Path, disk: &Path, opts: &OpenOptions) -> Result<i32> {
+    let mut progress = |_: u64, _: u64| {};
+    let interrupt = Some(crate::disk::install_interrupt_handler());
+    let applied = vmkfs::redo_ops::apply_delta(delta, disk, opts, cli.common.force, &mut progress, interrupt)?;
+    let (cid, already) = match applied {
+        vmkfs::redo_ops::Applied::Now(c) => (c, false),
+        vmkfs::redo_ops::Applied::Already(c) => (c, true),
+    };
+    if cli.common.json {
+        out::line(
+            serde_json::json!({"event": "applied", "replica": disk, "cid": format!("{cid:08x}"), "already": already}),
+        );
+    } else if already {
+        outln!("'{}' already holds '{}' (CID {cid:08x}): nothing to do.", disk.display(), delta.display());
+    } else {
+        outln!("Applied '{}' to '{}'.", delta.display(), disk.display());
+    }
+    Ok(exit::OK)
+}
+
+/// `-m`: the top link committed into its parent, with vmkfstools' progress lines.
+fn run_commit(cli: &Cli, disk: &Path, opts: &OpenOptions) -> Result<i32> {
+    let json = cli.common.json;
+    let tty = std::io::stdout().is_terminal() && !json;
+    let mut last = u64::MAX;
+    let mut progress = |done: u64, total: u64| {
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        if pct != last {
+            last = pct;
+            if json {
+                out::line(serde_json::json!({"event": "progress", "done": done, "total": total, "percent": pct}));
+            } else if tty {
+                out::text(format_args!("\rCommit: {pct}% done."));
+            } else {
+                outln!("Commit: {pct}% done.");
             }
         }
-        return Ok(if broken { exit::NEGATIVE } else { exit::OK });
+    };
+    let rep = vmkfs::redo_ops::commit(disk, opts, &mut progress, Some(crate::disk::install_interrupt_handler()))?;
+    if tty {
+        out::line("");
     }
-    run_changed_blocks(cli, disk, &opts)
+    if json {
+        out::line(
+            serde_json::json!({"event": "committed", "parent": rep.parent, "children": rep.children, "removed": rep.removed, "cid": format!("{:08x}", rep.cid)}),
+        );
+    } else {
+        outln!("Committed '{}' into '{}'.", disk.display(), rep.parent.display());
+    }
+    Ok(exit::OK)
+}
+
+/// `--chain`: every link of the chain with its CIDs, and whether it is sound.
+fn run_chain(cli: &Cli, disk: &Path, opts: &OpenOptions) -> Result<i32> {
+    let rep = vmkfs::redo::diagnose(disk, opts);
+    let broken = rep.iter().any(|l| l.status != "ok");
+    if cli.common.json {
+        out::line(serde_json::json!({"links": rep, "ok": !broken}));
+    } else {
+        for (i, l) in rep.iter().enumerate() {
+            outln!(
+                "{i}: {} [{}] CID {} parentCID {} {}",
+                l.path.display(),
+                l.format,
+                l.cid,
+                l.parent_cid,
+                if l.status == "ok" { "ok".to_string() } else { format!("BROKEN: {}", l.status) }
+            );
+        }
+    }
+    Ok(if broken { exit::NEGATIVE } else { exit::OK })
 }
 
 /// `--apply restic:PATH@SNAP:/FILE REPLICA`: the replica brought to the file of the snapshot,
