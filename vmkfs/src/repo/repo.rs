@@ -623,3 +623,30 @@ impl<'a> Writer<'a> {
         Ok(self.lock)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::tree::Node;
+
+    #[test]
+    fn streamed_trees_read_back_as_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        Repo::init(&root, b"pw").unwrap();
+        let repo = Repo::open(&root, b"pw").unwrap();
+        let z = Id::of(&[0u8; 16]);
+        let tree = || Tree { nodes: vec![Node::file("disk.raw", 1 << 40, vec![z; 100_000], "2026-12-01T00:00:00Z")] };
+        let mut w = Writer::new(&repo).unwrap();
+        let id = w.add_tree(tree()).unwrap();
+        let stored = w.stored;
+        assert!(stored > 0 && stored < 100_000, "100 000 equal IDs (6.7 MB of JSON) compress: {stored} bytes");
+        assert_eq!(w.add_tree(tree()).unwrap(), id);
+        assert_eq!(w.stored, stored, "a tree the writer has is not stored again");
+        drop(w.finish().unwrap());
+        let repo = Repo::open(&root, b"pw").unwrap();
+        let plain = repo.read_blob(&id).unwrap();
+        assert_eq!(Id::of(&plain), id);
+        assert_eq!(plain, tree().encode());
+    }
+}
