@@ -8,21 +8,24 @@
    repository's growth (goal <= 3 %), medians over the rounds, and the bytes the growth holds
    beyond the changed blocks' (index, trees, snapshot); and replication of the same change:
    `vmkfs -i restic:…` of the first disk after the full backup (C) against `vmkfs --apply
-   restic:…@latest` onto that replica after the second (A). Run twice: each changed block given
-   one 64 KiB random write (as a guest changes a block; the rest keeps its data), then, as the
-   worst case, each rewritten whole with random bytes, which cannot compress while the disks'
-   data compresses about 3:1, so that growth is about three times the share of data changed.
+   restic:…@latest` onto that replica after the second (A). Run three times, by how a changed
+   block changes: rewritten whole with fresh data of the disk's own kind (gen_image.data: runs of
+   noise, text and zeros from a new noise source, so it compresses as the disk's data does; the
+   case the goals are read from); given one 64 KiB random write (the rest of the block keeps its
+   data); and, as the worst case, rewritten whole with random bytes, which cannot compress while
+   the disks' data compresses about 3:1, so that growth is about three times the share changed.
 2. Two VMs copied from the template, changed 1 % each (different blocks), backed up into one
    repository: its size against one VM's repository (goal <= 1.1x).
 3. A 1 TiB thin disk holding 100 MiB (ten 10 MiB pieces spread over it): backup time and
    repository size (goal < 120 MiB), against the same 100 MiB on a 1 GiB disk (time goes with the
-   data, not the capacity: the ratio should be near 1). Medians over ROUNDS.
+   data, not the capacity: the ratio should be near 1). Medians over BIG_ROUNDS.
 
 `sync` runs before each timed command and is timed with it, so what a command left in the page
 cache is on disk when its time is taken (vmkfs syncs its own files too). The password is fixed in
 RESTIC_PASSWORD; every backup pays one scrypt key derivation (about 0.1-0.5 s) and process start.
 
-usage: bench_restic.py [--disks 2] [--size 2048] [--fill 0.5] [--rounds 3] [--work DIR]
+usage: bench_restic.py [--disks 2] [--size 2048] [--fill 0.5] [--rounds 3] [--big-rounds 5]
+                       [--only 1,2,3] [--work DIR]
 """
 import argparse
 import os
@@ -32,6 +35,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import gen_image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REL = os.path.join(HERE, "..", "target", "release")
@@ -86,22 +91,34 @@ def copy_vm(src, dst):
     return dst
 
 
-def change_1pct(vm, disks, size, rng, whole=True):
-    """Changes 1 % of every disk's 1 MiB blocks (distinct): `whole`, each rewritten with random
-    bytes; else each given one random 64 KiB write at a 64 KiB-aligned place inside it (the rest of
-    the block keeps its data). Returns the bytes written."""
+# How a changed block changes (see the module's doc).
+SAME_KIND, WRITE_64K, RANDOM = "same-kind", "64k", "random"
+HOW = {
+    SAME_KIND: "rewritten whole with fresh data of the disk's kind",
+    WRITE_64K: "each given a 64 KiB random write",
+    RANDOM: "rewritten whole with random bytes",
+}
+
+
+def change_1pct(vm, disks, size, rng, how=RANDOM):
+    """Changes 1 % of every disk's 1 MiB blocks (distinct), as `how` says: SAME_KIND, each
+    rewritten with data made as gen_image.py makes the disk's (noise from a new source); WRITE_64K,
+    each given one random 64 KiB write at a 64 KiB-aligned place inside it (the rest of the block
+    keeps its data); RANDOM, each rewritten with random bytes. Returns the bytes written."""
     vmx = os.path.join(vm, "vm.vmx")
+    fresh = gen_image.Source(random.Random(rng.randrange(1 << 30))) if how == SAME_KIND else None
     done = 0
     for i in range(disks):
         top = os.path.join(vm, vmx_top(vmx, f"scsi0:{i}"))
         for b in rng.sample(range(size), max(1, size // 100)):
-            if whole:
-                run([VMKFS, "--write-at", str(b * MIB), top], input=rng.randbytes(MIB))
-                done += MIB
-            else:
+            if how == WRITE_64K:
                 off = b * MIB + rng.randrange(16) * (64 << 10)
                 run([VMKFS, "--write-at", str(off), top], input=rng.randbytes(64 << 10))
                 done += 64 << 10
+            else:
+                new = gen_image.data(rng, fresh, MIB) if how == SAME_KIND else rng.randbytes(MIB)
+                run([VMKFS, "--write-at", str(b * MIB), top], input=new)
+                done += MIB
     return done
 
 
@@ -109,7 +126,7 @@ def repo(path):
     return f"restic:{path}"
 
 
-def incremental(a, template, whole):
+def incremental(a, template, how):
     rng = random.Random(11)
     ratios, growths, applies, rows = [], [], [], []
     for r in range(a.rounds):
@@ -122,7 +139,7 @@ def incremental(a, template, whole):
         file = "/tpl/scsi0-0-d0.raw"
         replica = os.path.join(a.work, f"replica{r}.vmdk")
         tc = timed([VMKFS, "-i", f"{repo(rp)}@latest:{file}", "-d", "thin", replica])
-        changed = change_1pct(vm, a.disks, a.size, rng, whole)
+        changed = change_1pct(vm, a.disks, a.size, rng, how)
         ti = timed([BACKUP, "-a", vmx, "-r", repo(rp), "--since", "latest", "--keep-tracking"])
         s2 = du(rp)
         ta = timed([VMKFS, "--apply", f"{repo(rp)}@latest:{file}", replica])
@@ -135,8 +152,7 @@ def incremental(a, template, whole):
         for f in os.listdir(a.work):
             if f.startswith(f"replica{r}"):
                 os.remove(os.path.join(a.work, f))
-    how = "rewritten whole with random bytes" if whole else "each given a 64 KiB random write"
-    print(f"1. incremental cost: {a.disks} thin disks of {a.size} MiB, {a.fill:.0%} data, 1 % of blocks {how}")
+    print(f"1. incremental cost: {a.disks} thin disks of {a.size} MiB, {a.fill:.0%} data, 1 % of blocks {HOW[how]}")
     for r, tf, s1, ch, ti, grow, tc, ta in rows:
         print(f"  round {r}: full {tf:.2f} s, repository {s1} bytes; second ({ch >> 20} MiB changed) {ti:.2f} s "
               f"(ratio {ti / tf:.3f}), +{grow} bytes ({grow / s1:.2%}; {grow - ch} beyond the changed bytes); "
@@ -182,7 +198,7 @@ def big_thin(a):
     for name, cap in (("tib", 1 << 20), ("gib", 1024)):
         vm = sparse_vm(a.work, name, cap)
         times, size = [], 0
-        for r in range(a.rounds):
+        for r in range(a.big_rounds):
             rp = os.path.join(a.work, f"big-repo-{name}{r}")
             times.append(timed([BACKUP, "-a", os.path.join(vm, "vm.vmx"), "-r", repo(rp), "--init"]))
             size = du(rp)
@@ -190,7 +206,7 @@ def big_thin(a):
         rows[name] = (statistics.median(times), size)
         shutil.rmtree(vm)
     (tt, ts), (gt, gs) = rows["tib"], rows["gib"]
-    print("3. 100 MiB of data on a thin disk of 1 TiB against 1 GiB")
+    print(f"3. 100 MiB of data on a thin disk of 1 TiB against 1 GiB (medians of {a.big_rounds})")
     print(f"  1 TiB: backup {tt:.2f} s, repository {ts} bytes ({ts / MIB:.1f} MiB, goal < 120 MiB)")
     print(f"  1 GiB: backup {gt:.2f} s, repository {gs} bytes; time ratio 1 TiB / 1 GiB {tt / gt:.2f}")
 
@@ -201,18 +217,25 @@ def main():
     ap.add_argument("--size", type=int, default=2048, help="MiB per disk")
     ap.add_argument("--fill", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--big-rounds", type=int, default=5, help="rounds of section 3")
+    ap.add_argument("--only", default="1,2,3", help="sections to run")
     ap.add_argument("--work", default="/tmp/vmkfs-bench-restic")
     a = ap.parse_args()
+    only = {int(x) for x in a.only.split(",")}
     os.environ["RESTIC_PASSWORD"] = "bench"
     os.environ.pop("RESTIC_PASSWORD_FILE", None)
     shutil.rmtree(a.work, ignore_errors=True)
     os.makedirs(a.work)
     print(f"load average {os.getloadavg()[0]:.1f} at start")
-    template = make_vm(a.work, "tpl", a.disks, a.size, a.fill)
-    incremental(a, template, whole=False)
-    incremental(a, template, whole=True)
-    template_pair(a, template)
-    big_thin(a)
+    if only & {1, 2}:
+        template = make_vm(a.work, "tpl", a.disks, a.size, a.fill)
+    if 1 in only:
+        for how in (SAME_KIND, WRITE_64K, RANDOM):
+            incremental(a, template, how)
+    if 2 in only:
+        template_pair(a, template)
+    if 3 in only:
+        big_thin(a)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     shutil.rmtree(a.work)
 

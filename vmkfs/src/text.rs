@@ -3,7 +3,20 @@
 
 /// Lower-case hex.
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let mut out = vec![0u8; 2 * b.len()];
+    hex_into(b, &mut out);
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// Writes the lower-case hex of `b` into `out` (`2 * b.len()` bytes), allocating nothing: IDs
+/// are written a million at a time into the content list of a large disk's tree.
+pub fn hex_into(b: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    assert_eq!(out.len(), 2 * b.len(), "hex needs two digits per byte");
+    for (x, o) in b.iter().zip(out.chunks_exact_mut(2)) {
+        o[0] = DIGITS[usize::from(x >> 4)];
+        o[1] = DIGITS[usize::from(x & 15)];
+    }
 }
 
 /// Now, as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
@@ -99,6 +112,15 @@ mod tests {
         for bad in ["", "2024-13-01T00:00:00Z", "2024-01-01 00:00", "2024-01-01T00:00:00+0200"] {
             assert_eq!(parse_utc(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(hex(&[]), "");
+        let all: Vec<u8> = (0..=255).collect();
+        let slow: String = all.iter().map(|x| format!("{x:02x}")).collect();
+        assert_eq!(hex(&all), slow);
     }
 
     #[test]

@@ -61,6 +61,13 @@ impl Id {
         crate::text::hex(&self.0)
     }
 
+    /// Lower-case hex without allocating.
+    pub fn hex_digits(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        crate::text::hex_into(&self.0, &mut out);
+        out
+    }
+
     /// From 64 hex digits.
     pub fn parse(s: &str) -> Option<Id> {
         if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -88,14 +95,30 @@ impl fmt::Display for Id {
 
 impl Serialize for Id {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.hex())
+        let digits = self.hex_digits();
+        s.serialize_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
     }
 }
 
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
-        let s = String::deserialize(d)?;
-        Id::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?}: not a 64-digit hex ID")))
+        d.deserialize_str(IdVisitor)
+    }
+}
+
+/// Parses an ID from the borrowed string, allocating nothing (a large disk's tree lists a
+/// million).
+struct IdVisitor;
+
+impl serde::de::Visitor<'_> for IdVisitor {
+    type Value = Id;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a 64-digit hex ID")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Id, E> {
+        Id::parse(s).ok_or_else(|| E::custom(format!("{s:?}: not a 64-digit hex ID")))
     }
 }
 
@@ -107,4 +130,36 @@ pub enum BlobKind {
     Data,
     /// A directory (tree JSON).
     Tree,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tree::{Node, Tree};
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_json() {
+        let a = Id::of(b"a");
+        let json = serde_json::to_string(&vec![a, Id::default()]).unwrap();
+        assert_eq!(json, format!("[\"{}\",\"{}\"]", a.hex(), "0".repeat(64)));
+        assert_eq!(a.hex(), "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb");
+        assert_eq!(serde_json::from_str::<Vec<Id>>(&json).unwrap(), vec![a, Id::default()]);
+        for bad in ["\"ab\"", &format!("\"{}\"", "g".repeat(64)), "17"] {
+            assert!(serde_json::from_str::<Id>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tree_encoding_is_sorted_json_and_a_newline() {
+        let z = Id::of(&[0u8; 4]);
+        let t =
+            Tree { nodes: vec![Node::file("b.raw", 8, vec![z, z], "2026-12-01T00:00:00Z"), Node::dir("a", z, "t")] };
+        let raw = t.encode();
+        assert_eq!(raw.last(), Some(&b'\n'));
+        let back: Tree = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(back.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["a", "b.raw"]);
+        assert_eq!(back.nodes[1].content.as_deref(), Some(&[z, z][..]));
+        let text = String::from_utf8(raw).unwrap();
+        assert!(text.contains(&format!("\"content\":[\"{}\",\"{}\"]", z.hex(), z.hex())), "{text}");
+    }
 }

@@ -76,17 +76,14 @@ pub fn save_folder(
     tags: Vec<String>,
 ) -> crate::Result<Id> {
     use super::tree::{Node, Tree};
-    use super::BlobKind;
     if !super::tree::plain_name(name) {
         return Err(crate::Error::Usage(format!(
             "{name:?}: a snapshot folder name without quotes, backslashes, slashes or control characters"
         )));
     }
     let time = now_nanos();
-    let folder = Tree { nodes: files }.encode();
-    let folder_id = w.add(BlobKind::Tree, &[&folder])?[0];
-    let root = Tree { nodes: vec![Node::dir(name, folder_id, &time)] }.encode();
-    let root_id = w.add(BlobKind::Tree, &[&root])?[0];
+    let folder_id = w.add_tree(Tree { nodes: files })?;
+    let root_id = w.add_tree(Tree { nodes: vec![Node::dir(name, folder_id, &time)] })?;
     let lock = w.finish()?;
     let snap = Snapshot {
         time,

@@ -1,6 +1,8 @@
 //! Tree blobs: `{"nodes": [...]}` followed by a newline, nodes sorted by name, fields as restic's
 //! `Node` (a file lists its content blobs, a directory names its subtree).
 
+use std::io::{self, Write};
+
 use serde::{Deserialize, Serialize};
 
 use super::Id;
@@ -94,11 +96,19 @@ pub struct Tree {
 
 impl Tree {
     /// The blob's bytes (nodes sorted by name, JSON, a newline).
-    pub fn encode(mut self) -> Vec<u8> {
-        self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut out = serde_json::to_vec(&self).expect("serializable");
-        out.push(b'\n');
+    pub fn encode(self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out).expect("writing to memory cannot fail");
         out
+    }
+
+    /// Writes the blob's bytes (see [`Tree::encode`]) to `out` as they are made: a 1 TiB disk's
+    /// content list is a million IDs (~70 MB), which [`super::Writer::add_tree`] hashes and
+    /// compresses without holding them.
+    pub fn encode_into(mut self, out: &mut dyn Write) -> io::Result<()> {
+        self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        serde_json::to_writer(&mut *out, &self)?;
+        out.write_all(b"\n")
     }
 }
 
