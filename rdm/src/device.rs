@@ -377,28 +377,14 @@ impl Device {
     /// Copies `len` bytes from `src` at `src_off` to this device at `dst_off` inside the kernel
     /// (`copy_file_range`). Returns the bytes copied (fewer than `len` only at the source's EOF).
     pub fn copy_from(&self, src: &Device, src_off: u64, dst_off: u64, len: u64) -> io::Result<u64> {
-        let mut done = 0u64;
-        while done < len {
+        in_kernel(len, |done, chunk| {
             let mut so = to_off(src_off + done)?;
             let mut dof = to_off(dst_off + done)?;
-            let chunk = (len - done).min(1 << 30) as usize;
             // SAFETY: both descriptors are valid; the offset pointers point at live i64 values.
-            let n = unsafe {
+            Ok(unsafe {
                 libc::copy_file_range(src.file.as_raw_fd(), &mut so, self.file.as_raw_fd(), &mut dof, chunk, 0)
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                break;
-            }
-            done += n as u64;
-        }
-        Ok(done)
+            })
+        })
     }
 
     /// Sends `len` bytes of this file at `offset` to the socket (or pipe) `out` inside the kernel
@@ -407,27 +393,35 @@ impl Device {
     /// takes nothing for its send timeout is [`io::ErrorKind::WouldBlock`] (some bytes may have
     /// gone; the caller cannot resume a message then).
     pub fn send_to(&self, out: std::os::fd::BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<u64> {
-        let mut done = 0u64;
-        while done < len {
+        in_kernel(len, |done, chunk| {
             let mut off = to_off(offset + done)?;
-            let chunk = (len - done).min(1 << 30) as usize;
             // SAFETY: both descriptors are valid for the call (`out` is borrowed, `self.file` owned);
             // the offset pointer points at a live off_t, which sendfile reads and updates.
-            let n = unsafe { libc::sendfile(out.as_raw_fd(), self.file.as_raw_fd(), &mut off, chunk) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                break;
-            }
-            done += n as u64;
-        }
-        Ok(done)
+            Ok(unsafe { libc::sendfile(out.as_raw_fd(), self.file.as_raw_fd(), &mut off, chunk) })
+        })
     }
+}
+
+/// A copy inside the kernel of `len` bytes in steps: `step(done, max)` makes one system call for at
+/// most `max` bytes, `done` bytes in, and returns what it returned (bytes moved, 0 at the source's
+/// end, -1 with `errno` set). Interrupted calls are made again. Returns the bytes moved.
+fn in_kernel(len: u64, mut step: impl FnMut(u64, usize) -> io::Result<isize>) -> io::Result<u64> {
+    let mut done = 0u64;
+    while done < len {
+        let n = step(done, (len - done).min(1 << 30) as usize)?;
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as u64;
+    }
+    Ok(done)
 }
 
 /// Asks for a send buffer of `bytes` on the socket `sock` (`SO_SNDBUF`; the kernel caps it at
