@@ -98,12 +98,7 @@ fn open_volume(cli: &Cli) -> Result<Volume> {
 /// Decimal units the way vmkfstools -h prints them (`256 MB`, `1.5 GB`).
 fn vm_human(n: u64) -> String {
     const U: [&str; 6] = ["bytes", "KB", "MB", "GB", "TB", "PB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
+    let (v, i) = crate::in_units_of_1024(n);
     if i == 0 {
         format!("{n} bytes")
     } else if (v - v.round()).abs() < 0.05 {
