@@ -171,13 +171,14 @@ pub fn sha256_file(storage: &Arc<dyn Storage>, path: &Path) -> Result<(u64, Stri
     Ok((from.len(), t.finish()))
 }
 
-/// A hashed file: its id, and its length and SHA-256.
-pub type HashResult = (usize, Result<(u64, String)>);
+/// A hashed file: its path, and its length and SHA-256.
+pub type HashResult = (std::path::PathBuf, Result<(u64, String)>);
 
 /// Hashes files on background threads while the caller goes on (a backup hashes each disk's files
-/// while it exports the next disk). Files are taken in the order given, each on one thread.
+/// as soon as that disk is written, while the other disks export). Files are taken in the order
+/// given, each on one thread. Queuing takes `&self`, so the threads that write the files queue them.
 pub struct Hasher {
-    tx: Option<std::sync::mpsc::Sender<(usize, std::path::PathBuf)>>,
+    tx: Option<std::sync::mpsc::Sender<std::path::PathBuf>>,
     results: Arc<Mutex<Vec<HashResult>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -185,7 +186,7 @@ pub struct Hasher {
 impl Hasher {
     /// A hasher of host files with one thread per core.
     pub fn new() -> Hasher {
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, std::path::PathBuf)>();
+        let (tx, rx) = std::sync::mpsc::channel::<std::path::PathBuf>();
         let rx = Arc::new(Mutex::new(rx));
         let results = Arc::new(Mutex::new(Vec::new()));
         let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -194,23 +195,23 @@ impl Hasher {
                 let (rx, results) = (rx.clone(), results.clone());
                 std::thread::spawn(move || loop {
                     let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok((id, path)) = job else { return };
+                    let Ok(path) = job else { return };
                     let r = sha256_file(&vmdk::HostStorage::shared(), &path);
-                    results.lock().unwrap_or_else(|p| p.into_inner()).push((id, r));
+                    results.lock().unwrap_or_else(|p| p.into_inner()).push((path, r));
                 })
             })
             .collect();
         Hasher { tx: Some(tx), results, threads }
     }
 
-    /// Queues the file at `path` under `id`.
-    pub fn add(&self, id: usize, path: std::path::PathBuf) {
+    /// Queues the file at `path`.
+    pub fn add(&self, path: std::path::PathBuf) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send((id, path));
+            let _ = tx.send(path);
         }
     }
 
-    /// Waits for every queued file: `(id, length and SHA-256)`.
+    /// Waits for every queued file: `(path, length and SHA-256)`.
     pub fn finish(mut self) -> Vec<HashResult> {
         self.tx = None;
         for t in std::mem::take(&mut self.threads) {
