@@ -316,6 +316,17 @@ impl NewDisk {
         self.files.final_paths()
     }
 
+    /// Writes the final metadata of every extent without flushing it, and returns the `(final,
+    /// temporary)` path of every file of the disk: from here the files hold the bytes they will
+    /// have in place (nothing more may be written to the disk), so they can be read — hashed —
+    /// while [`NewDisk::commit`] flushes them. Nothing is in place or durable until `commit`.
+    pub fn seal(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
+        if let Some(link) = &self.link {
+            link.seal()?;
+        }
+        Ok(self.files.paths())
+    }
+
     /// Flushes everything, then puts the files in place (extents first, descriptor last) through
     /// one intent record, so that an interruption leaves no disk or the whole disk.
     pub fn commit(self) -> Result<PathBuf> {

@@ -42,6 +42,10 @@ pub struct CloneOptions<'a> {
     /// Disk database entries the new disk gets (the restic point a replica records); not for
     /// streamOptimized, which is never a replica.
     pub ddb: Vec<(String, String)>,
+    /// Called once the new disk's files hold their final bytes, before they are flushed and put
+    /// in place, with every file's `(final, temporary)` path: a reader (a hasher) can take them
+    /// while they are flushed. Not called for streamOptimized output.
+    pub sealed: Option<&'a mut dyn FnMut(&[(PathBuf, PathBuf)])>,
 }
 
 impl<'a> CloneOptions<'a> {
@@ -57,6 +61,7 @@ impl<'a> CloneOptions<'a> {
             engine: None,
             compress_level: DEFAULT_COMPRESS_LEVEL,
             ddb: Vec::new(),
+            sealed: None,
         }
     }
 }
@@ -260,6 +265,9 @@ pub fn clone_source_into(
             }
         })?;
     }
+    if let (Destination::Disk { disk, .. }, Some(sealed)) = (&new, opts.sealed.as_mut()) {
+        sealed(&disk.seal()?);
+    }
     let path = new.commit()?;
     Ok(CloneReport { path, files, stats })
 }
@@ -378,6 +386,9 @@ pub fn import<R: Read + Send>(
         }
     };
     let files = new.final_paths();
+    if let (Destination::Disk { disk, .. }, Some(sealed)) = (&new, opts.sealed.as_mut()) {
+        sealed(&disk.seal()?);
+    }
     let path = new.commit()?;
     Ok(CloneReport { path, files, stats })
 }

@@ -495,11 +495,23 @@ fn run_pass(pass: &Pass, planned: Planned, r: &mut dyn Reporter) -> Result<Backu
     let id = new_id();
     let temp = vmdk::txn::temp_name(&pass.dest);
     let snap_disks: Vec<usize> = (0..disks.len()).filter(|&i| pass.snapshots && !disks[i].place.on_volume()).collect();
+    // The journal lists every disk to snapshot, with its children before any snapshot (a child
+    // not among them is this run's), before the first one is made.
+    let journal_disks = snap_disks
+        .iter()
+        .map(|&i| JournalDisk {
+            key: disks[i].vd.key.clone(),
+            top: disks[i].place.path.clone(),
+            children_before: vmdk::family::children(host().as_ref(), &disks[i].place.path),
+            ..Default::default()
+        })
+        .collect();
     let mut journal = Journal {
         id: id.clone(),
         dest: pass.dest.clone(),
         temp: temp.clone(),
         vmx: pass.vmx_real.clone(),
+        disks: journal_disks,
         ..Journal::default()
     };
     let intent = if pass.snapshots {
@@ -555,12 +567,8 @@ fn build(
     std::fs::create_dir(temp).map_err(|e| Error::Io { path: temp.to_path_buf(), source: e })?;
     let mut writer = pass.repo.as_ref().map(Writer::new).transpose()?;
     let hasher = plain::Hasher::new();
-    let (snaps, vmx_after) = take_snapshots(pass, disks, snap_disks, journal, r)?;
+    let snaps = take_snapshots(pass, disks, snap_disks, journal, r)?;
     let mut ex = export_disks(pass, disks, &snaps, temp, writer.as_mut(), &hasher, r)?;
-    if let Some(v) = vmx_after {
-        journal.vmx_after = Some(v.to_text());
-        write_journal(journal)?;
-    }
     let mut entries = skipped_entries;
     entries.append(&mut ex.entries);
     // Sorted by device key order as the .vmx lists them (skipped disks were pushed first).
@@ -588,58 +596,75 @@ fn build(
     Ok((cat, ex.done))
 }
 
-/// Every disk's snapshot, before any export (the VM's disks are static from one moment on), each
-/// recorded in the journal before and after it is made. Returns each disk's snapshot (none for a
-/// disk in a volume image) and, with `--keep-tracking`, the `.vmx` naming the tracking links.
+/// Every disk's snapshot, before any export (the VM's disks are static from one moment on); the
+/// disks (independent chains) at once unless two of them would pick snapshot names from one stem
+/// in one folder. The journal already lists the disks; it records the snapshots made, the links
+/// to commit once the backup is in place and, with `--keep-tracking`, the `.vmx` naming the
+/// tracking links, in one write after the last snapshot. Returns each disk's snapshot (none for a
+/// disk in a volume image).
 fn take_snapshots(
     pass: &Pass,
     disks: &[Disk],
     snap_disks: &[usize],
     journal: &mut Journal,
     r: &mut dyn Reporter,
-) -> Result<(Vec<Option<PathBuf>>, Option<Vmx>)> {
-    let keep = pass.opts.keep_tracking;
-    let mut vmx_after: Option<Vmx> = None;
-    let mut snaps: Vec<Option<PathBuf>> = Vec::with_capacity(disks.len());
-    for (n, d) in disks.iter().enumerate() {
-        if !snap_disks.contains(&n) {
-            snaps.push(None);
-            continue;
-        }
-        let key = d.vd.key.clone();
-        let top = d.place.path.clone();
-        let before = vmdk::family::children(host().as_ref(), &top);
-        journal.disks.push(JournalDisk {
-            key: key.clone(),
-            top: top.clone(),
-            children_before: before,
-            ..Default::default()
-        });
-        write_journal(journal)?;
-        let s = redo::snapshot(&top, &rw(), false)?;
+) -> Result<Vec<Option<PathBuf>>> {
+    let targets: Vec<&Disk> = snap_disks.iter().map(|&n| &disks[n]).collect();
+    let snap = |d: &&Disk, _: &(), r: &mut dyn Reporter| -> Result<PathBuf> {
+        let s = redo::snapshot(&d.place.path, &rw(), false)?;
         r.event(Event::Step {
-            disk: Some(key.clone()),
+            disk: Some(d.vd.key.clone()),
             what: format!("snapshot {} (the disk is static below it)", s.display()),
         });
-        let jd = journal.disks.last_mut().expect("pushed above");
+        Ok(s)
+    };
+    let stems: Vec<(PathBuf, String)> =
+        targets.iter().map(|d| (d.place.folder().path.clone(), disk_stem(&d.place.name()))).collect();
+    let distinct = stems.iter().enumerate().all(|(i, s)| !stems[..i].contains(s));
+    let units = vec![(); targets.len()];
+    let made: Vec<Result<PathBuf>> = if distinct {
+        concurrently(&targets, &units, snap, r)
+    } else {
+        targets.iter().map(|d| snap(d, &(), r)).collect()
+    };
+    let keep = pass.opts.keep_tracking;
+    let mut vmx_after: Option<Vmx> = None;
+    let mut first_error = None;
+    for ((jd, d), m) in journal.disks.iter_mut().zip(&targets).zip(made) {
+        let s = match m {
+            Ok(s) => s,
+            Err(e) => {
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
         jd.snapshot = Some(s.clone());
         jd.commit = match (&d.plan, keep) {
             (_, false) => vec![s.clone()],
             (Plan::Tracking { commits, .. }, true) if pass.kind == Kind::Incremental => commits.clone(),
             _ => Vec::new(),
         };
-        write_journal(journal)?;
         if keep {
             let name = vmdk::txn::file_name(&s);
             let fname = match d.vd.file_name.rsplit_once('/') {
                 Some((dir, _)) => format!("{dir}/{name}"),
                 None => name,
             };
-            vmx_after = Some(vmx_after.as_ref().unwrap_or(&pass.vmx).with_disk_file(&key, &fname));
+            vmx_after = Some(vmx_after.as_ref().unwrap_or(&pass.vmx).with_disk_file(&d.vd.key, &fname));
         }
-        snaps.push(Some(s));
     }
-    Ok((snaps, vmx_after))
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    journal.vmx_after = vmx_after.map(|v| v.to_text());
+    if !targets.is_empty() {
+        write_journal(journal)?;
+    }
+    let mut snaps: Vec<Option<PathBuf>> = vec![None; disks.len()];
+    for (&n, jd) in snap_disks.iter().zip(&journal.disks) {
+        snaps[n] = jd.snapshot.clone();
+    }
+    Ok(snaps)
 }
 
 /// Exports every disk: into a repository one after another; into the folder each disk on its own
@@ -675,11 +700,11 @@ fn export_disks(
         if whole && i > 0 {
             copied[i - 1].wait();
         }
-        let out = export_disk(d, temp, format, kind, snapshot, keep, ds, &|| copied[i].open(), r);
+        let out = export_disk(d, temp, format, kind, snapshot, keep, ds, &|| copied[i].open(), hasher, r);
         copied[i].open();
         let out = out?;
         for f in &out.1 {
-            hasher.add(temp.join(&f.name));
+            hasher.add(&temp.join(&f.name));
         }
         Ok(out)
     };
@@ -1000,7 +1025,9 @@ fn concurrently<T: Sync, X: Sync, O: Send>(
 }
 
 /// Exports one disk into the backup folder `temp`; returns its catalog entry, its files and a
-/// summary. `copied` is called once the disk has been read (the rest is writing and flushing).
+/// summary. `copied` is called once the disk has been read (the rest is writing and flushing); a
+/// full export queues its files to `hasher` once they hold their final bytes, before they are
+/// flushed.
 #[allow(clippy::too_many_arguments)]
 fn export_disk(
     d: &Disk,
@@ -1011,6 +1038,7 @@ fn export_disk(
     keep_tracking: bool,
     ds: &Datastores,
     copied: &dyn Fn(),
+    hasher: &plain::Hasher,
     r: &mut dyn Reporter,
 ) -> Result<(DiskEntry, Vec<FileEntry>, DiskDone)> {
     let key = d.vd.key.clone();
@@ -1039,6 +1067,13 @@ fn export_disk(
             e.chunk = e.chunk.max(block);
             copts.engine = Some(e);
             copts.progress = Some(&mut progress);
+            // The files are hashed while they are flushed.
+            let mut sealed = |files: &[(PathBuf, PathBuf)]| {
+                for (fin, now) in files {
+                    hasher.add_as(fin, now);
+                }
+            };
+            copts.sealed = Some(&mut sealed);
             let rep = clone_chain_through(&chain, &hs, &dst, &mut copts)?;
             (Method::Full, None, hs.into_table(), rep.stats.read, rep.files, format.name().to_string())
         }
