@@ -791,6 +791,29 @@ mod tests {
     }
 
     #[test]
+    fn sealed_files_hold_the_bytes_they_have_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        for (i, format) in [DiskFormat::MonoSparse, DiskFormat::TwoGbSparse, DiskFormat::Thin].into_iter().enumerate() {
+            let path = d.path().join(format!("d{i}.vmdk"));
+            let nd = create(&path, &CreateOptions::new(format, 8 << 20)).unwrap();
+            nd.link().write_at(&[7u8; 70_000], 3 << 20).unwrap();
+            nd.link().write_at(b"tail", (8 << 20) - 4).unwrap();
+            let sealed: Vec<(PathBuf, Vec<u8>)> =
+                nd.seal().unwrap().into_iter().map(|(fin, now)| (fin, std::fs::read(now).unwrap())).collect();
+            assert_eq!(sealed.iter().map(|s| s.0.clone()).collect::<Vec<_>>(), nd.final_paths());
+            nd.commit().unwrap();
+            for (fin, bytes) in sealed {
+                assert!(std::fs::read(&fin).unwrap() == bytes, "{format:?}: {} changed after seal", fin.display());
+            }
+            let l = Link::open(&path, &crate::link::OpenOptions::read()).unwrap();
+            assert!(l.extents().iter().all(|e| !e.unclean), "{format:?}: sealed extents are clean");
+            let mut back = vec![0u8; 4];
+            l.read_at(&mut back, (8 << 20) - 4).unwrap();
+            assert_eq!(&back, b"tail");
+        }
+    }
+
+    #[test]
     fn uuid_shape() {
         let u = new_uuid();
         assert_eq!(u.len(), 47);
