@@ -20,6 +20,9 @@ use crate::engine::{copy, copy_feed, CopyStats, EngineOptions, Feed, Needs, Piec
 use crate::error::{Error, Result};
 use crate::stream::{open_input, Input, RawFeed, RawTarget, StreamTarget, DEFAULT_COMPRESS_LEVEL};
 
+/// What [`CloneOptions::sealed`] is called with: every file's `(final, temporary)` path.
+pub type Sealed<'a> = dyn FnMut(&[(PathBuf, PathBuf)]) + 'a;
+
 /// Options for [`clone_disk`].
 pub struct CloneOptions<'a> {
     /// Target format.
@@ -45,7 +48,7 @@ pub struct CloneOptions<'a> {
     /// Called once the new disk's files hold their final bytes, before they are flushed and put
     /// in place, with every file's `(final, temporary)` path: a reader (a hasher) can take them
     /// while they are flushed. Not called for streamOptimized output.
-    pub sealed: Option<&'a mut dyn FnMut(&[(PathBuf, PathBuf)])>,
+    pub sealed: Option<&'a mut Sealed<'a>>,
 }
 
 impl<'a> CloneOptions<'a> {

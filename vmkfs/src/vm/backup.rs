@@ -10,9 +10,11 @@
 //!    pass writes a REDO link of the blocks changed since that backup — from the change-tracking
 //!    link the earlier pass kept ([`export_delta`], cost ∝ changed data), or else by comparing
 //!    block hashes with the earlier pass's ([`ChangedOnly`], one read of the disk, writes only
-//!    the changes). Whole-disk exports go one after another, so that each disk's files are
-//!    hashed while the next one exports; when every disk comes from its tracking link (cost ∝
-//!    changes, mostly waiting on flushes), the disks are exported concurrently;
+//!    the changes). Each disk exports on its own thread; a disk read whole starts once the disk
+//!    before it has been read, so that its copy overlaps that disk's flush; disks exported from
+//!    their tracking links (cost ∝ changes, mostly waiting on flushes) all start at once. A full
+//!    export's files are hashed (SHA-256, for the catalog) from the moment they hold their final
+//!    bytes, while they are flushed ([`vmdk::create::NewDisk::seal`]); the others' once written;
 //! 3. after the backup folder is in place: **commit** the snapshot ([`commit`]), or with
 //!    `--keep-tracking` keep it as the change-tracking link (the `.vmx` then names it: the VM
 //!    writes there, and the next pass exports exactly its blocks). A pass that used a tracking
