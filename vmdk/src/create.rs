@@ -316,6 +316,17 @@ impl NewDisk {
         self.files.final_paths()
     }
 
+    /// Writes the final metadata of every extent without flushing it, and returns the `(final,
+    /// temporary)` path of every file of the disk: from here the files hold the bytes they will
+    /// have in place (nothing more may be written to the disk), so they can be read — hashed —
+    /// while [`NewDisk::commit`] flushes them. Nothing is in place or durable until `commit`.
+    pub fn seal(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
+        if let Some(link) = &self.link {
+            link.seal()?;
+        }
+        Ok(self.files.paths())
+    }
+
     /// Flushes everything, then puts the files in place (extents first, descriptor last) through
     /// one intent record, so that an interruption leaves no disk or the whole disk.
     pub fn commit(self) -> Result<PathBuf> {
@@ -777,6 +788,29 @@ mod tests {
         assert_eq!(Adapter::LsiSas.esx_geometry(2047 * 2048), (260, 255, 63));
         assert_eq!(Adapter::Ide.esx_geometry(75_497_472), (74898, 16, 63));
         assert_eq!(Adapter::LsiLogic.esx_geometry(1), (1, 64, 32));
+    }
+
+    #[test]
+    fn sealed_files_hold_the_bytes_they_have_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        for (i, format) in [DiskFormat::MonoSparse, DiskFormat::TwoGbSparse, DiskFormat::Thin].into_iter().enumerate() {
+            let path = d.path().join(format!("d{i}.vmdk"));
+            let nd = create(&path, &CreateOptions::new(format, 8 << 20)).unwrap();
+            nd.link().write_at(&[7u8; 70_000], 3 << 20).unwrap();
+            nd.link().write_at(b"tail", (8 << 20) - 4).unwrap();
+            let sealed: Vec<(PathBuf, Vec<u8>)> =
+                nd.seal().unwrap().into_iter().map(|(fin, now)| (fin, std::fs::read(now).unwrap())).collect();
+            assert_eq!(sealed.iter().map(|s| s.0.clone()).collect::<Vec<_>>(), nd.final_paths());
+            nd.commit().unwrap();
+            for (fin, bytes) in sealed {
+                assert!(std::fs::read(&fin).unwrap() == bytes, "{format:?}: {} changed after seal", fin.display());
+            }
+            let l = Link::open(&path, &crate::link::OpenOptions::read()).unwrap();
+            assert!(l.extents().iter().all(|e| !e.unclean), "{format:?}: sealed extents are clean");
+            let mut back = vec![0u8; 4];
+            l.read_at(&mut back, (8 << 20) - 4).unwrap();
+            assert_eq!(&back, b"tail");
+        }
     }
 
     #[test]

@@ -875,6 +875,18 @@ impl Link {
         self.close_ref()
     }
 
+    /// Writes every extent's final metadata without flushing ([`Extent::seal`](crate::extent::Extent::seal)):
+    /// for a new disk whose files are not in place yet (see [`crate::create::NewDisk::seal`]).
+    pub fn seal(&self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        for s in &self.slots {
+            s.ext.seal()?;
+        }
+        Ok(())
+    }
+
     fn close_ref(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) || !self.writable {
             return Ok(());

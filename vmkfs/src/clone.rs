@@ -20,6 +20,9 @@ use crate::engine::{copy, copy_feed, CopyStats, EngineOptions, Feed, Needs, Piec
 use crate::error::{Error, Result};
 use crate::stream::{open_input, Input, RawFeed, RawTarget, StreamTarget, DEFAULT_COMPRESS_LEVEL};
 
+/// What [`CloneOptions::sealed`] is called with: every file's `(final, temporary)` path.
+pub type Sealed<'a> = dyn FnMut(&[(PathBuf, PathBuf)]) + 'a;
+
 /// Options for [`clone_disk`].
 pub struct CloneOptions<'a> {
     /// Target format.
@@ -42,6 +45,10 @@ pub struct CloneOptions<'a> {
     /// Disk database entries the new disk gets (the restic point a replica records); not for
     /// streamOptimized, which is never a replica.
     pub ddb: Vec<(String, String)>,
+    /// Called once the new disk's files hold their final bytes, before they are flushed and put
+    /// in place, with every file's `(final, temporary)` path: a reader (a hasher) can take them
+    /// while they are flushed. Not called for streamOptimized output.
+    pub sealed: Option<&'a mut Sealed<'a>>,
 }
 
 impl<'a> CloneOptions<'a> {
@@ -57,6 +64,7 @@ impl<'a> CloneOptions<'a> {
             engine: None,
             compress_level: DEFAULT_COMPRESS_LEVEL,
             ddb: Vec::new(),
+            sealed: None,
         }
     }
 }
@@ -263,6 +271,9 @@ pub fn clone_source_into(
             }
         })?;
     }
+    if let (Destination::Disk { disk, .. }, Some(sealed)) = (&new, opts.sealed.as_mut()) {
+        sealed(&disk.seal()?);
+    }
     let path = new.commit()?;
     Ok(CloneReport { path, files, stats })
 }
@@ -381,6 +392,9 @@ pub fn import<R: Read + Send>(
         }
     };
     let files = new.final_paths();
+    if let (Destination::Disk { disk, .. }, Some(sealed)) = (&new, opts.sealed.as_mut()) {
+        sealed(&disk.seal()?);
+    }
     let path = new.commit()?;
     Ok(CloneReport { path, files, stats })
 }

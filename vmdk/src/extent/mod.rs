@@ -191,6 +191,13 @@ pub trait Extent: Send + Sync + Debug {
     fn close(&self) -> Result<()> {
         self.flush()
     }
+    /// Writes what [`Extent::close`] writes (clears the unclean-shutdown mark) without flushing,
+    /// for a new extent whose file is not in place yet: its file then holds its final bytes, to be
+    /// read (hashed) while it is flushed, and the caller flushes it before it becomes visible.
+    /// `close` has nothing left to write afterwards. The default writes nothing.
+    fn seal(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Bytes of a table (grain directory) that may be allocated from header fields whatever the file

@@ -1061,23 +1061,41 @@ impl Extent for SparseExtent {
     fn close(&self) -> Result<()> {
         if self.dirty.swap(false, Ordering::AcqRel) {
             self.dir.backing.sync()?;
-            let next = *self.next_free.lock().unwrap_or_else(|p| p.into_inner());
-            let mut m = self.header.lock().unwrap_or_else(|p| p.into_inner());
-            match &mut *m {
-                Meta::Hosted(h) => {
-                    h.unclean_shutdown = false;
-                    self.dir.backing.write_all_at(&[0], 72)?;
-                }
-                Meta::Cowd(h) => {
-                    // Record the next free sector, then clear the flag.
-                    h.free_sector = next.min(u32::MAX as u64) as u32;
-                    self.dir.backing.write_all_at(&h.free_sector.to_le_bytes(), super::cowd::FREE_SECTOR_OFFSET)?;
-                    self.dir.backing.sync()?;
-                    h.unclean_shutdown = false;
-                    self.dir.backing.write_all_at(&0u32.to_le_bytes(), super::cowd::UNCLEAN_OFFSET)?;
-                }
-            }
+            self.mark_clean(true)?;
             self.dir.backing.sync()?;
+        }
+        Ok(())
+    }
+
+    fn seal(&self) -> Result<()> {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            self.mark_clean(false)?;
+        }
+        Ok(())
+    }
+}
+
+impl SparseExtent {
+    /// Clears the unclean-shutdown mark (a COWD extent records its next free sector first, synced
+    /// before the mark goes when `sync_between`).
+    fn mark_clean(&self, sync_between: bool) -> Result<()> {
+        let next = *self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.header.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *m {
+            Meta::Hosted(h) => {
+                h.unclean_shutdown = false;
+                self.dir.backing.write_all_at(&[0], 72)?;
+            }
+            Meta::Cowd(h) => {
+                // Record the next free sector, then clear the flag.
+                h.free_sector = next.min(u32::MAX as u64) as u32;
+                self.dir.backing.write_all_at(&h.free_sector.to_le_bytes(), super::cowd::FREE_SECTOR_OFFSET)?;
+                if sync_between {
+                    self.dir.backing.sync()?;
+                }
+                h.unclean_shutdown = false;
+                self.dir.backing.write_all_at(&0u32.to_le_bytes(), super::cowd::UNCLEAN_OFFSET)?;
+            }
         }
         Ok(())
     }

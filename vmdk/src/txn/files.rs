@@ -77,6 +77,11 @@ impl NewFiles {
         self.replaced = old;
     }
 
+    /// `(final, temporary)` path of every file, in the order they go into place.
+    pub fn paths(&self) -> Vec<(PathBuf, PathBuf)> {
+        self.files.iter().map(|(tmp, fin)| (fin.clone(), tmp.clone())).collect()
+    }
+
     /// Final paths, in the order they go into place.
     pub fn final_paths(&self) -> Vec<PathBuf> {
         self.files.iter().map(|f| f.1.clone()).collect()

@@ -10,9 +10,11 @@
 //!    pass writes a REDO link of the blocks changed since that backup — from the change-tracking
 //!    link the earlier pass kept ([`export_delta`], cost ∝ changed data), or else by comparing
 //!    block hashes with the earlier pass's ([`ChangedOnly`], one read of the disk, writes only
-//!    the changes). Whole-disk exports go one after another, so that each disk's files are
-//!    hashed while the next one exports; when every disk comes from its tracking link (cost ∝
-//!    changes, mostly waiting on flushes), the disks are exported concurrently;
+//!    the changes). Each disk exports on its own thread; a disk read whole starts once the disk
+//!    before it has been read, so that its copy overlaps that disk's flush; disks exported from
+//!    their tracking links (cost ∝ changes, mostly waiting on flushes) all start at once. A full
+//!    export's files are hashed (SHA-256, for the catalog) from the moment they hold their final
+//!    bytes, while they are flushed ([`vmdk::create::NewDisk::seal`]); the others' once written;
 //! 3. after the backup folder is in place: **commit** the snapshot ([`commit`]), or with
 //!    `--keep-tracking` keep it as the change-tracking link (the `.vmx` then names it: the VM
 //!    writes there, and the next pass exports exactly its blocks). A pass that used a tracking
@@ -263,6 +265,55 @@ pub(super) fn refuse_running(places: &[Place]) -> Result<()> {
     Ok(())
 }
 
+/// What a backup pass works from: the VM, where the backup goes, and what it is relative to.
+struct Pass<'a> {
+    opts: &'a BackupOptions,
+    /// The backup folder (absolute), or the repository.
+    dest: PathBuf,
+    /// Its parent folder.
+    parent: PathBuf,
+    vmx: Vmx,
+    vmx_place: Place,
+    vm_dir: Place,
+    /// True for a VM on the host: its disks get snapshots (a volume image does not change).
+    snapshots: bool,
+    /// The `.vmx` as a real host path (where the intent record and the journal go).
+    vmx_real: PathBuf,
+    repo: Option<crate::repo::Repo>,
+    /// The VM's folder in a repository snapshot.
+    folder_name: String,
+    /// The repository snapshot this pass builds on.
+    point: Option<in_repo::Point>,
+    /// The earlier backup this pass is relative to: its folder and catalog.
+    prev: Option<(PathBuf, Catalog)>,
+    kind: Kind,
+}
+
+/// The disks of a pass: those backed up, those left out, and the catalog entries of the latter.
+struct Planned {
+    disks: Vec<Disk>,
+    skipped: Vec<Skipped>,
+    entries: Vec<DiskEntry>,
+}
+
+/// What the exports of a pass gave: catalog entries, the files written (hashes still to fill in),
+/// the disks' summaries and, for a repository, the disks' tree nodes.
+#[derive(Default)]
+struct Exported {
+    entries: Vec<DiskEntry>,
+    files: Vec<FileEntry>,
+    done: Vec<DiskDone>,
+    nodes: Vec<Node>,
+}
+
+impl Exported {
+    fn add(&mut self, (entry, files, done): (DiskEntry, Vec<FileEntry>, DiskDone)) {
+        self.entries.push(entry);
+        self.files.extend(files);
+        self.done.push(done);
+    }
+}
+
 /// Backs up the VM `opts.vm` into `opts.dest`.
 pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport> {
     let ds = &opts.datastores;
@@ -274,8 +325,7 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
         .to_path_buf();
     let vmx_place = ds.find_vm(&opts.vm)?;
     let vmx_raw = vmx_place.read_small(SMALL)?;
-    let vmx_text = String::from_utf8_lossy(&vmx_raw).into_owned();
-    let vmx = Vmx::parse(&vmx_text, &vmx_place.path)?;
+    let vmx = Vmx::parse(&String::from_utf8_lossy(&vmx_raw), &vmx_place.path)?;
     let vm_dir = vmx_place.folder();
     let snapshots = !vmx_place.on_volume();
     if opts.keep_tracking && !snapshots {
@@ -299,84 +349,114 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
             }
         }
     }
-    if let Some(rd) = &opts.repo {
-        if rd.init {
-            crate::repo::Repo::init(&dest, &rd.password)?;
-        }
-    }
-    let repo = opts.repo.as_ref().map(|rd| crate::repo::Repo::open(&dest, &rd.password)).transpose()?;
+    let repo = open_repo(opts, &dest)?;
     let folder_name = super::in_repo::folder_name(vmx.display_name(), &vmx_place.name());
-    if !parent.is_dir() {
-        return Err(Error::Usage(format!("{}: the parent folder of the backup does not exist", parent.display())));
-    }
-    // A repository takes many snapshots; a folder backup is always new.
-    if repo.is_none() && (dest.exists() || std::fs::symlink_metadata(&dest).is_ok()) {
-        return Err(Error::Usage(format!(
-            "{}: already exists (a backup is always written to a new folder)",
-            dest.display()
-        )));
-    }
+    check_dest(&parent, &dest, repo.is_some())?;
     sweep_stale_folders(&dest);
-
-    // The backup this pass is relative to.
-    let point = match (&repo, &opts.since) {
-        (Some(repo), Some(spec)) => {
-            let spec = spec.to_string_lossy();
-            let p = super::in_repo::find_point(repo, Some(&folder_name), &spec)?;
-            if p.is_none() {
-                r.event(Event::Note { disk: None, what: format!("no snapshot of {folder_name} yet: a full backup") });
-            }
-            p
-        }
-        _ => None,
-    };
-    let prev = match &opts.since {
-        _ if repo.is_some() => point.as_ref().map(|p| (dest.clone(), p.catalog.clone())),
-        None => {
-            if opts.differential {
-                return Err(Error::Usage("--differential needs --since FULL".into()));
-            }
-            None
-        }
-        Some(p) => {
-            let folder = std::path::absolute(p).unwrap_or_else(|_| p.clone());
-            let cat = verify::load(&folder)?;
-            check_same_vm(&folder, &cat, &vmx, &ds.written(&vmx_place))?;
-            if opts.differential && cat.kind != Kind::Full {
-                return Err(Error::Usage(format!(
-                    "{}: --differential needs a full backup as --since, and this one is {}",
-                    folder.display(),
-                    cat.kind.as_str()
-                )));
-            }
-            Some((folder, cat))
-        }
-    };
+    let point = repo_point(repo.as_ref(), opts, &folder_name, r)?;
+    let prev = earlier_backup(opts, repo.is_some(), point.as_ref(), &dest, &vmx, &ds.written(&vmx_place))?;
     let kind = match (&prev, opts.differential) {
         (None, _) => Kind::Full,
         (Some(_), false) => Kind::Incremental,
         (Some(_), true) => Kind::Differential,
     };
+    let pass =
+        Pass { opts, dest, parent, vmx, vmx_place, vm_dir, snapshots, vmx_real, repo, folder_name, point, prev, kind };
+    let planned = plan_disks(&pass, listed, places.into_iter().skip(1).collect(), r)?;
+    run_pass(&pass, planned, r)
+}
 
-    // Plan each disk.
-    let mut disks: Vec<Disk> = Vec::new();
-    let mut skipped: Vec<Skipped> = Vec::new();
-    let mut entries: Vec<DiskEntry> = Vec::new();
-    for (vd, place) in listed.into_iter().zip(places.into_iter().skip(1)) {
+/// The repository of `-r restic:PATH` (created first with `--init`), if that is where the backup
+/// goes.
+fn open_repo(opts: &BackupOptions, dest: &Path) -> Result<Option<crate::repo::Repo>> {
+    let Some(rd) = &opts.repo else { return Ok(None) };
+    if rd.init {
+        crate::repo::Repo::init(dest, &rd.password)?;
+    }
+    Ok(Some(crate::repo::Repo::open(dest, &rd.password)?))
+}
+
+/// Refuses a destination whose parent is missing, or a folder backup whose folder exists (a
+/// repository takes many snapshots; a folder backup is always new).
+fn check_dest(parent: &Path, dest: &Path, in_repo: bool) -> Result<()> {
+    if !parent.is_dir() {
+        return Err(Error::Usage(format!("{}: the parent folder of the backup does not exist", parent.display())));
+    }
+    if !in_repo && (dest.exists() || std::fs::symlink_metadata(dest).is_ok()) {
+        return Err(Error::Usage(format!(
+            "{}: already exists (a backup is always written to a new folder)",
+            dest.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The repository snapshot `--since` names, if the backup goes into a repository.
+fn repo_point(
+    repo: Option<&crate::repo::Repo>,
+    opts: &BackupOptions,
+    folder_name: &str,
+    r: &mut dyn Reporter,
+) -> Result<Option<in_repo::Point>> {
+    let (Some(repo), Some(spec)) = (repo, &opts.since) else { return Ok(None) };
+    let p = super::in_repo::find_point(repo, Some(folder_name), &spec.to_string_lossy())?;
+    if p.is_none() {
+        r.event(Event::Note { disk: None, what: format!("no snapshot of {folder_name} yet: a full backup") });
+    }
+    Ok(p)
+}
+
+/// The earlier backup (folder and catalog) this pass is relative to: `--since` checked to be a
+/// backup of this VM (and a full one for `--differential`), or the repository's point.
+fn earlier_backup(
+    opts: &BackupOptions,
+    in_repo: bool,
+    point: Option<&in_repo::Point>,
+    dest: &Path,
+    vmx: &Vmx,
+    config: &str,
+) -> Result<Option<(PathBuf, Catalog)>> {
+    if in_repo {
+        return Ok(point.map(|p| (dest.to_path_buf(), p.catalog.clone())));
+    }
+    let Some(p) = &opts.since else {
+        if opts.differential {
+            return Err(Error::Usage("--differential needs --since FULL".into()));
+        }
+        return Ok(None);
+    };
+    let folder = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    let cat = verify::load(&folder)?;
+    check_same_vm(&folder, &cat, vmx, config)?;
+    if opts.differential && cat.kind != Kind::Full {
+        return Err(Error::Usage(format!(
+            "{}: --differential needs a full backup as --since, and this one is {}",
+            folder.display(),
+            cat.kind.as_str()
+        )));
+    }
+    Ok(Some((folder, cat)))
+}
+
+/// Chooses for each disk of the `.vmx` (`listed`, at `places`) whether and how it is backed up.
+fn plan_disks(pass: &Pass, listed: Vec<VmxDisk>, places: Vec<Place>, r: &mut dyn Reporter) -> Result<Planned> {
+    let ds = &pass.opts.datastores;
+    let mut planned = Planned { disks: Vec::new(), skipped: Vec::new(), entries: Vec::new() };
+    for (vd, place) in listed.into_iter().zip(places) {
         let written = ds.written(&place);
         if let Some(why) = skip_reason(&vd, &place)? {
             r.event(Event::Note { disk: Some(vd.key.clone()), what: format!("not backed up: {why}") });
-            entries.push(DiskEntry {
+            planned.entries.push(DiskEntry {
                 key: vd.key.clone(),
                 diskname: written,
                 skipped: Some(why.clone()),
                 ..Default::default()
             });
-            skipped.push(Skipped { disk: vd.key.clone(), why });
+            planned.skipped.push(Skipped { disk: vd.key.clone(), why });
             continue;
         }
         let chain = Chain::open(&place.path, &ro(&place))?;
-        if snapshots && !place.on_volume() {
+        if pass.snapshots && !place.on_volume() {
             if let Some(c) = vmdk::family::children(host().as_ref(), &place.path).first() {
                 return Err(vmdk::Error::HasChildren {
                     path: place.path.clone(),
@@ -386,17 +466,18 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
                 .into());
             }
         }
-        let plan = plan_disk(&vd, &place, &chain, prev.as_ref(), repo.is_some(), ds, r)?;
+        let plan = plan_disk(&vd, &place, &chain, pass.prev.as_ref(), pass.repo.is_some(), ds, r)?;
         // A disk whose chain still holds the point an earlier pass recorded keeps the name it had
         // then, even when the .vmx now names a tracking link above it: that is the disk a restore
         // brings back.
-        let written = prev
+        let written = pass
+            .prev
             .as_ref()
             .and_then(|(_, c)| c.disk(&vd.key))
             .filter(|d| d.point.as_deref().is_some_and(|p| in_chain(ds, &place, &chain, p)))
             .map(|d| d.diskname.clone())
             .unwrap_or(written);
-        disks.push(Disk {
+        planned.disks.push(Disk {
             format: format_name(&chain.base().descriptor()),
             capacity: chain.capacity(),
             vd,
@@ -405,193 +486,329 @@ pub fn backup(opts: &BackupOptions, r: &mut dyn Reporter) -> Result<BackupReport
             plan,
         });
     }
+    Ok(planned)
+}
 
-    // From here the source VM changes: the intent record and the journal cover it.
+/// Runs a planned pass: from here the source VM changes, and the intent record and the journal
+/// cover it. A failure before the commit point (the backup in place) undoes what this run did to
+/// the source; after it, the source steps are finished.
+fn run_pass(pass: &Pass, planned: Planned, r: &mut dyn Reporter) -> Result<BackupReport> {
+    let Planned { disks, skipped, entries } = planned;
     let id = new_id();
-    let temp = vmdk::txn::temp_name(&dest);
-    let snap_disks: Vec<usize> = (0..disks.len()).filter(|&i| snapshots && !disks[i].place.on_volume()).collect();
-    let mut journal =
-        Journal { id: id.clone(), dest: dest.clone(), temp: temp.clone(), vmx: vmx_real.clone(), ..Journal::default() };
-    let intent = if snapshots {
+    let temp = vmdk::txn::temp_name(&pass.dest);
+    let snap_disks: Vec<usize> = (0..disks.len()).filter(|&i| pass.snapshots && !disks[i].place.on_volume()).collect();
+    // The journal lists every disk to snapshot, with its children before any snapshot (a child
+    // not among them is this run's), before the first one is made.
+    let journal_disks = snap_disks
+        .iter()
+        .map(|&i| JournalDisk {
+            key: disks[i].vd.key.clone(),
+            top: disks[i].place.path.clone(),
+            children_before: vmdk::family::children(host().as_ref(), &disks[i].place.path),
+            ..Default::default()
+        })
+        .collect();
+    let mut journal = Journal {
+        id: id.clone(),
+        dest: pass.dest.clone(),
+        temp: temp.clone(),
+        vmx: pass.vmx_real.clone(),
+        disks: journal_disks,
+        ..Journal::default()
+    };
+    let intent = if pass.snapshots {
         let tops: Vec<PathBuf> = snap_disks.iter().map(|&i| disks[i].place.path.clone()).collect();
-        let i = vmdk::txn::Intent::begin(&host(), &vmx_real, OP, &tops, Some(opts.command.clone()))?;
+        let i = vmdk::txn::Intent::begin(&host(), &pass.vmx_real, OP, &tops, Some(pass.opts.command.clone()))?;
         write_journal(&journal)?;
         Some(i)
     } else {
         None
     };
-    let mut done: Vec<DiskDone> = Vec::new();
-    // Everything up to the commit point; a failure there undoes what this run did to the source.
-    let built = (|| -> Result<Catalog> {
-        std::fs::create_dir(&temp).map_err(|e| Error::Io { path: temp.clone(), source: e })?;
-        let mut writer = repo.as_ref().map(Writer::new).transpose()?;
-        let mut disk_nodes: Vec<Node> = Vec::new();
-        let mut files: Vec<FileEntry> = Vec::new();
-        let hasher = plain::Hasher::new();
-        let mut vmx_after = vmx.clone();
-        let mut rewritten = false;
-        // Every disk's snapshot first (the VM's disks are static from one moment on), then the
-        // exports.
-        let mut snaps: Vec<Option<PathBuf>> = Vec::with_capacity(disks.len());
-        for (n, d) in disks.iter().enumerate() {
-            let key = d.vd.key.clone();
-            let top = d.place.path.clone();
-            let mut snapshot = None;
-            if snap_disks.contains(&n) {
-                let before = vmdk::family::children(host().as_ref(), &top);
-                journal.disks.push(JournalDisk {
-                    key: key.clone(),
-                    top: top.clone(),
-                    children_before: before,
-                    ..Default::default()
-                });
-                write_journal(&journal)?;
-                let s = redo::snapshot(&top, &rw(), false)?;
-                r.event(Event::Step {
-                    disk: Some(key.clone()),
-                    what: format!("snapshot {} (the disk is static below it)", s.display()),
-                });
-                let jd = journal.disks.last_mut().expect("pushed above");
-                jd.snapshot = Some(s.clone());
-                jd.commit = match (&d.plan, opts.keep_tracking) {
-                    (_, false) => vec![s.clone()],
-                    (Plan::Tracking { commits, .. }, true) if kind == Kind::Incremental => commits.clone(),
-                    _ => Vec::new(),
-                };
-                write_journal(&journal)?;
-                if opts.keep_tracking {
-                    let name = vmdk::txn::file_name(&s);
-                    let fname = match d.vd.file_name.rsplit_once('/') {
-                        Some((dir, _)) => format!("{dir}/{name}"),
-                        None => name,
-                    };
-                    vmx_after = vmx_after.with_disk_file(&key, &fname);
-                    rewritten = true;
-                }
-                snapshot = Some(s);
-            }
-            snaps.push(snapshot);
-        }
-        let mut add = |(entry, fe, dd): (DiskEntry, Vec<FileEntry>, DiskDone)| {
-            entries.push(entry);
-            for f in fe {
-                hasher.add(files.len(), temp.join(&f.name));
-                files.push(f);
-            }
-            done.push(dd);
-        };
-        let each = |d: &Disk, snapshot: &Option<PathBuf>, r: &mut dyn Reporter| {
-            export_disk(d, &temp, opts.format, kind, snapshot, opts.keep_tracking, ds, r)
-        };
-        if writer.is_none() && disks.len() > 1 && disks.iter().all(|d| matches!(d.plan, Plan::Tracking { .. })) {
-            for out in concurrently(&disks, &snaps, each, r) {
-                add(out?);
-            }
-        } else {
-            for (d, snapshot) in disks.iter().zip(&snaps) {
-                let out = match writer.as_mut() {
-                    Some(w) => {
-                        let (entry, node, dd) =
-                            repo_disk(d, w, point.as_ref(), kind, snapshot, opts.keep_tracking, ds, r)?;
-                        disk_nodes.push(node);
-                        (entry, Vec::new(), dd)
-                    }
-                    None => each(d, snapshot, r)?,
-                };
-                add(out);
-            }
-        }
-        if rewritten {
-            journal.vmx_after = Some(vmx_after.to_text());
-            write_journal(&journal)?;
-        }
-        // Sorted by device key order as the .vmx lists them (skipped disks were pushed first).
-        let order: Vec<String> = vmx.disks().into_iter().map(|d| d.key).collect();
-        entries.sort_by_key(|e| order.iter().position(|k| *k == e.key).unwrap_or(usize::MAX));
-
-        r.event(Event::Step { disk: None, what: "copying the VM's files".into() });
-        let (config, suspenddir, logdir) = small_files(&vmx, &vmx_place, &vm_dir, ds, &temp, &mut files, r)?;
-        for (id, hashed) in hasher.finish() {
-            let (size, sha256) = hashed?;
-            files[id].size = size;
-            files[id].sha256 = sha256;
-        }
-        // Every snapshot of a repository is a whole restore point.
-        let in_repo = writer.is_some();
-        let cat = Catalog {
-            id: id.clone(),
-            kind: if in_repo { Kind::Full } else { kind },
-            time: crate::text::now_utc(),
-            parent: prev.as_ref().filter(|_| !in_repo).map(|(f, c)| (relative_to(f, &parent), c.id.clone())),
-            base: prev.as_ref().filter(|_| !in_repo).map(|(_, c)| c.base.clone()).unwrap_or_else(|| id.clone()),
-            display_name: vmx.display_name().unwrap_or_default().to_string(),
-            uuid: vmx.uuid().unwrap_or_default().to_string(),
-            state: vmx.state().to_string(),
-            source: if vmx_place.on_volume() { "volume".into() } else { "host".into() },
-            snapshot: match (snap_disks.len(), disks.len()) {
-                (0, _) => "none: the disks are in a VMFS volume image, opened read-only, which does not change".into(),
-                (n, m) if n == m => {
-                    "a snapshot of every disk (a REDO link), committed after the export or kept as the change-tracking link".into()
-                }
-                _ => "a snapshot of each disk on the host; none for the disks inside the VMFS volume image (opened read-only, it does not change)".into(),
-            },
-            config_vmx: config,
-            config_suspenddir: suspenddir,
-            config_logdir: logdir,
-            disks: entries,
-            files,
-        };
-        vmdk::txn::write_file(&host(), &temp.join(catalog::FILE_NAME), cat.to_text().as_bytes(), false)?;
-        let h = host();
-        if let (Some(mut w), Some(repo)) = (writer, repo.as_ref()) {
-            r.event(Event::Step { disk: None, what: format!("storing the VM's files in {}", dest.display()) });
-            let mut names: Vec<String> = cat.files.iter().map(|f| f.name.clone()).collect();
-            names.push(catalog::FILE_NAME.to_string());
-            let mut nodes = in_repo::write_files(&mut w, &temp, &names)?;
-            nodes.append(&mut disk_nodes);
-            let tags = vec!["vmkfs".to_string(), folder_name.clone(), kind.as_str().to_string()];
-            // The commit point: the snapshot file.
-            let snap = crate::repo::snapshot::save_folder(repo, w, &folder_name, nodes, tags)?;
-            r.event(Event::Step { disk: None, what: format!("snapshot {snap} saved") });
-            std::fs::remove_dir_all(&temp).map_err(|e| Error::Io { path: temp.clone(), source: e })?;
-            return Ok(cat);
-        }
-        h.sync_dir(&temp)?;
-        // The commit point: the whole folder appears at once.
-        h.rename_noreplace(&temp, &dest).map_err(|e| match e {
-            vmdk::Error::Exists { path } => {
-                Error::Usage(format!("{}: already exists (another backup wrote it meanwhile)", path.display()))
-            }
-            e => e.into(),
-        })?;
-        Ok(cat)
-    })();
-    let cat = match built {
-        Ok(c) => c,
+    let built = build(pass, &disks, &snap_disks, &id, &temp, &mut journal, entries, r);
+    let (cat, done) = match built {
+        Ok(b) => b,
         Err(e) => {
             if roll_back(&journal).is_ok() {
                 if let Some(i) = intent {
-                    let _ = std::fs::remove_file(journal_path(&vmx_real));
+                    let _ = std::fs::remove_file(journal_path(&pass.vmx_real));
                     let _ = crate::phase::end(i);
                 }
             }
             return Err(e);
         }
     };
-    host().sync_dir(&parent)?;
-    r.event(Event::Step { disk: None, what: format!("backup in place: {}", dest.display()) });
+    host().sync_dir(&pass.parent)?;
+    r.event(Event::Step { disk: None, what: format!("backup in place: {}", pass.dest.display()) });
     if let Some(i) = intent {
         journal.placed = true;
         write_journal(&journal)?;
         finish_source(&journal, r)?;
-        std::fs::remove_file(journal_path(&vmx_real))
-            .map_err(|e| Error::Io { path: journal_path(&vmx_real), source: e })?;
+        let jp = journal_path(&pass.vmx_real);
+        std::fs::remove_file(&jp).map_err(|e| Error::Io { path: jp.clone(), source: e })?;
         crate::phase::end(i)?;
     }
-    let mut rep = report_of(&dest, &cat, false);
+    let mut rep = report_of(&pass.dest, &cat, false);
     rep.disks = done;
     rep.skipped = skipped;
     Ok(rep)
+}
+
+/// Everything up to the commit point: snapshots, exports, small files, hashes, the catalog, and
+/// the folder (or repository snapshot) put in place.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    pass: &Pass,
+    disks: &[Disk],
+    snap_disks: &[usize],
+    id: &str,
+    temp: &Path,
+    journal: &mut Journal,
+    skipped_entries: Vec<DiskEntry>,
+    r: &mut dyn Reporter,
+) -> Result<(Catalog, Vec<DiskDone>)> {
+    std::fs::create_dir(temp).map_err(|e| Error::Io { path: temp.to_path_buf(), source: e })?;
+    let mut writer = pass.repo.as_ref().map(Writer::new).transpose()?;
+    let hasher = plain::Hasher::new();
+    let snaps = take_snapshots(pass, disks, snap_disks, journal, r)?;
+    let mut ex = export_disks(pass, disks, &snaps, temp, writer.as_mut(), &hasher, r)?;
+    let mut entries = skipped_entries;
+    entries.append(&mut ex.entries);
+    // Sorted by device key order as the .vmx lists them (skipped disks were pushed first).
+    let order: Vec<String> = pass.vmx.disks().into_iter().map(|d| d.key).collect();
+    entries.sort_by_key(|e| order.iter().position(|k| *k == e.key).unwrap_or(usize::MAX));
+
+    r.event(Event::Step { disk: None, what: "copying the VM's files".into() });
+    let ds = &pass.opts.datastores;
+    let mut files = ex.files;
+    let config = small_files(&pass.vmx, &pass.vmx_place, &pass.vm_dir, ds, temp, &mut files, r)?;
+    for (path, hashed) in hasher.finish() {
+        let (size, sha256) = hashed?;
+        let name = vmdk::txn::file_name(&path);
+        if let Some(f) = files.iter_mut().find(|f| f.name == name) {
+            f.size = size;
+            f.sha256 = sha256;
+        }
+    }
+    let cat = catalog_of(pass, disks.len(), snap_disks.len(), id, config, entries, files);
+    vmdk::txn::write_file(&host(), &temp.join(catalog::FILE_NAME), cat.to_text().as_bytes(), false)?;
+    match (writer, pass.repo.as_ref()) {
+        (Some(w), Some(repo)) => store_in_repo(pass, repo, w, &cat, temp, ex.nodes, r)?,
+        _ => put_in_place(temp, &pass.dest)?,
+    }
+    Ok((cat, ex.done))
+}
+
+/// Every disk's snapshot, before any export (the VM's disks are static from one moment on); the
+/// disks (independent chains) at once unless two of them would pick snapshot names from one stem
+/// in one folder. The journal already lists the disks; it records the snapshots made, the links
+/// to commit once the backup is in place and, with `--keep-tracking`, the `.vmx` naming the
+/// tracking links, in one write after the last snapshot. Returns each disk's snapshot (none for a
+/// disk in a volume image).
+fn take_snapshots(
+    pass: &Pass,
+    disks: &[Disk],
+    snap_disks: &[usize],
+    journal: &mut Journal,
+    r: &mut dyn Reporter,
+) -> Result<Vec<Option<PathBuf>>> {
+    let targets: Vec<&Disk> = snap_disks.iter().map(|&n| &disks[n]).collect();
+    let snap = |d: &&Disk, _: &(), r: &mut dyn Reporter| -> Result<PathBuf> {
+        let s = redo::snapshot(&d.place.path, &rw(), false)?;
+        r.event(Event::Step {
+            disk: Some(d.vd.key.clone()),
+            what: format!("snapshot {} (the disk is static below it)", s.display()),
+        });
+        Ok(s)
+    };
+    let stems: Vec<(PathBuf, String)> =
+        targets.iter().map(|d| (d.place.folder().path.clone(), disk_stem(&d.place.name()))).collect();
+    let distinct = stems.iter().enumerate().all(|(i, s)| !stems[..i].contains(s));
+    let units = vec![(); targets.len()];
+    let made: Vec<Result<PathBuf>> = if distinct {
+        concurrently(&targets, &units, snap, r)
+    } else {
+        targets.iter().map(|d| snap(d, &(), r)).collect()
+    };
+    let keep = pass.opts.keep_tracking;
+    let mut vmx_after: Option<Vmx> = None;
+    let mut first_error = None;
+    for ((jd, d), m) in journal.disks.iter_mut().zip(&targets).zip(made) {
+        let s = match m {
+            Ok(s) => s,
+            Err(e) => {
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
+        jd.snapshot = Some(s.clone());
+        jd.commit = match (&d.plan, keep) {
+            (_, false) => vec![s.clone()],
+            (Plan::Tracking { commits, .. }, true) if pass.kind == Kind::Incremental => commits.clone(),
+            _ => Vec::new(),
+        };
+        if keep {
+            let name = vmdk::txn::file_name(&s);
+            let fname = match d.vd.file_name.rsplit_once('/') {
+                Some((dir, _)) => format!("{dir}/{name}"),
+                None => name,
+            };
+            vmx_after = Some(vmx_after.as_ref().unwrap_or(&pass.vmx).with_disk_file(&d.vd.key, &fname));
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    journal.vmx_after = vmx_after.map(|v| v.to_text());
+    if !targets.is_empty() {
+        write_journal(journal)?;
+    }
+    let mut snaps: Vec<Option<PathBuf>> = vec![None; disks.len()];
+    for (&n, jd) in snap_disks.iter().zip(&journal.disks) {
+        snaps[n] = jd.snapshot.clone();
+    }
+    Ok(snaps)
+}
+
+/// Exports every disk: into a repository one after another; into the folder each disk on its own
+/// thread, each disk's files queued to `hasher` as soon as that disk is written. A disk read whole
+/// (a full export, a comparison of block hashes: reading and hashing take the cores) starts when
+/// the disk before it has been copied, so that its copy overlaps that disk's flush, and that disk's
+/// hashing its own flush; disks exported from tracking links (cost ∝ changes, mostly waiting on
+/// flushes) all start at once.
+fn export_disks(
+    pass: &Pass,
+    disks: &[Disk],
+    snaps: &[Option<PathBuf>],
+    temp: &Path,
+    writer: Option<&mut Writer<'_>>,
+    hasher: &plain::Hasher,
+    r: &mut dyn Reporter,
+) -> Result<Exported> {
+    let (format, kind, keep, ds) = (pass.opts.format, pass.kind, pass.opts.keep_tracking, &pass.opts.datastores);
+    let mut ex = Exported::default();
+    if let Some(w) = writer {
+        for (d, snapshot) in disks.iter().zip(snaps) {
+            let (entry, node, dd) = repo_disk(d, w, pass.point.as_ref(), kind, snapshot, keep, ds, r)?;
+            ex.nodes.push(node);
+            ex.add((entry, Vec::new(), dd));
+        }
+        return Ok(ex);
+    }
+    // copied[i] opens once disk i no longer reads the whole disk (its copy is done, or it failed).
+    let copied: Vec<Gate> = disks.iter().map(|_| Gate::default()).collect();
+    let work: Vec<(usize, &Option<PathBuf>)> = snaps.iter().enumerate().collect();
+    let each = |d: &Disk, &(i, snapshot): &(usize, &Option<PathBuf>), r: &mut dyn Reporter| {
+        let whole = !matches!(d.plan, Plan::Tracking { .. });
+        if whole && i > 0 {
+            copied[i - 1].wait();
+        }
+        let out = export_disk(d, temp, format, kind, snapshot, keep, ds, &|| copied[i].open(), hasher, r);
+        copied[i].open();
+        let out = out?;
+        for f in &out.1 {
+            hasher.add(&temp.join(&f.name));
+        }
+        Ok(out)
+    };
+    for out in concurrently(disks, &work, each, r) {
+        ex.add(out?);
+    }
+    Ok(ex)
+}
+
+/// A flag that opens once, and that threads wait for.
+#[derive(Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        while !*g {
+            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The catalog of this pass (`config` is what [`small_files`] returns).
+fn catalog_of(
+    pass: &Pass,
+    disks: usize,
+    snapshotted: usize,
+    id: &str,
+    config: (String, String, String),
+    entries: Vec<DiskEntry>,
+    files: Vec<FileEntry>,
+) -> Catalog {
+    // Every snapshot of a repository is a whole restore point.
+    let in_repo = pass.repo.is_some();
+    let prev = pass.prev.as_ref().filter(|_| !in_repo);
+    let (config_vmx, config_suspenddir, config_logdir) = config;
+    Catalog {
+        id: id.to_string(),
+        kind: if in_repo { Kind::Full } else { pass.kind },
+        time: crate::text::now_utc(),
+        parent: prev.map(|(f, c)| (relative_to(f, &pass.parent), c.id.clone())),
+        base: prev.map(|(_, c)| c.base.clone()).unwrap_or_else(|| id.to_string()),
+        display_name: pass.vmx.display_name().unwrap_or_default().to_string(),
+        uuid: pass.vmx.uuid().unwrap_or_default().to_string(),
+        state: pass.vmx.state().to_string(),
+        source: if pass.vmx_place.on_volume() { "volume".into() } else { "host".into() },
+        snapshot: match (snapshotted, disks) {
+            (0, _) => "none: the disks are in a VMFS volume image, opened read-only, which does not change".into(),
+            (n, m) if n == m => {
+                "a snapshot of every disk (a REDO link), committed after the export or kept as the change-tracking link".into()
+            }
+            _ => "a snapshot of each disk on the host; none for the disks inside the VMFS volume image (opened read-only, it does not change)".into(),
+        },
+        config_vmx,
+        config_suspenddir,
+        config_logdir,
+        disks: entries,
+        files,
+    }
+}
+
+/// Stores the small files and the catalog of `temp` with the disks' `nodes` as one repository
+/// snapshot (the commit point: the snapshot file), then removes `temp`.
+fn store_in_repo(
+    pass: &Pass,
+    repo: &crate::repo::Repo,
+    mut w: Writer<'_>,
+    cat: &Catalog,
+    temp: &Path,
+    mut disk_nodes: Vec<Node>,
+    r: &mut dyn Reporter,
+) -> Result<()> {
+    r.event(Event::Step { disk: None, what: format!("storing the VM's files in {}", pass.dest.display()) });
+    let mut names: Vec<String> = cat.files.iter().map(|f| f.name.clone()).collect();
+    names.push(catalog::FILE_NAME.to_string());
+    let mut nodes = in_repo::write_files(&mut w, temp, &names)?;
+    nodes.append(&mut disk_nodes);
+    let tags = vec!["vmkfs".to_string(), pass.folder_name.clone(), pass.kind.as_str().to_string()];
+    let snap = crate::repo::snapshot::save_folder(repo, w, &pass.folder_name, nodes, tags)?;
+    r.event(Event::Step { disk: None, what: format!("snapshot {snap} saved") });
+    std::fs::remove_dir_all(temp).map_err(|e| Error::Io { path: temp.to_path_buf(), source: e })
+}
+
+/// The commit point of a folder backup: the hidden folder `temp`, flushed, becomes `dest` at once.
+fn put_in_place(temp: &Path, dest: &Path) -> Result<()> {
+    let h = host();
+    h.sync_dir(temp)?;
+    h.rename_noreplace(temp, dest).map_err(|e| match e {
+        vmdk::Error::Exists { path } => {
+            Error::Usage(format!("{}: already exists (another backup wrote it meanwhile)", path.display()))
+        }
+        e => e.into(),
+    })?;
+    Ok(())
 }
 
 fn report_of(dest: &Path, cat: &Catalog, finished: bool) -> BackupReport {
@@ -810,7 +1027,9 @@ fn concurrently<T: Sync, X: Sync, O: Send>(
 }
 
 /// Exports one disk into the backup folder `temp`; returns its catalog entry, its files and a
-/// summary.
+/// summary. `copied` is called once the disk has been read (the rest is writing and flushing); a
+/// full export queues its files to `hasher` once they hold their final bytes, before they are
+/// flushed.
 #[allow(clippy::too_many_arguments)]
 fn export_disk(
     d: &Disk,
@@ -820,6 +1039,8 @@ fn export_disk(
     snapshot: &Option<PathBuf>,
     keep_tracking: bool,
     ds: &Datastores,
+    copied: &dyn Fn(),
+    hasher: &plain::Hasher,
     r: &mut dyn Reporter,
 ) -> Result<(DiskEntry, Vec<FileEntry>, DiskDone)> {
     let key = d.vd.key.clone();
@@ -832,7 +1053,12 @@ fn export_disk(
         Plan::Full => blocks::block_size_for(d.capacity),
         Plan::Tracking { prev, .. } | Plan::Hashes { prev, .. } => prev.block(),
     };
-    let mut progress = |done: u64, total: u64| r.event(Event::Progress { disk: key.clone(), done, total });
+    let mut progress = |done: u64, total: u64| {
+        if done >= total {
+            copied();
+        }
+        r.event(Event::Progress { disk: key.clone(), done, total })
+    };
     let (method, parent_cid, table, bytes, paths, export) = match &d.plan {
         Plan::Full => {
             let hs = Hashing::new(&chain, block)?;
@@ -843,6 +1069,13 @@ fn export_disk(
             e.chunk = e.chunk.max(block);
             copts.engine = Some(e);
             copts.progress = Some(&mut progress);
+            // The files are hashed while they are flushed.
+            let mut sealed = |files: &[(PathBuf, PathBuf)]| {
+                for (fin, now) in files {
+                    hasher.add_as(fin, now);
+                }
+            };
+            copts.sealed = Some(&mut sealed);
             let rep = clone_chain_through(&chain, &hs, &dst, &mut copts)?;
             (Method::Full, None, hs.into_table(), rep.stats.read, rep.files, format.name().to_string())
         }

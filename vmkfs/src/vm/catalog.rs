@@ -277,35 +277,86 @@ impl Catalog {
 
     /// Reads a catalog's text (from `path`, named in errors).
     pub fn parse(text: &str, path: &Path) -> Result<Catalog> {
-        let l = Lines::parse(text, path)?;
-        let err = |key: &str, what: String| Error::Config { path: path.into(), line: l.line_of(key), what };
-        let need = |key: &str| -> Result<String> {
-            l.get(key).map(str::to_string).ok_or_else(|| err(key, format!("the catalog has no `{key}`")))
-        };
-        let opt = |key: &str| l.get(key).filter(|v| !v.is_empty()).map(str::to_string);
-        let num = |key: &str| -> Result<u64> {
-            let v = need(key)?;
-            v.parse().map_err(|_| err(key, format!("`{key}` = {v:?} is not a number")))
-        };
-        let cid = |key: &str| -> Result<u32> {
-            let v = need(key)?;
-            u32::from_str_radix(&v, 16).map_err(|_| err(key, format!("`{key}` = {v:?} is not a hexadecimal CID")))
-        };
-        let version = need("catalog.version")?;
+        let r = Fields { l: Lines::parse(text, path)?, path };
+        let version = r.need("catalog.version")?;
         if version != VERSION {
-            return Err(err("catalog.version", format!("catalog version {version:?} is not {VERSION:?}")));
+            return Err(r.err("catalog.version", format!("catalog version {version:?} is not {VERSION:?}")));
         }
-        let kind_s = need("backup.type")?;
+        let (kind, parent) = r.kind_and_parent()?;
+        let disks = r.disk_keys().into_iter().map(|key| r.disk(key)).collect::<Result<Vec<_>>>()?;
+        let files = r.files()?;
+        let l = &r.l;
+        let c = Catalog {
+            id: r.need("backup.id")?,
+            kind,
+            time: r.need("backup.time")?,
+            parent,
+            base: r.need("backup.base.id")?,
+            display_name: l.get("display_name").unwrap_or_default().to_string(),
+            uuid: l.get("uuid").unwrap_or_default().to_string(),
+            state: r.need("state")?,
+            source: r.need("source")?,
+            snapshot: l.get("source.snapshot").unwrap_or_default().to_string(),
+            config_vmx: r.need("config.vmx")?,
+            config_suspenddir: r.need("config.suspenddir")?,
+            config_logdir: r.need("config.logdir")?,
+            disks,
+            files,
+        };
+        r.check_files_named(&c)?;
+        Ok(c)
+    }
+
+    /// The disk entry of `key`.
+    pub fn disk(&self, key: &str) -> Option<&DiskEntry> {
+        self.disks.iter().find(|d| d.key == key)
+    }
+}
+
+/// A catalog's entries as [`Catalog::parse`] reads them: each value by key, each error naming the
+/// catalog's line of that key.
+struct Fields<'a> {
+    l: Lines,
+    path: &'a Path,
+}
+
+impl Fields<'_> {
+    fn err(&self, key: &str, what: String) -> Error {
+        Error::Config { path: self.path.into(), line: self.l.line_of(key), what }
+    }
+
+    fn need(&self, key: &str) -> Result<String> {
+        self.l.get(key).map(str::to_string).ok_or_else(|| self.err(key, format!("the catalog has no `{key}`")))
+    }
+
+    fn opt(&self, key: &str) -> Option<String> {
+        self.l.get(key).filter(|v| !v.is_empty()).map(str::to_string)
+    }
+
+    fn num(&self, key: &str) -> Result<u64> {
+        let v = self.need(key)?;
+        v.parse().map_err(|_| self.err(key, format!("`{key}` = {v:?} is not a number")))
+    }
+
+    fn cid(&self, key: &str) -> Result<u32> {
+        let v = self.need(key)?;
+        u32::from_str_radix(&v, 16).map_err(|_| self.err(key, format!("`{key}` = {v:?} is not a hexadecimal CID")))
+    }
+
+    /// The backup type and the parent backup (path and id), checked to go together: a full backup
+    /// has none, the others one.
+    fn kind_and_parent(&self) -> Result<(Kind, Option<(String, String)>)> {
+        let kind_s = self.need("backup.type")?;
         let kind = Kind::parse(&kind_s).ok_or_else(|| {
-            err("backup.type", format!("backup type {kind_s:?} is not full, incremental or differential"))
+            self.err("backup.type", format!("backup type {kind_s:?} is not full, incremental or differential"))
         })?;
-        let parent = match (opt("backup.parent"), opt("backup.parent.id")) {
+        let parent = match (self.opt("backup.parent"), self.opt("backup.parent.id")) {
             (Some(p), Some(id)) => Some((p, id)),
             (None, None) => None,
-            _ => return Err(err("backup.parent", "`backup.parent` and `backup.parent.id` go together".into())),
+            _ => return Err(self.err("backup.parent", "`backup.parent` and `backup.parent.id` go together".into())),
         };
         if (kind == Kind::Full) != parent.is_none() {
-            return Err(err(
+            return Err(self.err(
                 "backup.type",
                 format!(
                     "a {} backup {} a parent backup",
@@ -314,9 +365,13 @@ impl Catalog {
                 ),
             ));
         }
-        // Disk keys in first-seen order.
+        Ok((kind, parent))
+    }
+
+    /// The disk keys of `disk.KEY.FIELD` entries, in first-seen order.
+    fn disk_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = Vec::new();
-        for (k, _) in l.entries() {
+        for (k, _) in self.l.entries() {
             if let Some(rest) = k.to_ascii_lowercase().strip_prefix("disk.") {
                 if let Some((key, _)) = rest.rsplit_once('.') {
                     if !keys.iter().any(|x| x == key) {
@@ -325,86 +380,81 @@ impl Catalog {
                 }
             }
         }
-        let mut disks = Vec::new();
-        for key in keys {
-            let k = |s: &str| format!("disk.{key}.{s}");
-            let mut d = DiskEntry { key: key.clone(), diskname: need(&k("diskname"))?, ..DiskEntry::default() };
-            if let Some(s) = opt(&k("skipped")) {
-                d.skipped = Some(s);
-                disks.push(d);
-                continue;
-            }
-            d.filename = Some(need(&k("filename"))?);
-            d.format = need(&k("format"))?;
-            d.export = need(&k("export"))?;
-            d.capacity = num(&k("capacity"))?;
-            d.cid = cid(&k("cid"))?;
-            d.parent_cid = if l.get(&k("parentcid")).is_some() { Some(cid(&k("parentcid"))?) } else { None };
-            let m = need(&k("method"))?;
-            d.method = Some(
-                Method::parse(&m)
-                    .ok_or_else(|| err(&k("method"), format!("method {m:?} is not full, tracking or hashes")))?,
-            );
-            // A raw file of a restic snapshot is always whole; its method says how it was read.
-            let whole = d.method == Some(Method::Full) || d.export == RAW_EXPORT;
-            if whole == d.parent_cid.is_some() {
-                return Err(err(
-                    &k("method"),
-                    format!(
-                        "disk {key}: a `{m}` disk {} a parentcid",
-                        if d.parent_cid.is_some() { "has no" } else { "needs" }
-                    ),
-                ));
-            }
-            d.blocks = opt(&k("blocks"));
-            d.bytes = num(&k("bytes"))?;
-            d.point = opt(&k("point"));
-            d.tracking = opt(&k("tracking"));
-            disks.push(d);
+        keys
+    }
+
+    /// The entry of disk `key`.
+    fn disk(&self, key: String) -> Result<DiskEntry> {
+        let k = |s: &str| format!("disk.{key}.{s}");
+        let mut d = DiskEntry { key: key.clone(), diskname: self.need(&k("diskname"))?, ..DiskEntry::default() };
+        if let Some(s) = self.opt(&k("skipped")) {
+            d.skipped = Some(s);
+            return Ok(d);
         }
+        d.filename = Some(self.need(&k("filename"))?);
+        d.format = self.need(&k("format"))?;
+        d.export = self.need(&k("export"))?;
+        d.capacity = self.num(&k("capacity"))?;
+        d.cid = self.cid(&k("cid"))?;
+        d.parent_cid = if self.l.get(&k("parentcid")).is_some() { Some(self.cid(&k("parentcid"))?) } else { None };
+        let m = self.need(&k("method"))?;
+        d.method = Some(
+            Method::parse(&m)
+                .ok_or_else(|| self.err(&k("method"), format!("method {m:?} is not full, tracking or hashes")))?,
+        );
+        // A raw file of a restic snapshot is always whole; its method says how it was read.
+        let whole = d.method == Some(Method::Full) || d.export == RAW_EXPORT;
+        if whole == d.parent_cid.is_some() {
+            return Err(self.err(
+                &k("method"),
+                format!(
+                    "disk {key}: a `{m}` disk {} a parentcid",
+                    if d.parent_cid.is_some() { "has no" } else { "needs" }
+                ),
+            ));
+        }
+        d.blocks = self.opt(&k("blocks"));
+        d.bytes = self.num(&k("bytes"))?;
+        d.point = self.opt(&k("point"));
+        d.tracking = self.opt(&k("tracking"));
+        Ok(d)
+    }
+
+    /// The `fileN.*` entries, from `file0` up to the first missing number.
+    fn files(&self) -> Result<Vec<FileEntry>> {
         let mut files = Vec::new();
         for i in 0.. {
             let k = |s: &str| format!("file{i}.{s}");
-            let Some(name) = opt(&k("name")) else { break };
+            let Some(name) = self.opt(&k("name")) else { break };
             if name.contains('/') || name == "." || name == ".." || name == FILE_NAME {
-                return Err(err(&k("name"), format!("file name {name:?} is not a plain name in the backup folder")));
+                return Err(
+                    self.err(&k("name"), format!("file name {name:?} is not a plain name in the backup folder"))
+                );
             }
-            let r = need(&k("role"))?;
-            let role = Role::parse(&r).ok_or_else(|| err(&k("role"), format!("file role {r:?} is not known")))?;
-            let sha256 = need(&k("sha256"))?;
+            let r = self.need(&k("role"))?;
+            let role = Role::parse(&r).ok_or_else(|| self.err(&k("role"), format!("file role {r:?} is not known")))?;
+            let sha256 = self.need(&k("sha256"))?;
             if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(err(&k("sha256"), format!("{sha256:?} is not a SHA-256 (64 hex digits)")));
+                return Err(self.err(&k("sha256"), format!("{sha256:?} is not a SHA-256 (64 hex digits)")));
             }
             files.push(FileEntry {
                 name,
                 role,
-                disk: opt(&k("disk")),
-                size: num(&k("size"))?,
+                disk: self.opt(&k("disk")),
+                size: self.num(&k("size"))?,
                 sha256: sha256.to_ascii_lowercase(),
             });
         }
-        let c = Catalog {
-            id: need("backup.id")?,
-            kind,
-            time: need("backup.time")?,
-            parent,
-            base: need("backup.base.id")?,
-            display_name: l.get("display_name").unwrap_or_default().to_string(),
-            uuid: l.get("uuid").unwrap_or_default().to_string(),
-            state: need("state")?,
-            source: need("source")?,
-            snapshot: l.get("source.snapshot").unwrap_or_default().to_string(),
-            config_vmx: need("config.vmx")?,
-            config_suspenddir: need("config.suspenddir")?,
-            config_logdir: need("config.logdir")?,
-            disks,
-            files,
-        };
+        Ok(files)
+    }
+
+    /// Every disk's file is among the files (a disk in a restic snapshot, `raw`, is checked by its
+    /// blob IDs instead), and one file is the `.vmx`.
+    fn check_files_named(&self, c: &Catalog) -> Result<()> {
         for d in &c.disks {
-            // A disk in a restic snapshot (`raw`) is checked by its blob IDs, not a file SHA-256.
             if let Some(f) = d.filename.as_ref().filter(|_| d.export != RAW_EXPORT) {
                 if !c.files.iter().any(|x| &x.name == f && x.role == Role::Disk) {
-                    return Err(err(
+                    return Err(self.err(
                         &format!("disk.{}.filename", d.key),
                         format!("disk {}: {f:?} is not among the files", d.key),
                     ));
@@ -412,14 +462,9 @@ impl Catalog {
             }
         }
         if !c.files.iter().any(|f| f.role == Role::Config) {
-            return Err(err("config.vmx", "no file has the role `config` (the .vmx)".into()));
+            return Err(self.err("config.vmx", "no file has the role `config` (the .vmx)".into()));
         }
-        Ok(c)
-    }
-
-    /// The disk entry of `key`.
-    pub fn disk(&self, key: &str) -> Option<&DiskEntry> {
-        self.disks.iter().find(|d| d.key == key)
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@
 //! file). So nothing copies or hashes bytes outside the engine, large files are read on every
 //! core, and a hole costs no read.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -165,58 +165,88 @@ pub fn write_source(from: &dyn Source, dst_storage: &Arc<dyn Storage>, dst: &Pat
 
 /// The length and SHA-256 of the file at `path`.
 pub fn sha256_file(storage: &Arc<dyn Storage>, path: &Path) -> Result<(u64, String)> {
-    let from = PlainFile::open(storage, path)?;
+    sha256_of(&PlainFile::open(storage, path)?)
+}
+
+/// The length and SHA-256 of an open file.
+pub fn sha256_of(from: &PlainFile) -> Result<(u64, String)> {
     let t = Hashed::new(None, from.len());
-    copy(&from, &t, &engine(), &mut |_, _| {}, None)?;
+    copy(from, &t, &engine(), &mut |_, _| {}, None)?;
     Ok((from.len(), t.finish()))
 }
 
-/// A hashed file: its id, and its length and SHA-256.
-pub type HashResult = (usize, Result<(u64, String)>);
+/// A hashed file: the path it was queued under, and its length and SHA-256.
+pub type HashResult = (PathBuf, Result<(u64, String)>);
+
+/// What the threads of a [`Hasher`] share: the files to hash and the results.
+#[derive(Default)]
+struct Queue {
+    /// Paths queued so far (each is hashed once).
+    queued: Vec<PathBuf>,
+    results: Vec<HashResult>,
+}
 
 /// Hashes files on background threads while the caller goes on (a backup hashes each disk's files
-/// while it exports the next disk). Files are taken in the order given, each on one thread.
+/// as soon as they hold their final bytes, while the disk is flushed and the other disks export).
+/// Files are taken in the order given, each on one thread. Queuing takes `&self`, so the threads
+/// that write the files queue them.
 pub struct Hasher {
-    tx: Option<std::sync::mpsc::Sender<(usize, std::path::PathBuf)>>,
-    results: Arc<Mutex<Vec<HashResult>>>,
+    tx: Option<std::sync::mpsc::Sender<(PathBuf, PlainFile)>>,
+    state: Arc<Mutex<Queue>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Hasher {
     /// A hasher of host files with one thread per core.
     pub fn new() -> Hasher {
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, std::path::PathBuf)>();
+        let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, PlainFile)>();
         let rx = Arc::new(Mutex::new(rx));
-        let results = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(Mutex::new(Queue::default()));
         let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let threads = (0..n)
             .map(|_| {
-                let (rx, results) = (rx.clone(), results.clone());
+                let (rx, state) = (rx.clone(), state.clone());
                 std::thread::spawn(move || loop {
                     let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok((id, path)) = job else { return };
-                    let r = sha256_file(&vmdk::HostStorage::shared(), &path);
-                    results.lock().unwrap_or_else(|p| p.into_inner()).push((id, r));
+                    let Ok((key, file)) = job else { return };
+                    let r = sha256_of(&file);
+                    state.lock().unwrap_or_else(|p| p.into_inner()).results.push((key, r));
                 })
             })
             .collect();
-        Hasher { tx: Some(tx), results, threads }
+        Hasher { tx: Some(tx), state, threads }
     }
 
-    /// Queues the file at `path` under `id`.
-    pub fn add(&self, id: usize, path: std::path::PathBuf) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send((id, path));
+    /// Queues the file at `path` (a path queued before is not hashed again).
+    pub fn add(&self, path: &Path) {
+        self.add_as(path, path)
+    }
+
+    /// Queues the file now at `now` under the path `key` it will have (it is opened here, so it
+    /// may be renamed to `key` meanwhile); a `key` queued before is not hashed again.
+    pub fn add_as(&self, key: &Path, now: &Path) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.queued.iter().any(|q| q == key) {
+            return;
+        }
+        st.queued.push(key.to_path_buf());
+        match PlainFile::open(&vmdk::HostStorage::shared(), now) {
+            Ok(file) => {
+                if let Some(tx) = &self.tx {
+                    let _ = tx.send((key.to_path_buf(), file));
+                }
+            }
+            Err(e) => st.results.push((key.to_path_buf(), Err(e))),
         }
     }
 
-    /// Waits for every queued file: `(id, length and SHA-256)`.
+    /// Waits for every queued file: `(path, length and SHA-256)`.
     pub fn finish(mut self) -> Vec<HashResult> {
         self.tx = None;
         for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
-        std::mem::take(&mut *self.results.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()).results)
     }
 }
 
