@@ -402,6 +402,27 @@ impl Device {
     }
 }
 
+/// Grows the pipe `fd` to hold at least `bytes` (`F_SETPIPE_SZ`, which an unprivileged process
+/// may raise up to `/proc/sys/fs/pipe-max-size`, 1 MiB by default) and returns its capacity; a
+/// pipe already that large is left alone. Fails on anything that is not a pipe.
+pub fn grow_pipe(fd: std::os::fd::BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
+    let want = libc::c_int::try_from(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: F_GETPIPE_SZ and F_SETPIPE_SZ take and return integers; `fd` is a live descriptor.
+    let have = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if have < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if have >= want {
+        return Ok(have as usize);
+    }
+    // SAFETY: as above.
+    let set = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+    if set < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(set as usize)
+}
+
 /// A copy inside the kernel of `len` bytes in steps: `step(done, max)` makes one system call for at
 /// most `max` bytes, `done` bytes in, and returns what it returned (bytes moved, 0 at the source's
 /// end, -1 with `errno` set). Interrupted calls are made again. Returns the bytes moved.

@@ -139,7 +139,7 @@ fn run_export(cli: &Cli, dst: &Path) -> i32 {
             let what = if raw { PipeFormat::Raw } else { PipeFormat::Stream };
             let (stats, bytes) = export_to(
                 src,
-                vmkfs::interrupt::Interruptible(stdout_file()?),
+                vmkfs::interrupt::Interruptible(vmkfs::stream::PipeOut::new(stdout_file()?)),
                 what,
                 &format!("{stem}-stream.vmdk"),
                 &mut opts,
