@@ -900,6 +900,16 @@ impl Link {
 }
 
 impl Link {
+    /// The RDM mode of this link (see [`crate::rdm_mode`]): `Some(Mode::Virtual)` for a
+    /// virtual-mode mapping, `Some(Mode::Physical)` for a passthrough one, `Some(Mode::Raw)` for a
+    /// raw device, `None` for an ordinary disk. A REDO link (snapshot) may be put on top only when
+    /// the mode is `None` or [`rdm::Mode::allows_snapshots`].
+    pub fn rdm_mode(&self) -> Option<rdm::Mode> {
+        crate::extent::device::rdm_mode(&self.descriptor())
+    }
+}
+
+impl Link {
     /// True when the descriptor names a parent (a delta link), whether or not it is attached.
     pub fn names_parent(&self) -> bool {
         let d = self.descriptor.lock().unwrap_or_else(|p| p.into_inner());

@@ -27,21 +27,11 @@ use rdm::{FoundBy, Mapping, Mode, OpenMode};
 use crate::create::{new_uuid, Adapter, NewDisk};
 use crate::descriptor::{Access, Descriptor, Entry, ExtentLine, ExtentType};
 use crate::error::{Error, Result};
-use crate::extent::device::{create_type, device_backing, rdm_mode, DeviceExtent};
+use crate::extent::device::{create_type, device_backing, DeviceExtent};
 use crate::extent::flat::FlatExtent;
 use crate::extent::ExtentKind;
 use crate::link::{new_cid, Container, Link};
 use crate::storage::{confine, HostStorage, Storage};
-
-impl Link {
-    /// The RDM mode of this link (see [`rdm_mode`]): `Some(Mode::Virtual)` for a virtual-mode
-    /// mapping, `Some(Mode::Physical)` for a passthrough one, `Some(Mode::Raw)` for a raw device,
-    /// `None` for an ordinary disk. A REDO link (snapshot) may be put on top only when the mode is
-    /// `None` or [`Mode::allows_snapshots`].
-    pub fn rdm_mode(&self) -> Option<Mode> {
-        rdm_mode(&self.descriptor())
-    }
-}
 
 /// Options for [`create_device_disk`].
 #[derive(Debug, Clone)]
