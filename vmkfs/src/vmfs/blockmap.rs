@@ -68,7 +68,18 @@ pub struct PbCache {
 
 const PB_CACHE_ENTRIES: usize = 64;
 
-impl Inner {
+/// A volume's shared state seen as the block map of its files: every block-map kind, pointer
+/// blocks, and reads of files through it. The volume's other lookups ([`super::volume`]) build on it.
+pub(crate) struct BlockMap<'a>(pub(crate) &'a Inner);
+
+impl std::ops::Deref for BlockMap<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        self.0
+    }
+}
+
+impl BlockMap<'_> {
     /// The pieces of `[offset, offset+len)` of the file `fd`, clamped to its length.
     pub(crate) fn map_file(&self, fd: &FileDesc, offset: u64, len: u64, cache: &PbCache) -> Result<Vec<Piece>> {
         let mut out = Vec::new();

@@ -1,6 +1,6 @@
 //! An open file: positional reads through its block map, and its extent map.
 
-use super::blockmap::{PbCache, PieceKind};
+use super::blockmap::{BlockMap, PbCache, PieceKind};
 use super::error::{Result, VmfsError};
 use super::filedesc::FileDesc;
 use std::sync::Arc;
@@ -49,7 +49,7 @@ impl File {
             let w = ((n - done) as u64).min(READ_WINDOW);
             let start = offset + done as u64;
             let inner = &self.inner;
-            for p in inner.map_file(&self.fd, start, w, &self.cache)? {
+            for p in BlockMap(inner).map_file(&self.fd, start, w, &self.cache)? {
                 let b = done + (p.offset - start) as usize;
                 let dst = &mut buf[b..b + p.len as usize];
                 match p.kind {
@@ -83,7 +83,7 @@ impl File {
     /// offsets, to-be-zeroed ranges and holes, in order and contiguous.
     pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let inner = &self.inner;
-        let pieces = inner.map_file(&self.fd, offset, len, &self.cache)?;
+        let pieces = BlockMap(inner).map_file(&self.fd, offset, len, &self.cache)?;
         to_extents(inner, pieces)
     }
 
@@ -92,7 +92,7 @@ impl File {
     pub fn data_runs(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
         let inner = &self.inner;
         let mut out: Vec<(u64, u64)> = Vec::new();
-        for p in inner.map_file(&self.fd, offset, len, &self.cache)? {
+        for p in BlockMap(inner).map_file(&self.fd, offset, len, &self.cache)? {
             if let PieceKind::Data(_) = p.kind {
                 match out.last_mut() {
                     Some(l) if l.0 + l.1 == p.offset => l.1 += p.len,

@@ -1,7 +1,8 @@
 //! The shared state of an open volume, below everything that reads through it: the logical
 //! volume, the FS descriptor, the geometry and the system files bootstrapped from `.fdc.sf`.
-//! [`super::blockmap`] maps files' blocks over it, [`super::volume`] looks paths up over it, and
-//! [`super::file`] and [`super::heartbeat`] read through it.
+//! It has no methods of its own: [`super::blockmap`] maps files' blocks over it (`BlockMap`),
+//! [`super::volume`] looks paths up over it (`Namespace`), and [`super::file`] and
+//! [`super::heartbeat`] read through it.
 
 use super::filedesc::FileDesc;
 use super::fsdesc::FsDescriptor;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::address::{fd_addr, kind, Addr};
-use super::blockmap::{Extent, PbCache, PieceKind};
+use super::blockmap::{BlockMap, Extent, PbCache, PieceKind};
 use super::device::{read_vec, DeviceRead, HostDevice};
 use super::dir::{self, RawEntry};
 use super::error::{Result, VmfsError};
@@ -223,14 +223,14 @@ impl Volume {
         let cache = PbCache::default();
         // Order matters: `.sbc.sf` on VMFS6 reaches its sub-blocks through `.pb2.sf`.
         if inner.fs.is_vmfs6() || inner.fs.pb2_vol_addr != 0 || inner.fs.pb2_fd_addr != 0 {
-            inner.pb2 = Some(inner.open_system_file(sysaddr::PB2, ".pb2.sf", &cache)?);
+            inner.pb2 = Some(Namespace(&inner).open_system_file(sysaddr::PB2, ".pb2.sf", &cache)?);
         }
-        inner.pbc = Some(inner.open_system_file(sysaddr::PBC, ".pbc.sf", &cache)?);
-        let fbb = inner.open_system_file(sysaddr::FBB, ".fbb.sf", &cache)?;
+        inner.pbc = Some(Namespace(&inner).open_system_file(sysaddr::PBC, ".pbc.sf", &cache)?);
+        let fbb = Namespace(&inner).open_system_file(sysaddr::FBB, ".fbb.sf", &cache)?;
         if inner.fs.is_vmfs6() {
             let child = fbb.meta.child_meta_offset;
             if child != 0 {
-                let sfb = inner.read_meta(&fbb.fd, child, ".fbb.sf small-file-block header", &cache)?;
+                let sfb = Namespace(&inner).read_meta(&fbb.fd, child, ".fbb.sf small-file-block header", &cache)?;
                 if sfb.rpc != 0 {
                     inner.sfb_per_cluster = sfb.rpc;
                 }
@@ -238,7 +238,7 @@ impl Volume {
             }
         }
         inner.fbb = Some(fbb);
-        inner.fdc = inner.open_system_file(sysaddr::FDC, ".fdc.sf", &cache)?;
+        inner.fdc = Namespace(&inner).open_system_file(sysaddr::FDC, ".fdc.sf", &cache)?;
         if inner.fdc.meta.res_size != inner.g.fd_size {
             return Err(VmfsError::corrupt(
                 &inner.place,
@@ -249,7 +249,7 @@ impl Volume {
                 ),
             ));
         }
-        let sbc = inner.open_system_file(sysaddr::SBC, ".sbc.sf", &cache)?;
+        let sbc = Namespace(&inner).open_system_file(sysaddr::SBC, ".sbc.sf", &cache)?;
         if sbc.meta.res_size != inner.g.sbs {
             return Err(VmfsError::corrupt(
                 &inner.place,
@@ -263,7 +263,7 @@ impl Volume {
         inner.sbc = Some(sbc);
         let vol = Volume { inner: Arc::new(inner) };
         // The root must be a directory.
-        let root = vol.inner.read_fd(ROOT)?;
+        let root = Namespace(&vol.inner).read_fd(ROOT)?;
         if !root.is_dir() {
             return Err(VmfsError::corrupt(
                 &vol.inner.place,
@@ -319,17 +319,16 @@ impl Volume {
 
     /// File-block allocation from `.fbb.sf`.
     pub fn usage(&self) -> Result<Usage> {
-        self.inner.usage()
+        Namespace(&self.inner).usage()
     }
 
     /// The entries of directory `path` (without `.` and `..`), in on-disk order.
     pub fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
-        let fd = self.inner.lookup(path, true)?;
+        let fd = Namespace(&self.inner).lookup(path, true)?;
         if !fd.is_dir() {
             return Err(VmfsError::NotADirectory { path: path.into() });
         }
-        Ok(self
-            .inner
+        Ok(Namespace(&self.inner)
             .dir_entries(&fd)?
             .into_iter()
             .filter(|e| e.name != "." && e.name != "..")
@@ -339,8 +338,8 @@ impl Volume {
 
     /// What `path` is (a final symbolic link is not followed).
     pub fn stat(&self, path: &str) -> Result<Stat> {
-        let fd = self.inner.lookup(path, false)?;
-        self.inner.stat_of(path, &fd)
+        let fd = Namespace(&self.inner).lookup(path, false)?;
+        Namespace(&self.inner).stat_of(path, &fd)
     }
 
     /// Like [`Volume::stat`] for each entry of a directory (one descriptor read per entry).
@@ -349,8 +348,8 @@ impl Volume {
         let base = path.trim_end_matches('/');
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
-            let fd = self.inner.read_fd(e.fd_address)?;
-            let st = self.inner.stat_of(&format!("{base}/{}", e.name), &fd)?;
+            let fd = Namespace(&self.inner).read_fd(e.fd_address)?;
+            let st = Namespace(&self.inner).stat_of(&format!("{base}/{}", e.name), &fd)?;
             out.push((e, st));
         }
         Ok(out)
@@ -358,16 +357,16 @@ impl Volume {
 
     /// The target of symbolic link `path`.
     pub fn read_link(&self, path: &str) -> Result<String> {
-        let fd = self.inner.lookup(path, false)?;
+        let fd = Namespace(&self.inner).lookup(path, false)?;
         if fd.kind != FileKind::Symlink {
             return Err(VmfsError::NotASymlink { path: path.into() });
         }
-        self.inner.link_target(&fd)
+        Namespace(&self.inner).link_target(&fd)
     }
 
     /// Opens file `path` (following symbolic links) for positional reads.
     pub fn open_file(&self, path: &str) -> Result<File> {
-        let fd = self.inner.lookup(path, true)?;
+        let fd = Namespace(&self.inner).lookup(path, true)?;
         match fd.kind {
             FileKind::Directory => return Err(VmfsError::IsADirectory { path: path.into() }),
             FileKind::Rdm => {
@@ -389,16 +388,27 @@ impl Volume {
     /// The file descriptor of `path` (not following a final symbolic link): its address, lock,
     /// generation, links, block size and allocated blocks (`-D --volume`).
     pub fn file_desc(&self, path: &str) -> Result<FileDesc> {
-        self.inner.lookup(path, false)
+        Namespace(&self.inner).lookup(path, false)
     }
 
     /// True when `path` exists.
     pub fn exists(&self, path: &str) -> bool {
-        self.inner.lookup(path, false).is_ok()
+        Namespace(&self.inner).lookup(path, false).is_ok()
     }
 }
 
-impl Inner {
+/// A volume's shared state seen as its namespace: system files, file descriptors, directories,
+/// symbolic links, path lookup and usage, over the [`BlockMap`] of its files.
+struct Namespace<'a>(&'a Inner);
+
+impl std::ops::Deref for Namespace<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        self.0
+    }
+}
+
+impl Namespace<'_> {
     /// Where a system file's descriptor sits before `.fdc.sf` can be read: resource r of cluster 0
     /// (or, for `.pb2.sf` and `.sdd.sf` on VMFS5 with sparse sub-blocks, the address the FS
     /// descriptor records).
@@ -478,7 +488,7 @@ impl Inner {
                     format!("file descriptor {addr:#x} (cluster {cluster}, resource {resource}) is outside .fdc.sf"),
                 )
             })?;
-        let pieces = self.map_file(&self.fdc.fd, off, self.g.fd_size, &PbCache::default())?;
+        let pieces = BlockMap(self.0).map_file(&self.fdc.fd, off, self.g.fd_size, &PbCache::default())?;
         let mut raw = vec![0u8; self.g.fd_size as usize];
         let mut vol_at = None;
         for p in &pieces {
@@ -522,7 +532,7 @@ impl Inner {
                 format!("{name} of {} bytes has no room for its resource header at {at}", fd.length),
             ));
         }
-        let raw = self.read_file(fd, at, META_LEN as u64, cache, 1)?;
+        let raw = BlockMap(self.0).read_file(fd, at, META_LEN as u64, cache, 1)?;
         ResourceMeta::parse(&raw, self.fs.is_vmfs6(), self.g.cluster_header, &format!("{} ({name})", self.place), at)
     }
 
@@ -533,7 +543,7 @@ impl Inner {
                 format!("directory of {} bytes (at most {MAX_DIR_BYTES} are read)", fd.length),
             ));
         }
-        let data = self.read_file(fd, 0, fd.length, &PbCache::default(), 0)?;
+        let data = BlockMap(self.0).read_file(fd, 0, fd.length, &PbCache::default(), 0)?;
         if self.fs.generation == Generation::Vmfs6 {
             dir::parse_v6(&data, self.g.md_align as usize, &self.place, fd.vol_offset)
         } else {
@@ -549,7 +559,7 @@ impl Inner {
                 format!("symbolic link of {} bytes (at most {MAX_LINK_BYTES})", fd.length),
             ));
         }
-        let b = self.read_file(fd, 0, fd.length, &PbCache::default(), 0)?;
+        let b = BlockMap(self.0).read_file(fd, 0, fd.length, &PbCache::default(), 0)?;
         let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
         Ok(String::from_utf8_lossy(&b[..end]).into_owned())
     }
@@ -635,7 +645,7 @@ impl Inner {
                 if h + self.g.cluster_header > fbb.fd.length {
                     break;
                 }
-                let b = self.read_file(&fbb.fd, h + half, 0x24, &cache, 0)?;
+                let b = BlockMap(self.0).read_file(&fbb.fd, h + half, 0x24, &cache, 0)?;
                 let l = Le(&b);
                 if l.u32(0x10) == Some(RCMD_SIGNATURE) {
                     free_lfb += l.u16(0x22).unwrap_or(0).min(l.u16(0x20).unwrap_or(0)) as u64;
@@ -647,7 +657,7 @@ impl Inner {
                 if at + self.g.cluster_header > fbb.fd.length || lfb.res_size < self.g.cluster_header {
                     break;
                 }
-                let b = self.read_file(&fbb.fd, at + half, 0x24, &cache, 0)?;
+                let b = BlockMap(self.0).read_file(&fbb.fd, at + half, 0x24, &cache, 0)?;
                 let l = Le(&b);
                 if l.u32(0x10) == Some(RCMD_SIGNATURE) {
                     free_sfb += l.u16(0x22).unwrap_or(0).min(l.u16(0x20).unwrap_or(0)) as u64;
@@ -669,7 +679,7 @@ impl Inner {
             if h + n * self.g.cluster_header > fbb.fd.length {
                 break;
             }
-            let b = self.read_file(&fbb.fd, h, n * self.g.cluster_header, &cache, 0)?;
+            let b = BlockMap(self.0).read_file(&fbb.fd, h, n * self.g.cluster_header, &cache, 0)?;
             for i in 0..n as usize {
                 let l = Le(&b[i * self.g.cluster_header as usize + half as usize..]);
                 free += (l.u32(8).unwrap_or(0) as u64).min(m.rpc);
