@@ -7,6 +7,7 @@
 //! pack.rs    pack files: encrypted (zstd-compressed) blobs, then the encrypted header and its length
 //! index.rs   index files: which pack holds each blob, where
 //! tree.rs    tree blobs (directories), snapshot.rs snapshot files
+//! browse.rs  a snapshot's folders and files saved and read through a repository
 //! repo.rs    the repository: init, open with a password, unpacked files, locks, blob reads, writer
 //! replica.rs a file of a snapshot opened as a clone source; a replica disk brought to a snapshot
 //!            (`--apply`): the point it records, the blocks that differ
@@ -26,6 +27,7 @@
 //! non-exclusive lock (a `locks/` file, refreshed every 5 minutes) and refuses to run beside an
 //! exclusive one (`restic prune`).
 
+pub mod browse;
 pub mod crypto;
 pub mod host;
 pub mod index;
