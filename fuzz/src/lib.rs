@@ -37,13 +37,8 @@ impl MemFile {
 /// file without bound.
 const MAX_FILE: u64 = 256 << 20;
 
-impl Backing for MemFile {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn len(&self) -> Result<u64> {
-        Ok(self.read().len() as u64)
-    }
+impl vmdk::ReadAt for MemFile {
+    type Error = vmdk::Error;
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let d = self.read();
         let len = d.len() as u64;
@@ -65,6 +60,15 @@ impl Backing for MemFile {
                 ))
             }
         }
+    }
+}
+
+impl Backing for MemFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn len(&self) -> Result<u64> {
+        Ok(self.read().len() as u64)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         let end = offset

@@ -164,7 +164,8 @@ pub struct Chain {
 struct ParentRead(Vec<Arc<Link>>);
 
 impl ReadAt for ParentRead {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
+    type Error = vmdk::Error;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
         Stack::new(&self.0).read_at(buf, offset)
     }
 }
@@ -311,7 +312,8 @@ impl MapSource for Chain {
 }
 
 impl ReadAt for Chain {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
+    type Error = vmdk::Error;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
         Chain::read_at(self, buf, offset)
     }
 }

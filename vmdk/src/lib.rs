@@ -32,10 +32,10 @@ pub use create::{Adapter, CreateOptions, DiskFormat, NewDisk, NewStream};
 pub use descriptor::{CreateType, Descriptor};
 pub use error::{Error, Result};
 pub use extent::device::rdm_mode;
-pub use extent::ReadAt;
 pub use link::{Container, Link, OpenOptions};
 pub use map::{AllocMap, Run, State};
 pub use rdm::Mode as RdmMode;
+pub use rdm::ReadAt;
 pub use stack::Stack;
 pub use storage::{Backing, HostStorage, Storage};
 

@@ -20,7 +20,8 @@ use crate::extent::sesparse::SeSparseExtent;
 use crate::extent::sparse::SparseExtent;
 use crate::extent::stream::{self, StreamExtent};
 use crate::extent::zero::ZeroExtent;
-use crate::extent::{Extent, ExtentInfo, ExtentKind, ReadAt, Shifted};
+use crate::extent::{Extent, ExtentInfo, ExtentKind};
+use rdm::{ReadAt, Shifted};
 use crate::family::{self, ParentRef};
 use crate::map::{AllocMap, MapSource};
 use crate::storage::{resolve_extent_path, Backing, HostStorage, LockMode, Storage};
@@ -124,7 +125,7 @@ pub struct Link {
     started: AtomicBool,
     start_lock: Mutex<()>,
     closed: AtomicBool,
-    parent: RwLock<Option<Arc<dyn ReadAt>>>,
+    parent: RwLock<Option<Arc<dyn ReadAt<Error = Error>>>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -573,7 +574,7 @@ impl Link {
     }
 
     /// Sets the disk that partial-grain writes and reads of absent ranges fall through to.
-    pub fn set_parent(&self, parent: Option<Arc<dyn ReadAt>>) {
+    pub fn set_parent(&self, parent: Option<Arc<dyn ReadAt<Error = Error>>>) {
         *self.parent.write().unwrap_or_else(|p| p.into_inner()) = parent;
     }
 
@@ -636,7 +637,7 @@ impl Link {
         for r in map.runs() {
             let b = &mut buf[(r.offset - offset) as usize..(r.end() - offset) as usize];
             match r.state {
-                crate::map::State::Absent => parent.read_at(b, r.offset)?,
+                crate::map::State::Absent => parent.read_exact_at(b, r.offset)?,
                 crate::map::State::Zero => b.fill(0),
                 crate::map::State::Data => self.read_own(b, r.offset)?,
             }
@@ -666,7 +667,7 @@ impl Link {
         }
         self.each_slot(offset, buf.len() as u64, |s, eo, bo, n| {
             let shifted = parent.as_deref().map(|p| Shifted { inner: p, base: s.start });
-            s.ext.write_at(&buf[bo..bo + n], eo, shifted.as_ref().map(|x| x as &dyn ReadAt))
+            s.ext.write_at(&buf[bo..bo + n], eo, shifted.as_ref().map(|x| x as &dyn ReadAt<Error = Error>))
         })
     }
 
@@ -699,7 +700,7 @@ impl Link {
         let parent = self.parent.read().unwrap_or_else(|p| p.into_inner()).clone();
         self.each_slot(offset, len, |s, eo, _, n| {
             let shifted = parent.as_deref().map(|p| Shifted { inner: p, base: s.start });
-            s.ext.zero_range(eo, n as u64, shifted.as_ref().map(|x| x as &dyn ReadAt))
+            s.ext.zero_range(eo, n as u64, shifted.as_ref().map(|x| x as &dyn ReadAt<Error = Error>))
         })
     }
 
@@ -994,7 +995,8 @@ fn check_vmware_lock(storage: &dyn Storage, file: &Path) -> Result<()> {
 struct Detached(PathBuf);
 
 impl ReadAt for Detached {
-    fn read_at(&self, _buf: &mut [u8], offset: u64) -> Result<()> {
+    type Error = Error;
+    fn read_exact_at(&self, _buf: &mut [u8], offset: u64) -> Result<()> {
         Err(Error::unsupported(
             &self.0,
             format!("a partial grain at byte {offset} needs the parent's data, but the delta was opened without its parent (open it as a chain)"),
@@ -1032,7 +1034,8 @@ impl MapSource for Link {
 }
 
 impl ReadAt for Link {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    type Error = Error;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         Link::read_at(self, buf, offset)
     }
 }

@@ -10,12 +10,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rdm::{Device, OpenMode};
+use rdm::{Device, OpenMode, ReadAt};
 
 use crate::error::{Error, Result};
 
-/// One open file (or device) with positional I/O on `&self`.
-pub trait Backing: Send + Sync + Debug {
+/// One open file (or device) with positional I/O on `&self`. Reads are its [`ReadAt`]: exactly
+/// `buf.len()` bytes at an offset, a read past the end a [`Error::Corrupt`] naming the offset
+/// ("file is truncated").
+pub trait Backing: ReadAt<Error = Error> + Debug {
     /// The path the file was opened by (for error messages).
     fn path(&self) -> &Path;
     /// Current length in bytes.
@@ -24,9 +26,6 @@ pub trait Backing: Send + Sync + Debug {
     fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
     }
-    /// Reads exactly `buf.len()` bytes at `offset`. Reading past the end is a
-    /// [`Error::Corrupt`] naming the offset ("file is truncated").
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
     /// Writes all of `buf` at `offset`.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()>;
     /// Sets the length (growing makes a hole).
@@ -172,13 +171,8 @@ impl HostFile {
     }
 }
 
-impl Backing for HostFile {
-    fn path(&self) -> &Path {
-        self.dev.path()
-    }
-    fn len(&self) -> Result<u64> {
-        self.map(|| "size".into(), self.dev.size())
-    }
+impl ReadAt for HostFile {
+    type Error = Error;
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let want = buf.len();
         let n = self.map(|| format!("read {want} bytes at offset {offset}"), self.dev.read_at_most(buf, offset))?;
@@ -190,6 +184,15 @@ impl Backing for HostFile {
             ));
         }
         Ok(())
+    }
+}
+
+impl Backing for HostFile {
+    fn path(&self) -> &Path {
+        self.dev.path()
+    }
+    fn len(&self) -> Result<u64> {
+        self.map(|| "size".into(), self.dev.size())
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.map(|| format!("write {} bytes at offset {offset}", buf.len()), self.dev.write_all_at(buf, offset))

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vmfs_common::real_image;
-use vmkfs::vmfs::{DeviceRead, FileKind, HostDevice, VmfsError, Volume};
+use vmkfs::vmfs::{DeviceRead, FileKind, HostDevice, ReadAt, VmfsError, Volume};
 
 /// A device with some bytes replaced.
 #[derive(Debug)]
@@ -18,13 +18,8 @@ struct Patched {
     patch: HashMap<u64, u8>,
 }
 
-impl DeviceRead for Patched {
-    fn path(&self) -> &Path {
-        self.base.path()
-    }
-    fn len(&self) -> u64 {
-        self.base.len()
-    }
+impl ReadAt for Patched {
+    type Error = VmfsError;
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), VmfsError> {
         self.base.read_exact_at(buf, offset)?;
         for (&at, &v) in &self.patch {
@@ -33,6 +28,15 @@ impl DeviceRead for Patched {
             }
         }
         Ok(())
+    }
+}
+
+impl DeviceRead for Patched {
+    fn path(&self) -> &Path {
+        self.base.path()
+    }
+    fn len(&self) -> u64 {
+        self.base.len()
     }
 }
 

@@ -18,7 +18,8 @@ use rdm::{FoundBy, Mapping, Mode, OpenMode};
 use crate::descriptor::{CreateType, Descriptor, ExtentLine, ExtentType};
 use crate::error::{Error, Result};
 use crate::extent::flat::FlatExtent;
-use crate::extent::{Extent, ExtentInfo, ExtentKind, ReadAt};
+use crate::extent::{Extent, ExtentInfo, ExtentKind};
+use rdm::ReadAt;
 use crate::map::AllocMap;
 use crate::storage::{confine, resolve_extent_path, Backing, HostFile, Storage};
 
@@ -109,7 +110,7 @@ impl Extent for DeviceExtent {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.flat.read_at(buf, offset)
     }
-    fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt>) -> Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         self.flat.write_at(buf, offset, below)
     }
     fn map(&self, offset: u64, len: u64, base: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {
@@ -118,7 +119,7 @@ impl Extent for DeviceExtent {
     fn discard(&self, offset: u64, len: u64, has_parent: bool) -> Result<u64> {
         self.flat.discard(offset, len, has_parent)
     }
-    fn zero_range(&self, offset: u64, len: u64, below: Option<&dyn ReadAt>) -> Result<()> {
+    fn zero_range(&self, offset: u64, len: u64, below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         self.flat.zero_range(offset, len, below)
     }
     fn start_writeback(&self, offset: u64, len: u64) {

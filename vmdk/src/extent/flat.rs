@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use super::{Extent, ExtentInfo, ExtentKind, ReadAt};
+use super::{Extent, ExtentInfo, ExtentKind};
+use rdm::ReadAt;
 use crate::error::{Error, Result};
 use crate::findings::Sink;
 use crate::map::{AllocMap, State};
@@ -120,7 +121,7 @@ impl Extent for FlatExtent {
         }
         Ok(Some((&*self.backing, self.start + offset, len.min(self.present - offset))))
     }
-    fn write_at(&self, buf: &[u8], offset: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64, _below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly { path: self.backing.path().into(), what: "extent is read-only".into() });
         }
@@ -157,7 +158,7 @@ impl Extent for FlatExtent {
         self.check_present(pos)?;
         Ok(pos)
     }
-    fn zero_range(&self, offset: u64, len: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
+    fn zero_range(&self, offset: u64, len: u64, _below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly { path: self.backing.path().into(), what: "extent is read-only".into() });
         }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 use crate::map::AllocMap;
 use crate::storage::Backing;
+use rdm::ReadAt;
 
 pub mod cowd;
 pub mod device;
@@ -24,26 +25,6 @@ pub mod stream_model;
 pub mod stream_read;
 pub mod stream_write;
 pub mod zero;
-
-/// Reads the virtual disk below a link (its parent chain), used to fill partial grains on first write.
-pub trait ReadAt: Send + Sync {
-    /// Reads exactly `buf.len()` bytes at byte `offset` of the virtual disk.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
-}
-
-/// A view of `inner` shifted by `base` bytes: offset 0 here is `base` there.
-pub struct Shifted<'a> {
-    /// What is read.
-    pub inner: &'a dyn ReadAt,
-    /// Where offset 0 maps to.
-    pub base: u64,
-}
-
-impl ReadAt for Shifted<'_> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.inner.read_at(buf, self.base + offset)
-    }
-}
 
 /// What kind an extent is. [`ExtentKind::as_str`] is its descriptor keyword (`STREAM` for a
 /// streamOptimized extent, whose descriptor says `SPARSE`).
@@ -144,7 +125,7 @@ pub trait Extent: Send + Sync + Debug {
         Ok(None)
     }
     /// Writes `buf` at `offset`. `below` reads what lies under this extent (for partial grains).
-    fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt>) -> Result<()>;
+    fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt<Error = Error>>) -> Result<()>;
     /// Appends the runs of `[offset, offset+len)` to `out` (which ends at `base + offset`), shifted
     /// by `base`, skipping what holds nothing in one step (a cost in proportion to runs and existing
     /// metadata, never to grains). May stop early, at a run boundary, once `out` holds `budget`
@@ -166,7 +147,7 @@ pub trait Extent: Send + Sync + Debug {
     /// Makes `[offset, offset+len)` read as zeros while keeping it stored (unlike
     /// [`Extent::discard`]). The default writes zeros through [`Extent::write_at`]; flat extents
     /// use their backing's zeroing primitive.
-    fn zero_range(&self, offset: u64, len: u64, below: Option<&dyn ReadAt>) -> Result<()> {
+    fn zero_range(&self, offset: u64, len: u64, below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         const CHUNK: u64 = 1 << 20;
         let zeros = vec![0u8; CHUNK.min(len) as usize];
         let mut done = 0;

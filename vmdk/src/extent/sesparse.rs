@@ -13,7 +13,8 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 
 use super::gtcache::{self, GtCache, Table};
 use super::sparse::Grain;
-use super::{Extent, ExtentInfo, ExtentKind, ReadAt};
+use super::{Extent, ExtentInfo, ExtentKind};
+use rdm::ReadAt;
 use crate::error::{Error, Result};
 use crate::findings::Sink;
 use crate::map::AllocMap;
@@ -404,7 +405,7 @@ impl Extent for SeSparseExtent {
         })?;
         Ok(())
     }
-    fn write_at(&self, _buf: &[u8], _offset: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
+    fn write_at(&self, _buf: &[u8], _offset: u64, _below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         Err(Error::unsupported(self.backing.path(), "writing seSparse extents"))
     }
     fn map(&self, offset: u64, len: u64, base: u64, budget: usize, out: &mut AllocMap) -> Result<u64> {

@@ -12,7 +12,8 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use super::cowd::CowdHeader;
 use super::gtcache::{self, GtCache, Table};
 use super::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_RGD, FLAG_ZEROED_GTE, GD_AT_END};
-use super::{is_zero, pieces, Extent, ExtentInfo, ExtentKind, ReadAt};
+use super::{is_zero, pieces, Extent, ExtentInfo, ExtentKind};
+use rdm::ReadAt;
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
@@ -755,7 +756,7 @@ impl SparseExtent {
         Ok(reached)
     }
 
-    fn allocate(&self, jobs: Vec<(u64, u64, usize)>, buf: &[u8], below: Option<&dyn ReadAt>) -> Result<()> {
+    fn allocate(&self, jobs: Vec<(u64, u64, usize)>, buf: &[u8], below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         let gb = self.grain_bytes;
         let gtes = self.dir.gtes as u64;
         let zeroed_ok = self.zeroed_ok();
@@ -816,7 +817,7 @@ impl SparseExtent {
                 if state == Grain::Absent {
                     if let Some(b) = below {
                         let n = gb.min(self.len - grain_start) as usize;
-                        b.read_at(&mut data[..n], grain_start)?;
+                        b.read_exact_at(&mut data[..n], grain_start)?;
                     }
                 }
                 data[(p % gb) as usize..(p % gb + l) as usize].copy_from_slice(piece);
@@ -961,7 +962,7 @@ impl Extent for SparseExtent {
         Ok(found.map(|(fo, n)| (&*self.dir.backing as &dyn Backing, fo, n)))
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt>) -> Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly { path: self.path().into(), what: "extent is opened read-only".into() });
         }

@@ -17,7 +17,8 @@ use super::sparse::GrainDir;
 use super::stream_model::{inflate_grain, max_compressed_size, parse_marker, StreamModel};
 pub use super::stream_model::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, MARKER_PROGRESS};
 use super::stream_read::{BackingCursor, StreamReader};
-use super::{Extent, ExtentInfo, ExtentKind, ReadAt};
+use super::{Extent, ExtentInfo, ExtentKind};
+use rdm::ReadAt;
 use crate::error::{Error, Result};
 use crate::findings::Sink;
 use crate::map::{AllocMap, State};
@@ -489,7 +490,7 @@ impl Extent for StreamExtent {
         })?;
         Ok(())
     }
-    fn write_at(&self, _buf: &[u8], _offset: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
+    fn write_at(&self, _buf: &[u8], _offset: u64, _below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         Err(Error::ReadOnly {
             path: self.path().into(),
             what: "streamOptimized extents are read-only; clone to another format to modify".into(),

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use super::{Extent, ExtentInfo, ExtentKind, ReadAt};
+use super::{Extent, ExtentInfo, ExtentKind};
+use rdm::ReadAt;
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
 
@@ -34,7 +35,7 @@ impl Extent for ZeroExtent {
         buf.fill(0);
         Ok(())
     }
-    fn write_at(&self, _buf: &[u8], offset: u64, _below: Option<&dyn ReadAt>) -> Result<()> {
+    fn write_at(&self, _buf: &[u8], offset: u64, _below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         Err(Error::ReadOnly {
             path: self.descriptor.clone(),
             what: format!("cannot write at extent offset {offset}: ZERO extents have no storage"),

@@ -3,6 +3,8 @@
 //! data resident in the descriptor); each pointer then resolves to a volume offset, a to-be-zeroed
 //! block (reads as zeros) or a hole (null pointer, reads as zeros).
 
+use rdm::ReadAt;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

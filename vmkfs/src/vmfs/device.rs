@@ -4,10 +4,13 @@
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
+use rdm::ReadAt;
+
 use super::error::{Result, VmfsError};
 
-/// A readable device or image.
-pub trait DeviceRead: Send + Sync + Debug {
+/// A readable device or image: its reads are its [`ReadAt`] (exactly `buf.len()` bytes at an offset;
+/// reading past the end is an error naming the device and offset).
+pub trait DeviceRead: ReadAt<Error = VmfsError> + Debug {
     /// The path it was opened by (for messages).
     fn path(&self) -> &Path;
     /// Size in bytes.
@@ -16,8 +19,6 @@ pub trait DeviceRead: Send + Sync + Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Reads exactly `buf.len()` bytes at `offset`; reading past the end is an error.
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
 }
 
 /// An image file or block device on the host, opened read-only.
@@ -37,13 +38,8 @@ impl HostDevice {
     }
 }
 
-impl DeviceRead for HostDevice {
-    fn path(&self) -> &Path {
-        self.dev.path()
-    }
-    fn len(&self) -> u64 {
-        self.len
-    }
+impl ReadAt for HostDevice {
+    type Error = VmfsError;
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let n = self.dev.read_at_most(buf, offset).map_err(|source| VmfsError::Io {
             device: self.path().into(),
@@ -55,6 +51,15 @@ impl DeviceRead for HostDevice {
             return Err(past_end(self.path(), offset, buf.len(), self.len));
         }
         Ok(())
+    }
+}
+
+impl DeviceRead for HostDevice {
+    fn path(&self) -> &Path {
+        self.dev.path()
+    }
+    fn len(&self) -> u64 {
+        self.len
     }
 }
 
@@ -72,13 +77,8 @@ impl MemDevice {
     }
 }
 
-impl DeviceRead for MemDevice {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn len(&self) -> u64 {
-        self.data.len() as u64
-    }
+impl ReadAt for MemDevice {
+    type Error = VmfsError;
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let end = offset.checked_add(buf.len() as u64);
         match end {
@@ -88,6 +88,15 @@ impl DeviceRead for MemDevice {
             }
             _ => Err(past_end(&self.path, offset, buf.len(), self.len())),
         }
+    }
+}
+
+impl DeviceRead for MemDevice {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn len(&self) -> u64 {
+        self.data.len() as u64
     }
 }
 

@@ -1,5 +1,7 @@
 //! An open file: positional reads through its block map, and its extent map.
 
+use rdm::ReadAt;
+
 use super::blockmap::{BlockMap, PbCache, PieceKind};
 use super::error::{Result, VmfsError};
 use super::filedesc::FileDesc;
@@ -120,5 +122,13 @@ impl File {
                 Ok(())
             }
         }
+    }
+}
+
+impl ReadAt for File {
+    type Error = VmfsError;
+    /// [`File::read_exact_at`].
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        File::read_exact_at(self, buf, offset)
     }
 }

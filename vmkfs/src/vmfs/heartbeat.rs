@@ -2,6 +2,8 @@
 //! slots of one metadata block on VMFS6). A slot whose magic says "held" belongs to a host that had
 //! the volume mounted: a live LUN (or a snapshot of one) whose metadata may change under a reader.
 
+use rdm::ReadAt;
+
 use super::error::Result;
 use super::geometry::HEARTBEAT_OFFSET;
 use super::inner::Inner;

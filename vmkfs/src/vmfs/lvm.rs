@@ -21,6 +21,8 @@
 
 use std::sync::Arc;
 
+use rdm::ReadAt;
+
 use super::device::{read_vec, DeviceRead};
 use super::error::{Result, VmfsError};
 use super::le::{pow2_in, uuid_string, Le};
@@ -490,9 +492,12 @@ impl LogicalVolume {
         }
         Ok(out)
     }
+}
 
+impl ReadAt for LogicalVolume {
+    type Error = VmfsError;
     /// Reads `buf.len()` bytes at volume offset `offset`, across devices as needed.
-    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let mut done = 0usize;
         for s in self.locate(offset, buf.len() as u64)? {
             let n = s.len as usize;

@@ -54,4 +54,5 @@ pub use filedesc::{DiskLock, FileDesc, FileKind, RdmInfo};
 pub use fsdesc::{FsDescriptor, Generation};
 pub use heartbeat::Heartbeat;
 pub use storage::{VmfsBacking, VmfsStorage};
+pub use rdm::ReadAt;
 pub use volume::{DeviceInfo, DirEntry, Stat, Usage, Volume};

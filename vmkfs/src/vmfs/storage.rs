@@ -111,13 +111,8 @@ impl VmfsBacking {
     }
 }
 
-impl Backing for VmfsBacking {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn len(&self) -> vmdk::Result<u64> {
-        Ok(self.file.len())
-    }
+impl vmdk::ReadAt for VmfsBacking {
+    type Error = vmdk::Error;
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> vmdk::Result<()> {
         let n = self.file.read_at(buf, offset)?;
         if n < buf.len() {
@@ -128,6 +123,15 @@ impl Backing for VmfsBacking {
             ));
         }
         Ok(())
+    }
+}
+
+impl Backing for VmfsBacking {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn len(&self) -> vmdk::Result<u64> {
+        Ok(self.file.len())
     }
     fn write_all_at(&self, _buf: &[u8], _offset: u64) -> vmdk::Result<()> {
         Err(read_only(&self.path, "write"))

@@ -1,6 +1,8 @@
 //! An open VMFS volume: the logical volume, the FS descriptor, the system files bootstrapped from
 //! `.fdc.sf`, and path lookups.
 
+use rdm::ReadAt;
+
 use std::path::Path;
 use std::sync::Arc;
 

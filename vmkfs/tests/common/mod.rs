@@ -723,18 +723,22 @@ struct CountingFile {
     counts: std::sync::Arc<IoCounts>,
 }
 
+impl vmkfs::vmdk::ReadAt for CountingFile {
+    type Error = vmkfs::vmdk::Error;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> vmkfs::vmdk::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counts.reads.fetch_add(1, Relaxed);
+        self.counts.read_bytes.fetch_add(buf.len() as u64, Relaxed);
+        self.inner.read_exact_at(buf, offset)
+    }
+}
+
 impl vmkfs::vmdk::Backing for CountingFile {
     fn path(&self) -> &Path {
         self.inner.path()
     }
     fn len(&self) -> vmkfs::vmdk::Result<u64> {
         self.inner.len()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> vmkfs::vmdk::Result<()> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.counts.reads.fetch_add(1, Relaxed);
-        self.counts.read_bytes.fetch_add(buf.len() as u64, Relaxed);
-        self.inner.read_exact_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> vmkfs::vmdk::Result<()> {
         self.inner.write_all_at(buf, offset)
