@@ -122,13 +122,13 @@ fn run(path: &Path, opts: &OpenOptions, rerun: Option<Vec<String>>) -> Result<Re
         sink.problem(&file, offset, format!("the disk cannot be opened: {what}"));
         (file, offset)
     });
-    let pieces = disk_pieces(path, opts, &mut sink)?;
+    let pieces = disk_extent_files(path, opts, &mut sink)?;
     report.files.push(path.to_path_buf());
     for p in &pieces {
         if !report.files.contains(&p.file) {
             report.files.push(p.file.clone());
         }
-        check_piece(p, opts, &mut sink)?;
+        check_extent_file(p, opts, &mut sink)?;
     }
     if let Some((file, offset)) = opened {
         if sink.findings.iter().skip(1).any(|f| f.file == file && f.offset == offset) {
@@ -170,7 +170,7 @@ fn walk_map(link: &Link, sink: &mut Sink) -> Result<()> {
 /// One extent of the disk as its files say: the file, and the descriptor line mapping it (none for
 /// a bare extent).
 #[derive(Debug, Clone)]
-struct Piece {
+struct ExtentFile {
     file: PathBuf,
     line: Option<ExtentLine>,
     create_type: Option<CreateType>,
@@ -183,10 +183,10 @@ struct Piece {
 /// a bare COWD or seSparse extent; nothing for a raw image (whose one flat extent always reads) or
 /// a file that cannot be classified (a finding). The embedded descriptor of a hosted sparse file is
 /// checked here as its reader checks it.
-fn disk_pieces(path: &Path, opts: &OpenOptions, sink: &mut Sink) -> Result<Vec<Piece>> {
+fn disk_extent_files(path: &Path, opts: &OpenOptions, sink: &mut Sink) -> Result<Vec<ExtentFile>> {
     let main = opts.storage.open(path, false)?;
     let Some(format) = sink.result(detect::detect(&main))? else { return Ok(Vec::new()) };
-    let lines = |d: &Descriptor, skip: usize, sink: &mut Sink| -> Result<Vec<Piece>> {
+    let lines = |d: &Descriptor, skip: usize, sink: &mut Sink| -> Result<Vec<ExtentFile>> {
         let mut v = Vec::new();
         for line in d.extents.iter().skip(skip) {
             let Some(name) = &line.file else { continue };
@@ -198,7 +198,7 @@ fn disk_pieces(path: &Path, opts: &OpenOptions, sink: &mut Sink) -> Result<Vec<P
                 sink.problem(path, 0, format!("extent file {name:?} ({}) is missing", file.display()));
                 continue;
             }
-            v.push(Piece { file, line: Some(line.clone()), create_type: Some(d.create_type.clone()), main: false });
+            v.push(ExtentFile { file, line: Some(line.clone()), create_type: Some(d.create_type.clone()), main: false });
         }
         Ok(v)
     };
@@ -212,7 +212,7 @@ fn disk_pieces(path: &Path, opts: &OpenOptions, sink: &mut Sink) -> Result<Vec<P
                     }
                 }
             }
-            let mut v = vec![Piece {
+            let mut v = vec![ExtentFile {
                 file: path.to_path_buf(),
                 line: desc.as_ref().and_then(|d| d.extents.first().cloned()),
                 create_type: desc.as_ref().map(|d| d.create_type.clone()),
@@ -225,7 +225,7 @@ fn disk_pieces(path: &Path, opts: &OpenOptions, sink: &mut Sink) -> Result<Vec<P
         }
         // A stream's embedded descriptor is checked by the stream's own model.
         Format::Sparse(_) | Format::Cowd | Format::SeSparse => {
-            Ok(vec![Piece { file: path.to_path_buf(), line: None, create_type: None, main: true }])
+            Ok(vec![ExtentFile { file: path.to_path_buf(), line: None, create_type: None, main: true }])
         }
         Format::Descriptor => {
             let len = main.len()?;
@@ -249,7 +249,7 @@ fn disk_pieces(path: &Path, opts: &OpenOptions, sink: &mut Sink) -> Result<Vec<P
 }
 
 /// Checks one extent by its own module.
-fn check_piece(p: &Piece, opts: &OpenOptions, sink: &mut Sink) -> Result<()> {
+fn check_extent_file(p: &ExtentFile, opts: &OpenOptions, sink: &mut Sink) -> Result<()> {
     let Some(b) = sink.result(opts.storage.open(&p.file, false))? else { return Ok(()) };
     let len = p.line.as_ref().map(|l| l.sectors * 512);
     let kind = p.line.as_ref().map(|l| l.kind.clone()).filter(|_| !p.main);
@@ -270,7 +270,7 @@ fn check_piece(p: &Piece, opts: &OpenOptions, sink: &mut Sink) -> Result<()> {
 
 /// Checks a grain-table extent file, whatever [`detect`] finds in it, against the descriptor line
 /// naming it (type, size, createType).
-fn check_sparse_kind(b: &Arc<dyn Backing>, p: &Piece, len: Option<u64>, sink: &mut Sink) -> Result<()> {
+fn check_sparse_kind(b: &Arc<dyn Backing>, p: &ExtentFile, len: Option<u64>, sink: &mut Sink) -> Result<()> {
     let path = b.path();
     let Some(format) = sink.result(detect::detect(b))? else { return Ok(()) };
     let line_kind = p.line.as_ref().map(|l| l.kind.as_str().to_string());
