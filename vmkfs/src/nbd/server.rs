@@ -457,7 +457,7 @@ const MIN_SEND: u64 = 16 << 10;
 /// neighbours.
 const MIN_HOLE: u64 = 4 << 10;
 
-/// How the bytes of one piece of a read reply are sent.
+/// How the bytes of one chunk of a read reply are sent.
 #[derive(Debug, Clone, Copy)]
 enum How<'a> {
     /// From the file `dev` at `at`, in the kernel (`sendfile`).
@@ -468,9 +468,9 @@ enum How<'a> {
     Read,
 }
 
-/// One piece of a read reply: `len` bytes at `offset` of the disk.
+/// One chunk of a read reply (a piece of its plan): `len` bytes at `offset` of the disk.
 #[derive(Debug, Clone, Copy)]
-struct Piece<'a> {
+struct ReplyChunk<'a> {
     offset: u64,
     len: u64,
     how: How<'a>,
@@ -482,7 +482,7 @@ struct Piece<'a> {
 /// stretch contiguous in it, and the rest (compressed grains, other kinds, pieces too short to be
 /// worth their own chunk) is read. A request is at most [`MAX_REQUEST`] bytes and every piece but
 /// a read one at least [`MIN_HOLE`], so the plan stays small.
-fn plan_read<'a>(chain: &'a Chain, offset: u64, len: u64, plan: &mut Vec<Piece<'a>>) -> vmdk::Result<()> {
+fn plan_read<'a>(chain: &'a Chain, offset: u64, len: u64, plan: &mut Vec<ReplyChunk<'a>>) -> vmdk::Result<()> {
     let links = chain.links();
     for r in vmdk::map::runs(chain, offset, offset + len) {
         let r = r?;
@@ -490,11 +490,11 @@ fn plan_read<'a>(chain: &'a Chain, offset: u64, len: u64, plan: &mut Vec<Piece<'
             (State::Data, Some(l)) => l,
             // The read says what is wrong with such a run.
             (State::Data, None) => {
-                push_piece(plan, Piece { offset: r.offset, len: r.len, how: How::Read });
+                push_chunk(plan, ReplyChunk { offset: r.offset, len: r.len, how: How::Read });
                 continue;
             }
             _ => {
-                push_piece(plan, Piece { offset: r.offset, len: r.len, how: How::Hole });
+                push_chunk(plan, ReplyChunk { offset: r.offset, len: r.len, how: How::Hole });
                 continue;
             }
         };
@@ -507,7 +507,7 @@ fn plan_read<'a>(chain: &'a Chain, offset: u64, len: u64, plan: &mut Vec<Piece<'
                 },
                 None => (r.end() - pos, How::Read),
             };
-            push_piece(plan, Piece { offset: pos, len: n, how });
+            push_chunk(plan, ReplyChunk { offset: pos, len: n, how });
             pos += n;
         }
     }
@@ -516,7 +516,7 @@ fn plan_read<'a>(chain: &'a Chain, offset: u64, len: u64, plan: &mut Vec<Piece<'
 
 /// Appends `p` to `plan`, joining it to the last piece where they continue each other (the same
 /// file, contiguous; two reads; two holes) and reading pieces too short to go on their own.
-fn push_piece<'a>(plan: &mut Vec<Piece<'a>>, mut p: Piece<'a>) {
+fn push_chunk<'a>(plan: &mut Vec<ReplyChunk<'a>>, mut p: ReplyChunk<'a>) {
     match p.how {
         How::File { .. } if p.len < MIN_SEND => p.how = How::Read,
         How::Hole if p.len < MIN_HOLE => p.how = How::Read,
@@ -697,7 +697,7 @@ struct Session<'a, C: Fn() -> bool> {
     contexts: Vec<u32>,
     buf: Vec<u8>,
     /// The pieces of the read in hand (kept to reuse its allocation).
-    plan: Vec<Piece<'a>>,
+    plan: Vec<ReplyChunk<'a>>,
     requests: u64,
 }
 
@@ -1066,7 +1066,7 @@ impl<'a, C: Fn() -> bool> Session<'a, C> {
         let mut plan = std::mem::take(&mut self.plan);
         let planned = plan_read(&export.chain, req.offset, u64::from(req.length), &mut plan);
         let sent = match planned {
-            Ok(()) => self.send_pieces(req.handle, &plan),
+            Ok(()) => self.send_chunks(req.handle, &plan),
             Err(e) => self.reply_error(req.handle, errno_of(&e), &e.to_string()),
         };
         plan.clear();
@@ -1074,7 +1074,7 @@ impl<'a, C: Fn() -> bool> Session<'a, C> {
         sent
     }
 
-    fn send_pieces(&mut self, handle: u64, plan: &[Piece<'_>]) -> Step<()> {
+    fn send_chunks(&mut self, handle: u64, plan: &[ReplyChunk<'_>]) -> Step<()> {
         for (i, p) in plan.iter().enumerate() {
             let done = i + 1 == plan.len();
             let len = p.len as u32; // a piece is within one request: under 4 GiB
@@ -1181,7 +1181,7 @@ mod tests {
         // A short stored piece is read with its neighbours, not sent on its own.
         plan.clear();
         plan_read(&chain, (4 << 20) + (60 << 10), 8 << 10, &mut plan).unwrap();
-        assert!(matches!(&plan[..], [Piece { how: How::Read, len: 8192, .. }]), "{plan:?}");
+        assert!(matches!(&plan[..], [ReplyChunk { how: How::Read, len: 8192, .. }]), "{plan:?}");
     }
 
     #[test]
