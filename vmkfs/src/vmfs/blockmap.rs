@@ -19,7 +19,7 @@ const MAX_DEPTH: u8 = 4;
 
 /// What a piece of a file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PieceKind {
+pub enum VolumeRunKind {
     /// Stored at this volume offset.
     Data(u64),
     /// A to-be-zeroed block: allocated, reads as zeros.
@@ -30,28 +30,28 @@ pub enum PieceKind {
 
 /// A run of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Piece {
+pub struct VolumeRun {
     /// Offset in the file.
     pub offset: u64,
     /// Length in bytes.
     pub len: u64,
     /// What it is.
-    pub kind: PieceKind,
+    pub kind: VolumeRunKind,
 }
 
 /// Appends a piece, merging it with the previous one when they continue each other.
-pub(crate) fn push(out: &mut Vec<Piece>, p: Piece) {
+pub(crate) fn push(out: &mut Vec<VolumeRun>, p: VolumeRun) {
     if p.len == 0 {
         return;
     }
     if let Some(l) = out.last_mut() {
         if l.offset + l.len == p.offset {
             match (l.kind, p.kind) {
-                (PieceKind::Data(a), PieceKind::Data(b)) if a + l.len == b => {
+                (VolumeRunKind::Data(a), VolumeRunKind::Data(b)) if a + l.len == b => {
                     l.len += p.len;
                     return;
                 }
-                (PieceKind::Zero, PieceKind::Zero) | (PieceKind::Hole, PieceKind::Hole) => {
+                (VolumeRunKind::Zero, VolumeRunKind::Zero) | (VolumeRunKind::Hole, VolumeRunKind::Hole) => {
                     l.len += p.len;
                     return;
                 }
@@ -83,7 +83,7 @@ impl std::ops::Deref for BlockMap<'_> {
 
 impl BlockMap<'_> {
     /// The pieces of `[offset, offset+len)` of the file `fd`, clamped to its length.
-    pub(crate) fn map_file(&self, fd: &FileDesc, offset: u64, len: u64, cache: &PbCache) -> Result<Vec<Piece>> {
+    pub(crate) fn map_file(&self, fd: &FileDesc, offset: u64, len: u64, cache: &PbCache) -> Result<Vec<VolumeRun>> {
         let mut out = Vec::new();
         self.map_into(fd, offset, len, cache, 0, &mut out)?;
         Ok(out)
@@ -96,7 +96,7 @@ impl BlockMap<'_> {
         len: u64,
         cache: &PbCache,
         depth: u8,
-        out: &mut Vec<Piece>,
+        out: &mut Vec<VolumeRun>,
     ) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(VmfsError::corrupt(
@@ -111,7 +111,7 @@ impl BlockMap<'_> {
         }
         if fd.zla == zla::RESIDENT {
             let at = fd.vol_offset + self.g.fd_data as u64 + offset;
-            push(out, Piece { offset, len: end - offset, kind: PieceKind::Data(at) });
+            push(out, VolumeRun { offset, len: end - offset, kind: VolumeRunKind::Data(at) });
             return Ok(());
         }
         let shift = fd.block_shift;
@@ -189,20 +189,20 @@ impl BlockMap<'_> {
         depth: u8,
         cache: &PbCache,
         fd: &FileDesc,
-        out: &mut Vec<Piece>,
+        out: &mut Vec<VolumeRun>,
     ) -> Result<u64> {
         let addr = self.decode(raw);
         // Pieces end at the block size of the pointer's kind as well as at the entry's range.
         let upto = |size: u64| -> u64 { (pos | (size - 1)).saturating_add(1).min(limit) };
         match addr {
             Addr::Null => {
-                push(out, Piece { offset: pos, len: limit - pos, kind: PieceKind::Hole });
+                push(out, VolumeRun { offset: pos, len: limit - pos, kind: VolumeRunKind::Hole });
                 Ok(limit)
             }
             Addr::Fb { block, tbz } => {
                 let e = upto(self.g.fbs);
                 let kind = self.block_piece(block, self.g.fbs, tbz, pos, raw, fd)?;
-                push(out, Piece { offset: pos, len: e - pos, kind });
+                push(out, VolumeRun { offset: pos, len: e - pos, kind });
                 Ok(e)
             }
             Addr::Sfb { cluster, resource, tbz } => {
@@ -213,13 +213,13 @@ impl BlockMap<'_> {
                 let block =
                     cluster.checked_mul(self.sfb_per_cluster).and_then(|c| c.checked_add(resource)).unwrap_or(u64::MAX);
                 let kind = self.block_piece(block, self.g.fbs, tbz, pos, raw, fd)?;
-                push(out, Piece { offset: pos, len: e - pos, kind });
+                push(out, VolumeRun { offset: pos, len: e - pos, kind });
                 Ok(e)
             }
             Addr::Lfb { block, tbz } if self.g.generation == super::fsdesc::Generation::Vmfs6 => {
                 let e = upto(self.g.lfbs);
                 let kind = self.block_piece(block, self.g.lfbs, tbz, pos, raw, fd)?;
-                push(out, Piece { offset: pos, len: e - pos, kind });
+                push(out, VolumeRun { offset: pos, len: e - pos, kind });
                 Ok(e)
             }
             Addr::Res { kind: kind::SB, cluster, resource } => {
@@ -241,7 +241,7 @@ impl BlockMap<'_> {
                     return Err(self.bad_pointer(fd, raw, "sub-block beyond the end of .sbc.sf"));
                 }
                 for p in inner {
-                    push(out, Piece { offset: pos + (p.offset - from), len: p.len, kind: p.kind });
+                    push(out, VolumeRun { offset: pos + (p.offset - from), len: p.len, kind: p.kind });
                 }
                 Ok(e)
             }
@@ -259,11 +259,11 @@ impl BlockMap<'_> {
 
     /// The piece at file offset `pos` inside block `block` of `size` bytes: to-be-zeroed when
     /// `tbz`, else data at the block's volume offset.
-    fn block_piece(&self, block: u64, size: u64, tbz: bool, pos: u64, raw: u64, fd: &FileDesc) -> Result<PieceKind> {
+    fn block_piece(&self, block: u64, size: u64, tbz: bool, pos: u64, raw: u64, fd: &FileDesc) -> Result<VolumeRunKind> {
         if tbz {
-            return Ok(PieceKind::Zero);
+            return Ok(VolumeRunKind::Zero);
         }
-        Ok(PieceKind::Data(self.block_offset(block, size, raw, fd)? + (pos & (size - 1))))
+        Ok(VolumeRunKind::Data(self.block_offset(block, size, raw, fd)? + (pos & (size - 1))))
     }
 
     fn block_offset(&self, block: u64, size: u64, raw: u64, fd: &FileDesc) -> Result<u64> {
@@ -369,7 +369,7 @@ impl BlockMap<'_> {
         let mut pieces = Vec::new();
         self.map_into(fd, offset, len, cache, depth, &mut pieces)?;
         for p in pieces {
-            if let PieceKind::Data(at) = p.kind {
+            if let VolumeRunKind::Data(at) = p.kind {
                 let b = (p.offset - offset) as usize;
                 self.lv.read_exact_at(&mut buf[b..b + p.len as usize], at)?;
             }
@@ -410,11 +410,11 @@ pub struct Extent {
 }
 
 /// Pieces with device offsets.
-pub(crate) fn to_extents(inner: &Inner, pieces: Vec<Piece>) -> Result<Vec<Extent>> {
+pub(crate) fn to_device_runs(inner: &Inner, pieces: Vec<VolumeRun>) -> Result<Vec<Extent>> {
     let mut out: Vec<Extent> = Vec::with_capacity(pieces.len());
     for p in pieces {
         match p.kind {
-            PieceKind::Data(at) => {
+            VolumeRunKind::Data(at) => {
                 let mut off = p.offset;
                 for s in inner.lv.locate(at, p.len)? {
                     out.push(Extent {
@@ -429,8 +429,8 @@ pub(crate) fn to_extents(inner: &Inner, pieces: Vec<Piece>) -> Result<Vec<Extent
                     off += s.len;
                 }
             }
-            PieceKind::Zero => out.push(Extent { offset: p.offset, len: p.len, kind: ExtentKind::Zero }),
-            PieceKind::Hole => out.push(Extent { offset: p.offset, len: p.len, kind: ExtentKind::Hole }),
+            VolumeRunKind::Zero => out.push(Extent { offset: p.offset, len: p.len, kind: ExtentKind::Zero }),
+            VolumeRunKind::Hole => out.push(Extent { offset: p.offset, len: p.len, kind: ExtentKind::Hole }),
         }
     }
     Ok(out)

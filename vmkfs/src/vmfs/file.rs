@@ -2,12 +2,12 @@
 
 use rdm::ReadAt;
 
-use super::blockmap::{BlockMap, PbCache, PieceKind};
+use super::blockmap::{BlockMap, PbCache, VolumeRunKind};
 use super::error::{Result, VmfsError};
 use super::filedesc::FileDesc;
 use std::sync::Arc;
 
-use super::blockmap::{to_extents, Extent, ExtentKind};
+use super::blockmap::{to_device_runs, Extent, ExtentKind};
 use super::inner::Inner;
 
 /// Largest range mapped at once by a read (keeps the piece list small for huge reads).
@@ -55,8 +55,8 @@ impl File {
                 let b = done + (p.offset - start) as usize;
                 let dst = &mut buf[b..b + p.len as usize];
                 match p.kind {
-                    PieceKind::Data(at) => inner.lv.read_exact_at(dst, at)?,
-                    PieceKind::Zero | PieceKind::Hole => dst.fill(0),
+                    VolumeRunKind::Data(at) => inner.lv.read_exact_at(dst, at)?,
+                    VolumeRunKind::Zero | VolumeRunKind::Hole => dst.fill(0),
                 }
             }
             done += w as usize;
@@ -86,7 +86,7 @@ impl File {
     pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let inner = &self.inner;
         let pieces = BlockMap(inner).map_file(&self.fd, offset, len, &self.cache)?;
-        to_extents(inner, pieces)
+        to_device_runs(inner, pieces)
     }
 
     /// Only the data ranges of `[offset, offset+len)` as `(file offset, length)`; everything else
@@ -95,7 +95,7 @@ impl File {
         let inner = &self.inner;
         let mut out: Vec<(u64, u64)> = Vec::new();
         for p in BlockMap(inner).map_file(&self.fd, offset, len, &self.cache)? {
-            if let PieceKind::Data(_) = p.kind {
+            if let VolumeRunKind::Data(_) = p.kind {
                 match out.last_mut() {
                     Some(l) if l.0 + l.1 == p.offset => l.1 += p.len,
                     _ => out.push((p.offset, p.len)),

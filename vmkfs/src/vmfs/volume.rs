@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::address::{fd_addr, kind, Addr};
-use super::blockmap::{BlockMap, Extent, PbCache, PieceKind};
+use super::blockmap::{BlockMap, Extent, PbCache, VolumeRunKind};
 use super::device::{read_vec, DeviceRead, HostDevice};
 use super::dir::{self, RawEntry};
 use super::error::{Result, VmfsError};
@@ -494,7 +494,7 @@ impl Namespace<'_> {
         let mut raw = vec![0u8; self.g.fd_size as usize];
         let mut vol_at = None;
         for p in &pieces {
-            let PieceKind::Data(at) = p.kind else {
+            let VolumeRunKind::Data(at) = p.kind else {
                 return Err(VmfsError::corrupt(
                     &self.place,
                     self.fdc.fd.vol_offset,
