@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vmfs_synth::{pattern, Builder, FileSpec, Gen, Layout};
-use vmkfs::vmfs::{ExtentKind, Volume};
+use vmkfs::vmfs::{DeviceRunKind, Volume};
 
 const FILE: u64 = 128 << 20;
 const CHUNK: usize = 4 << 20;
@@ -41,7 +41,7 @@ fn vmfs_read(c: &mut Criterion) {
             let map = f.extents(0, f.len()).unwrap();
             let mut sum = 0u64;
             for e in &map {
-                if let ExtentKind::Data { device_offset, .. } = e.kind {
+                if let DeviceRunKind::Data { device_offset, .. } = e.kind {
                     let mut done = 0;
                     while done < e.len {
                         let n = (e.len - done).min(CHUNK as u64) as usize;
@@ -67,7 +67,7 @@ fn vmfs_read(c: &mut Criterion) {
         })
     });
     let data_start = map.iter().find_map(|e| match e.kind {
-        ExtentKind::Data { device_offset, .. } => Some(device_offset),
+        DeviceRunKind::Data { device_offset, .. } => Some(device_offset),
         _ => None,
     });
     let start = data_start.unwrap();

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::vmkfs;
 use vmfs_common::*;
-use vmkfs::vmfs::{ExtentKind, FileKind, Volume};
+use vmkfs::vmfs::{DeviceRunKind, FileKind, Volume};
 
 const IMAGES: [&str; 3] = ["vmfs3.img", "vmfs5.bin", "vmfs6.bin"];
 /// Files up to this size are hashed by dissect.vmfs; bigger system files are checked by debugvmfs.
@@ -116,10 +116,10 @@ fn what_the_images_hold() {
     let st = vol.stat("/zeroedthick-flat.vmdk").unwrap();
     assert_eq!(st.tbz_blocks, 199);
     let map = vol.extent_map("/zeroedthick-flat.vmdk").unwrap();
-    let zero: u64 = map.iter().filter(|e| e.kind == ExtentKind::Zero).map(|e| e.len).sum();
+    let zero: u64 = map.iter().filter(|e| e.kind == DeviceRunKind::Zero).map(|e| e.len).sum();
     assert_eq!(zero, 199 << 20, "199 to-be-zeroed blocks of 1 MiB");
     let thin = vol.extent_map("/thin-flat.vmdk").unwrap();
-    let data: u64 = thin.iter().filter(|e| matches!(e.kind, ExtentKind::Data { .. })).map(|e| e.len).sum();
+    let data: u64 = thin.iter().filter(|e| matches!(e.kind, DeviceRunKind::Data { .. })).map(|e| e.len).sum();
     assert_eq!(data, 1 << 20, "the thin disk has one block allocated");
     let mut pos = 0;
     for e in &thin {

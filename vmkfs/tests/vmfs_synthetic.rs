@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use vmfs_common::*;
 use vmfs_synth::{expected, pattern, Builder, FileSpec, Gen, Layout};
-use vmkfs::vmfs::{ExtentKind, FileKind, Volume};
+use vmkfs::vmfs::{DeviceRunKind, FileKind, Volume};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -102,7 +102,7 @@ fn check(devs: &[PathBuf], files: &[(String, FileSpec)], gen: Gen) -> Volume {
             let bs = st.block_size;
             assert!(
                 map.iter()
-                    .any(|e| e.kind == ExtentKind::Zero && e.offset <= t * bs && e.offset + e.len >= (t + 1) * bs),
+                    .any(|e| e.kind == DeviceRunKind::Zero && e.offset <= t * bs && e.offset + e.len >= (t + 1) * bs),
                 "{path}: block {t}"
             );
         }
@@ -278,7 +278,7 @@ fn vmfs6_large_file_blocks_huge_file_hashed_directories() {
     let vol = check(&built.devices, &built.files, Gen::V6);
     let lfb = vol.open_file("/lfb").unwrap();
     let data: Vec<_> =
-        lfb.extents(0, GIB).unwrap().into_iter().filter(|e| matches!(e.kind, ExtentKind::Data { .. })).collect();
+        lfb.extents(0, GIB).unwrap().into_iter().filter(|e| matches!(e.kind, DeviceRunKind::Data { .. })).collect();
     assert!(data.iter().all(|e| e.len == 512 * MIB), "large file blocks map in 512 MiB runs: {data:?}");
     assert_eq!(vol.stat("/lfb-tbz").unwrap().zla, 1);
     assert_eq!(vol.read_dir("/many").unwrap().len(), 3000);
@@ -306,7 +306,7 @@ fn two_device_spanned_volume() {
     let devs: std::collections::BTreeSet<usize> = map
         .iter()
         .filter_map(|e| match e.kind {
-            ExtentKind::Data { device, .. } => Some(device),
+            DeviceRunKind::Data { device, .. } => Some(device),
             _ => None,
         })
         .collect();

@@ -17,7 +17,7 @@ use super::inner::Inner;
 /// a user file's sub-block lives in `.sbc.sf`, whose pointer blocks live in `.pb2.sf`).
 const MAX_DEPTH: u8 = 4;
 
-/// What a piece of a file is.
+/// What a run of a file on the logical volume is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VolumeRunKind {
     /// Stored at this volume offset.
@@ -28,7 +28,7 @@ pub enum VolumeRunKind {
     Hole,
 }
 
-/// A run of a file.
+/// A run of a file on the logical volume (volume offsets; [`DeviceRun`] places it on devices).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VolumeRun {
     /// Offset in the file.
@@ -39,7 +39,7 @@ pub struct VolumeRun {
     pub kind: VolumeRunKind,
 }
 
-/// Appends a piece, merging it with the previous one when they continue each other.
+/// Appends a run, merging it with the previous one when they continue each other.
 pub(crate) fn push(out: &mut Vec<VolumeRun>, p: VolumeRun) {
     if p.len == 0 {
         return;
@@ -381,7 +381,7 @@ impl BlockMap<'_> {
 /// What a range of a file is, with device offsets for data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum ExtentKind {
+pub enum DeviceRunKind {
     /// Stored on device `device` (index in [`super::Volume::devices`]) at `device_offset`.
     Data {
         /// Device index.
@@ -397,30 +397,31 @@ pub enum ExtentKind {
     Hole,
 }
 
-/// A range of a file.
+/// A range of a file placed on the volume's devices (an entry of the file's extent map; not a
+/// VMDK extent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Extent {
+pub struct DeviceRun {
     /// Offset in the file.
     pub offset: u64,
     /// Length in bytes.
     pub len: u64,
     /// What it is.
     #[serde(flatten)]
-    pub kind: ExtentKind,
+    pub kind: DeviceRunKind,
 }
 
-/// Pieces with device offsets.
-pub(crate) fn to_device_runs(inner: &Inner, pieces: Vec<VolumeRun>) -> Result<Vec<Extent>> {
-    let mut out: Vec<Extent> = Vec::with_capacity(pieces.len());
+/// Volume runs placed on devices (a volume run spanning two devices becomes two device runs).
+pub(crate) fn to_device_runs(inner: &Inner, pieces: Vec<VolumeRun>) -> Result<Vec<DeviceRun>> {
+    let mut out: Vec<DeviceRun> = Vec::with_capacity(pieces.len());
     for p in pieces {
         match p.kind {
             VolumeRunKind::Data(at) => {
                 let mut off = p.offset;
                 for s in inner.lv.locate(at, p.len)? {
-                    out.push(Extent {
+                    out.push(DeviceRun {
                         offset: off,
                         len: s.len,
-                        kind: ExtentKind::Data {
+                        kind: DeviceRunKind::Data {
                             device: s.device,
                             device_offset: s.device_offset,
                             volume_offset: s.logical,
@@ -429,8 +430,8 @@ pub(crate) fn to_device_runs(inner: &Inner, pieces: Vec<VolumeRun>) -> Result<Ve
                     off += s.len;
                 }
             }
-            VolumeRunKind::Zero => out.push(Extent { offset: p.offset, len: p.len, kind: ExtentKind::Zero }),
-            VolumeRunKind::Hole => out.push(Extent { offset: p.offset, len: p.len, kind: ExtentKind::Hole }),
+            VolumeRunKind::Zero => out.push(DeviceRun { offset: p.offset, len: p.len, kind: DeviceRunKind::Zero }),
+            VolumeRunKind::Hole => out.push(DeviceRun { offset: p.offset, len: p.len, kind: DeviceRunKind::Hole }),
         }
     }
     Ok(out)

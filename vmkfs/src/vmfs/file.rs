@@ -7,7 +7,7 @@ use super::error::{Result, VmfsError};
 use super::filedesc::FileDesc;
 use std::sync::Arc;
 
-use super::blockmap::{to_device_runs, Extent, ExtentKind};
+use super::blockmap::{to_device_runs, DeviceRun, DeviceRunKind};
 use super::inner::Inner;
 
 /// Largest range mapped at once by a read (keeps the piece list small for huge reads).
@@ -83,7 +83,7 @@ impl File {
 
     /// The extent map of `[offset, offset+len)` (clamped to the file): data ranges with device
     /// offsets, to-be-zeroed ranges and holes, in order and contiguous.
-    pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+    pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<DeviceRun>> {
         let inner = &self.inner;
         let pieces = BlockMap(inner).map_file(&self.fd, offset, len, &self.cache)?;
         to_device_runs(inner, pieces)
@@ -106,9 +106,9 @@ impl File {
     }
 
     /// Reads the data extent `e` (as returned by [`File::extents`]) straight from its device.
-    pub fn read_extent(&self, e: &Extent, buf: &mut [u8]) -> Result<()> {
+    pub fn read_extent(&self, e: &DeviceRun, buf: &mut [u8]) -> Result<()> {
         match e.kind {
-            ExtentKind::Data { device, device_offset, .. } => {
+            DeviceRunKind::Data { device, device_offset, .. } => {
                 let d = self
                     .inner
                     .lv
@@ -117,7 +117,7 @@ impl File {
                     .ok_or_else(|| VmfsError::Volume(format!("no device {device}")))?;
                 d.dev.read_exact_at(buf, device_offset)
             }
-            ExtentKind::Zero | ExtentKind::Hole => {
+            DeviceRunKind::Zero | DeviceRunKind::Hole => {
                 buf.fill(0);
                 Ok(())
             }

@@ -46,7 +46,7 @@ pub mod resource;
 pub mod storage;
 pub mod volume;
 
-pub use blockmap::{Extent, ExtentKind};
+pub use blockmap::{DeviceRun, DeviceRunKind};
 pub use device::{DeviceRead, HostDevice, MemDevice};
 pub use error::{Result, VmfsError};
 pub use file::File;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::address::{fd_addr, kind, Addr};
-use super::blockmap::{BlockMap, Extent, PbCache, VolumeRunKind};
+use super::blockmap::{BlockMap, DeviceRun, PbCache, VolumeRunKind};
 use super::device::{read_vec, DeviceRead, HostDevice};
 use super::dir::{self, RawEntry};
 use super::error::{Result, VmfsError};
@@ -382,7 +382,7 @@ impl Volume {
 
     /// The extent map of file `path`: data ranges with their device offsets, to-be-zeroed ranges
     /// and holes, covering the whole file in order.
-    pub fn extent_map(&self, path: &str) -> Result<Vec<Extent>> {
+    pub fn extent_map(&self, path: &str) -> Result<Vec<DeviceRun>> {
         let f = self.open_file(path)?;
         f.extents(0, f.len())
     }
