@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
-use vmdk::extent::stream_read::{BackingCursor, Pipe, SeqRead, StreamReader};
+use vmdk::extent::stream::sequential::{BackingCursor, Pipe, SeqRead, StreamReader};
 use vmdk::Storage;
 use vmkfs_fuzz::{kdmv_file, MemStorage, DISK};
 

@@ -14,7 +14,7 @@ use crate::extent::flat::FlatExtent;
 use crate::extent::gtcache::GtCache;
 use crate::extent::kdmv::{Layout, SparseHeader};
 use crate::extent::sparse::{self, SparseExtent};
-use crate::extent::stream_write::stream_header;
+use crate::extent::stream::writer::stream_header;
 use crate::extent::{Extent, ExtentKind};
 use crate::link::{new_cid, Container, Link};
 use crate::storage::{write_zeros, Backing, HostStorage, Storage};
@@ -585,8 +585,8 @@ pub fn planned_files(path: &Path, format: DiskFormat, capacity: u64, split_secto
 
 /// A streamOptimized file being written: an empty file under a temporary name, and the header
 /// and embedded descriptor it must start with. Append the stream to [`NewStream::backing`] (with
-/// [`StreamWriter`](crate::extent::stream_write::StreamWriter) over a
-/// [`BackingSink`](crate::extent::stream_write::BackingSink)), then [`NewStream::commit`]. The file is
+/// [`StreamWriter`](crate::extent::stream::writer::StreamWriter) over a
+/// [`BackingSink`](crate::extent::stream::writer::BackingSink)), then [`NewStream::commit`]. The file is
 /// held by a [`NewDisk`] without a link (the one place temporary files are handled): dropping a
 /// `NewStream` without committing removes it.
 #[derive(Debug)]

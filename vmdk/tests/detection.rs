@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use common::counting::{cheaply, Counting};
 use common::*;
 use vmdk::create::{create, stream_layout, CreateOptions, DiskFormat, Parent};
-use vmdk::extent::stream_read::{Pipe, StreamReader};
-use vmdk::extent::stream_write::{EncodedGrains, GrainEncoder, StreamWriter, WriteSink};
+use vmdk::extent::stream::sequential::{Pipe, StreamReader};
+use vmdk::extent::stream::writer::{EncodedGrains, GrainEncoder, StreamWriter, WriteSink};
 use vmdk::{Container, Error, Link, OpenOptions, Storage};
 
 #[global_allocator]

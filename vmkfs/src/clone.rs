@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 
 use redo::Chain;
 use vmdk::create::{create, create_stream, stream_layout, Adapter, CreateOptions, DiskFormat, NewDisk, NewStream};
-use vmdk::extent::stream_write::{BackingSink, WriteSink};
+use vmdk::extent::stream::writer::{BackingSink, WriteSink};
 use vmdk::{Link, OpenOptions};
 
 use crate::engine::{copy, copy_feed, CopyStats, EngineOptions, Feed, Needs, Piece, Source, Target};

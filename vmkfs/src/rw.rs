@@ -42,7 +42,7 @@ pub fn write_from(chain: &Chain, offset: u64, mut input: impl Read, name: &Path)
     let mut buf = vec![0u8; STEP];
     let mut pos = offset;
     loop {
-        let n = vmdk::extent::stream_read::read_full(&mut input, &mut buf, name)?;
+        let n = vmdk::extent::stream::sequential::read_full(&mut input, &mut buf, name)?;
         if n == 0 {
             break;
         }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use vmdk::extent::kdmv::{SparseHeader, MAGIC};
-use vmdk::extent::stream_read::{inflate_into, Pipe, RawGrain, SeqRead, StreamReader};
-use vmdk::extent::stream_write::{EncodedGrains, GrainEncoder, Sink, StreamWriter};
+use vmdk::extent::stream::sequential::{inflate_into, Pipe, RawGrain, SeqRead, StreamReader};
+use vmdk::extent::stream::writer::{EncodedGrains, GrainEncoder, Sink, StreamWriter};
 
 use crate::engine::{EngineOptions, Feed, FeedPiece, Needs, Piece, Target};
 use crate::error::{Error, Result};
@@ -289,7 +289,7 @@ impl<R: Read + Send> RawFeed<R> {
     }
 
     fn read_full(&mut self, buf: &mut [u8]) -> vmdk::Result<usize> {
-        vmdk::extent::stream_read::read_full(&mut self.r, buf, &self.name)
+        vmdk::extent::stream::sequential::read_full(&mut self.r, buf, &self.name)
     }
 }
 
@@ -436,7 +436,7 @@ mod tests {
 
     use super::*;
     use crate::engine::copy_feed;
-    use vmdk::extent::stream_write::WriteSink;
+    use vmdk::extent::stream::writer::WriteSink;
 
     fn disk() -> Vec<u8> {
         let mut d = vec![0u8; 5 << 20];

@@ -21,9 +21,6 @@ pub mod sesparse;
 pub mod sparse;
 pub mod sparse_check;
 pub mod stream;
-pub mod stream_model;
-pub mod stream_read;
-pub mod stream_write;
 pub mod zero;
 
 /// What kind an extent is. [`ExtentKind::as_str`] is its descriptor keyword (`STREAM` for a

@@ -1,5 +1,5 @@
 //! The one description of a streamOptimized file that both of its readers build on: the
-//! random-access reader ([`super::stream`], files) and the sequential one ([`super::stream_read`],
+//! random-access reader ([`super`], files) and the sequential one ([`super::sequential`],
 //! pipes). Whatever they read the disk's shape from — capacity, grain size, table sizes, where the
 //! directory is, the embedded descriptor and its extent size, the footer, metadata markers, the
 //! file length — is checked here, by the same function for both, so a file the two would read
@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
-use super::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, GD_AT_END};
+use crate::extent::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, GD_AT_END};
 use crate::descriptor::{Descriptor, ExtentType};
 use crate::error::{Error, Result};
 
@@ -443,7 +443,7 @@ pub fn inflate_grain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extent::stream_write::stream_header;
+    use crate::extent::stream::writer::stream_header;
 
     fn model(h: SparseHeader) -> Result<StreamModel> {
         StreamModel::new(h, Path::new("s.vmdk"))
@@ -507,9 +507,9 @@ mod tests {
         m.check_length(128 * 512 + 1024).unwrap();
         let e = m.check_length(65_187).unwrap_err();
         assert!(matches!(e, Error::Corrupt { offset: 65_187, .. }) && e.to_string().contains("truncated"), "{e}");
-        assert!(check_table_marker(Path::new("s"), &crate::extent::stream_write::metadata_marker(4, 1), 0, 512).is_ok());
+        assert!(check_table_marker(Path::new("s"), &crate::extent::stream::writer::metadata_marker(4, 1), 0, 512).is_ok());
         assert!(
-            check_table_marker(Path::new("s"), &crate::extent::stream_write::metadata_marker(1, 1), 0, 512).is_err()
+            check_table_marker(Path::new("s"), &crate::extent::stream::writer::metadata_marker(1, 1), 0, 512).is_err()
         );
     }
 }

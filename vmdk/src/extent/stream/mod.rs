@@ -3,8 +3,8 @@
 //! an "at end" file without a footer, through an index built by walking the markers.
 //!
 //! The stream's shape (capacity, grain and table sizes, embedded descriptor, footer, markers, file
-//! length) is validated by [`super::stream_model`], the same rules the sequential reader
-//! ([`super::stream_read`], pipes) applies. Writing is in [`super::stream_write`].
+//! length) is validated by [`layout`], the same rules the sequential reader
+//! ([`sequential`], pipes) applies. Writing is in [`writer`].
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -14,15 +14,19 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use super::gtcache::GtCache;
 use super::kdmv::{self, SparseHeader, GD_AT_END};
 use super::sparse::GrainDir;
-use super::stream_model::{inflate_grain, max_compressed_size, parse_marker, StreamModel};
-pub use super::stream_model::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, MARKER_PROGRESS};
-use super::stream_read::{BackingCursor, StreamReader};
+use layout::{inflate_grain, max_compressed_size, parse_marker, StreamModel};
+pub use layout::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, MARKER_PROGRESS};
+use sequential::{BackingCursor, StreamReader};
 use super::{Extent, ExtentInfo, ExtentKind};
 use rdm::ReadAt;
 use crate::error::{Error, Result};
 use crate::findings::Sink;
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
+
+pub mod layout;
+pub mod sequential;
+pub mod writer;
 
 /// Builds the [`StreamModel`] of the stream in `backing` whose header (sector 0) is `header`:
 /// checks the header, the file length and the embedded descriptor (including descriptor text left

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use byteorder::{ByteOrder, LittleEndian as LE};
 use flate2::{Compress, Compression, FlushCompress, Status};
 
-use super::is_zero;
-use super::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, GD_AT_END};
-use super::stream::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
+use crate::extent::is_zero;
+use crate::extent::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, GD_AT_END};
+use super::layout::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
 use crate::error::{Error, Result};
 use crate::storage::Backing;
 

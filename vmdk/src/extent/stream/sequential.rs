@@ -13,7 +13,7 @@
 //! a `GD_AT_END` stream must reach its end-of-stream marker, and a stream with its tables up front
 //! must hold every grain they point to.
 //!
-//! The stream's shape is checked by [`super::stream_model::StreamModel`], as the random-access
+//! The stream's shape is checked by [`super::layout::StreamModel`], as the random-access
 //! reader checks it: header, embedded descriptor (createType and extent size), the tables up front,
 //! the sizes stated by grain table, directory and footer markers, the footer itself (which must name
 //! a directory that follows a directory marker, and be followed by the end-of-stream marker and
@@ -26,9 +26,9 @@ use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
-use super::kdmv::{SparseHeader, GD_AT_END};
-use super::stream_model::{inflate_grain, max_compressed_size};
-use super::stream_model::{parse_marker, StreamModel, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
+use crate::extent::kdmv::{SparseHeader, GD_AT_END};
+use super::layout::{inflate_grain, max_compressed_size};
+use super::layout::{parse_marker, StreamModel, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
 use crate::error::{Error, Result};
 use crate::storage::Backing;
 
@@ -279,7 +279,7 @@ impl<S: SeqRead> StreamReader<S> {
         let end = self.model.overhead_bytes();
         let desc = self.model.descriptor_range();
         let undeclared =
-            super::kdmv::undeclared_descriptor_sector(self.model.header()).map(|(s, _)| (s * 512, s * 512 + 512));
+            crate::extent::kdmv::undeclared_descriptor_sector(self.model.header()).map(|(s, _)| (s * 512, s * 512 + 512));
         let gd = self.model.header_directory();
         let gd_bytes = gd.map(|(s, e)| e - s).unwrap_or(0);
         let mut desc_buf = Vec::new();
@@ -366,7 +366,7 @@ impl<S: SeqRead> StreamReader<S> {
             }
             self.pos = b1;
         }
-        super::kdmv::check_undeclared_descriptor(self.model.header(), &undeclared_buf, self.path())?;
+        crate::extent::kdmv::check_undeclared_descriptor(self.model.header(), &undeclared_buf, self.path())?;
         let n = desc_buf.iter().position(|&b| b == 0).unwrap_or(desc_buf.len());
         let text = String::from_utf8_lossy(&desc_buf[..n]).into_owned();
         self.model.set_descriptor(desc.map(|_| text.as_str()))?;
@@ -599,7 +599,7 @@ pub fn inflate_into(path: &Path, header: &SparseHeader, g: &RawGrain, out: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extent::stream_write::{stream_header, EncodedGrains, GrainEncoder, StreamWriter, WriteSink};
+    use crate::extent::stream::writer::{stream_header, EncodedGrains, GrainEncoder, StreamWriter, WriteSink};
 
     fn desc(cap_grains: u64) -> String {
         format!(
@@ -662,7 +662,7 @@ mod tests {
         let (disk, file) = sample(8);
         let insert = |at: usize| {
             let mut f = file[..at].to_vec();
-            f.extend_from_slice(&crate::extent::stream_write::metadata_marker(2, 4));
+            f.extend_from_slice(&crate::extent::stream::writer::metadata_marker(2, 4));
             f.extend_from_slice(&[0xAB; 1024]);
             f.extend_from_slice(&file[at..]);
             f
