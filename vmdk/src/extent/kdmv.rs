@@ -373,6 +373,58 @@ pub fn check_descriptor_fields(backing: &Arc<dyn Backing>, h: &SparseHeader) -> 
     check_undeclared_descriptor(h, &s, backing.path())
 }
 
+// Metadata markers: shared by streamOptimized extents (every table follows one) and hosted sparse
+// ones (whose reader checks the markers of a stream's inline tables).
+
+/// Marker type: end of stream.
+pub const MARKER_EOS: u32 = 0;
+/// Marker type: grain table follows.
+pub const MARKER_GT: u32 = 1;
+/// Marker type: grain directory follows.
+pub const MARKER_GD: u32 = 2;
+/// Marker type: footer follows.
+pub const MARKER_FOOTER: u32 = 3;
+/// Marker type 4: undocumented ("progress" in open-vmdk; seen in vSphere files). Skipped.
+pub const MARKER_PROGRESS: u32 = 4;
+
+/// Sectors of one grain table of `gtes` 32-bit entries.
+pub fn table_sectors(gtes: u32) -> u64 {
+    (gtes as u64 * 4).div_ceil(512)
+}
+
+/// A metadata marker as found in a sector: `(numSectors, size, type)`.
+pub fn parse_marker(sector: &[u8]) -> (u64, u32, u32) {
+    (LE::read_u64(&sector[0..]), LE::read_u32(&sector[8..]), LE::read_u32(&sector[12..]))
+}
+
+pub(crate) fn marker_name(kind: u32) -> &'static str {
+    match kind {
+        MARKER_EOS => "end-of-stream",
+        MARKER_GT => "grain table",
+        MARKER_GD => "grain directory",
+        MARKER_FOOTER => "footer",
+        _ => "metadata",
+    }
+}
+
+/// Checks that the sector at byte `at` of `path` is a grain table marker stating one table of
+/// `gtes` entries (the record an inline table of a stream follows).
+pub fn check_table_marker(path: &Path, sector: &[u8], at: u64, gtes: u32) -> Result<()> {
+    let (val, size, kind) = parse_marker(sector);
+    let want = table_sectors(gtes);
+    if size != 0 || kind != MARKER_GT || val != want {
+        return Err(Error::corrupt(
+            path,
+            at,
+            format!(
+                "expected a grain table marker of {want} sectors before the grain table at byte {}, found (numSectors {val}, size {size}, type {kind})",
+                at + 512
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,7 +178,7 @@ impl GrainDir {
 
     /// Requires every table at or after sector `from` to follow a grain table marker whose length
     /// is one table (the inline tables of a streamOptimized file; see
-    /// [`super::stream::layout::StreamModel::check_marker`]).
+    /// [`super::stream::layout::StreamModel::check_marker`], [`super::kdmv::check_table_marker`]).
     pub fn with_inline_tables(mut self, from: u64) -> GrainDir {
         self.inline_from = Some(from);
         self
@@ -329,7 +329,7 @@ impl GrainDir {
         self.backing.read_exact_at(&mut raw, sector * 512 - marker as u64)?;
         if inline {
             let at = (sector - 1) * 512;
-            super::stream::layout::check_table_marker(self.backing.path(), &raw[..512], at, self.gtes)?;
+            super::kdmv::check_table_marker(self.backing.path(), &raw[..512], at, self.gtes)?;
         }
         Ok(raw[marker..].chunks_exact(4).map(|c| LE::read_u32(c) as u64).collect())
     }

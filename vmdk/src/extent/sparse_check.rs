@@ -29,7 +29,7 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use super::cowd::{self, CowdHeader};
 use super::kdmv::{SparseHeader, FLAG_RGD, FLAG_ZEROED_GTE, GD_AT_END};
 use super::sparse::{EntryRule, Grain, GrainDir};
-use super::stream::layout::table_sectors;
+use super::kdmv::table_sectors;
 use crate::error::Result;
 use crate::findings::{Change, ProblemId, Sink};
 use crate::storage::Backing;

@@ -20,8 +20,7 @@
 use flate2::{Decompress, FlushDecompress, Status};
 use std::path::{Path, PathBuf};
 
-use byteorder::{ByteOrder, LittleEndian as LE};
-
+use crate::extent::kdmv::{marker_name, table_sectors, MARKER_FOOTER, MARKER_GD, MARKER_GT};
 use crate::extent::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, GD_AT_END};
 use crate::descriptor::{Descriptor, ExtentType};
 use crate::error::{Error, Result};
@@ -29,55 +28,6 @@ use crate::error::{Error, Result};
 /// Largest grain a stream may have, in sectors (8 MiB; every known writer uses 128). A grain is
 /// inflated whole, so this bounds what one read allocates.
 pub const MAX_STREAM_GRAIN_SECTORS: u64 = 16384;
-
-/// Marker type: end of stream.
-pub const MARKER_EOS: u32 = 0;
-/// Marker type: grain table follows.
-pub const MARKER_GT: u32 = 1;
-/// Marker type: grain directory follows.
-pub const MARKER_GD: u32 = 2;
-/// Marker type: footer follows.
-pub const MARKER_FOOTER: u32 = 3;
-/// Marker type 4: undocumented ("progress" in open-vmdk; seen in vSphere files). Skipped.
-pub const MARKER_PROGRESS: u32 = 4;
-
-/// Sectors of one grain table of `gtes` 32-bit entries.
-pub fn table_sectors(gtes: u32) -> u64 {
-    (gtes as u64 * 4).div_ceil(512)
-}
-
-/// A metadata marker as found in a sector: `(numSectors, size, type)`.
-pub fn parse_marker(sector: &[u8]) -> (u64, u32, u32) {
-    (LE::read_u64(&sector[0..]), LE::read_u32(&sector[8..]), LE::read_u32(&sector[12..]))
-}
-
-fn marker_name(kind: u32) -> &'static str {
-    match kind {
-        MARKER_EOS => "end-of-stream",
-        MARKER_GT => "grain table",
-        MARKER_GD => "grain directory",
-        MARKER_FOOTER => "footer",
-        _ => "metadata",
-    }
-}
-
-/// Checks that the sector at byte `at` of `path` is a grain table marker stating one table of
-/// `gtes` entries (the record an inline table of a stream follows).
-pub fn check_table_marker(path: &Path, sector: &[u8], at: u64, gtes: u32) -> Result<()> {
-    let (val, size, kind) = parse_marker(sector);
-    let want = table_sectors(gtes);
-    if size != 0 || kind != MARKER_GT || val != want {
-        return Err(Error::corrupt(
-            path,
-            at,
-            format!(
-                "expected a grain table marker of {want} sectors before the grain table at byte {}, found (numSectors {val}, size {size}, type {kind})",
-                at + 512
-            ),
-        ));
-    }
-    Ok(())
-}
 
 /// The shape of a stream, validated: built from its header, completed with its embedded
 /// descriptor.
@@ -443,6 +393,7 @@ pub fn inflate_grain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extent::kdmv::{check_table_marker, MARKER_PROGRESS};
     use crate::extent::stream::writer::stream_header;
 
     fn model(h: SparseHeader) -> Result<StreamModel> {

@@ -28,7 +28,8 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 
 use crate::extent::kdmv::{SparseHeader, GD_AT_END};
 use super::layout::{inflate_grain, max_compressed_size};
-use super::layout::{parse_marker, StreamModel, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
+use super::layout::StreamModel;
+use crate::extent::kdmv::{parse_marker, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
 use crate::error::{Error, Result};
 use crate::storage::Backing;
 

@@ -20,7 +20,7 @@ use flate2::{Compress, Compression, FlushCompress, Status};
 
 use crate::extent::is_zero;
 use crate::extent::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, GD_AT_END};
-use super::layout::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
+use crate::extent::kdmv::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
 use crate::error::{Error, Result};
 use crate::storage::Backing;
 
