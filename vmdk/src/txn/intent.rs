@@ -614,20 +614,27 @@ mod tests {
         settle(st.as_ref(), &disk).unwrap();
     }
 
+    /// Writes the temporary descriptor and extent of a new disk and begins its creation intent:
+    /// the extent's rename first, the descriptor's last. `(temporary, final)` names each.
+    fn begin_creation(st: &Arc<dyn Storage>, desc: (&PathBuf, &PathBuf), ext: (&PathBuf, &PathBuf)) -> Intent {
+        std::fs::write(desc.0, b"descriptor").unwrap();
+        std::fs::write(ext.0, b"extent").unwrap();
+        let mut i = Intent::begin(st, desc.1, "create", &[], None).unwrap();
+        i.set_creation_steps(vec![
+            Step::RenameNew { from: ext.0.clone(), to: ext.1.clone() },
+            Step::RenameNew { from: desc.0.clone(), to: desc.1.clone() },
+        ])
+        .unwrap();
+        i
+    }
+
     #[test]
     fn a_creation_interrupted_before_its_last_rename_is_undone() {
         let dir = tempfile::tempdir().unwrap();
         let st = HostStorage::shared();
         let (disk, ext) = (dir.path().join("d.vmdk"), dir.path().join("d-flat.vmdk"));
         let (td, te) = (temp_name(&disk), temp_name(&ext));
-        std::fs::write(&td, b"descriptor").unwrap();
-        std::fs::write(&te, b"extent").unwrap();
-        let mut i = Intent::begin(&st, &disk, "create", &[], None).unwrap();
-        i.set_creation_steps(vec![
-            Step::RenameNew { from: te.clone(), to: ext.clone() },
-            Step::RenameNew { from: td.clone(), to: disk.clone() },
-        ])
-        .unwrap();
+        let i = begin_creation(&st, (&td, &disk), (&te, &ext));
         // Killed after the extent's rename, before the descriptor's.
         std::fs::rename(&te, &ext).unwrap();
         drop(i);
@@ -635,14 +642,7 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
         // Past the last rename it is finished instead.
-        std::fs::write(&td, b"descriptor").unwrap();
-        std::fs::write(&te, b"extent").unwrap();
-        let mut i = Intent::begin(&st, &disk, "create", &[], None).unwrap();
-        i.set_creation_steps(vec![
-            Step::RenameNew { from: te.clone(), to: ext.clone() },
-            Step::RenameNew { from: td.clone(), to: disk.clone() },
-        ])
-        .unwrap();
+        let i = begin_creation(&st, (&td, &disk), (&te, &ext));
         std::fs::rename(&td, &disk).unwrap();
         drop(i);
         settle(st.as_ref(), &disk).unwrap();
