@@ -67,16 +67,15 @@ impl DiskFormat {
     ];
 
     /// Every format we write: [`DiskFormat::ALL`] and streamOptimized.
-    pub const EVERY: [DiskFormat; 8] = [
-        DiskFormat::ZeroedThick,
-        DiskFormat::EagerZeroedThick,
-        DiskFormat::Thin,
-        DiskFormat::MonoSparse,
-        DiskFormat::TwoGbSparse,
-        DiskFormat::MonoFlat,
-        DiskFormat::TwoGbFlat,
-        DiskFormat::StreamOptimized,
-    ];
+    pub const EVERY: [DiskFormat; 8] = {
+        let mut every = [DiskFormat::StreamOptimized; 8];
+        let mut i = 0;
+        while i < DiskFormat::ALL.len() {
+            every[i] = DiskFormat::ALL[i];
+            i += 1;
+        }
+        every
+    };
 
     /// Parses a `-d` value (case-insensitive; `thick` means zeroedthick).
     pub fn parse(s: &str) -> Option<DiskFormat> {
@@ -118,6 +117,18 @@ impl DiskFormat {
             DiskFormat::MonoFlat => "monolithic flat",
             DiskFormat::TwoGbFlat => "flat with 2GB maximum extent size",
             DiskFormat::StreamOptimized => "stream optimized (compressed)",
+        }
+    }
+
+    /// The createType of a disk made in this format.
+    pub fn create_type(self) -> CreateType {
+        match self {
+            DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => CreateType::Vmfs,
+            DiskFormat::MonoSparse => CreateType::MonolithicSparse,
+            DiskFormat::TwoGbSparse => CreateType::TwoGbMaxExtentSparse,
+            DiskFormat::MonoFlat => CreateType::MonolithicFlat,
+            DiskFormat::TwoGbFlat => CreateType::TwoGbMaxExtentFlat,
+            DiskFormat::StreamOptimized => CreateType::StreamOptimized,
         }
     }
 
@@ -473,15 +484,7 @@ fn new_descriptor(opts: &CreateOptions, sizes: &[u64], files: &[PathBuf]) -> Des
     let format = opts.format;
     let sectors = opts.capacity / 512;
     let cid = opts.cid.filter(|c| *c != NO_CID).unwrap_or_else(|| new_cid(NO_CID));
-    let create_type = match format {
-        DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => CreateType::Vmfs,
-        DiskFormat::MonoSparse => CreateType::MonolithicSparse,
-        DiskFormat::TwoGbSparse => CreateType::TwoGbMaxExtentSparse,
-        DiskFormat::MonoFlat => CreateType::MonolithicFlat,
-        DiskFormat::TwoGbFlat => CreateType::TwoGbMaxExtentFlat,
-        DiskFormat::StreamOptimized => CreateType::StreamOptimized,
-    };
-    let mut desc = Descriptor::new(create_type, cid);
+    let mut desc = Descriptor::new(format.create_type(), cid);
     if let Some(p) = &opts.parent {
         desc.parent_cid = p.cid;
         desc.parent_file_name_hint = Some(p.hint.clone());
@@ -775,6 +778,23 @@ pub fn check_capacity(path: &Path, format: DiskFormat, capacity: u64, split_sect
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_format_names_its_create_type() {
+        let names: Vec<String> = DiskFormat::EVERY.iter().map(|f| f.create_type().as_str().to_string()).collect();
+        let want = [
+            "vmfs",
+            "vmfs",
+            "vmfs",
+            "monolithicSparse",
+            "twoGbMaxExtentSparse",
+            "monolithicFlat",
+            "twoGbMaxExtentFlat",
+            "streamOptimized",
+        ];
+        assert_eq!(names, want);
+        assert_eq!(DiskFormat::EVERY[..7], DiskFormat::ALL);
+    }
 
     #[test]
     fn geometry_follows_vmware() {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use vmdk::create::{create, CreateOptions, DiskFormat};
-use vmdk::{Container, CreateType, Link, OpenOptions, State};
+use vmdk::{Container, Link, OpenOptions, State};
 
 // ---------------------------------------------------------------------------------------------
 // qemu writes, we read
@@ -361,15 +361,7 @@ fn we_write(format: DiskFormat, seed: u64) {
     let expected_extents = if matches!(format, DiskFormat::TwoGbSparse | DiskFormat::TwoGbFlat) { 3 } else { 1 };
     assert_eq!(link.extents().len(), expected_extents, "{}", format.name());
     assert!(!link.was_unclean(), "{}: unclean flag left set after commit", format.name());
-    let want_type = match format {
-        DiskFormat::ZeroedThick | DiskFormat::EagerZeroedThick | DiskFormat::Thin => CreateType::Vmfs,
-        DiskFormat::MonoSparse => CreateType::MonolithicSparse,
-        DiskFormat::TwoGbSparse => CreateType::TwoGbMaxExtentSparse,
-        DiskFormat::MonoFlat => CreateType::MonolithicFlat,
-        DiskFormat::TwoGbFlat => CreateType::TwoGbMaxExtentFlat,
-        DiskFormat::StreamOptimized => CreateType::StreamOptimized,
-    };
-    assert_eq!(link.descriptor().create_type, want_type);
+    assert_eq!(link.descriptor().create_type, format.create_type());
     assert_same(&read_all(&link), &data, &format!("{}: reopened", format.name()));
     random_reads(&link, &data, seed + 100);
     let map = link.map(0, OUR_CAP).unwrap();
