@@ -483,14 +483,7 @@ fn random_access(p: &Path) -> Result<Vec<u8>, Error> {
 
 /// The whole disk through the sequential reader, from a pipe over the file.
 fn piped(p: &Path) -> Result<Vec<u8>, Error> {
-    let mut r = StreamReader::new(Pipe::new(File::open(p).unwrap(), p), p)?;
-    let mut disk = vec![0u8; r.capacity() as usize];
-    while let Some(g) = r.next_grain()? {
-        let s = (g.lba * 512) as usize;
-        let e = (s + r.grain_bytes() as usize).min(disk.len());
-        r.inflate(&g, &mut disk[s..e])?;
-    }
-    Ok(disk)
+    StreamReader::new(Pipe::new(File::open(p).unwrap(), p), p)?.read_to_vec()
 }
 
 /// Reads `p` both ways: the same bytes from both (returned), or an error from both (returned,

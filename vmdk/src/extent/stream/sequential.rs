@@ -586,6 +586,18 @@ impl<S: SeqRead> StreamReader<S> {
     pub fn inflate(&self, g: &RawGrain, out: &mut [u8]) -> Result<()> {
         inflate_into(self.path(), self.model.header(), g, out)
     }
+
+    /// The whole disk in one buffer of its capacity, every grain inflated in place (small disks
+    /// and tests: the buffer is as large as the disk).
+    pub fn read_to_vec(mut self) -> Result<Vec<u8>> {
+        let mut disk = vec![0u8; self.capacity() as usize];
+        while let Some(g) = self.next_grain()? {
+            let s = (g.lba * 512) as usize;
+            let e = (s + self.grain_bytes() as usize).min(disk.len());
+            self.inflate(&g, &mut disk[s..e])?;
+        }
+        Ok(disk)
+    }
 }
 
 /// Inflates the grain `g` of a stream with `header` into `out` (at most one grain of bytes; the grain
@@ -630,14 +642,7 @@ mod tests {
     }
 
     fn read_all(file: &[u8]) -> Result<Vec<u8>> {
-        let mut r = StreamReader::new(Pipe::new(file, "<mem>"), Path::new("<mem>"))?;
-        let mut disk = vec![0u8; r.capacity() as usize];
-        while let Some(g) = r.next_grain()? {
-            let s = (g.lba * 512) as usize;
-            let e = (s + r.grain_bytes() as usize).min(disk.len());
-            r.inflate(&g, &mut disk[s..e])?;
-        }
-        Ok(disk)
+        StreamReader::new(Pipe::new(file, "<mem>"), Path::new("<mem>"))?.read_to_vec()
     }
 
     #[test]
