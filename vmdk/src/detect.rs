@@ -30,8 +30,8 @@ use crate::descriptor::{descriptor_evidence, looks_like_descriptor};
 use crate::error::{Error, Result};
 use crate::extent::cowd::{self, CowdHeader};
 use crate::extent::kdmv::{self, SparseHeader, FLAG_NEWLINE_TEST, GD_AT_END, NEWLINE_TEST};
-use crate::extent::sesparse::{self, SeSparseHeader};
 use crate::extent::kdmv::{parse_marker, MARKER_FOOTER};
+use crate::extent::sesparse::{self, SeSparseHeader};
 use crate::storage::Backing;
 
 /// Bytes at the start of a file that detection looks at.

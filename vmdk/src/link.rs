@@ -21,11 +21,11 @@ use crate::extent::sparse::SparseExtent;
 use crate::extent::stream::{self, StreamExtent};
 use crate::extent::zero::ZeroExtent;
 use crate::extent::{Extent, ExtentInfo, ExtentKind};
-use rdm::{ReadAt, Shifted};
 use crate::family::{self, ParentRef};
 use crate::map::{AllocMap, MapSource};
 use crate::storage::{resolve_extent_path, Backing, HostStorage, LockMode, Storage};
 use crate::txn;
+use rdm::{ReadAt, Shifted};
 
 /// How to open a link.
 #[derive(Debug, Clone)]

@@ -198,7 +198,12 @@ fn disk_extent_files(path: &Path, opts: &OpenOptions, sink: &mut Sink) -> Result
                 sink.problem(path, 0, format!("extent file {name:?} ({}) is missing", file.display()));
                 continue;
             }
-            v.push(ExtentFile { file, line: Some(line.clone()), create_type: Some(d.create_type.clone()), main: false });
+            v.push(ExtentFile {
+                file,
+                line: Some(line.clone()),
+                create_type: Some(d.create_type.clone()),
+                main: false,
+            });
         }
         Ok(v)
     };

@@ -19,9 +19,9 @@ use crate::descriptor::{CreateType, Descriptor, ExtentLine, ExtentType};
 use crate::error::{Error, Result};
 use crate::extent::flat::FlatExtent;
 use crate::extent::{Extent, ExtentInfo, ExtentKind};
-use rdm::ReadAt;
 use crate::map::AllocMap;
 use crate::storage::{confine, resolve_extent_path, Backing, HostFile, Storage};
+use rdm::ReadAt;
 
 /// The RDM mode a descriptor declares: [`Mode::Virtual`] for `vmfsRawDeviceMap`, [`Mode::Physical`]
 /// for `vmfsPassthroughRawDeviceMap`, [`Mode::Raw`] for `vmfsRaw` or any `VMFSRAW` extent, `None`

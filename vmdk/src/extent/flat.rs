@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use super::{Extent, ExtentInfo, ExtentKind};
-use rdm::ReadAt;
 use crate::error::{Error, Result};
 use crate::findings::Sink;
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
+use rdm::ReadAt;
 
 /// The first window of a map's `SEEK_DATA` walk; it doubles while windows hold at most
 /// [`WINDOW_RUNS`] runs and halves (down to [`MIN_WINDOW`]) where they hold more.

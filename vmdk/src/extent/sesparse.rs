@@ -14,11 +14,11 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use super::gtcache::{self, GtCache, Table};
 use super::sparse::Grain;
 use super::{Extent, ExtentInfo, ExtentKind};
-use rdm::ReadAt;
 use crate::error::{Error, Result};
 use crate::findings::Sink;
 use crate::map::AllocMap;
 use crate::storage::Backing;
+use rdm::ReadAt;
 
 /// Constant-header magic.
 pub const MAGIC: u64 = 0xCAFE_BABE;

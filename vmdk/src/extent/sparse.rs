@@ -13,10 +13,10 @@ use super::cowd::CowdHeader;
 use super::gtcache::{self, GtCache, Table};
 use super::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_RGD, FLAG_ZEROED_GTE, GD_AT_END};
 use super::{is_zero, pieces, Extent, ExtentInfo, ExtentKind};
-use rdm::ReadAt;
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
+use rdm::ReadAt;
 
 /// Bytes of a file whose data runs [`GrainDir::skip_unwritten_tables`] asks for at a time.
 pub const TABLE_WINDOW: u64 = 64 << 20;
@@ -756,7 +756,12 @@ impl SparseExtent {
         Ok(reached)
     }
 
-    fn allocate(&self, jobs: Vec<(u64, u64, usize)>, buf: &[u8], below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
+    fn allocate(
+        &self,
+        jobs: Vec<(u64, u64, usize)>,
+        buf: &[u8],
+        below: Option<&dyn ReadAt<Error = Error>>,
+    ) -> Result<()> {
         let gb = self.grain_bytes;
         let gtes = self.dir.gtes as u64;
         let zeroed_ok = self.zeroed_ok();

@@ -27,9 +27,9 @@ use std::sync::Arc;
 use byteorder::{ByteOrder, LittleEndian as LE};
 
 use super::cowd::{self, CowdHeader};
+use super::kdmv::table_sectors;
 use super::kdmv::{SparseHeader, FLAG_RGD, FLAG_ZEROED_GTE, GD_AT_END};
 use super::sparse::{EntryRule, Grain, GrainDir};
-use super::kdmv::table_sectors;
 use crate::error::Result;
 use crate::findings::{Change, ProblemId, Sink};
 use crate::storage::Backing;

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use super::{Extent, ExtentInfo, ExtentKind};
-use rdm::ReadAt;
 use crate::error::{Error, Result};
 use crate::map::{AllocMap, State};
+use rdm::ReadAt;
 
 /// A `ZERO` extent.
 #[derive(Debug)]

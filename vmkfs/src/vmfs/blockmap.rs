@@ -259,7 +259,15 @@ impl BlockMap<'_> {
 
     /// The piece at file offset `pos` inside block `block` of `size` bytes: to-be-zeroed when
     /// `tbz`, else data at the block's volume offset.
-    fn block_piece(&self, block: u64, size: u64, tbz: bool, pos: u64, raw: u64, fd: &FileDesc) -> Result<VolumeRunKind> {
+    fn block_piece(
+        &self,
+        block: u64,
+        size: u64,
+        tbz: bool,
+        pos: u64,
+        raw: u64,
+        fd: &FileDesc,
+    ) -> Result<VolumeRunKind> {
         if tbz {
             return Ok(VolumeRunKind::Zero);
         }

@@ -53,6 +53,6 @@ pub use file::File;
 pub use filedesc::{DiskLock, FileDesc, FileKind, RdmInfo};
 pub use fsdesc::{FsDescriptor, Generation};
 pub use heartbeat::Heartbeat;
-pub use storage::{VmfsBacking, VmfsStorage};
 pub use rdm::ReadAt;
+pub use storage::{VmfsBacking, VmfsStorage};
 pub use volume::{DeviceInfo, DirEntry, Stat, Usage, Volume};

@@ -20,10 +20,10 @@
 use flate2::{Decompress, FlushDecompress, Status};
 use std::path::{Path, PathBuf};
 
-use crate::extent::kdmv::{marker_name, table_sectors, MARKER_FOOTER, MARKER_GD, MARKER_GT};
-use crate::extent::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, GD_AT_END};
 use crate::descriptor::{Descriptor, ExtentType};
 use crate::error::{Error, Result};
+use crate::extent::kdmv::{marker_name, table_sectors, MARKER_FOOTER, MARKER_GD, MARKER_GT};
+use crate::extent::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, GD_AT_END};
 
 /// Largest grain a stream may have, in sectors (8 MiB; every known writer uses 128). A grain is
 /// inflated whole, so this bounds what one read allocates.
@@ -458,7 +458,9 @@ mod tests {
         m.check_length(128 * 512 + 1024).unwrap();
         let e = m.check_length(65_187).unwrap_err();
         assert!(matches!(e, Error::Corrupt { offset: 65_187, .. }) && e.to_string().contains("truncated"), "{e}");
-        assert!(check_table_marker(Path::new("s"), &crate::extent::stream::writer::metadata_marker(4, 1), 0, 512).is_ok());
+        assert!(
+            check_table_marker(Path::new("s"), &crate::extent::stream::writer::metadata_marker(4, 1), 0, 512).is_ok()
+        );
         assert!(
             check_table_marker(Path::new("s"), &crate::extent::stream::writer::metadata_marker(1, 1), 0, 512).is_err()
         );

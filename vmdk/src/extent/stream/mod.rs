@@ -13,16 +13,16 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 
 use super::gtcache::GtCache;
 use super::kdmv::{self, SparseHeader, GD_AT_END};
-use super::sparse::GrainDir;
 use super::kdmv::{parse_marker, MARKER_EOS, MARKER_FOOTER, MARKER_GD};
-use layout::{inflate_grain, max_compressed_size, StreamModel};
-use sequential::{BackingCursor, StreamReader};
+use super::sparse::GrainDir;
 use super::{Extent, ExtentInfo, ExtentKind};
-use rdm::ReadAt;
 use crate::error::{Error, Result};
 use crate::findings::Sink;
 use crate::map::{AllocMap, State};
 use crate::storage::Backing;
+use layout::{inflate_grain, max_compressed_size, StreamModel};
+use rdm::ReadAt;
+use sequential::{BackingCursor, StreamReader};
 
 pub mod layout;
 pub mod sequential;

@@ -26,11 +26,11 @@ use std::sync::Arc;
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
-use crate::extent::kdmv::{SparseHeader, GD_AT_END};
-use super::layout::{inflate_grain, max_compressed_size};
 use super::layout::StreamModel;
-use crate::extent::kdmv::{parse_marker, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
+use super::layout::{inflate_grain, max_compressed_size};
 use crate::error::{Error, Result};
+use crate::extent::kdmv::{parse_marker, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
+use crate::extent::kdmv::{SparseHeader, GD_AT_END};
 use crate::storage::Backing;
 
 /// Where a sequential reader gets its bytes: reads in order, and skips forward.
@@ -279,8 +279,8 @@ impl<S: SeqRead> StreamReader<S> {
     fn read_head(&mut self) -> Result<()> {
         let end = self.model.overhead_bytes();
         let desc = self.model.descriptor_range();
-        let undeclared =
-            crate::extent::kdmv::undeclared_descriptor_sector(self.model.header()).map(|(s, _)| (s * 512, s * 512 + 512));
+        let undeclared = crate::extent::kdmv::undeclared_descriptor_sector(self.model.header())
+            .map(|(s, _)| (s * 512, s * 512 + 512));
         let gd = self.model.header_directory();
         let gd_bytes = gd.map(|(s, e)| e - s).unwrap_or(0);
         let mut desc_buf = Vec::new();

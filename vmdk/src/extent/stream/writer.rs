@@ -18,10 +18,10 @@ use std::sync::Arc;
 use byteorder::{ByteOrder, LittleEndian as LE};
 use flate2::{Compress, Compression, FlushCompress, Status};
 
+use crate::error::{Error, Result};
 use crate::extent::is_zero;
 use crate::extent::kdmv::{SparseHeader, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, GD_AT_END};
 use crate::extent::kdmv::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
-use crate::error::{Error, Result};
 use crate::storage::Backing;
 
 /// Entries per grain table in the files we write.
