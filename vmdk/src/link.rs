@@ -611,7 +611,7 @@ impl Link {
     /// Reads this link alone: ranges it does not hold read as zeros, whatever the parent holds.
     pub fn read_own(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        self.each_slot(offset, buf.len() as u64, |s, eo, bo, n| s.ext.read_at(&mut buf[bo..bo + n], eo))
+        self.each_slot(offset, buf.len() as u64, |s, eo, bo, n| s.ext.read_exact_at(&mut buf[bo..bo + n], eo))
     }
 
     /// Where this link's own bytes at `offset` are stored as they read (see [`Extent::locate`]):

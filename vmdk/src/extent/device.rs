@@ -97,6 +97,13 @@ impl DeviceExtent {
     }
 }
 
+impl ReadAt for DeviceExtent {
+    type Error = Error;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.flat.read_exact_at(buf, offset)
+    }
+}
+
 impl Extent for DeviceExtent {
     fn len(&self) -> u64 {
         self.flat.len()
@@ -106,9 +113,6 @@ impl Extent for DeviceExtent {
     }
     fn writable(&self) -> bool {
         self.flat.writable()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.flat.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64, below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         self.flat.write_at(buf, offset, below)

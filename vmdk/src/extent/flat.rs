@@ -88,6 +88,20 @@ pub fn check(backing: Arc<dyn Backing>, start: u64, len: u64, kind: ExtentKind, 
     Ok(())
 }
 
+impl ReadAt for FlatExtent {
+    type Error = Error;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        if end <= self.present {
+            return self.backing.read_exact_at(buf, self.start + offset);
+        }
+        let have = self.present.saturating_sub(offset).min(buf.len() as u64) as usize;
+        self.backing.read_exact_at(&mut buf[..have], self.start + offset)?;
+        buf[have..].fill(0);
+        Ok(())
+    }
+}
+
 impl Extent for FlatExtent {
     fn len(&self) -> u64 {
         self.len
@@ -104,16 +118,6 @@ impl Extent for FlatExtent {
     }
     fn writable(&self) -> bool {
         self.writable
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let end = offset + buf.len() as u64;
-        if end <= self.present {
-            return self.backing.read_exact_at(buf, self.start + offset);
-        }
-        let have = self.present.saturating_sub(offset).min(buf.len() as u64) as usize;
-        self.backing.read_exact_at(&mut buf[..have], self.start + offset)?;
-        buf[have..].fill(0);
-        Ok(())
     }
     fn locate(&self, offset: u64, len: u64) -> Result<Option<(&dyn Backing, u64, u64)>> {
         if offset >= self.present || len == 0 {

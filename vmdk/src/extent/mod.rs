@@ -98,8 +98,9 @@ pub struct ExtentInfo {
     pub unclean: bool,
 }
 
-/// One extent of a link.
-pub trait Extent: Send + Sync + Debug {
+/// One extent of a link. Its reads are its [`ReadAt`]: `buf.len()` bytes at an extent offset,
+/// ranges not stored here reading as zeros.
+pub trait Extent: ReadAt<Error = Error> + Debug {
     /// Bytes of the virtual disk this extent maps.
     fn len(&self) -> u64;
     /// True for an empty extent.
@@ -110,13 +111,11 @@ pub trait Extent: Send + Sync + Debug {
     fn info(&self) -> ExtentInfo;
     /// True if writes are possible.
     fn writable(&self) -> bool;
-    /// Reads `buf.len()` bytes at `offset`; ranges not stored here read as zeros.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
     /// Where the bytes at `offset` are stored as they read, when they are: `(file, file offset,
     /// n)`, the `n` bytes from `offset` (`1 <= n <= len`) lying contiguous in `file`, so a reader
     /// can hand them on without reading them (`sendfile`). `None` when the range does not start
     /// with such bytes (a hole, an absent or zeroed grain, compressed data, an extent kind that
-    /// does not say): the caller reads it with [`Extent::read_at`]. The default says `None`.
+    /// does not say): the caller reads it with [`ReadAt::read_exact_at`]. The default says `None`.
     fn locate(&self, offset: u64, len: u64) -> Result<Option<(&dyn Backing, u64, u64)>> {
         let _ = (offset, len);
         Ok(None)

@@ -376,6 +376,22 @@ impl Drop for SeSparseExtent {
     }
 }
 
+impl ReadAt for SeSparseExtent {
+    type Error = Error;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let gb = GRAIN_SECTORS * 512;
+        self.walk(offset, buf.len() as u64, |p, l, g| {
+            let dst = &mut buf[(p - offset) as usize..(p - offset + l) as usize];
+            match g {
+                Grain::At(s) => self.backing.read_exact_at(dst, s * 512 + p % gb)?,
+                _ => dst.fill(0),
+            }
+            Ok(true)
+        })?;
+        Ok(())
+    }
+}
+
 impl Extent for SeSparseExtent {
     fn len(&self) -> u64 {
         self.len
@@ -392,18 +408,6 @@ impl Extent for SeSparseExtent {
     }
     fn writable(&self) -> bool {
         false
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let gb = GRAIN_SECTORS * 512;
-        self.walk(offset, buf.len() as u64, |p, l, g| {
-            let dst = &mut buf[(p - offset) as usize..(p - offset + l) as usize];
-            match g {
-                Grain::At(s) => self.backing.read_exact_at(dst, s * 512 + p % gb)?,
-                _ => dst.fill(0),
-            }
-            Ok(true)
-        })?;
-        Ok(())
     }
     fn write_at(&self, _buf: &[u8], _offset: u64, _below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         Err(Error::unsupported(self.backing.path(), "writing seSparse extents"))

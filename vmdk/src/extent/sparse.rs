@@ -891,31 +891,9 @@ impl Batch {
     }
 }
 
-impl Extent for SparseExtent {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn info(&self) -> ExtentInfo {
-        let (kind, version) = match self.meta() {
-            Meta::Hosted(h) => (ExtentKind::Sparse, h.version),
-            Meta::Cowd(h) => (ExtentKind::VmfsSparse, h.version),
-        };
-        ExtentInfo {
-            kind,
-            file: Some(self.dir.backing.path().to_path_buf()),
-            len: self.len,
-            grain: Some(self.grain_bytes),
-            version: Some(version),
-            unclean: self.unclean_at_open,
-        }
-    }
-
-    fn writable(&self) -> bool {
-        self.writable
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+impl ReadAt for SparseExtent {
+    type Error = Error;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         // Coalesce grains that are contiguous in the file into one read.
         let mut run: Option<(u64, usize, usize)> = None; // (file offset, buf start, len)
         let backing = &self.dir.backing;
@@ -948,6 +926,31 @@ impl Extent for SparseExtent {
             }
         }
         flush(&mut run, buf)
+    }
+}
+
+impl Extent for SparseExtent {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn info(&self) -> ExtentInfo {
+        let (kind, version) = match self.meta() {
+            Meta::Hosted(h) => (ExtentKind::Sparse, h.version),
+            Meta::Cowd(h) => (ExtentKind::VmfsSparse, h.version),
+        };
+        ExtentInfo {
+            kind,
+            file: Some(self.dir.backing.path().to_path_buf()),
+            len: self.len,
+            grain: Some(self.grain_bytes),
+            version: Some(version),
+            unclean: self.unclean_at_open,
+        }
+    }
+
+    fn writable(&self) -> bool {
+        self.writable
     }
 
     fn locate(&self, offset: u64, len: u64) -> Result<Option<(&dyn Backing, u64, u64)>> {

@@ -21,6 +21,14 @@ impl ZeroExtent {
     }
 }
 
+impl ReadAt for ZeroExtent {
+    type Error = Error;
+    fn read_exact_at(&self, buf: &mut [u8], _offset: u64) -> Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+}
+
 impl Extent for ZeroExtent {
     fn len(&self) -> u64 {
         self.len
@@ -30,10 +38,6 @@ impl Extent for ZeroExtent {
     }
     fn writable(&self) -> bool {
         false
-    }
-    fn read_at(&self, buf: &mut [u8], _offset: u64) -> Result<()> {
-        buf.fill(0);
-        Ok(())
     }
     fn write_at(&self, _buf: &[u8], offset: u64, _below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         Err(Error::ReadOnly {

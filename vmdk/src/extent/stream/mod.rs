@@ -462,6 +462,25 @@ pub fn read_grain(
     Ok(out)
 }
 
+impl ReadAt for StreamExtent {
+    type Error = Error;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.walk(offset, buf.len() as u64, |p, l, marker| {
+            let dst = &mut buf[(p - offset) as usize..(p - offset + l) as usize];
+            match marker {
+                None => dst.fill(0),
+                Some((g, sector, at)) => {
+                    let data = self.grain(g, sector, at)?;
+                    let w = (p % self.grain_bytes) as usize;
+                    dst.copy_from_slice(&data[w..w + l as usize]);
+                }
+            }
+            Ok(true)
+        })?;
+        Ok(())
+    }
+}
+
 impl Extent for StreamExtent {
     fn len(&self) -> u64 {
         self.len
@@ -478,21 +497,6 @@ impl Extent for StreamExtent {
     }
     fn writable(&self) -> bool {
         false
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.walk(offset, buf.len() as u64, |p, l, marker| {
-            let dst = &mut buf[(p - offset) as usize..(p - offset + l) as usize];
-            match marker {
-                None => dst.fill(0),
-                Some((g, sector, at)) => {
-                    let data = self.grain(g, sector, at)?;
-                    let w = (p % self.grain_bytes) as usize;
-                    dst.copy_from_slice(&data[w..w + l as usize]);
-                }
-            }
-            Ok(true)
-        })?;
-        Ok(())
     }
     fn write_at(&self, _buf: &[u8], _offset: u64, _below: Option<&dyn ReadAt<Error = Error>>) -> Result<()> {
         Err(Error::ReadOnly {
