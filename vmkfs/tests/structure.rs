@@ -29,6 +29,9 @@ fn no_import_cycles_inside_any_crate() {
     assert!(o.success(), "import cycles:\n{}", o.describe());
 }
 
+/// A small crate: its name, its files `(path, text)`, and the cycle the checker must report.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+
 /// Small crates, each with one kind of reference closing a cycle (and one without a cycle): the
 /// checker must fail on every cyclic one, naming the two modules, and pass the acyclic one.
 #[test]
@@ -36,7 +39,7 @@ fn cycle_checker_catches_every_kind_of_reference() {
     if !have_tool("python3") {
         return skip("python3 (runs scripts/module_cycles.py)");
     }
-    let cases: &[(&str, &[(&str, &str)], Option<&str>)] = &[
+    let cases: &[Case] = &[
         ("use crate::", &[("lib.rs", "mod a; mod b;"), ("a.rs", "use crate::b::B; pub struct A;"), ("b.rs", "use crate::a::A; pub struct B;")], Some("a <-> b")),
         ("use super:: group", &[("lib.rs", "mod m;"), ("m/mod.rs", "mod a; mod b;"), ("m/a.rs", "use super::b::B;"), ("m/b.rs", "use super::{a::{self}};")], Some("m::a <-> m::b")),
         ("paths in expressions", &[("lib.rs", "mod a; mod b;"), ("a.rs", "pub fn f() { crate::b::g() }"), ("b.rs", "pub fn g() { let _ = crate::a::f; }")], Some("a <-> b")),
