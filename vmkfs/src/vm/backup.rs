@@ -1111,20 +1111,7 @@ fn export_disk(
         Method::Hashes => format!("{bytes} bytes changed, found by block hashes"),
     };
     r.event(Event::Step { disk: Some(key.clone()), what });
-    let written = |p: &Path| ds.written(&d.place.at(p));
-    let (point, tracking) = match (snapshot, keep_tracking) {
-        (Some(s), true) => {
-            let point = match (&d.plan, kind) {
-                (Plan::Tracking { point, .. }, Kind::Incremental) => point.clone(),
-                _ => d.place.path.clone(),
-            };
-            (Some(written(&point)), Some(written(s)))
-        }
-        // No tracking link: the point still names the link holding this state (its CID changes
-        // with the commit, so no later pass takes it for a tracking point), which keeps the disk's
-        // name stable across passes.
-        _ => (Some(written(&d.place.path)), None),
-    };
+    let (point, tracking) = recorded_points(d, kind, snapshot.as_deref(), keep_tracking, ds);
     let file = vmdk::txn::file_name(&dst);
     let entry = DiskEntry {
         key: key.clone(),
@@ -1143,6 +1130,32 @@ fn export_disk(
         tracking,
     };
     Ok((entry, files, DiskDone { disk: key, method: method.as_str(), file, bytes }))
+}
+
+/// The catalog's `point` and `tracking` of disk `d` after this pass (as the catalog writes paths,
+/// [`Datastores::written`]). With a tracking link kept (`snapshot` taken and `keep_tracking`): the
+/// point is the link the pass read up to (an incremental pass's tracking point, else the disk's
+/// top) and the tracking link is `snapshot`. Without one, the point still names the link holding
+/// this state (its CID changes with the commit, so no later pass takes it for a tracking point),
+/// which keeps the disk's name stable across passes.
+fn recorded_points(
+    d: &Disk,
+    kind: Kind,
+    snapshot: Option<&Path>,
+    keep_tracking: bool,
+    ds: &Datastores,
+) -> (Option<String>, Option<String>) {
+    let written = |p: &Path| ds.written(&d.place.at(p));
+    match (snapshot, keep_tracking) {
+        (Some(s), true) => {
+            let at = match (&d.plan, kind) {
+                (Plan::Tracking { point, .. }, Kind::Incremental) => point.as_path(),
+                _ => d.place.path.as_path(),
+            };
+            (Some(written(at)), Some(written(s)))
+        }
+        _ => (Some(written(&d.place.path)), None),
+    }
 }
 
 /// Stores one disk into the repository as `KEY-STEM.raw`: a tracking plan reads only the blocks
@@ -1187,17 +1200,7 @@ fn repo_disk(
         disk: Some(key.clone()),
         what: format!("{} bytes read, {} blocks kept from the previous snapshot unread", wr.read, wr.reused),
     });
-    let written = |p: &Path| ds.written(&d.place.at(p));
-    let (point_at, tracking) = match (snapshot, keep_tracking) {
-        (Some(s), true) => {
-            let at = match (&d.plan, kind) {
-                (Plan::Tracking { point, .. }, Kind::Incremental) => point.clone(),
-                _ => d.place.path.clone(),
-            };
-            (Some(written(&at)), Some(written(s)))
-        }
-        _ => (Some(written(&d.place.path)), None),
-    };
+    let (point_at, tracking) = recorded_points(d, kind, snapshot.as_deref(), keep_tracking, ds);
     let entry = DiskEntry {
         key: key.clone(),
         diskname: d.written.clone(),
