@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::vmkfs;
+use common::{sha256_hex, vmkfs};
 use vmfs_common::*;
 use vmkfs::vmfs::{ExtentKind, FileKind, Volume};
 
@@ -83,7 +83,7 @@ fn listings_and_contents_match_debugvmfs() {
         {
             let data = debugvmfs_cat(tool, &devs, &e.path);
             assert_eq!(data.len() as u64, e.size, "{name}: {tool} cat {} length", e.path);
-            assert_eq!(Some(sha256(&data)), e.sha256, "{name}: {tool} cat {} differs from ours", e.path);
+            assert_eq!(Some(sha256_hex(&data)), e.sha256, "{name}: {tool} cat {} differs from ours", e.path);
         }
         eprintln!(
             "{name}: {} directories and {} files agree with {tool}",
@@ -311,7 +311,7 @@ fn queryfs_list_and_read_at_through_the_command() {
 
     let o = vmkfs(Path::new("."), &["--volume", &v, "--read-at", "0", "--length", "8193", "/directory/file5"]);
     assert!(o.status.success());
-    assert_eq!(sha256(&o.stdout), "227c62ef44ec9d9d4dbda23feaf622078a496368e919980afcd786acd9f455c4");
+    assert_eq!(sha256_hex(&o.stdout), "227c62ef44ec9d9d4dbda23feaf622078a496368e919980afcd786acd9f455c4");
     let o = vmkfs(Path::new("."), &["--volume", &v, "--read-at", "2", "--length", "5", "/directory/symlink"]);
     assert_eq!(o.stdout, b"ntent");
 

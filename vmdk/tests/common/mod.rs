@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod counting;
+#[path = "../../../vmkfs/tests/common/portable.rs"]
+mod portable;
+pub use portable::*;
 
 use std::fs::{File, OpenOptions as FsOpen};
 use std::os::unix::fs::FileExt;
@@ -17,37 +20,6 @@ use vmdk::{AllocMap, Error, Link, State};
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
 pub const GIB: u64 = 1024 * MIB;
-
-/// SplitMix64: small, seedable, good enough for test data.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[lo, hi]`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-    pub fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.next_u64() % den < num
-    }
-    /// Fills with random bytes, none of them zero (so "data" never accidentally looks like zeros).
-    pub fn fill_nonzero(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = (self.next_u64() | 0x0101_0101_0101_0101).to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
 
 /// A test pattern of `len` bytes: random data runs, zero runs (some spanning whole grains, some
 /// tiny), lone non-zero bytes inside zero runs, all with unaligned boundaries.
