@@ -1,6 +1,7 @@
-//! Reading the ESX delta formats: COWD (vmfsSparse, ESX 3–6 snapshots) and seSparse (ESXi 6.5+).
-//! No VMware tool exists here, so writers in this file build such files from the fact
-//! sheet's layouts (docs §6.1 and §6.2), in the shape ESX leaves them (a `NAME-000001.vmdk`
+//! Reading the ESX delta formats: COWD (vmfsSparse, ESX 3–6 snapshots) and seSparse (ESXi 6.5+),
+//! as links and as chains (a test of this crate for that, on vmdk's test helpers,
+//! `vmdk/tests/common`). No VMware tool exists here, so writers in this file build such files from
+//! the fact sheet's layouts (docs §6.1 and §6.2), in the shape ESX leaves them (a `NAME-000001.vmdk`
 //! descriptor and a `-delta.vmdk` or `-sesparse.vmdk` extent over a thin `vmfs` base made by
 //! `vmdk::create`), and independent readers must agree on them:
 //!
@@ -14,6 +15,7 @@
 //! Corrupt grain table entries must fail with `Error::Corrupt` naming the file and the entry's byte
 //! offset. Tests that need qemu-img or dissect print a message and pass when the tool is missing.
 
+#[path = "../../vmdk/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
