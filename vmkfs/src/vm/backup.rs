@@ -1111,25 +1111,39 @@ fn export_disk(
         Method::Hashes => format!("{bytes} bytes changed, found by block hashes"),
     };
     r.event(Event::Step { disk: Some(key.clone()), what });
-    let (point, tracking) = recorded_points(d, kind, snapshot.as_deref(), keep_tracking, ds);
     let file = vmdk::txn::file_name(&dst);
     let entry = DiskEntry {
-        key: key.clone(),
-        diskname: d.written.clone(),
         filename: Some(file.clone()),
-        skipped: None,
-        format: d.format.clone(),
         export,
-        capacity: d.capacity,
-        cid,
         parent_cid,
         method: Some(method),
         blocks: Some(blocks_name),
         bytes,
-        point,
-        tracking,
+        ..entry_of(d, cid, recorded_points(d, kind, snapshot.as_deref(), keep_tracking, ds))
     };
     Ok((entry, files, DiskDone { disk: key, method: method.as_str(), file, bytes }))
+}
+
+/// The catalog entry of disk `d` (its top's CID `cid`) with what every backup of it records:
+/// key, names, format, capacity, CID, and the `point` and `tracking` of [`recorded_points`]; the
+/// caller adds what it wrote (file, export, method, bytes, …).
+fn entry_of(d: &Disk, cid: u32, (point, tracking): (Option<String>, Option<String>)) -> DiskEntry {
+    DiskEntry {
+        key: d.vd.key.clone(),
+        diskname: d.written.clone(),
+        filename: None,
+        skipped: None,
+        format: d.format.clone(),
+        export: String::new(),
+        capacity: d.capacity,
+        cid,
+        parent_cid: None,
+        method: None,
+        blocks: None,
+        bytes: 0,
+        point,
+        tracking,
+    }
 }
 
 /// The catalog's `point` and `tracking` of disk `d` after this pass (as the catalog writes paths,
@@ -1200,22 +1214,12 @@ fn repo_disk(
         disk: Some(key.clone()),
         what: format!("{} bytes read, {} blocks kept from the previous snapshot unread", wr.read, wr.reused),
     });
-    let (point_at, tracking) = recorded_points(d, kind, snapshot.as_deref(), keep_tracking, ds);
     let entry = DiskEntry {
-        key: key.clone(),
-        diskname: d.written.clone(),
         filename: Some(file.clone()),
-        skipped: None,
-        format: d.format.clone(),
         export: catalog::RAW_EXPORT.into(),
-        capacity: d.capacity,
-        cid,
-        parent_cid: None,
         method: Some(method),
-        blocks: None,
         bytes: wr.read,
-        point: point_at,
-        tracking,
+        ..entry_of(d, cid, recorded_points(d, kind, snapshot.as_deref(), keep_tracking, ds))
     };
     Ok((entry, node, DiskDone { disk: key, method: method.as_str(), file, bytes: wr.read }))
 }
