@@ -62,27 +62,6 @@ fn grain_bytes(len: usize, rng: &mut Rng) -> Vec<u8> {
     v
 }
 
-/// `a` minus `b` (both normalized interval sets).
-fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for &(s, e) in a {
-        let mut pos = s;
-        for &(bs, be) in b {
-            if be <= pos || bs >= e {
-                continue;
-            }
-            if bs > pos {
-                out.push((pos, bs));
-            }
-            pos = pos.max(be);
-        }
-        if pos < e {
-            out.push((pos, e));
-        }
-    }
-    normalize(out)
-}
-
 fn state_name(s: State) -> &'static str {
     match s {
         State::Data => "data",

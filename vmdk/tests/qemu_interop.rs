@@ -290,26 +290,6 @@ fn round_out(set: &[(u64, u64)], unit: u64) -> Vec<(u64, u64)> {
     normalize(set.iter().map(|&(s, e)| (s / unit * unit, e.div_ceil(unit) * unit)).collect())
 }
 
-fn subtract_is_empty(a: &[(u64, u64)], b: &[(u64, u64)]) -> Option<(u64, u64)> {
-    // Returns a piece of `a` not covered by `b`, if any.
-    for &(s, e) in a {
-        let mut pos = s;
-        for &(bs, be) in b {
-            if be <= pos || bs >= e {
-                continue;
-            }
-            if bs > pos {
-                return Some((pos, bs));
-            }
-            pos = pos.max(be);
-        }
-        if pos < e {
-            return Some((pos, e));
-        }
-    }
-    None
-}
-
 /// Paths of the data files of a disk we created (everything but the descriptor).
 fn data_files(paths: &[PathBuf], format: DiskFormat) -> Vec<PathBuf> {
     if format == DiskFormat::MonoSparse {
@@ -389,12 +369,12 @@ fn we_write(format: DiskFormat, seed: u64) {
             // Nothing is allocated where nothing was written.
             let allowed = round_out(&written, 4096);
             assert_eq!(
-                subtract_is_empty(&data_set, &allowed),
+                subtract(&data_set, &allowed).first().copied(),
                 None,
                 "thin: data where nothing was written (written: {written:?})"
             );
             assert!(
-                subtract_is_empty(&[UNTOUCHED], &map_set(&map, State::Zero)).is_none(),
+                subtract(&[UNTOUCHED], &map_set(&map, State::Zero)).is_empty(),
                 "thin: the untouched MiB must be a hole"
             );
         }

@@ -107,6 +107,27 @@ pub fn normalize(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
+/// `a` minus `b` (both normalized interval sets).
+pub fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(s, e) in a {
+        let mut pos = s;
+        for &(bs, be) in b {
+            if be <= pos || bs >= e {
+                continue;
+            }
+            if bs > pos {
+                out.push((pos, bs));
+            }
+            pos = pos.max(be);
+        }
+        if pos < e {
+            out.push((pos, e));
+        }
+    }
+    normalize(out)
+}
+
 /// The intervals of `map` in `state`.
 pub fn map_set(map: &AllocMap, state: State) -> Vec<(u64, u64)> {
     normalize(map.runs().iter().filter(|r| r.state == state).map(|r| (r.offset, r.end())).collect())
