@@ -6,9 +6,8 @@ mod common;
 
 use common::*;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// `vmkfs A | vmkfs B`: both outputs (the second's standard output and both standard errors).
 fn pipe(a: &[&str], b: &[&str], dir: &Path) -> (Outcome, Outcome) {
@@ -117,14 +116,7 @@ fn export_flattens_a_chain_and_writes_files() {
         eprintln!("--snapshot is not available ({}): exporting the base alone", text(&o));
     } else {
         let child = String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").trim().to_string();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-            .args(["--write-at", "4096", &child])
-            .current_dir(d)
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        c.stdin.take().unwrap().write_all(&[0xEE; 8192]).unwrap();
-        assert!(c.wait().unwrap().success());
+        ok(&vmkfs_stdin(d, &["--write-at", "4096", &child], &[0xEE; 8192]));
         want[4096..4096 + 8192].fill(0xEE);
         let o = vmkfs(d, &["-e", "-", &child, "-d", "streamoptimized"]);
         assert!(o.status.success(), "{}", text(&o));

@@ -8,7 +8,6 @@ mod vmfs_common;
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
 
 use common::{sha256_hex, vmkfs};
 use vmfs_common::*;
@@ -316,11 +315,7 @@ fn queryfs_list_and_read_at_through_the_command() {
     assert_eq!(o.stdout, b"ntent");
 
     // Writes are refused; help stays on -h alone and --help.
-    let o = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-        .args(["--volume", &v, "--write-at", "0", "/directory/file5"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let o = vmkfs(Path::new("."), &["--volume", &v, "--write-at", "0", "/directory/file5"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("read-only"), "{}", String::from_utf8_lossy(&o.stderr));
     for h in ["-h", "--help"] {

@@ -304,6 +304,13 @@ pub fn disk_digest(dir: &Path, disk: &str, extra: &[&str]) -> Result<DiskDigest,
     }
 }
 
+/// sha256 of everything `r` yields, hex, read in pieces (a pipe, a mounted image).
+pub fn sha256_reader(r: &mut impl Read) -> String {
+    let mut h = Sha256::new();
+    std::io::copy(r, &mut HashWriter(&mut h)).expect("read what is hashed");
+    hex(&h.finalize())
+}
+
 /// A `Write` that feeds a hasher.
 struct HashWriter<'a>(&'a mut Sha256);
 
