@@ -224,20 +224,6 @@ fn plausible_raw_heads_open_as_raw_images() {
 // Damaged signatures are errors naming the field.
 
 /// Asserts `e` is `Error::Corrupt` about `file` at `offset` whose message contains every `words`.
-#[track_caller]
-fn assert_corrupt_says(e: &Error, file: &Path, offset: u64, words: &[&str]) {
-    assert_corrupt(e, file, Some(offset));
-    let msg = e.to_string();
-    for w in words {
-        assert!(msg.contains(w), "message lacks {w:?}: {msg}");
-    }
-}
-
-#[track_caller]
-fn open_err(p: &Path) -> Error {
-    Link::open(p, &OpenOptions::read()).expect_err("a damaged file must not open")
-}
-
 #[test]
 fn a_flipped_or_destroyed_magic_is_an_error() {
     let dir = tempfile::tempdir().unwrap();

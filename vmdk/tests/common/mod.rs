@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use vmdk::create::{create, CreateOptions, DiskFormat};
-use vmdk::{AllocMap, Error, Link, State};
+use vmdk::{AllocMap, Error, Link, OpenOptions, State};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
@@ -430,6 +430,22 @@ pub fn assert_corrupt(e: &Error, file: &Path, offset: Option<u64>) -> u64 {
     assert!(msg.contains(&*name), "message does not name {name}: {msg}");
     assert!(msg.contains(&at.to_string()), "message does not name offset {at}: {msg}");
     *at
+}
+
+/// [`assert_corrupt`], and the message holds each of `words`.
+#[track_caller]
+pub fn assert_corrupt_says(e: &Error, file: &Path, offset: u64, words: &[&str]) {
+    assert_corrupt(e, file, Some(offset));
+    let msg = e.to_string();
+    for w in words {
+        assert!(msg.contains(w), "message lacks {w:?}: {msg}");
+    }
+}
+
+/// The error opening `p`, which must not open.
+#[track_caller]
+pub fn open_err(p: &Path) -> Error {
+    Link::open(p, &OpenOptions::read()).expect_err("a damaged file must not open")
 }
 
 /// A committed monosparse disk of 4 MiB with data in grains 0, 1 and 5.
