@@ -9,13 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
-}
-
 /// A 4 GiB raw image with a little data: cloning it to eagerzeroedthick writes every byte, which
 /// takes long enough to interrupt.
 fn big_source(dir: &Path) {

@@ -486,6 +486,16 @@ pub fn fill(buf: &mut [u8], seed: u64) {
 // Folders
 // ---------------------------------------------------------------------------------------------
 
+/// The names in `dir` itself (not below it), sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 /// Every entry under `dir` (files, folders, links), as sorted paths relative to it; folders are
 /// listed with a trailing `/` and their content after them.
 pub fn listing(dir: &Path) -> Vec<String> {
