@@ -289,6 +289,10 @@ fn chosen_catalog(given: Option<&Path>, last_folder: &Path, last: &Catalog) -> R
     Ok(c)
 }
 
+/// What [`plan`] returns: the items to restore, and the `(key, reason)` of the disks the backup
+/// skipped.
+type Planned = (Vec<Item>, Vec<(String, String)>);
+
 /// What goes where: an item for every disk the catalog `cat` holds (and the keys and reasons of
 /// the ones the backup skipped), every other file of the last backup of `chain`, and the .vmx
 /// last, at `vmx_t`.
@@ -298,7 +302,7 @@ fn plan(
     chain: &[(PathBuf, Catalog)],
     from_repo: bool,
     vmx_t: &Place,
-) -> Result<(Vec<Item>, Vec<(String, String)>)> {
+) -> Result<Planned> {
     let ds = &opts.datastores;
     let (last_folder, last) = chain.last().expect("a chain has a backup");
     let vm_dir = vmx_t.folder();
