@@ -442,6 +442,26 @@ pub fn assert_corrupt_says(e: &Error, file: &Path, offset: u64, words: &[&str]) 
     }
 }
 
+/// Reads `n` random unaligned windows of 1 to `max_len` bytes through `read` (a seeded stream,
+/// `(seed, n, max_len)`) and compares each with `want`.
+#[track_caller]
+pub fn random_reads(
+    read: impl Fn(&mut [u8], u64) -> vmdk::Result<()>,
+    want: &[u8],
+    (seed, n, max_len): (u64, usize, u64),
+    what: &str,
+) {
+    let mut rng = Rng::new(seed);
+    let cap = want.len() as u64;
+    for _ in 0..n {
+        let off = rng.range(0, cap - 1);
+        let len = rng.range(1, max_len).min(cap - off);
+        let mut buf = vec![0xeeu8; len as usize];
+        read(&mut buf, off).unwrap_or_else(|e| panic!("{what}: read of {len} bytes at {off}: {e}"));
+        assert_same(&buf, &want[off as usize..(off + len) as usize], &format!("{what}: read of {len} bytes at {off}"));
+    }
+}
+
 /// The error opening `p`, which must not open.
 #[track_caller]
 pub fn open_err(p: &Path) -> Error {
