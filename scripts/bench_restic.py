@@ -33,19 +33,10 @@ import random
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 
 import gen_image
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-REL = os.path.join(HERE, "..", "target", "release")
-VMKFS, BACKUP = os.path.join(REL, "vmkfs"), os.path.join(REL, "vmkfs-backup")
-MIB = 1 << 20
-
-
-def run(cmd, **kw):
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+from benchlib import BACKUP, MIB, VMKFS, make_vm, run, vmx_top
 
 
 def timed(cmd):
@@ -61,29 +52,6 @@ def du(path):
     for root, _, files in os.walk(path):
         n += sum(os.path.getsize(os.path.join(root, f)) for f in files)
     return n
-
-
-def vmx_top(vmx, key):
-    for line in open(vmx):
-        k, _, v = line.partition("=")
-        if k.strip().lower() == f"{key}.filename":
-            return v.strip().strip('"')
-    raise SystemExit(f"{vmx}: no {key}.fileName")
-
-
-def make_vm(work, name, disks, size, fill):
-    vm = os.path.join(work, name)
-    os.makedirs(vm)
-    lines = [f'displayName = "{name}"', 'scsi0.present = "TRUE"']
-    for i in range(disks):
-        raw = os.path.join(work, f"d{i}.raw")
-        run([sys.executable, os.path.join(HERE, "gen_image.py"), raw, str(size), str(fill), str(i + 1)])
-        with open(raw, "rb") as f:
-            run([VMKFS, "-i", "-", "-d", "thin", "--size", str(size * MIB), os.path.join(vm, f"d{i}.vmdk")], stdin=f)
-        os.remove(raw)
-        lines += [f'scsi0:{i}.present = "TRUE"', f'scsi0:{i}.fileName = "d{i}.vmdk"']
-    open(os.path.join(vm, "vm.vmx"), "w").write("\n".join(lines) + "\n")
-    return vm
 
 
 def copy_vm(src, dst):

@@ -31,12 +31,7 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REL = os.path.join(HERE, "..", "target", "release")
-
-
-def run(cmd, **kw):
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+from benchlib import BACKUP, VMKFS, make_vm, run, vmx_top
 
 
 def evict(folder):
@@ -64,16 +59,8 @@ def timed(cmd, cold_source=None):
     return wall, ru.ru_utime + ru.ru_stime
 
 
-def vmx_top(vmx, key):
-    for line in open(vmx):
-        k, _, v = line.partition("=")
-        if k.strip().lower() == f"{key}.filename":
-            return v.strip().strip('"')
-    raise SystemExit(f"{vmx}: no {key}.fileName")
-
-
 def full_vs_clones(a, vm, vmx, disks, cold):
-    vmkfs, backup = os.path.join(REL, "vmkfs"), os.path.join(REL, "vmkfs-backup")
+    vmkfs, backup = VMKFS, BACKUP
     src = vm if cold else None
     rows = []
     for r in range(a.rounds):
@@ -93,7 +80,7 @@ def full_vs_clones(a, vm, vmx, disks, cold):
 
 
 def incremental_vs_full(a, vm, cold, rng):
-    vmkfs, backup = os.path.join(REL, "vmkfs"), os.path.join(REL, "vmkfs-backup")
+    vmkfs, backup = VMKFS, BACKUP
     rows = []
     for r in range(a.rounds):
         vmr = os.path.join(a.work, f"vm{r}")
@@ -154,20 +141,10 @@ def main():
     ap.add_argument("--cache", choices=["hot", "cold", "both"], default="both")
     ap.add_argument("--work", default="/tmp/vmkfs-bench-vm")
     a = ap.parse_args()
-    vmkfs = os.path.join(REL, "vmkfs")
     shutil.rmtree(a.work, ignore_errors=True)
-    vm = os.path.join(a.work, "vm")
-    os.makedirs(vm)
+    os.makedirs(a.work)
+    vm = make_vm(a.work, "vm", a.disks, a.size, a.fill)
     vmx = os.path.join(vm, "vm.vmx")
-    lines = ['displayName = "bench"', 'scsi0.present = "TRUE"']
-    for i in range(a.disks):
-        raw = os.path.join(a.work, f"d{i}.raw")
-        run([sys.executable, os.path.join(HERE, "gen_image.py"), raw, str(a.size), str(a.fill), str(i + 1)])
-        run([vmkfs, "-i", "-", "-d", "thin", "--size", str(a.size << 20), os.path.join(vm, f"d{i}.vmdk")],
-            stdin=open(raw, "rb"))
-        os.remove(raw)
-        lines += [f'scsi0:{i}.present = "TRUE"', f'scsi0:{i}.fileName = "d{i}.vmdk"']
-    open(vmx, "w").write("\n".join(lines) + "\n")
     disks = [os.path.join(vm, f"d{i}.vmdk") for i in range(a.disks)]
     print(f"load average before: {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
     for cache in (["hot", "cold"] if a.cache == "both" else [a.cache]):

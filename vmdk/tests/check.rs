@@ -138,7 +138,7 @@ fn sparse_entries_outside_the_file_or_used_twice() {
     // A redundant directory entry outside the file: the reader refuses the disk at that entry.
     let h = kdmv(&f);
     write_u32_at(&f, h.rgd * 512, 0x7fff_ffff);
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     assert_corrupt(&e, &img, Some(h.rgd * 512));
     only(
         &check(&img),
@@ -244,7 +244,7 @@ fn a_disk_that_does_not_open_is_never_clean() {
     let d = dir.path();
     let p = d.join("bad.vmdk");
     std::fs::write(&p, "# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType=\"vmfs\"\nRW 100 VMFS \"../outside.vmdk\"\n").unwrap();
-    let e = Link::open(&p, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&p);
     let r = check(&p);
     let f = has(&r, &p, 0, "outside the disk's folder");
     assert!(e.to_string().contains(&f.what) || f.what.contains("cannot be opened"), "{e} / {f:?}");
@@ -435,7 +435,7 @@ fn an_interrupted_repair_refuses_the_disk_until_it_is_run_again() {
     let real = std::fs::canonicalize(&img).unwrap();
     // A repair that died in its data phase (its record stays; its lock went with it).
     drop(vmdk::txn::Intent::begin(&storage, &real, vmdk::check::OP, &[], Some(rerun.clone())).unwrap());
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     assert!(e.to_string().contains(&format!("re-run `vmkfs -x repair {}`", img.display())), "{e}");
     let r = check(&img);
     only(&r, &img, 0, &format!("an interrupted repair has not finished: re-run `vmkfs -x repair {}`", img.display()));

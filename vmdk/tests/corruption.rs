@@ -132,56 +132,37 @@ fn truncated_split_flat_extent() {
     create(&img, &opts).unwrap().commit().unwrap();
     let f2 = dir.path().join("s-f002.vmdk");
     File::options().write(true).open(&f2).unwrap().set_len(1000).unwrap();
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     assert_corrupt(&e, &f2, Some(1000));
 }
 
+/// A grain directory entry, or the header's offset of a directory, pointing far past the end of
+/// our monosparse disk: opening fails with the error at that entry or field.
 #[test]
-fn grain_directory_entry_outside_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, _) = our_monosparse(dir.path());
-    let f = patch_file(&img);
-    let h = kdmv(&f);
-    write_u32_at(&f, h.gd * 512, 0x7fff_0000);
-    drop(f);
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
-    assert_corrupt(&e, &img, Some(h.gd * 512));
-    assert!(e.to_string().contains("outside the file"), "{e}");
-}
-
-#[test]
-fn redundant_grain_directory_entry_outside_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let (img, _) = our_monosparse(dir.path());
-    let f = patch_file(&img);
-    let h = kdmv(&f);
-    write_u32_at(&f, h.rgd * 512, 0x7fff_0000);
-    drop(f);
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
-    assert_corrupt(&e, &img, Some(h.rgd * 512));
-}
-
-#[test]
-fn grain_directory_offset_outside_file() {
-    // The header's gdOffset (byte 56) points far past the end: the error points at that field.
-    let dir = tempfile::tempdir().unwrap();
-    let (img, _) = our_monosparse(dir.path());
-    let f = patch_file(&img);
-    write_u64_at(&f, 56, 1 << 40);
-    drop(f);
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
-    assert_corrupt(&e, &img, Some(56));
-    // Same for the redundant directory (byte 48).
-    let (img2, _) = {
-        let sub = dir.path().join("b");
-        std::fs::create_dir(&sub).unwrap();
-        our_monosparse(&sub)
-    };
-    let f = patch_file(&img2);
-    write_u64_at(&f, 48, u64::MAX / 256);
-    drop(f);
-    let e = Link::open(&img2, &OpenOptions::read()).unwrap_err();
-    assert_corrupt(&e, &img2, Some(48));
+fn grain_directories_pointing_outside_the_file() {
+    type At = fn(&Kdmv) -> u64;
+    // (what is damaged, where it is, the value written there, its width in bytes, what the message says)
+    let cases: [(&str, At, u64, usize, &str); 4] = [
+        ("a grain directory entry", |h| h.gd * 512, 0x7fff_0000, 4, "outside the file"),
+        ("a redundant grain directory entry", |h| h.rgd * 512, 0x7fff_0000, 4, ""),
+        ("gdOffset", |_| 56, 1 << 40, 8, ""),
+        ("rgdOffset", |_| 48, u64::MAX / 256, 8, ""),
+    ];
+    for (what, at, value, width, says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = our_monosparse(dir.path());
+        let f = patch_file(&img);
+        let at = at(&kdmv(&f));
+        if width == 4 {
+            write_u32_at(&f, at, value as u32);
+        } else {
+            write_u64_at(&f, at, value);
+        }
+        drop(f);
+        let e = open_err(&img);
+        assert!(matches!(e, Error::Corrupt { offset, .. } if offset == at), "{what}: {e:?}");
+        assert_corrupt_says(&e, &img, at, &[says]);
+    }
 }
 
 #[test]
@@ -195,7 +176,7 @@ fn grain_directory_runs_past_eof() {
     // Capacity large enough that the directory needs more than one sector.
     write_u64_at(&f, 12, 200 * 65536 * 128);
     drop(f);
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     let Error::Corrupt { offset, .. } = &e else { panic!("{e:?}") };
     assert!(*offset == len - 512 || *offset == 12 || *offset == 28, "{e}");
     assert_corrupt(&e, &img, None);
@@ -210,7 +191,7 @@ fn wrong_magic_in_sparse_extent() {
     create(&img, &opts).unwrap().commit().unwrap();
     let s2 = dir.path().join("w-s002.vmdk");
     patch_file(&s2).write_all_at(b"KDMX", 0).unwrap();
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     assert_corrupt(&e, &s2, Some(0));
     assert!(e.to_string().contains("magic"), "{e}");
 }
@@ -221,19 +202,19 @@ fn wrong_version_and_flags() {
     let (img, _) = our_monosparse(dir.path());
     let f = patch_file(&img);
     write_u32_at(&f, 4, 9);
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     assert_corrupt(&e, &img, Some(4));
     write_u32_at(&f, 4, 1);
     write_u32_at(&f, 8, 0x0004_0003); // an unknown incompatible flag
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     assert_corrupt(&e, &img, Some(8));
     write_u32_at(&f, 8, 3);
     f.write_all_at(b"\n \n\n", 73).unwrap(); // CR/LF translation damage
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     assert_corrupt(&e, &img, Some(73));
     f.write_all_at(b"\n \r\n", 73).unwrap();
     write_u64_at(&f, 20, 100); // grain size not a power of two
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     assert_corrupt(&e, &img, Some(20));
 }
 
@@ -245,25 +226,25 @@ fn file_shorter_than_header() {
     let mut b = b"KDMV".to_vec();
     b.extend_from_slice(&[1u8; 100]);
     std::fs::write(&stub, &b).unwrap();
-    let e = Link::open(&stub, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&stub);
     assert_corrupt(&e, &stub, Some(0));
     assert!(e.to_string().contains("shorter"), "{e}");
 
     // The same stub named as the SPARSE extent of a descriptor.
     let d = dir.path().join("d.vmdk");
     std::fs::write(&d, "version=1\ncreateType=\"twoGbMaxExtentSparse\"\nRW 2048 SPARSE \"stub.vmdk\"\n").unwrap();
-    let e = Link::open(&d, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&d);
     assert_corrupt(&e, &stub, Some(0));
 
     // A real monosparse file cut after the embedded descriptor, before the grain tables: shorter
     // than its metadata.
     let (img, _) = our_monosparse(dir.path());
     File::options().write(true).open(&img).unwrap().set_len(21 * 512 + 100).unwrap();
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     assert_corrupt(&e, &img, None);
     // Cut inside the embedded descriptor.
     File::options().write(true).open(&img).unwrap().set_len(700).unwrap();
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     assert_corrupt(&e, &img, Some(28));
 
     // A COWD stub.
@@ -271,7 +252,7 @@ fn file_shorter_than_header() {
     let mut b = b"COWD".to_vec();
     b.extend_from_slice(&[0u8; 1000]);
     std::fs::write(&cowd, &b).unwrap();
-    let e = Link::open(&cowd, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&cowd);
     assert_corrupt(&e, &cowd, Some(0));
 }
 
@@ -358,7 +339,7 @@ fn stream_entry_past_eof_and_bad_footer() {
     let len = std::fs::metadata(&p).unwrap().len();
     let f = patch_file(&p);
     f.write_all_at(b"XDMV", len - 1024).unwrap();
-    let e = Link::open(&p, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&p);
     assert_corrupt(&e, &p, Some(len - 1024));
     f.write_all_at(b"KDMV", len - 1024).unwrap();
     // No footer marker (here an unknown marker type instead): the grains are found by walking the
@@ -377,7 +358,7 @@ fn stream_entry_past_eof_and_bad_footer() {
     // Without its end-of-stream marker too, the walk finds the stream truncated.
     drop(link);
     f.set_len(len - 512).unwrap();
-    let e = Link::open(&p, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&p);
     assert_corrupt(&e, &p, Some(len - 512));
 }
 
@@ -421,6 +402,6 @@ fn extent_size_mismatch() {
     create(&img, &opts).unwrap().commit().unwrap();
     let text = std::fs::read_to_string(&img).unwrap().replace("RW 2048 SPARSE", "RW 4096 SPARSE");
     std::fs::write(&img, text).unwrap();
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     assert_corrupt(&e, &dir.path().join("x-s001.vmdk"), Some(12));
 }

@@ -228,17 +228,17 @@ fn descriptor_errors_name_file_and_line() {
     let d = dir.path().join("bad.vmdk");
     std::fs::write(&d, "version=1\ncreateType=\"monolithicFlat\"\nRW 10 FLAT \"nope.img\" 0\nRW ten FLAT \"x\" 0\n")
         .unwrap();
-    let e = Link::open(&d, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&d);
     assert!(matches!(e, Error::Descriptor { line: 4, .. }), "{e:?}");
     assert!(e.to_string().contains("bad.vmdk"), "{e}");
     // A missing extent file is an I/O error naming that file.
     std::fs::write(&d, "version=1\ncreateType=\"monolithicFlat\"\nRW 10 FLAT \"nope.img\" 0\n").unwrap();
-    let e = Link::open(&d, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&d);
     assert!(matches!(e, Error::Io { .. }), "{e:?}");
     assert!(e.to_string().contains("nope.img"), "{e}");
     // Unknown createType.
     std::fs::write(&d, "version=1\ncreateType=\"fancyNewType\"\nRW 10 ZERO\n").unwrap();
-    let e = Link::open(&d, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&d);
     assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
 }
 

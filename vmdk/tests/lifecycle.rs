@@ -95,7 +95,7 @@ fn a_writer_locks_out_writers_and_readers() {
     let w = Link::open(&img, &OpenOptions::write()).unwrap();
     let e = Link::open(&img, &OpenOptions::write()).unwrap_err();
     assert!(matches!(e, Error::Locked { .. }), "{e:?}");
-    let e = Link::open(&img, &OpenOptions::read()).unwrap_err();
+    let e = open_err(&img);
     assert!(matches!(e, Error::Locked { .. }), "{e:?}");
     assert!(e.to_string().contains(&format!("locked by this process {}", std::process::id())), "{e}");
     w.write_at(b"data", 4 * MIB / 2).unwrap();

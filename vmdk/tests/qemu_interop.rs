@@ -31,19 +31,6 @@ fn convert(raw: &Path, out: &Path, opts: &str) {
     qemu_ok(&["convert", "-f", "raw", "-O", "vmdk", "-o", opts, raw.to_str().unwrap(), out.to_str().unwrap()]);
 }
 
-/// Reads random unaligned windows and compares them with `want`.
-fn random_reads(link: &Link, want: &[u8], seed: u64) {
-    let mut rng = Rng::new(seed);
-    let cap = want.len() as u64;
-    for _ in 0..200 {
-        let off = rng.range(0, cap - 1);
-        let len = rng.range(1, 200_000).min(cap - off);
-        let mut buf = vec![0xeeu8; len as usize];
-        link.read_at(&mut buf, off).unwrap();
-        assert_same(&buf, &want[off as usize..(off + len) as usize], &format!("read of {len} bytes at {off}"));
-    }
-}
-
 fn qemu_writes_we_read(subformat: &str, seed: u64) {
     qemu_writes_we_read_opts(subformat, "", seed);
 }
@@ -60,7 +47,7 @@ fn qemu_writes_we_read_opts(subformat: &str, more: &str, seed: u64) {
     let link = Link::open(&img, &OpenOptions::read()).unwrap();
     assert_eq!(link.capacity(), PATTERN_LEN, "{subformat}: capacity");
     assert_same(&read_all(&link), &data, subformat);
-    random_reads(&link, &data, seed + 1);
+    random_reads(|b, o| link.read_at(b, o), &data, (seed + 1, 200, 200_000), "qemu's image");
 
     let map = link.map(0, link.capacity()).unwrap();
     assert_map_covers(&map, PATTERN_LEN);
@@ -343,7 +330,7 @@ fn we_write(format: DiskFormat, seed: u64) {
     assert!(!link.was_unclean(), "{}: unclean flag left set after commit", format.name());
     assert_eq!(link.descriptor().create_type, format.create_type());
     assert_same(&read_all(&link), &data, &format!("{}: reopened", format.name()));
-    random_reads(&link, &data, seed + 100);
+    random_reads(|b, o| link.read_at(b, o), &data, (seed + 100, 200, 200_000), "our image");
     let map = link.map(0, OUR_CAP).unwrap();
     assert_map_covers(&map, OUR_CAP);
     let data_set = map_set(&map, State::Data);

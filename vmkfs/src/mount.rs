@@ -62,6 +62,8 @@ struct ImageFs {
     uid: u32,
     gid: u32,
     time: SystemTime,
+    /// Where I/O errors of the disk are told ([`MountOptions::on_io_error`]).
+    on_io_error: Option<IoErrorSink>,
 }
 
 impl ImageFs {
@@ -95,10 +97,12 @@ impl ImageFs {
         self.disk.capacity().saturating_sub(offset).min(len).min(MAX_IO)
     }
 
-    /// Logs an I/O error of the disk on standard error (the kernel only passes EIO on) and
-    /// returns that errno.
+    /// Tells the mount's error sink of an I/O error of the disk (the kernel only passes EIO on)
+    /// and returns that errno.
     fn io_error(&self, what: &str, e: Error) -> Errno {
-        eprintln!("vmkfs: {what} of {}: {e}", self.disk.path().display());
+        if let Some(sink) = &self.on_io_error {
+            sink(&format!("{what} of {}: {e}", self.disk.path().display()));
+        }
         Errno::EIO
     }
 }
@@ -219,8 +223,12 @@ impl Filesystem for ImageFs {
     }
 }
 
+/// Where a mount tells of a failed read, write or flush of its disk: called from the FUSE threads
+/// with one line, e.g. `read of /vms/vm.vmdk: …`.
+pub type IoErrorSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// What [`serve`] does.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct MountOptions {
     /// Allow writes to the image (the disk must have been opened writable).
     pub writable: bool,
@@ -228,6 +236,20 @@ pub struct MountOptions {
     pub name: Option<OsString>,
     /// Called once the mount is in place, with the image's path.
     pub on_mounted: Option<fn(&Path)>,
+    /// Told of every I/O error of the disk that a request met (the program reading the image
+    /// only sees EIO); `None`: not told anywhere.
+    pub on_io_error: Option<IoErrorSink>,
+}
+
+impl std::fmt::Debug for MountOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountOptions")
+            .field("writable", &self.writable)
+            .field("name", &self.name)
+            .field("on_mounted", &self.on_mounted)
+            .field("on_io_error", &self.on_io_error.as_ref().map(|_| "a sink"))
+            .finish()
+    }
 }
 
 /// Mounts `disk` as one image file in `dir` (an existing, empty directory) and serves it until
@@ -261,6 +283,7 @@ pub fn serve(disk: Disk, dir: &Path, opts: &MountOptions, stop: &AtomicBool) -> 
         uid: meta.uid(),
         gid: meta.gid(),
         time: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        on_io_error: opts.on_io_error.clone(),
     };
     let mut config = Config::default();
     config.mount_options = vec![MountOption::FSName("vmkfs".into()), MountOption::Subtype("vmkfs".into())];

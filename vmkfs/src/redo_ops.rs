@@ -39,10 +39,7 @@ pub fn commit(
 ) -> Result<CommitReport> {
     let rerun = crate::phase::rerun_command(&["-m"], &[path], opts);
     Ok(redo::commit_with(path, opts, rerun, |link: &Link, parent: &Chain| {
-        let target = parent.top();
-        let mut e = EngineOptions::new();
-        e.skip_zeros = false;
-        copy(&OwnData(link), target, &e, progress, cancel).map(|_| ()).map_err(|e| match e {
+        copy_every_block(&OwnData(link), parent.top(), progress, cancel).map(|_| ()).map_err(|e| match e {
             Error::Vmdk(v) => RedoError::Link(v),
             Error::Chain(c) => RedoError::Chain(c),
             Error::Interrupted => RedoError::Interrupted,
@@ -222,9 +219,7 @@ pub fn export_delta(
     let esx = redo::snapshot::is_esx_type(&chain.top().descriptor().create_type);
     let new =
         if esx { vmdk::create::create_delta(dst, cap, &parent, &copts)? } else { vmdk::create::create(dst, &copts)? };
-    let mut e = EngineOptions::new();
-    e.skip_zeros = false;
-    copy(&Masked { chain: &chain, changes: &changes }, new.link(), &e, progress, cancel)?;
+    copy_every_block(&Masked { chain: &chain, changes: &changes }, new.link(), progress, cancel)?;
     new.link().update_descriptor(|d| d.set_cid(top_cid))?;
     Ok(new.commit()?)
 }
@@ -236,6 +231,20 @@ pub enum Applied {
     Now(u32),
     /// The replica already had the delta's CID (an earlier run applied it): nothing was written.
     Already(u32),
+}
+
+/// A copy of `src` into `dst` that writes the zero blocks inside `src`'s data ranges too (a
+/// zero block left out would show what `dst` or its parent held there before): the copy of a
+/// commit, a replication and an export of changes.
+pub(crate) fn copy_every_block<T: crate::engine::Target>(
+    src: &dyn Source,
+    dst: &T,
+    progress: &mut dyn FnMut(u64, u64),
+    cancel: Option<&AtomicBool>,
+) -> Result<CopyStats> {
+    let mut e = EngineOptions::new();
+    e.skip_zeros = false;
+    copy(src, dst, &e, progress, cancel)
 }
 
 /// One way of bringing a replica to a new point — an exported REDO link ([`apply_delta`]), a file
@@ -365,9 +374,7 @@ impl Replication for DeltaApply<'_> {
         progress: &mut dyn FnMut(u64, u64),
         cancel: Option<&AtomicBool>,
     ) -> Result<CopyStats> {
-        let mut e = EngineOptions::new();
-        e.skip_zeros = false;
-        let stats = copy(&OwnData(&self.dl), chain.top(), &e, progress, cancel)?;
+        let stats = copy_every_block(&OwnData(&self.dl), chain.top(), progress, cancel)?;
         // A hole in a replica that has a parent would show the parent: zeros are written there.
         redo::commit::apply_zeros(&self.dl, chain.top(), chain.links().len() > 1)?;
         Ok(stats)

@@ -9,17 +9,10 @@ use std::path::{Path, PathBuf};
 /// A deterministic 8 MiB raw image: pseudo-random and text blocks with zero gaps.
 fn pattern(dir: &Path) -> PathBuf {
     let mut data = vec![0u8; 8 << 20];
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut x = XorShift(0x9e37_79b9_7f4a_7c15);
     for (i, chunk) in data.chunks_mut(64 << 10).enumerate() {
         match i % 4 {
-            0 => {
-                for b in chunk.iter_mut() {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    *b = x as u8;
-                }
-            }
+            0 => chunk.iter_mut().for_each(|b| *b = x.next_u64() as u8),
             1 => {}
             2 => {
                 let text = b"the quick brown fox jumps over the lazy dog ";
@@ -33,13 +26,6 @@ fn pattern(dir: &Path) -> PathBuf {
     let p = dir.join("pattern.raw");
     std::fs::write(&p, &data).unwrap();
     p
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
 }
 
 #[test]

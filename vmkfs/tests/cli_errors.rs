@@ -14,20 +14,13 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// The pipe buffer of Linux (16 pages): output larger than this blocks until it is read.
 const PIPE_BUFFER: usize = 64 << 10;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
 }
 
 /// What a run with an early-closed standard output left: its exit code, the bytes the reader took
@@ -42,8 +35,8 @@ struct Closed {
 /// its end. With `keep` 0 the reader is closed before vmkfs starts, so its first write fails.
 fn with_closed_stdout(args: &[&str], dir: &Path, keep: usize) -> Closed {
     let (mut reader, writer) = std::io::pipe().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmkfs"));
-    cmd.args(args).current_dir(dir).stdin(Stdio::null()).stdout(writer).stderr(Stdio::piped());
+    let mut cmd = vmkfs_cmd(dir, args);
+    cmd.stdout(writer).stderr(Stdio::piped());
     let mut read = vec![0u8; keep];
     let child = if keep == 0 {
         drop(reader);
@@ -84,15 +77,10 @@ fn many_extents(dir: &Path, n: usize) {
 fn holey(dir: &Path) {
     let f = std::fs::File::create(dir.join("holey.raw")).unwrap();
     f.set_len(64 << 20).unwrap();
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut x = XorShift(0x2545_f491_4f6c_dd1d);
     let mut block = vec![0u8; 4096];
     for i in 0..4096u64 {
-        for b in block.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = (x >> 24) as u8 | 1;
-        }
+        block.iter_mut().for_each(|b| *b = (x.next_u64() >> 24) as u8 | 1);
         f.write_all_at(&block, i * (16 << 10)).unwrap();
     }
 }
@@ -411,14 +399,12 @@ fn thin_flag_follows_the_allocation() {
 
 /// `qemu-img check` opens each disk (skipped without qemu-img).
 fn qemu_check(dir: &Path, disks: &[&str]) {
+    if !have_qemu() {
+        return;
+    }
     for disk in disks {
-        match Command::new("qemu-img").args(["compare", disk, "p.raw"]).current_dir(dir).output() {
-            Ok(o) => assert!(o.status.success(), "qemu-img compare {disk}: {}{}", text(&o.stdout), text(&o.stderr)),
-            Err(_) => {
-                eprintln!("qemu-img not found: skipping the qemu part of this test");
-                return;
-            }
-        }
+        let o = qemu_img(dir, &["compare", disk, "p.raw"]);
+        assert!(o.success(), "qemu-img compare {disk}: {}", o.describe());
     }
 }
 
@@ -443,28 +429,13 @@ fn bad_offsets_and_ranges_are_usage_errors() {
     }
     // Writes past the end are refused, and the disk is left as it was.
     for (off, input) in [("2m", 1usize), ("1m", 1), ("1020k", 8192), ("18446744073709551615", 1)] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-            .args(["--write-at", off, "p.raw"])
-            .current_dir(d)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), &vec![0xeeu8; input]);
-        let o = child.wait_with_output().unwrap();
+        let o = vmkfs_stdin(d, &["--write-at", off, "p.raw"], &vec![0xeeu8; input]);
         assert_eq!(o.status.code(), Some(2), "--write-at {off}: {}", text(&o.stderr));
         assert!(text(&o.stderr).contains("past the end of the disk"), "{}", text(&o.stderr));
         assert_eq!(std::fs::read(d.join("p.raw")).unwrap(), vec![3u8; 1 << 20]);
     }
     // The last byte is still in range.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-        .args(["--write-at", "1048575", "p.raw"])
-        .current_dir(d)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"!").unwrap();
-    assert!(child.wait().unwrap().success());
+    ok(&vmkfs_stdin(d, &["--write-at", "1048575", "p.raw"], b"!"));
     assert_eq!(vmkfs(d, &["--read-at", "1048575", "p.raw"]).stdout, b"!");
 }
 
@@ -564,13 +535,7 @@ fn a_full_standard_output_is_an_io_error_not_a_quiet_end() {
     let d = dir.path();
     std::fs::write(d.join("p.raw"), vec![3u8; 1 << 20]).unwrap();
     for args in [&["--info", "p.raw"][..], &["--map", "--json", "p.raw"], &["--read-at", "0", "p.raw"]] {
-        let o = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-            .args(args)
-            .current_dir(d)
-            .stdout(full.try_clone().unwrap())
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
+        let o = vmkfs_cmd(d, args).stdout(full.try_clone().unwrap()).stderr(Stdio::piped()).output().unwrap();
         assert_eq!(o.status.code(), Some(4), "{args:?}: {}", text(&o.stderr));
         let err = text(&o.stderr);
         assert!(err.contains("<stdout>") && err.contains("No space left"), "{args:?}: {err}");

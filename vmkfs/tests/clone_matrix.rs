@@ -10,26 +10,9 @@ use std::path::Path;
 
 /// 12 MiB: random, text and explicit-zero runs between holes, unaligned edges.
 fn pattern(dir: &Path) {
-    let mut data = vec![0u8; 12 << 20];
-    let mut x: u64 = 0x1234_5678_9abc_def1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let mut pos = 0usize;
-    while pos < data.len() {
-        let len = ((next() % 700) as usize + 1) * 1024 + (next() % 512) as usize;
-        let end = (pos + len).min(data.len());
-        match next() % 4 {
-            0 => data[pos..end].iter_mut().for_each(|b| *b = next() as u8),
-            1 => data[pos..end].iter_mut().enumerate().for_each(|(i, b)| *b = b"lorem ipsum dolor "[i % 18]),
-            _ => {}
-        }
-        pos = end;
-    }
-    std::fs::write(dir.join("src.raw"), &data).unwrap();
+    let mix =
+        Mix { state: 0x1234_5678_9abc_def1, run_kib: 700, edge: 512, kinds: 4, random: 1, text: b"lorem ipsum dolor " };
+    std::fs::write(dir.join("src.raw"), mixed_image(12 << 20, 12 << 20, &mix)).unwrap();
 }
 
 fn data_bytes(dir: &Path, disk: &str) -> u64 {

@@ -17,8 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    bin, create_disk, disk_digest, have_tool, pattern, read_at, sha256_hex, skip, snapshot, vmkfs, write_pattern, KIB,
-    MIB,
+    bin, create_disk, disk_digest, have_tool, pattern, read_at, sha256_file, sha256_hex, sha256_reader, skip, snapshot,
+    vmkfs, write_pattern, KIB, MIB,
 };
 
 /// Why FUSE cannot be used here, if it cannot.
@@ -117,28 +117,6 @@ fn is_mounted(dir: &Path) -> bool {
     mounts.lines().any(|l| l.split(' ').nth(1).is_some_and(|m| Path::new(m) == dir))
 }
 
-fn sha256_of_file(path: &Path) -> String {
-    sha256_of_reader(&mut std::fs::File::open(path).unwrap())
-}
-
-fn sha256_of_reader(r: &mut impl Read) -> String {
-    let mut h = sha2::Sha256::default();
-    std::io::copy(r, &mut HashWriter(&mut h)).unwrap();
-    common::hex(&sha2::Digest::finalize(h))
-}
-
-struct HashWriter<'a>(&'a mut sha2::Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        sha2::Digest::update(self.0, b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A three-link chain with data in each link, some of it overwritten above; returns the top.
 fn three_link_chain(d: &Path) -> String {
     create_disk(d, "base.vmdk", "monosparse", 32 * MIB);
@@ -164,7 +142,7 @@ fn read_only_mount_reads_the_chain_and_sigint_unmounts() {
     let want = disk_digest(d, &top, &[]).unwrap().sha256;
     let m = Mounted::start(d, &top, &[]);
     assert_eq!(std::fs::metadata(&m.image).unwrap().len(), 32 * MIB);
-    assert_eq!(sha256_of_file(&m.image), want, "the mounted image reads what the chain reads");
+    assert_eq!(sha256_file(&m.image), want, "the mounted image reads what the chain reads");
     let mut part = vec![0u8; 8 * KIB as usize];
     std::fs::File::open(&m.image).unwrap().read_exact_at(&mut part, 10 * MIB + 512).unwrap();
     assert_eq!(part, pattern(10 * MIB + 512, 8 * KIB as usize, 6));
@@ -241,7 +219,7 @@ fn loop_mount_of_the_image_lists_the_guest_files() {
     assert!(o.success(), "{o:?}");
     let top = snapshot(d, "g.vmdk", false);
     let m = Mounted::start(d, &top, &[]);
-    assert_eq!(sha256_of_file(&m.image), sha256_hex(&img));
+    assert_eq!(sha256_file(&m.image), sha256_hex(&img));
     let guest = d.join("guest");
     std::fs::create_dir(&guest).unwrap();
     let o = Command::new("mount").args(["-o", "loop,ro", "-t", "ext4"]).arg(&m.image).arg(&guest).output().unwrap();
@@ -279,12 +257,12 @@ fn a_disk_inside_a_vmfs_volume_mounts_read_only() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let want = sha256_of_reader(read.stdout.as_mut().unwrap());
+    let want = sha256_reader(read.stdout.as_mut().unwrap());
     assert!(read.wait().unwrap().success());
     let m = Mounted::start(d, "/thin.vmdk", &["--volume", vol]);
     assert_eq!(m.image, d.join("mnt/thin.img"));
     assert_eq!(std::fs::metadata(&m.image).unwrap().len(), 200 * MIB);
-    assert_eq!(sha256_of_file(&m.image), want, "the mounted image reads what --read-at reads");
+    assert_eq!(sha256_file(&m.image), want, "the mounted image reads what --read-at reads");
     let (code, out, err) = m.stop("TERM");
     assert_eq!(code, Some(0), "{out}\n{err}");
     let o = Command::new(bin())

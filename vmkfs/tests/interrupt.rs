@@ -1,16 +1,13 @@
 //! Interrupting a clone: a signal stops it cleanly and leaves no destination; `kill -9` leaves no
 //! destination either, and the next clone to the same name clears the dead process's leftovers.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
-}
+use common::*;
 
 /// A 4 GiB raw image with a little data: cloning it to eagerzeroedthick writes every byte, which
 /// takes long enough to interrupt.
@@ -22,9 +19,7 @@ fn big_source(dir: &Path) {
 }
 
 fn start_clone(dir: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-        .args(["-i", "big.raw", "-d", "eagerzeroedthick", "out.vmdk"])
-        .current_dir(dir)
+    vmkfs_cmd(dir, &["-i", "big.raw", "-d", "eagerzeroedthick", "out.vmdk"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -79,12 +74,7 @@ fn kill_9_leaves_no_destination_and_next_clone_cleans_up() {
     assert!(!d.join("out.vmdk").exists() && !d.join("out-flat.vmdk").exists());
     assert!(names(d).iter().any(|n| n.ends_with(".tmp")), "the killed clone's temporary files are expected");
     // A new clone (small format this time) succeeds and removes the dead process's temporaries.
-    let o = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-        .args(["-i", "big.raw", "-d", "thin", "out.vmdk"])
-        .current_dir(d)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    ok(&vmkfs(d, &["-i", "big.raw", "-d", "thin", "out.vmdk"]));
     assert_eq!(names(d), vec!["big.raw", "out-flat.vmdk", "out.vmdk"]);
 }
 
@@ -93,9 +83,7 @@ fn sigterm_ends_an_export_blocked_on_a_pipe_nobody_reads() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     big_source(d);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-        .args(["-e", "-", "big.raw", "-d", "raw"])
-        .current_dir(d)
+    let mut child = vmkfs_cmd(d, &["-e", "-", "big.raw", "-d", "raw"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

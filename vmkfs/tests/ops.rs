@@ -5,14 +5,12 @@ mod common;
 
 use common::*;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
+/// `qemu-img ARGS` in `dir`, which must succeed (skipped without qemu-img).
 fn qemu_ok(args: &[&str], dir: &Path) {
-    match Command::new("qemu-img").args(args).current_dir(dir).output() {
-        Ok(o) => assert!(o.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&o.stdout)),
-        Err(_) => eprintln!("qemu-img not found: skipping qemu-img {args:?}"),
+    if have_qemu() {
+        ok(&qemu_img(dir, args));
     }
 }
 
@@ -236,14 +234,7 @@ fn compare_read_and_write_at() {
     let d = dir.path();
     raw(d, 4 << 20);
     vmkfs_ok(d, &["-i", "p.raw", "-d", "2gbsparse", "s.vmdk"]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-        .args(["--write-at", "3m", "s.vmdk"])
-        .current_dir(d)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"hello, disk").unwrap();
-    assert!(child.wait().unwrap().success());
+    ok(&vmkfs_stdin(d, &["--write-at", "3m", "s.vmdk"], b"hello, disk"));
     let out = vmkfs(d, &["--read-at", "3m", "--length", "11", "s.vmdk"]).stdout;
     assert_eq!(out, b"hello, disk");
     let o = vmkfs(d, &["--compare", "s.vmdk", "p.raw"]);

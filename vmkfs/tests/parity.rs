@@ -319,7 +319,7 @@ fn copy_out_matches_the_independent_readers() {
             let tool = if name == "vmfs6.bin" { "debugvmfs6" } else { "debugvmfs" };
             let have = if name == "vmfs6.bin" { vmfs_common::have_debugvmfs6() } else { vmfs_common::have_debugvmfs() };
             if have && f.size <= 256 * MIB {
-                let theirs = vmfs_common::sha256(&vmfs_common::debugvmfs_cat(tool, &devs, &f.path));
+                let theirs = sha256_hex(&vmfs_common::debugvmfs_cat(tool, &devs, &f.path));
                 assert_eq!(ours, theirs, "{name}{}: {tool} reads other bytes", f.path);
             }
             std::fs::remove_file(&dest).unwrap();

@@ -12,18 +12,6 @@ use common::*;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A 3 MiB source image: random, zero and text blocks, zeros at both ends of some blocks.
 fn source_bytes() -> Vec<u8> {
     let mut data = vec![0u8; 3 << 20];

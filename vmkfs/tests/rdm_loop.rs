@@ -25,18 +25,6 @@ fn bytes(o: &Outcome) -> Vec<u8> {
     o.stdout.clone()
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// An attached loop device, detached on drop.
 struct Loop {
     dev: String,

@@ -193,6 +193,24 @@ fn capacity_mismatch() {
     ));
 }
 
+/// Hand-edits the descriptor of the link at `path` to name `hint` (with CID `cid`) as its parent.
+fn set_parent(path: &Path, hint: &str, cid: u32) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let edited: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("parentFileNameHint") {
+                format!("parentFileNameHint=\"{hint}\"")
+            } else if l.starts_with("parentCID") {
+                format!("parentCID={cid:08x}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(path, edited.join("\n") + "\n").unwrap();
+}
+
 #[test]
 fn cycle() {
     let dir = tempfile::tempdir().unwrap();
@@ -201,21 +219,8 @@ fn cycle() {
     // Hand-edit s1 to name s2 (with s2's CID) as its parent: s2 -> s1 -> s2.
     let cid2 = Link::open(d.join(&s2), &OpenOptions::read()).unwrap().descriptor().cid;
     let text = std::fs::read_to_string(d.join(&s1)).unwrap();
-    let edited: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("parentFileNameHint") {
-                format!("parentFileNameHint=\"{s2}\"")
-            } else if l.starts_with("parentCID") {
-                format!("parentCID={cid2:08x}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert_ne!(text, edited);
-    std::fs::write(d.join(&s1), edited + "\n").unwrap();
+    set_parent(&d.join(&s1), &s2, cid2);
+    assert_ne!(text, std::fs::read_to_string(d.join(&s1)).unwrap());
     let (code, okf, st, v) = chain(d, &s2);
     assert_eq!((code, okf), (1, false), "{v}");
     assert_eq!(st.len(), 3, "{v}");
@@ -224,22 +229,7 @@ fn cycle() {
     assert!(matches!(Chain::open(d.join(&s2), &OpenOptions::read()), Err(ChainError::Cycle { .. })));
     assert!(matches!(Chain::open(d.join(&s1), &OpenOptions::read()), Err(ChainError::Cycle { .. })));
     // A link that is its own parent.
-    let text = std::fs::read_to_string(d.join(&s2)).unwrap();
-    let cid2s = format!("{cid2:08x}");
-    let own: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("parentFileNameHint") {
-                format!("parentFileNameHint=\"{s2}\"")
-            } else if l.starts_with("parentCID") {
-                format!("parentCID={cid2s}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(d.join(&s2), own + "\n").unwrap();
+    set_parent(&d.join(&s2), &s2, cid2);
     let (code, _, st, v) = chain(d, &s2);
     assert_eq!(code, 1, "{v}");
     assert!(st.last().unwrap().contains("cycle"), "{v}");

@@ -14,7 +14,7 @@ use common::*;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use vmkfs::redo::{self, Chain};
@@ -135,10 +135,7 @@ fn verify_chain(l: Layout, child: bool, top: &Path, what: &str) {
 /// once the copy is done, while it flushes and re-points). Returns true if it was killed, false if it
 /// finished first.
 fn commit_and_kill(dir: &Path, top: &Path, percent: u64) -> bool {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-        .args(["-m", "--json"])
-        .arg(top)
-        .current_dir(dir)
+    let mut child = vmkfs_cmd(dir, &["-m", "--json", top.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

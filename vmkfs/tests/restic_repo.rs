@@ -156,6 +156,23 @@ impl Vm {
     fn dir(&self) -> PathBuf {
         self.root.path().join("vm")
     }
+    /// The repository beside the VM folder, and how the commands name it (`restic:PATH`).
+    fn repo(&self) -> (PathBuf, String) {
+        let repo = self.root.path().join("repo");
+        let spec = format!("restic:{}", repo.display());
+        (repo, spec)
+    }
+    /// A VM `name` whose first backup created its repository; `None` (after saying why) without
+    /// restic.
+    fn backed_up(name: &str) -> Option<(Vm, PathBuf, String)> {
+        if !have_restic() {
+            return None;
+        }
+        let vm = Vm::new(name);
+        let (repo, r) = vm.repo();
+        backup_ok(vm.root.path(), &["-a", "vm/vm.vmx", "-r", &r, "--init"]);
+        Some((vm, repo, r))
+    }
     fn top(&self, key: &str) -> String {
         Vm::top_of(&self.dir(), key)
     }
@@ -186,8 +203,7 @@ fn cycle_three_disks() {
         return;
     }
     let vm = Vm::new("web01");
-    let repo = vm.root.path().join("repo");
-    let r = format!("restic:{}", repo.display());
+    let (repo, r) = vm.repo();
     let before1 = vm.digests();
     let (_, t1) = backup_ok(vm.root.path(), &["-a", "vm/vm.vmx", "-r", &r, "--init", "--keep-tracking"]);
     let size1 = du(&repo);
@@ -339,13 +355,9 @@ fn restic_stdin_snapshot_clones_with_vmkfs() {
 
 #[test]
 fn damage_and_passwords() {
-    if !have_restic() {
+    let Some((vm, repo, r)) = Vm::backed_up("web01") else {
         return;
-    }
-    let vm = Vm::new("web01");
-    let repo = vm.root.path().join("repo");
-    let r = format!("restic:{}", repo.display());
-    backup_ok(vm.root.path(), &["-a", "vm/vm.vmx", "-r", &r, "--init"]);
+    };
     // A wrong password, through each way of giving one.
     let pwfile = vm.root.path().join("pw");
     std::fs::write(&pwfile, "wrong\n").unwrap();
@@ -390,13 +402,9 @@ fn damage_and_passwords() {
 
 #[test]
 fn kill_9_during_backup() {
-    if !have_restic() {
+    let Some((vm, repo, r)) = Vm::backed_up("web01") else {
         return;
-    }
-    let vm = Vm::new("web01");
-    let repo = vm.root.path().join("repo");
-    let r = format!("restic:{}", repo.display());
-    backup_ok(vm.root.path(), &["-a", "vm/vm.vmx", "-r", &r, "--init"]);
+    };
     let want = vm.digests();
     let (_, full) = backup_ok(vm.root.path(), &["-a", "vm/vm.vmx", "-r", &r]);
     let mut rng = Rng::new(env_number("VMKFS_KILL_SEED", 14));
@@ -452,8 +460,7 @@ fn two_backups_at_once() {
     let a = Vm::new("vm-a");
     let b = Vm::new("vm-b");
     b.change(3);
-    let repo = a.root.path().join("repo");
-    let r = format!("restic:{}", repo.display());
+    let (repo, r) = a.repo();
     backup_ok(a.root.path(), &["-a", "vm/vm.vmx", "-r", &r, "--init"]);
     let args = |dir: &Path| (dir.to_path_buf(), vec!["-a".into(), "vm/vm.vmx".into(), "-r".into(), r.clone()]);
     // Two VMs at once: restic's lock is non-exclusive for backups and packs are immutable, so

@@ -6,9 +6,8 @@ mod common;
 
 use common::*;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// `vmkfs A | vmkfs B`: both outputs (the second's standard output and both standard errors).
 fn pipe(a: &[&str], b: &[&str], dir: &Path) -> (Outcome, Outcome) {
@@ -39,25 +38,9 @@ fn text(o: &Outcome) -> String {
 
 /// 20 MiB and 33 KiB (the last grain is partial): random, text and zero runs.
 fn image(dir: &Path) -> Vec<u8> {
-    let mut data = vec![0u8; (20 << 20) + (33 << 10)];
-    let mut x: u64 = 0x5eed_1234_abcd_0001;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let mut pos = 0;
-    while pos < data.len() {
-        let len = ((next() % 600) as usize + 1) * 1024 + (next() % 300) as usize;
-        let end = (pos + len).min(data.len());
-        match next() % 4 {
-            0 => data[pos..end].iter_mut().for_each(|b| *b = next() as u8),
-            1 => data[pos..end].iter_mut().enumerate().for_each(|(i, b)| *b = b"pipe dream "[i % 11]),
-            _ => {}
-        }
-        pos = end;
-    }
+    let mix = Mix { state: 0x5eed_1234_abcd_0001, run_kib: 600, edge: 300, kinds: 4, random: 1, text: b"pipe dream " };
+    let len = (20 << 20) + (33 << 10);
+    let data = mixed_image(len, len, &mix);
     std::fs::write(dir.join("src.raw"), &data).unwrap();
     data
 }
@@ -133,14 +116,7 @@ fn export_flattens_a_chain_and_writes_files() {
         eprintln!("--snapshot is not available ({}): exporting the base alone", text(&o));
     } else {
         let child = String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").trim().to_string();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_vmkfs"))
-            .args(["--write-at", "4096", &child])
-            .current_dir(d)
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        c.stdin.take().unwrap().write_all(&[0xEE; 8192]).unwrap();
-        assert!(c.wait().unwrap().success());
+        ok(&vmkfs_stdin(d, &["--write-at", "4096", &child], &[0xEE; 8192]));
         want[4096..4096 + 8192].fill(0xEE);
         let o = vmkfs(d, &["-e", "-", &child, "-d", "streamoptimized"]);
         assert!(o.status.success(), "{}", text(&o));

@@ -1,6 +1,7 @@
 //! The code's shape, checked like its behaviour: no module of any crate imports one that imports
 //! it back (scripts/module_cycles.py: every path between sibling modules, through re-exports, and
-//! inherent `impl` blocks of a type split across files).
+//! inherent `impl` blocks of a type split across files), and no function of any library or binary
+//! source is over 120 lines (scripts/long_functions.py counts from the `fn` line to its closing brace).
 
 mod common;
 
@@ -9,14 +10,24 @@ use std::process::Command;
 
 use common::*;
 
-fn repo_root() -> PathBuf {
+/// The workspace root.
+fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn check_cycles(dirs: &[&Path]) -> Outcome {
+/// Runs one of the workspace's Python scripts from the root.
+fn script(name: &str, args: &[&str]) -> Outcome {
     let mut cmd = Command::new("python3");
-    cmd.current_dir(repo_root()).arg("scripts/module_cycles.py").args(dirs);
+    cmd.current_dir(root()).arg(format!("scripts/{name}")).args(args);
     run(cmd, None, None)
+}
+
+const SOURCES: [&str; 5] = ["rdm/src", "vmdk/src", "redo/src", "vmkfs/src", "vmkfs/capi/src"];
+
+/// Runs the cycle checker on `dirs`.
+fn check_cycles(dirs: &[&Path]) -> Outcome {
+    let dirs: Vec<&str> = dirs.iter().map(|d| d.to_str().unwrap()).collect();
+    script("module_cycles.py", &dirs)
 }
 
 #[test]
@@ -24,8 +35,7 @@ fn no_import_cycles_inside_any_crate() {
     if !have_tool("python3") {
         return skip("python3 (runs scripts/module_cycles.py)");
     }
-    let dirs = ["rdm/src", "vmdk/src", "redo/src", "vmkfs/src"].map(Path::new);
-    let o = check_cycles(&dirs);
+    let o = script("module_cycles.py", &SOURCES[..4]);
     assert!(o.success(), "import cycles:\n{}", o.describe());
 }
 
@@ -69,4 +79,61 @@ fn cycle_checker_catches_every_kind_of_reference() {
             None => assert!(o.success(), "{name}: expected no cycle:\n{}", o.describe()),
         }
     }
+}
+
+#[test]
+fn no_function_is_over_120_lines() {
+    if !have_tool("python3") {
+        return skip("python3 (runs scripts/long_functions.py)");
+    }
+    let o = script("long_functions.py", &SOURCES);
+    assert!(o.success(), "functions over 120 lines (length, place, name):\n{}", o.describe());
+}
+
+/// A function of `lines` lines (its `fn` line and closing brace included) whose body holds every
+/// kind of brace the counter must not take for code: in strings, raw strings, chars, comments.
+fn planted(name: &str, lines: usize) -> String {
+    let tricky = [
+        "    let _s = \"} { \\\" }\";",
+        "    let _r = r#\"}\"# ;",
+        "    let _c = ('{', '}', '\\'', b'}');",
+        "    // } a comment's brace",
+        "    /* } /* nested } */ } */",
+        "    let _l: &'static str = \"'\";",
+        "    if true {",
+        "        let _inner = |x: &str| -> usize { x.len() };",
+        "    }",
+    ];
+    let mut body: Vec<String> = tricky.iter().map(|s| s.to_string()).collect();
+    while body.len() < lines - 2 {
+        body.push(format!("    let _x{} = {};", body.len(), body.len()));
+    }
+    format!("fn {name}<'a>(x: &'a str) -> &'a str {{\n{}\n    x\n}}\n", body[..lines - 3].join("\n"))
+}
+
+#[test]
+fn long_function_counter_finds_121_lines_and_passes_120() {
+    if !have_tool("python3") {
+        return skip("python3 (runs scripts/long_functions.py)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let declared = "trait T {\n    fn declared(\n        &self,\n    );\n}\n";
+    let pointer = "struct S {\n    f: fn(u8) -> u8,\n}\n";
+    let text = format!("{declared}{pointer}{}{}", planted("fits", 120), planted("too_long", 121));
+    let file = dir.path().join("planted.rs");
+    std::fs::write(&file, &text).unwrap();
+    let fits_line = text.lines().position(|l| l.starts_with("fn fits")).unwrap() + 1;
+    let long_line = text.lines().position(|l| l.starts_with("fn too_long")).unwrap() + 1;
+    // the planted functions are as long as they say, counted here by their closing lines
+    assert_eq!(text.lines().skip(long_line - 1).position(|l| l == "}").unwrap() + 1, 121);
+    assert_eq!(text.lines().skip(fits_line - 1).position(|l| l == "}").unwrap() + 1, 120);
+
+    let o = script("long_functions.py", &[file.to_str().unwrap()]);
+    assert_eq!(o.code(), Some(1), "{}", o.describe());
+    let want = format!("  121 {}:{long_line} too_long\n", file.display());
+    assert_eq!(o.out(), want, "{}", o.describe());
+
+    let o = script("long_functions.py", &["--limit", "119", file.to_str().unwrap()]);
+    let both = format!("  121 {f}:{long_line} too_long\n  120 {f}:{fits_line} fits\n", f = file.display());
+    assert_eq!(o.out(), both, "{}", o.describe());
 }

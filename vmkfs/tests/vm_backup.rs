@@ -67,19 +67,6 @@ impl Vm {
     }
 }
 
-/// `(key, fileName)` of the disks a `.vmx` names (lower-case keys), read by plain line parsing.
-fn vmx_disks(vmx: &Path) -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(vmx).unwrap_or_else(|e| panic!("{}: {e}", vmx.display()));
-    text.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            let k = k.trim().to_ascii_lowercase();
-            let key = k.strip_suffix(".filename")?;
-            Some((key.to_string(), v.trim().trim_matches('"').to_string()))
-        })
-        .collect()
-}
-
 const VMX: &str = r#".encoding = "UTF-8"
 config.version = "8"
 virtualHW.version = "4"
@@ -577,24 +564,7 @@ fn kill_9_during_backup_and_restore() {
         let name = format!("backup trial {trial} (kill at {at:?} of {backup_time:?})");
         let args = ["-a", wvmx.as_str(), "-r", "bk/full", "--keep-tracking"];
         killed += kill_after(backup_bin(), vm.root(), &args, at) as usize;
-        let dest = vm.root().join("bk/full");
-        let complete = dest.exists();
-        if complete {
-            let o = tool(backup_bin(), vm.root(), &["--verify", "bk/full"]);
-            assert!(o.success(), "{name}: the backup folder exists, so it must be complete: {}", o.describe());
-        }
-        source_reads_as_before(&vm, &before, &[VMX.to_string(), vmx_after.clone()], &name);
-        // The re-run finishes the job: the same backup, complete; the source as after a backup.
-        // Killed after everything was done, the re-run finds the backup there, as it would after
-        // an uninterrupted run.
-        let o = tool(backup_bin(), vm.root(), &args);
-        let done_before = complete && o.code() == Some(2) && o.err().contains("already exists");
-        assert!(o.success() || done_before, "{name}: the re-run: {}", o.describe());
-        let o = tool(backup_bin(), vm.root(), &["--verify", "bk/full"]);
-        assert!(o.success(), "{name}: {}", o.describe());
-        assert_eq!(std::fs::read_to_string(vm.vmx()).unwrap(), vmx_after, "{name}");
-        assert_eq!(vm.digests(), before, "{name}");
-        no_leftovers(vm.root(), &name);
+        backup_recovers(&vm, &args, &before, &vmx_after, &name);
     }
     for trial in 0..trials {
         let work = tempfile::tempdir().unwrap();
@@ -616,6 +586,28 @@ fn kill_9_during_backup_and_restore() {
     }
     eprintln!("{killed} of {} runs were killed before they ended", 2 * trials);
     assert!(killed > 0, "no run was killed: the timing is off");
+}
+
+/// After a backup of `vm` into `bk/full` (run with `args`) was killed: a backup folder that
+/// exists verifies, the source reads as before (its .vmx as before or as after a backup), and the
+/// re-run finishes the job — the same backup, complete, the source as after an uninterrupted run
+/// (`vmx_after`, the digests `before`), nothing left over. Killed after everything was done, the
+/// re-run finds the backup there, as it would after an uninterrupted run.
+fn backup_recovers(vm: &Vm, args: &[&str], before: &BTreeMap<String, String>, vmx_after: &str, name: &str) {
+    let complete = vm.root().join("bk/full").exists();
+    if complete {
+        let o = tool(backup_bin(), vm.root(), &["--verify", "bk/full"]);
+        assert!(o.success(), "{name}: the backup folder exists, so it must be complete: {}", o.describe());
+    }
+    source_reads_as_before(vm, before, &[VMX.to_string(), vmx_after.to_string()], name);
+    let o = tool(backup_bin(), vm.root(), args);
+    let done_before = complete && o.code() == Some(2) && o.err().contains("already exists");
+    assert!(o.success() || done_before, "{name}: the re-run: {}", o.describe());
+    let o = tool(backup_bin(), vm.root(), &["--verify", "bk/full"]);
+    assert!(o.success(), "{name}: {}", o.describe());
+    assert_eq!(std::fs::read_to_string(vm.vmx()).unwrap(), vmx_after, "{name}");
+    assert_eq!(&vm.digests(), before, "{name}");
+    no_leftovers(vm.root(), name);
 }
 
 /// The rename-family system calls: every commit point of a backup and a restore is one of them
@@ -700,20 +692,7 @@ fn kill_9_at_every_rename_of_backup_and_restore() {
             let a: Vec<&str> = a.iter().map(String::as_str).collect();
             let name = format!("backup killed at {call} #{n} of {total}");
             kill_at(backup_bin(), vm.root(), &a, call, n);
-            let complete = vm.root().join("bk/full").exists();
-            if complete {
-                let o = tool(backup_bin(), vm.root(), &["--verify", "bk/full"]);
-                assert!(o.success(), "{name}: the backup folder exists, so it must be complete: {}", o.describe());
-            }
-            source_reads_as_before(&vm, &before, &[VMX.to_string(), vmx_after.clone()], &name);
-            let o = tool(backup_bin(), vm.root(), &a);
-            let done_before = complete && o.code() == Some(2) && o.err().contains("already exists");
-            assert!(o.success() || done_before, "{name}: the re-run: {}", o.describe());
-            let o = tool(backup_bin(), vm.root(), &["--verify", "bk/full"]);
-            assert!(o.success(), "{name}: {}", o.describe());
-            assert_eq!(std::fs::read_to_string(vm.vmx()).unwrap(), vmx_after, "{name}");
-            assert_eq!(vm.digests(), before, "{name}");
-            no_leftovers(vm.root(), &name);
+            backup_recovers(&vm, &a, &before, &vmx_after, &name);
         }
     }
     // Restore: from the counting run's backup, into a fresh folder each time.

@@ -10,10 +10,9 @@ mod common;
 mod vmfs_common;
 mod vmfs_synth;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{backup_bin, disk_digest, have_tool, qemu_img, restore_bin, sha256_hex, skip, tool, MIB};
+use common::{backup_bin, disk_digest, have_tool, qemu_img, restore_bin, sha256_hex, skip, tool, vmx_disks, MIB};
 use vmfs_synth::{expected, pattern, Builder, FileSpec, Gen, Layout};
 
 fn catalog_value(backup: &Path, key: &str) -> Option<String> {
@@ -21,18 +20,6 @@ fn catalog_value(backup: &Path, key: &str) -> Option<String> {
         .unwrap()
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{key} = ")).map(|v| v.trim_matches('"').to_string()))
-}
-
-fn vmx_disks(vmx: &Path) -> BTreeMap<String, String> {
-    std::fs::read_to_string(vmx)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            let key = k.trim().to_ascii_lowercase().strip_suffix(".filename")?.to_string();
-            Some((key, v.trim().trim_matches('"').to_string()))
-        })
-        .collect()
 }
 
 /// `qemu-img compare` of a restored disk with a raw image holding `bytes`.

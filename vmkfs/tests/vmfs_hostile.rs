@@ -2,12 +2,14 @@
 //! and PE tables, FS descriptor, resource headers, file descriptors, directories) overwritten at
 //! random. Opening, listing and reading must return errors, never panic, hang or allocate wildly.
 
+mod common;
 mod vmfs_common;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use common::XorShift;
 use vmfs_common::real_image;
 use vmkfs::vmfs::{DeviceRead, FileKind, HostDevice, ReadAt, VmfsError, Volume};
 
@@ -64,13 +66,8 @@ fn walk(vol: &Volume, dir: &str, depth: usize, budget: &mut usize) {
 
 fn hammer(name: &str, regions: &[(u64, u64)]) {
     let Some(img) = real_image(name) else { return };
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut rnd = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut x = XorShift(0x2545_F491_4F6C_DD1D);
+    let mut rnd = || x.next_u64();
     let (mut opened, mut failed) = (0, 0);
     for _ in 0..ROUNDS {
         let mut patch = HashMap::new();

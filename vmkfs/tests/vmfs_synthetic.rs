@@ -5,11 +5,13 @@
 //! when our reader, the writer's intent and dissect.vmfs agree on listings and contents;
 //! debugvmfs/debugvmfs6 are checked where they can read (their known gaps are printed).
 
+mod common;
 mod vmfs_common;
 mod vmfs_synth;
 
 use std::path::PathBuf;
 
+use common::sha256_hex;
 use vmfs_common::*;
 use vmfs_synth::{expected, pattern, Builder, FileSpec, Gen, Layout};
 use vmkfs::vmfs::{DeviceRunKind, FileKind, Volume};
@@ -159,13 +161,13 @@ fn check(devs: &[PathBuf], files: &[(String, FileSpec)], gen: Gen) -> Volume {
         }
         for e in ours.iter().filter(|e| e.sha256.is_some() && e.kind == "file" && !e.path.starts_with("/many/")) {
             let data = debugvmfs_cat(tool, &d, &e.path);
-            if Some(sha256(&data)) != e.sha256 {
+            if Some(sha256_hex(&data)) != e.sha256 {
                 differ.push(format!("cat {} ({} bytes from {tool})", e.path, data.len()));
             }
         }
         for e in ours.iter().filter(|e| e.path.starts_with("/many/")).step_by(500) {
             let data = debugvmfs_cat(tool, &d, &e.path);
-            if Some(sha256(&data)) != e.sha256 {
+            if Some(sha256_hex(&data)) != e.sha256 {
                 differ.push(format!("cat {}", e.path));
             }
         }

@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod counting;
+#[path = "../../../vmkfs/tests/common/portable.rs"]
+mod portable;
+pub use portable::*;
 
 use std::fs::{File, OpenOptions as FsOpen};
 use std::os::unix::fs::FileExt;
@@ -12,42 +15,11 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use vmdk::create::{create, CreateOptions, DiskFormat};
-use vmdk::{AllocMap, Error, Link, State};
+use vmdk::{AllocMap, Error, Link, OpenOptions, State};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
 pub const GIB: u64 = 1024 * MIB;
-
-/// SplitMix64: small, seedable, good enough for test data.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[lo, hi]`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-    pub fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.next_u64() % den < num
-    }
-    /// Fills with random bytes, none of them zero (so "data" never accidentally looks like zeros).
-    pub fn fill_nonzero(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = (self.next_u64() | 0x0101_0101_0101_0101).to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
 
 /// A test pattern of `len` bytes: random data runs, zero runs (some spanning whole grains, some
 /// tiny), lone non-zero bytes inside zero runs, all with unaligned boundaries.
@@ -458,6 +430,42 @@ pub fn assert_corrupt(e: &Error, file: &Path, offset: Option<u64>) -> u64 {
     assert!(msg.contains(&*name), "message does not name {name}: {msg}");
     assert!(msg.contains(&at.to_string()), "message does not name offset {at}: {msg}");
     *at
+}
+
+/// [`assert_corrupt`], and the message holds each of `words`.
+#[track_caller]
+pub fn assert_corrupt_says(e: &Error, file: &Path, offset: u64, words: &[&str]) {
+    assert_corrupt(e, file, Some(offset));
+    let msg = e.to_string();
+    for w in words {
+        assert!(msg.contains(w), "message lacks {w:?}: {msg}");
+    }
+}
+
+/// Reads `n` random unaligned windows of 1 to `max_len` bytes through `read` (a seeded stream,
+/// `(seed, n, max_len)`) and compares each with `want`.
+#[track_caller]
+pub fn random_reads(
+    read: impl Fn(&mut [u8], u64) -> vmdk::Result<()>,
+    want: &[u8],
+    (seed, n, max_len): (u64, usize, u64),
+    what: &str,
+) {
+    let mut rng = Rng::new(seed);
+    let cap = want.len() as u64;
+    for _ in 0..n {
+        let off = rng.range(0, cap - 1);
+        let len = rng.range(1, max_len).min(cap - off);
+        let mut buf = vec![0xeeu8; len as usize];
+        read(&mut buf, off).unwrap_or_else(|e| panic!("{what}: read of {len} bytes at {off}: {e}"));
+        assert_same(&buf, &want[off as usize..(off + len) as usize], &format!("{what}: read of {len} bytes at {off}"));
+    }
+}
+
+/// The error opening `p`, which must not open.
+#[track_caller]
+pub fn open_err(p: &Path) -> Error {
+    Link::open(p, &OpenOptions::read()).expect_err("a damaged file must not open")
 }
 
 /// A committed monosparse disk of 4 MiB with data in grains 0, 1 and 5.

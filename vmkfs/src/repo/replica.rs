@@ -41,9 +41,9 @@ use super::snapshot::{self, Snapshot};
 use super::tree::Node;
 use super::vmdisk::RepoFile;
 use super::{Id, Repo};
-use crate::engine::{copy, CopyStats, EngineOptions, Source};
+use crate::engine::{CopyStats, Source};
 use crate::error::{Error, Result};
-use crate::redo_ops::{replicate, Replication};
+use crate::redo_ops::{copy_every_block, replicate, Replication};
 
 /// Disk database key: the repository's ID.
 pub const KEY_REPOSITORY: &str = "vmkfs.resticRepository";
@@ -377,9 +377,7 @@ impl Replication for ResticApply<'_> {
             self.report.zeroed += len;
         }
         let only = Only { file: &self.file, ranges: merged(data.iter().map(|&i| (blobs[i].0, blobs[i].2))) };
-        let mut e = EngineOptions::new();
-        e.skip_zeros = false;
-        let stats = copy(&only, target, &e, progress, cancel)?;
+        let stats = copy_every_block(&only, target, progress, cancel)?;
         self.report.written = stats.written;
         Ok(stats)
     }

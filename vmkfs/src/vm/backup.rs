@@ -1111,38 +1111,65 @@ fn export_disk(
         Method::Hashes => format!("{bytes} bytes changed, found by block hashes"),
     };
     r.event(Event::Step { disk: Some(key.clone()), what });
-    let written = |p: &Path| ds.written(&d.place.at(p));
-    let (point, tracking) = match (snapshot, keep_tracking) {
-        (Some(s), true) => {
-            let point = match (&d.plan, kind) {
-                (Plan::Tracking { point, .. }, Kind::Incremental) => point.clone(),
-                _ => d.place.path.clone(),
-            };
-            (Some(written(&point)), Some(written(s)))
-        }
-        // No tracking link: the point still names the link holding this state (its CID changes
-        // with the commit, so no later pass takes it for a tracking point), which keeps the disk's
-        // name stable across passes.
-        _ => (Some(written(&d.place.path)), None),
-    };
     let file = vmdk::txn::file_name(&dst);
     let entry = DiskEntry {
-        key: key.clone(),
-        diskname: d.written.clone(),
         filename: Some(file.clone()),
-        skipped: None,
-        format: d.format.clone(),
         export,
-        capacity: d.capacity,
-        cid,
         parent_cid,
         method: Some(method),
         blocks: Some(blocks_name),
         bytes,
-        point,
-        tracking,
+        ..entry_of(d, cid, recorded_points(d, kind, snapshot.as_deref(), keep_tracking, ds))
     };
     Ok((entry, files, DiskDone { disk: key, method: method.as_str(), file, bytes }))
+}
+
+/// The catalog entry of disk `d` (its top's CID `cid`) with what every backup of it records:
+/// key, names, format, capacity, CID, and the `point` and `tracking` of [`recorded_points`]; the
+/// caller adds what it wrote (file, export, method, bytes, …).
+fn entry_of(d: &Disk, cid: u32, (point, tracking): (Option<String>, Option<String>)) -> DiskEntry {
+    DiskEntry {
+        key: d.vd.key.clone(),
+        diskname: d.written.clone(),
+        filename: None,
+        skipped: None,
+        format: d.format.clone(),
+        export: String::new(),
+        capacity: d.capacity,
+        cid,
+        parent_cid: None,
+        method: None,
+        blocks: None,
+        bytes: 0,
+        point,
+        tracking,
+    }
+}
+
+/// The catalog's `point` and `tracking` of disk `d` after this pass (as the catalog writes paths,
+/// [`Datastores::written`]). With a tracking link kept (`snapshot` taken and `keep_tracking`): the
+/// point is the link the pass read up to (an incremental pass's tracking point, else the disk's
+/// top) and the tracking link is `snapshot`. Without one, the point still names the link holding
+/// this state (its CID changes with the commit, so no later pass takes it for a tracking point),
+/// which keeps the disk's name stable across passes.
+fn recorded_points(
+    d: &Disk,
+    kind: Kind,
+    snapshot: Option<&Path>,
+    keep_tracking: bool,
+    ds: &Datastores,
+) -> (Option<String>, Option<String>) {
+    let written = |p: &Path| ds.written(&d.place.at(p));
+    match (snapshot, keep_tracking) {
+        (Some(s), true) => {
+            let at = match (&d.plan, kind) {
+                (Plan::Tracking { point, .. }, Kind::Incremental) => point.as_path(),
+                _ => d.place.path.as_path(),
+            };
+            (Some(written(at)), Some(written(s)))
+        }
+        _ => (Some(written(&d.place.path)), None),
+    }
 }
 
 /// Stores one disk into the repository as `KEY-STEM.raw`: a tracking plan reads only the blocks
@@ -1187,32 +1214,12 @@ fn repo_disk(
         disk: Some(key.clone()),
         what: format!("{} bytes read, {} blocks kept from the previous snapshot unread", wr.read, wr.reused),
     });
-    let written = |p: &Path| ds.written(&d.place.at(p));
-    let (point_at, tracking) = match (snapshot, keep_tracking) {
-        (Some(s), true) => {
-            let at = match (&d.plan, kind) {
-                (Plan::Tracking { point, .. }, Kind::Incremental) => point.clone(),
-                _ => d.place.path.clone(),
-            };
-            (Some(written(&at)), Some(written(s)))
-        }
-        _ => (Some(written(&d.place.path)), None),
-    };
     let entry = DiskEntry {
-        key: key.clone(),
-        diskname: d.written.clone(),
         filename: Some(file.clone()),
-        skipped: None,
-        format: d.format.clone(),
         export: catalog::RAW_EXPORT.into(),
-        capacity: d.capacity,
-        cid,
-        parent_cid: None,
         method: Some(method),
-        blocks: None,
         bytes: wr.read,
-        point: point_at,
-        tracking,
+        ..entry_of(d, cid, recorded_points(d, kind, snapshot.as_deref(), keep_tracking, ds))
     };
     Ok((entry, node, DiskDone { disk: key, method: method.as_str(), file, bytes: wr.read }))
 }

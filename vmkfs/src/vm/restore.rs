@@ -210,96 +210,12 @@ pub fn restore(opts: &RestoreOptions, ask: &mut dyn Ask, r: &mut dyn Reporter) -
         Some(f) => vec![(f.dir.clone(), f.point.catalog.clone())],
         None => verify::chain(&opts.src)?,
     };
-    r.event(Event::Step {
-        disk: None,
-        what: format!(
-            "restoring from {} backup(s): {}",
-            chain.len(),
-            chain.iter().map(|(f, _)| f.display().to_string()).collect::<Vec<_>>().join(", ")
-        ),
-    });
-    for (f, c) in &chain {
-        let found = verify::check_files(f, c, &mut super::Quiet);
-        if let Some(first) = found.first() {
-            return Err(Error::Backup {
-                path: f.clone(),
-                what: format!(
-                    "the backup is damaged, nothing was restored: {}{}",
-                    first,
-                    if found.len() > 1 { format!(" (and {} more problems)", found.len() - 1) } else { String::new() }
-                ),
-            });
-        }
-    }
+    check_chain(&chain, r)?;
     let (last_folder, last) = chain.last().cloned().expect("a chain has a backup");
-    let cat = match &opts.catalog {
-        None => last.clone(),
-        Some(p) => {
-            let raw = Place::host(p).read_small(kv::MAX_BYTES)?;
-            let c = Catalog::parse(&String::from_utf8_lossy(&raw), p)?;
-            if c.id != last.id {
-                return Err(Error::Usage(format!(
-                    "{}: the catalog of backup {}, not of {} ({})",
-                    p.display(),
-                    c.id,
-                    last_folder.display(),
-                    last.id
-                )));
-            }
-            c
-        }
-    };
+    let cat = chosen_catalog(opts.catalog.as_deref(), &last_folder, &last)?;
     let vmx_t = on_host(ds.resolve(&cat.config_vmx, &Place::host("/"), "config.vmx")?)?;
-    let vm_dir = vmx_t.folder();
-    let log_dir = on_host(ds.resolve(&cat.config_logdir, &vm_dir, "config.logdir")?)?;
-    let suspend_dir = on_host(ds.resolve(&cat.config_suspenddir, &vm_dir, "config.suspenddir")?)?;
-
-    // What goes where.
-    let mut items: Vec<Item> = Vec::new();
-    let mut skipped = Vec::new();
-    for d in &cat.disks {
-        if let Some(why) = &d.skipped {
-            skipped.push((d.key.clone(), why.clone()));
-            continue;
-        }
-        let target = on_host(ds.resolve(&d.diskname, &vm_dir, &format!("disk {}", d.key))?)?.path;
-        let files = if from_repo.is_some() { Vec::new() } else { disk_files(&chain, &d.key)? };
-        let format = opts.format.unwrap_or_else(|| default_format(&d.format));
-        items.push(Item { target, what: What::Disk { entry: Box::new(d.clone()), files, format }, replace: false });
-    }
-    let mut vmx_file = None;
-    for f in &last.files {
-        let dir = match f.role {
-            Role::Config => {
-                vmx_file = Some(last_folder.join(&f.name));
-                continue;
-            }
-            Role::VmFile => &vm_dir,
-            Role::Log => &log_dir,
-            Role::Suspend => &suspend_dir,
-            Role::Disk | Role::Blocks => continue,
-        };
-        items.push(Item {
-            target: dir.path.join(&f.name),
-            what: What::File(last_folder.join(&f.name)),
-            replace: false,
-        });
-    }
-    let vmx_file =
-        vmx_file.ok_or_else(|| Error::Backup { path: last_folder.clone(), what: "the backup holds no .vmx".into() })?;
-    items.push(Item { target: vmx_t.path.clone(), what: What::Vmx(vmx_file), replace: false });
-
-    let places: Vec<Place> = items.iter().map(|i| Place::host(&i.target)).collect();
-    super::backup::refuse_running(&places)?;
-    for i in &items {
-        vmdk::txn::settle(host().as_ref(), &i.target)?;
-    }
-    // What dead restores left in these folders goes before anything is decided, so that a restore
-    // that stops at an existing file (`-b abort` after a killed run had finished) leaves none.
-    let folders: std::collections::BTreeSet<&Path> = items.iter().filter_map(|i| i.target.parent()).collect();
-    for f in folders {
-        sweep_stale_staging(f);
-    }
+    let (mut items, skipped) = plan(opts, &cat, &chain, from_repo.is_some(), &vmx_t)?;
+    prepare_targets(&items)?;
     let disk_targets: Vec<(String, PathBuf)> = items
         .iter()
         .filter_map(|i| match &i.what {
@@ -324,6 +240,124 @@ pub fn restore(opts: &RestoreOptions, ask: &mut dyn Ask, r: &mut dyn Reporter) -
         kept,
         skipped,
     })
+}
+
+/// Says which backups the restore reads and checks every file of each against its catalog:
+/// a damaged backup stops the restore before anything is written.
+fn check_chain(chain: &[(PathBuf, Catalog)], r: &mut dyn Reporter) -> Result<()> {
+    r.event(Event::Step {
+        disk: None,
+        what: format!(
+            "restoring from {} backup(s): {}",
+            chain.len(),
+            chain.iter().map(|(f, _)| f.display().to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    });
+    for (f, c) in chain {
+        let found = verify::check_files(f, c, &mut super::Quiet);
+        if let Some(first) = found.first() {
+            return Err(Error::Backup {
+                path: f.clone(),
+                what: format!(
+                    "the backup is damaged, nothing was restored: {}{}",
+                    first,
+                    if found.len() > 1 { format!(" (and {} more problems)", found.len() - 1) } else { String::new() }
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The catalog the restore follows: the last backup's, or the one at `given` (which must be the
+/// same backup's, possibly edited to place things elsewhere).
+fn chosen_catalog(given: Option<&Path>, last_folder: &Path, last: &Catalog) -> Result<Catalog> {
+    let Some(p) = given else {
+        return Ok(last.clone());
+    };
+    let raw = Place::host(p).read_small(kv::MAX_BYTES)?;
+    let c = Catalog::parse(&String::from_utf8_lossy(&raw), p)?;
+    if c.id != last.id {
+        return Err(Error::Usage(format!(
+            "{}: the catalog of backup {}, not of {} ({})",
+            p.display(),
+            c.id,
+            last_folder.display(),
+            last.id
+        )));
+    }
+    Ok(c)
+}
+
+/// What [`plan`] returns: the items to restore, and the `(key, reason)` of the disks the backup
+/// skipped.
+type Planned = (Vec<Item>, Vec<(String, String)>);
+
+/// What goes where: an item for every disk the catalog `cat` holds (and the keys and reasons of
+/// the ones the backup skipped), every other file of the last backup of `chain`, and the .vmx
+/// last, at `vmx_t`.
+fn plan(
+    opts: &RestoreOptions,
+    cat: &Catalog,
+    chain: &[(PathBuf, Catalog)],
+    from_repo: bool,
+    vmx_t: &Place,
+) -> Result<Planned> {
+    let ds = &opts.datastores;
+    let (last_folder, last) = chain.last().expect("a chain has a backup");
+    let vm_dir = vmx_t.folder();
+    let log_dir = on_host(ds.resolve(&cat.config_logdir, &vm_dir, "config.logdir")?)?;
+    let suspend_dir = on_host(ds.resolve(&cat.config_suspenddir, &vm_dir, "config.suspenddir")?)?;
+    let mut items: Vec<Item> = Vec::new();
+    let mut skipped = Vec::new();
+    for d in &cat.disks {
+        if let Some(why) = &d.skipped {
+            skipped.push((d.key.clone(), why.clone()));
+            continue;
+        }
+        let target = on_host(ds.resolve(&d.diskname, &vm_dir, &format!("disk {}", d.key))?)?.path;
+        let files = if from_repo { Vec::new() } else { disk_files(chain, &d.key)? };
+        let format = opts.format.unwrap_or_else(|| default_format(&d.format));
+        items.push(Item { target, what: What::Disk { entry: Box::new(d.clone()), files, format }, replace: false });
+    }
+    let mut vmx_file = None;
+    for f in &last.files {
+        let dir = match f.role {
+            Role::Config => {
+                vmx_file = Some(last_folder.join(&f.name));
+                continue;
+            }
+            Role::VmFile => &vm_dir,
+            Role::Log => &log_dir,
+            Role::Suspend => &suspend_dir,
+            Role::Disk | Role::Blocks => continue,
+        };
+        items.push(Item {
+            target: dir.path.join(&f.name),
+            what: What::File(last_folder.join(&f.name)),
+            replace: false,
+        });
+    }
+    let vmx_file =
+        vmx_file.ok_or_else(|| Error::Backup { path: last_folder.clone(), what: "the backup holds no .vmx".into() })?;
+    items.push(Item { target: vmx_t.path.clone(), what: What::Vmx(vmx_file), replace: false });
+    Ok((items, skipped))
+}
+
+/// Before anything is decided about the targets: no running VM owns them, transactions left on
+/// them are settled, and what dead restores left in their folders is gone, so that a restore that
+/// stops at an existing file (`-b abort` after a killed run had finished) leaves none.
+fn prepare_targets(items: &[Item]) -> Result<()> {
+    let places: Vec<Place> = items.iter().map(|i| Place::host(&i.target)).collect();
+    super::backup::refuse_running(&places)?;
+    for i in items {
+        vmdk::txn::settle(host().as_ref(), &i.target)?;
+    }
+    let folders: std::collections::BTreeSet<&Path> = items.iter().filter_map(|i| i.target.parent()).collect();
+    for f in folders {
+        sweep_stale_staging(f);
+    }
+    Ok(())
 }
 
 fn on_host(p: Place) -> Result<Place> {

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+mod portable;
+pub use portable::*;
+
 pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
@@ -301,6 +304,13 @@ pub fn disk_digest(dir: &Path, disk: &str, extra: &[&str]) -> Result<DiskDigest,
     }
 }
 
+/// sha256 of everything `r` yields, hex, read in pieces (a pipe, a mounted image).
+pub fn sha256_reader(r: &mut impl Read) -> String {
+    let mut h = Sha256::new();
+    std::io::copy(r, &mut HashWriter(&mut h)).expect("read what is hashed");
+    hex(&h.finalize())
+}
+
 /// A `Write` that feeds a hasher.
 struct HashWriter<'a>(&'a mut Sha256);
 
@@ -312,6 +322,14 @@ impl Write for HashWriter<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// `(key, fileName)` of the disks the `.vmx` at `vmx` names (keys in lower case: `scsi0:1`), as
+/// the library's VM model reads them ([`vmkfs::vm::vmx::Vmx::disks`]).
+pub fn vmx_disks(vmx: &Path) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(vmx).unwrap_or_else(|e| panic!("{}: {e}", vmx.display()));
+    let parsed = vmkfs::vm::vmx::Vmx::parse(&text, vmx).unwrap_or_else(|e| panic!("{e}"));
+    parsed.disks().into_iter().map(|d| (d.key, d.file_name)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -411,6 +429,51 @@ pub fn pattern(offset: u64, len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// `len` incompressible bytes: bits 24–31 of the [`XorShift`] stream from `seed | 1`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = XorShift(seed | 1);
+    (0..len).map(|_| (x.next_u64() >> 24) as u8).collect()
+}
+
+/// How [`mixed_image`] cuts and fills a disk image.
+#[derive(Debug, Clone, Copy)]
+pub struct Mix {
+    /// The [`XorShift`] state the image is drawn from.
+    pub state: u64,
+    /// Runs are 1 to `run_kib` KiB long, plus 0 to `edge - 1` bytes (unaligned edges).
+    pub run_kib: u64,
+    /// See `run_kib`.
+    pub edge: u64,
+    /// A run is one of `kinds` kinds, drawn uniformly: the first `random` kinds are random bytes,
+    /// the next one `text` repeated, the rest zeros (holes or explicit zeros, by the format).
+    pub kinds: u64,
+    /// See `kinds`.
+    pub random: u64,
+    /// See `kinds`.
+    pub text: &'static [u8],
+}
+
+/// A disk image like a real one, `len` bytes with data in the first `data_len`: runs of random
+/// bytes (incompressible), text and zeros as `mix` says.
+pub fn mixed_image(len: usize, data_len: usize, mix: &Mix) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    let mut x = XorShift(mix.state);
+    let mut pos = 0usize;
+    while pos < data_len {
+        let run = ((x.next_u64() % mix.run_kib) as usize + 1) * 1024 + (x.next_u64() % mix.edge) as usize;
+        let end = (pos + run).min(data_len);
+        let kind = x.next_u64() % mix.kinds;
+        if kind < mix.random {
+            data[pos..end].iter_mut().for_each(|b| *b = x.next_u64() as u8);
+        } else if kind == mix.random {
+            let t = mix.text;
+            data[pos..end].iter_mut().enumerate().for_each(|(i, b)| *b = t[i % t.len()]);
+        }
+        pos = end;
+    }
+    data
+}
+
 /// Fills `buf` with the SplitMix64 stream of `seed` ([`Rng`]), 8 little-endian bytes per value.
 pub fn fill(buf: &mut [u8], seed: u64) {
     let mut r = Rng::new(seed);
@@ -419,34 +482,19 @@ pub fn fill(buf: &mut [u8], seed: u64) {
     }
 }
 
-/// SplitMix64, for seeded campaigns.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[0, n)` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-    /// One element of a non-empty slice.
-    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Folders
 // ---------------------------------------------------------------------------------------------
+
+/// The names in `dir` itself (not below it), sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
 
 /// Every entry under `dir` (files, folders, links), as sorted paths relative to it; folders are
 /// listed with a trailing `/` and their content after them.

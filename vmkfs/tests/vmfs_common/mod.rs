@@ -10,6 +10,8 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
+
+use crate::common::hex;
 use vmkfs::vmfs::{FileKind, Volume};
 
 /// `../shared/testdata/vmfs` of the repository, if present.
@@ -198,16 +200,6 @@ pub struct Entry {
     pub fd: u32,
     pub sha256: Option<String>,
     pub target: Option<String>,
-}
-
-pub fn sha256(b: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(b);
-    hex(&h.finalize())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// SHA-256 of a whole file read through our reader.

@@ -39,7 +39,8 @@ fn run_mount(cli: &Cli, dir: &Path) -> Result<i32> {
     let writable = cli.nbd.writable;
     let disk = Disk::open_with(path, &if writable { rw_options(cli) } else { open_options(cli) })?;
     let stop = crate::disk::install_interrupt_handler();
-    let opts = MountOptions { writable, name: None, on_mounted: Some(announce) };
+    let on_io_error: vmkfs::mount::IoErrorSink = std::sync::Arc::new(|m| eprintln!("vmkfs: {m}"));
+    let opts = MountOptions { writable, name: None, on_mounted: Some(announce), on_io_error: Some(on_io_error) };
     serve(disk, dir, &opts, stop)?;
     Ok(exit::OK)
 }

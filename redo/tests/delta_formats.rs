@@ -1,6 +1,7 @@
-//! Reading the ESX delta formats: COWD (vmfsSparse, ESX 3–6 snapshots) and seSparse (ESXi 6.5+).
-//! No VMware tool exists here, so writers in this file build such files from the fact
-//! sheet's layouts (docs §6.1 and §6.2), in the shape ESX leaves them (a `NAME-000001.vmdk`
+//! Reading the ESX delta formats: COWD (vmfsSparse, ESX 3–6 snapshots) and seSparse (ESXi 6.5+),
+//! as links and as chains (a test of this crate for that, on vmdk's test helpers,
+//! `vmdk/tests/common`). No VMware tool exists here, so writers in this file build such files from
+//! the fact sheet's layouts (docs §6.1 and §6.2), in the shape ESX leaves them (a `NAME-000001.vmdk`
 //! descriptor and a `-delta.vmdk` or `-sesparse.vmdk` extent over a thin `vmfs` base made by
 //! `vmdk::create`), and independent readers must agree on them:
 //!
@@ -14,6 +15,7 @@
 //! Corrupt grain table entries must fail with `Error::Corrupt` naming the file and the entry's byte
 //! offset. Tests that need qemu-img or dissect print a message and pass when the tool is missing.
 
+#[path = "../../vmdk/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
@@ -99,19 +101,6 @@ fn qemu_classes(image: &Path) -> Classes {
         c.entry((depth, state)).or_default().push((start, start + len));
     }
     c.into_iter().map(|(k, v)| (k, normalize(v))).collect()
-}
-
-/// Reads random unaligned windows through `read` and compares them with `want`.
-fn random_reads(read: impl Fn(&mut [u8], u64) -> vmdk::Result<()>, want: &[u8], seed: u64, what: &str) {
-    let mut rng = Rng::new(seed);
-    let cap = want.len() as u64;
-    for _ in 0..150 {
-        let off = rng.range(0, cap - 1);
-        let len = rng.range(1, 70_000).min(cap - off);
-        let mut buf = vec![0xeeu8; len as usize];
-        read(&mut buf, off).unwrap();
-        assert_same(&buf, &want[off as usize..(off + len) as usize], &format!("{what}: read of {len} bytes at {off}"));
-    }
 }
 
 fn chain_read_all(chain: &Chain) -> Vec<u8> {
@@ -636,7 +625,7 @@ fn check_bare(fx: &Fixture, kind: ExtentKind, create_type: CreateType) {
     assert_eq!(map_set(&part, State::Data), normalize(whole_part));
 
     assert_same(&read_all(&link), &fx.own, &format!("{kind}: bare read"));
-    random_reads(|b, o| link.read_at(b, o), &fx.own, 7, &format!("{kind}: bare"));
+    random_reads(|b, o| link.read_at(b, o), &fx.own, (7, 150, 70_000), &format!("{kind}: bare"));
 }
 
 /// The chain through `redo::Chain::open`: full read-through and the merged map.
@@ -653,7 +642,7 @@ fn check_chain(fx: &Fixture, create_type: CreateType) -> AllocMap {
     assert_eq!(chain.capacity(), fx.cap);
 
     assert_same(&chain_read_all(&chain), &fx.expected, "chain read-through");
-    random_reads(|b, o| chain.read_at(b, o), &fx.expected, 11, "chain");
+    random_reads(|b, o| chain.read_at(b, o), &fx.expected, (11, 150, 70_000), "chain");
 
     let map = chain.map(0, fx.cap).unwrap();
     assert_map_covers(&map, fx.cap);
@@ -757,41 +746,13 @@ fn parent_cid_mismatch() {
 /// the expected raw image.
 #[test]
 fn dissect_reads_the_same() {
-    // Sectors through `read_sectors`: dissect's stream interface (`v.read()`) reads the last 8 KiB
-    // block whole and fails with IndexError when the capacity is not a multiple of 8 KiB.
-    const SCRIPT: &str = "\
-import hashlib, sys
-try:
-    from dissect.hypervisor.disk.vmdk import VMDK
-except ImportError:
-    print('missing')
-    sys.exit(0)
-for path in sys.argv[1:]:
-    v = VMDK(path)
-    h = hashlib.sha256()
-    n = 0
-    for s in range(0, v.sector_count, 2048):
-        b = v.read_sectors(s, min(2048, v.sector_count - s))
-        h.update(b)
-        n += len(b)
-    print(n, h.hexdigest())
-";
     let fixtures = [cowd_fixture(1, 500), cowd_fixture(16, 600), sesparse_fixture(700)];
-    let Ok(o) = Command::new("python3").args(["-c", SCRIPT]).args(fixtures.iter().map(|f| &f.child)).output() else {
-        eprintln!("python3 not found: skipping dissect_reads_the_same");
+    let children: Vec<&Path> = fixtures.iter().map(|f| f.child.as_path()).collect();
+    let Some(sums) = oracle_read("dissect", &children) else {
         return;
     };
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "dissect: {out}\n{}", String::from_utf8_lossy(&o.stderr));
-    if out.trim() == "missing" {
-        eprintln!("dissect.hypervisor not installed: skipping dissect_reads_the_same");
-        return;
-    }
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), fixtures.len(), "dissect output: {out}");
-    for (fx, line) in fixtures.iter().zip(lines) {
-        let (n, sum) = line.split_once(' ').unwrap();
-        assert_eq!(n.parse::<u64>().unwrap(), fx.cap, "dissect's size of {}", fx.child.display());
+    for (fx, (n, sum)) in fixtures.iter().zip(sums) {
+        assert_eq!(n, fx.cap, "dissect's size of {}", fx.child.display());
         let raw = fx.dir.path().join("expected.raw");
         write_raw_sparse(&raw, &fx.expected);
         if sum == sha256sum(&raw) {
