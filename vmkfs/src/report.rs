@@ -451,3 +451,105 @@ impl crate::vm::Reporter for Reporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that keeps what is written, or fails every write with `fail`.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<u8>>>, Option<io::ErrorKind>);
+
+    impl Write for Kept {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            match self.1 {
+                Some(k) => Err(k.into()),
+                None => {
+                    lock(&self.0).extend_from_slice(b);
+                    Ok(b.len())
+                }
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Kept {
+        fn text(&self) -> String {
+            String::from_utf8(lock(&self.0).clone()).unwrap()
+        }
+    }
+
+    fn reporter(out: &Kept, err: &Kept, json: bool) -> Reporter {
+        let sinks = Sinks {
+            out: Box::new(out.clone()),
+            err: Box::new(err.clone()),
+            out_is_terminal: false,
+            err_is_terminal: false,
+            draw_target: |_| indicatif::ProgressDrawTarget::hidden(),
+        };
+        Reporter::new(sinks, json, None)
+    }
+
+    #[test]
+    fn copy_lines_go_to_the_sink_chosen_and_change_with_the_percentage() {
+        let (out, err) = (Kept::default(), Kept::default());
+        let r = reporter(&out, &err, false);
+        r.copy_begin(true);
+        r.copy_start(Path::new("a.vmdk"), Path::new("-"), "raw", "raw bytes");
+        for done in [0, 10, 10, 100] {
+            r.copy_progress(done, 100);
+        }
+        r.copy_end(Some(&serde_json::json!({"event": "done"})));
+        assert_eq!(out.text(), "");
+        let want = "Destination disk format: raw bytes\nCloning disk 'a.vmdk'...\nClone: 0% done.\nClone: 10% done.\nClone: 100% done.\n";
+        assert_eq!(err.text(), want);
+    }
+
+    #[test]
+    fn a_reader_that_goes_away_ends_the_output_quietly() {
+        let (out, err) = (Kept(Arc::default(), Some(io::ErrorKind::BrokenPipe)), Kept::default());
+        let r = reporter(&out, &err, false);
+        r.line("one");
+        assert!(r.closed());
+        assert!(!r.output_failed(true));
+        assert!(r.data(b"x").is_err(), "data for a reader that went away fails the transfer");
+        assert_eq!(err.text(), "");
+    }
+
+    #[test]
+    fn other_output_failures_turn_success_into_a_failure() {
+        let (out, err) = (Kept(Arc::default(), Some(io::ErrorKind::Other)), Kept::default());
+        let r = reporter(&out, &err, false);
+        r.line("one");
+        r.line("two");
+        assert!(r.output_failed(true));
+        assert!(err.text().starts_with("vmkfs: <stdout>: "), "{}", err.text());
+        assert!(!r.output_failed(true), "said once");
+    }
+
+    #[test]
+    fn errors_are_worded_as_asked_or_one_json_object() {
+        let (out, err) = (Kept::default(), Kept::default());
+        let e = Error::Usage("bad size.".into());
+        reporter(&out, &err, false).error(&e, Wording::Clone, 2);
+        reporter(&out, &err, false).error(&e, Wording::Tool("vmkfs-backup"), 2);
+        reporter(&out, &err, true).error(&e, Wording::Tool("vmkfs"), 2);
+        let lines: Vec<String> = err.text().lines().map(String::from).collect();
+        assert_eq!(lines[0], "Failed to clone disk: bad size.");
+        assert_eq!(lines[1], "vmkfs-backup: bad size.");
+        let v: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+        assert_eq!(v, serde_json::json!({"event": "error", "message": "bad size.", "exit": 2}));
+    }
+
+    #[test]
+    fn vm_progress_prints_every_ten_percent_in_text() {
+        let (out, err) = (Kept::default(), Kept::default());
+        let mut r = reporter(&out, &err, false);
+        for done in [0, 5, 12, 19, 100] {
+            crate::vm::Reporter::event(&mut r, Event::Progress { disk: "d".into(), done, total: 100 });
+        }
+        assert_eq!(out.text(), "d: Clone: 0% done.\nd: Clone: 10% done.\nd: Clone: 100% done.\n");
+    }
+}
