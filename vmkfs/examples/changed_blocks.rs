@@ -33,6 +33,6 @@ fn main() {
     };
     if let Err(e) = run(top, args.get(1).map(|s| s.as_str()), &mut std::io::stdout().lock()) {
         eprintln!("changed_blocks: {e}");
-        std::process::exit(e.exit_code());
+        std::process::exit(1);
     }
 }

@@ -50,6 +50,6 @@ fn main() {
     };
     if let Err(e) = run(src, dst, format, None) {
         eprintln!("clone_progress: {e}");
-        std::process::exit(e.exit_code());
+        std::process::exit(1);
     }
 }

@@ -1,24 +1,23 @@
-//! The toolkit's error type and the command's exit codes.
+//! The toolkit's error type and its classification ([`ErrorKind`]).
 
 use std::path::PathBuf;
 
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Exit codes of the `vmkfs` command (see `cli.md`).
-pub mod exit {
-    /// Success.
-    pub const OK: i32 = 0;
-    /// A negative answer (`--compare` differs, `-x check` found problems).
-    pub const NEGATIVE: i32 = 1;
-    /// Bad usage.
-    pub const USAGE: i32 = 2;
-    /// Bad or unsupported input.
-    pub const BAD_INPUT: i32 = 3;
-    /// I/O error.
-    pub const IO: i32 = 4;
-    /// Locked or busy.
-    pub const LOCKED: i32 = 5;
+/// What kind of failure an [`Error`] is: what a program tells its caller (the `vmkfs` command
+/// maps each kind to an exit code, the C ABI to a status number; see `cli.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A bad argument, or a destination that exists.
+    Usage,
+    /// Bad or unsupported input: a damaged or unknown file, a missing one, disks that do not allow
+    /// the operation.
+    BadInput,
+    /// An I/O error, or an interrupted operation.
+    Io,
+    /// A disk locked or busy (another process, a running VM, children that depend on it).
+    Locked,
 }
 
 /// Everything a toolkit operation can fail with.
@@ -103,39 +102,39 @@ impl Error {
         false
     }
 
-    /// The exit code for this error.
-    pub fn exit_code(&self) -> i32 {
+    /// The kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Usage(_) => exit::USAGE,
-            Error::Vmdk(e) => vmdk_code(e),
-            Error::Chain(redo::ChainError::Link(e)) => vmdk_code(e),
-            Error::Chain(_) => exit::BAD_INPUT,
-            Error::Redo(redo::RedoError::Link(e)) => vmdk_code(e),
-            Error::Redo(redo::RedoError::Chain(redo::ChainError::Link(e))) => vmdk_code(e),
-            Error::Redo(redo::RedoError::Interrupted) => exit::IO,
-            Error::Redo(_) | Error::ChangeMap(_) | Error::Refused(_) => exit::BAD_INPUT,
-            Error::Io { .. } | Error::Interrupted => exit::IO,
-            Error::Config { .. } | Error::Backup { .. } | Error::Repo { .. } => exit::BAD_INPUT,
-            Error::Vmfs(e) if e.is_bad_input() => exit::BAD_INPUT,
-            Error::Vmfs(_) => exit::IO,
+            Error::Usage(_) => ErrorKind::Usage,
+            Error::Vmdk(e) => vmdk_kind(e),
+            Error::Chain(redo::ChainError::Link(e)) => vmdk_kind(e),
+            Error::Chain(_) => ErrorKind::BadInput,
+            Error::Redo(redo::RedoError::Link(e)) => vmdk_kind(e),
+            Error::Redo(redo::RedoError::Chain(redo::ChainError::Link(e))) => vmdk_kind(e),
+            Error::Redo(redo::RedoError::Interrupted) => ErrorKind::Io,
+            Error::Redo(_) | Error::ChangeMap(_) | Error::Refused(_) => ErrorKind::BadInput,
+            Error::Io { .. } | Error::Interrupted => ErrorKind::Io,
+            Error::Config { .. } | Error::Backup { .. } | Error::Repo { .. } => ErrorKind::BadInput,
+            Error::Vmfs(e) if e.is_bad_input() => ErrorKind::BadInput,
+            Error::Vmfs(_) => ErrorKind::Io,
         }
     }
 }
 
-fn vmdk_code(e: &vmdk::Error) -> i32 {
+fn vmdk_kind(e: &vmdk::Error) -> ErrorKind {
     match e {
-        vmdk::Error::InvalidArgument(_) | vmdk::Error::Exists { .. } => exit::USAGE,
+        vmdk::Error::InvalidArgument(_) | vmdk::Error::Exists { .. } => ErrorKind::Usage,
         vmdk::Error::Locked { .. }
         | vmdk::Error::InUseByVmware { .. }
         | vmdk::Error::Interrupted { .. }
         | vmdk::Error::HasChildren { .. }
-        | vmdk::Error::Rdm(rdm::MappingError::Busy { .. }) => exit::LOCKED,
+        | vmdk::Error::Rdm(rdm::MappingError::Busy { .. }) => ErrorKind::Locked,
         vmdk::Error::Rdm(rdm::MappingError::Io { source, .. }) if source.kind() != std::io::ErrorKind::NotFound => {
-            exit::IO
+            ErrorKind::Io
         }
-        vmdk::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => exit::BAD_INPUT,
-        vmdk::Error::Io { .. } | vmdk::Error::ReadOnly { .. } => exit::IO,
-        _ => exit::BAD_INPUT,
+        vmdk::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::BadInput,
+        vmdk::Error::Io { .. } | vmdk::Error::ReadOnly { .. } => ErrorKind::Io,
+        _ => ErrorKind::BadInput,
     }
 }
 

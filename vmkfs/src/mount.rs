@@ -227,6 +227,9 @@ impl Filesystem for ImageFs {
 /// with one line, e.g. `read of /vms/vm.vmdk: …`.
 pub type IoErrorSink = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Told once the mount is in place, with the image's path.
+pub type MountedSink = Arc<dyn Fn(&Path) + Send + Sync>;
+
 /// What [`serve`] does.
 #[derive(Clone, Default)]
 pub struct MountOptions {
@@ -235,7 +238,7 @@ pub struct MountOptions {
     /// The image's file name (default: [`image_name`] of the disk).
     pub name: Option<OsString>,
     /// Called once the mount is in place, with the image's path.
-    pub on_mounted: Option<fn(&Path)>,
+    pub on_mounted: Option<MountedSink>,
     /// Told of every I/O error of the disk that a request met (the program reading the image
     /// only sees EIO); `None`: not told anywhere.
     pub on_io_error: Option<IoErrorSink>,
@@ -246,7 +249,7 @@ impl std::fmt::Debug for MountOptions {
         f.debug_struct("MountOptions")
             .field("writable", &self.writable)
             .field("name", &self.name)
-            .field("on_mounted", &self.on_mounted)
+            .field("on_mounted", &self.on_mounted.as_ref().map(|_| "a callback"))
             .field("on_io_error", &self.on_io_error.as_ref().map(|_| "a sink"))
             .finish()
     }
@@ -290,7 +293,7 @@ pub fn serve(disk: Disk, dir: &Path, opts: &MountOptions, stop: &AtomicBool) -> 
     config.mount_options.push(if opts.writable { MountOption::RW } else { MountOption::RO });
     config.n_threads = Some(2);
     let session = fuser::spawn_mount(fs, dir, &config).map_err(|e| mount_error(dir, e))?;
-    if let Some(f) = opts.on_mounted {
+    if let Some(f) = &opts.on_mounted {
         f(&dir.join(&name));
     }
     while !stop.load(Ordering::Relaxed) && !session.guard.is_finished() {

@@ -16,6 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use vmkfs_rs::error::ErrorKind;
 use vmkfs_rs::redo::RedoError;
 use vmkfs_rs::{Disk, DiskFormat, Error, Extent};
 
@@ -114,7 +115,12 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let code = match e {
             Error::Interrupted | Error::Redo(RedoError::Interrupted) => VMKFS_ERR_CANCELLED,
-            ref e => e.exit_code(),
+            ref e => match e.kind() {
+                ErrorKind::Usage => VMKFS_ERR_USAGE,
+                ErrorKind::BadInput => VMKFS_ERR_BAD_INPUT,
+                ErrorKind::Io => VMKFS_ERR_IO,
+                ErrorKind::Locked => VMKFS_ERR_LOCKED,
+            },
         };
         Failure { code, message: e.to_string() }
     }

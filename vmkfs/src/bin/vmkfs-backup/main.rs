@@ -1,9 +1,8 @@
 //! `vmkfs-backup`: back up a whole VM (vcbMounter, offline), or `--verify` a backup. Parses,
 //! calls `vmkfs::vm::backup` / `vmkfs::vm::verify`, prints.
 
-#[path = "../vmkfs/out.rs"]
-#[allow(dead_code, unused_macros, unused_imports)]
-mod out;
+#[path = "../process/mod.rs"]
+mod process;
 #[path = "../vm_shared/mod.rs"]
 mod shared;
 
@@ -11,7 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmkfs::error::{exit, Error, Result};
+use vmkfs::error::{Error, Result};
+use vmkfs::report::Reporter;
 use vmkfs::vm::backup::{backup, BackupOptions, RepoDest};
 use vmkfs::vm::{folder_location, verify};
 use vmkfs::vmdk::DiskFormat;
@@ -71,7 +71,7 @@ fn format_of(cli: &Cli) -> Result<DiskFormat> {
     }
 }
 
-fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
+fn run(cli: &Cli, p: &mut Reporter) -> Result<i32> {
     if let Some(dir) = &cli.verify {
         let rep = verify::verify(&folder_location(dir)?, p)?;
         let mut text: Vec<String> = rep.findings.clone();
@@ -81,7 +81,7 @@ fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
             format!("Backup damaged: {} problem(s).", rep.findings.len())
         });
         p.done(&rep, &text);
-        return Ok(if rep.findings.is_empty() { exit::OK } else { exit::NEGATIVE });
+        return Ok(if rep.findings.is_empty() { process::OK } else { process::NEGATIVE });
     }
     let given = cli.dest.as_deref().unwrap_or_default();
     let restic = vmkfs::repo::location::parse_location(given);
@@ -96,7 +96,7 @@ fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
             return Err(Error::Usage("--differential: every snapshot of a repository is whole; leave it out".into()))
         }
         Some(_) => Some(RepoDest {
-            password: vmkfs::repo::repo::password(&shared::restic_password(cli.password_file.as_deref()))?,
+            password: vmkfs::repo::repo::password(&process::restic_password(cli.password_file.as_deref()))?,
             init: cli.init,
         }),
         None => None,
@@ -133,5 +133,5 @@ fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
     )];
     text.extend(rep.skipped.iter().map(|s| format!("{}: not backed up: {}", s.disk, s.why)));
     p.done(&rep, &text);
-    Ok(exit::OK)
+    Ok(process::OK)
 }

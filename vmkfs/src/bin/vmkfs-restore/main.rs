@@ -1,9 +1,8 @@
 //! `vmkfs-restore`: restore a whole VM from a backup (vcbRestore, offline). Parses, calls
 //! `vmkfs::vm::restore`, prints; asks on the terminal with `-b prompt`.
 
-#[path = "../vmkfs/out.rs"]
-#[allow(dead_code, unused_macros, unused_imports)]
-mod out;
+#[path = "../process/mod.rs"]
+mod process;
 #[path = "../vm_shared/mod.rs"]
 mod shared;
 
@@ -12,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmkfs::error::{exit, Error, Result};
+use vmkfs::error::{Error, Result};
+use vmkfs::report::Reporter;
 use vmkfs::vm::folder_location;
 use vmkfs::vm::restore::{restore, Answer, Ask, Policy, RestoreOptions};
 use vmkfs::vmdk::DiskFormat;
@@ -71,7 +71,9 @@ impl Ask for Terminal {
                 "a" | "abort" | "" => return Ok(Answer::Abort),
                 "O" => return Ok(Answer::OverwriteAll),
                 "K" => return Ok(Answer::KeepAll),
-                other => out::err_line(format!("{other:?}: answer o, k, a, O or K")),
+                other => {
+                    let _ = writeln!(std::io::stderr(), "{other:?}: answer o, k, a, O or K");
+                }
             }
         }
     }
@@ -81,7 +83,7 @@ fn main() -> ExitCode {
     shared::main("vmkfs-restore", |c: &Cli| &c.place, run)
 }
 
-fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
+fn run(cli: &Cli, p: &mut Reporter) -> Result<i32> {
     let tty = std::io::stdin().is_terminal();
     let policy = match cli.policy.as_deref().and_then(Policy::parse) {
         Some(Policy::Prompt) if !tty => {
@@ -104,7 +106,7 @@ fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
     }
     let repo = match &restic {
         Some(l) => Some((
-            vmkfs::repo::repo::password(&shared::restic_password(cli.password_file.as_deref()))?,
+            vmkfs::repo::repo::password(&process::restic_password(cli.password_file.as_deref()))?,
             l.snapshot.clone().unwrap_or_else(|| "latest".into()),
         )),
         None => None,
@@ -132,5 +134,5 @@ fn run(cli: &Cli, p: &mut shared::Printer) -> Result<i32> {
     )];
     text.extend(rep.skipped.iter().map(|(d, why)| format!("{d}: not in the backup: {why}")));
     p.done(&rep, &text);
-    Ok(exit::OK)
+    Ok(process::OK)
 }

@@ -1,44 +1,38 @@
-//! `vmkfs`: the vmkfstools-style command. Parses flags, calls the library, prints.
-//!
-//! Options are grouped by subject, one module each (`disk.rs`: create, clone, inspect and change
-//! disks); `main.rs` holds the options every operation shares and the dispatch.
+//! `vmkfs`: the vmkfstools-style command. Parses the command line into one [`vmkfs::op::Op`]
+//! (`parse.rs`; the options by subject are in `args.rs`), runs it with [`vmkfs::op::run`], printing
+//! through one [`Reporter`], and maps the result to an exit code.
 
-mod disk;
-mod mount;
-mod nbd;
-mod out;
-mod progress;
-mod rdm;
-mod redo;
-mod stream;
-mod verbose;
-mod vmfs;
+mod args;
+mod parse;
+#[path = "../process/mod.rs"]
+mod process;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{ArgAction, Args, Parser};
-use vmkfs::error::{exit, Error, Result};
-use vmkfs::vmdk::OpenOptions;
+use clap::{ArgAction, Args, CommandFactory, Parser};
+use vmkfs::error::{Error, Result};
+use vmkfs::repo::location::parse_location;
+use vmkfs::report::{Reporter, Wording};
 
 /// A userspace vmkfstools for VMDK disks.
 #[derive(Parser, Debug)]
 #[command(name = "vmkfs", version, about, disable_help_flag = true)]
 pub struct Cli {
     #[command(flatten)]
-    pub disk: disk::DiskArgs,
+    pub disk: args::DiskArgs,
     #[command(flatten)]
-    pub redo: redo::RedoArgs,
+    pub redo: args::RedoArgs,
     #[command(flatten)]
-    pub rdm: rdm::RdmArgs,
+    pub rdm: args::RdmArgs,
     #[command(flatten)]
-    pub vmfs: vmfs::VmfsArgs,
+    pub vmfs: args::VmfsArgs,
     #[command(flatten)]
-    pub stream: stream::StreamArgs,
+    pub stream: args::StreamArgs,
     #[command(flatten)]
-    pub nbd: nbd::NbdArgs,
+    pub nbd: args::NbdArgs,
     #[command(flatten)]
-    pub mount: mount::MountArgs,
+    pub mount: args::MountArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -96,164 +90,82 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() { process::USAGE } else { process::OK };
             let _ = e.print();
             return ExitCode::from(code as u8);
         }
     };
-    // Each subject module counts the operations it sees selected; exactly one must be.
-    let selected = disk::selected(&cli)
-        + redo::selected(&cli)
-        + rdm::selected(&cli)
-        + vmfs::selected(&cli)
-        + stream::selected(&cli)
-        + nbd::selected(&cli)
-        + mount::selected(&cli);
-    if selected != 1 {
-        out::err_line("vmkfs: give exactly one operation (for example -i, -c, --info); see --help");
-        return ExitCode::from(exit::USAGE as u8);
+    let mut rep = Reporter::new(process::sinks(), cli.common.json, cli.common.verbose);
+    let code = run(&cli, &mut rep);
+    process::finish(&rep, code)
+}
+
+fn run(cli: &Cli, rep: &mut Reporter) -> i32 {
+    let usage = |rep: &Reporter, what: &str| {
+        rep.err_line(format_args!("vmkfs: {what}"));
+        process::USAGE
+    };
+    if parse::selected(cli) != 1 {
+        return usage(rep, "give exactly one operation (for example -i, -c, --info); see --help");
     }
     if cli.nbd.writable && cli.nbd.serve_nbd.is_none() && cli.mount.mount.is_none() {
-        out::err_line("vmkfs: --writable goes with --serve-nbd or --mount");
-        return ExitCode::from(exit::USAGE as u8);
+        return usage(rep, "--writable goes with --serve-nbd or --mount");
     }
-    vmkfs::engine::set_tuning(vmkfs::engine::Tuning {
-        threads: cli.common.threads.map(|t| t as usize),
-        chunk: cli.common.chunk_kib.map(|k| u64::from(k) << 10),
-        direct: cli.common.direct_io.as_deref().map(|w| match w {
-            "on" => vmkfs::engine::DirectIo::On,
-            "off" => vmkfs::engine::DirectIo::Off,
-            _ => vmkfs::engine::DirectIo::Auto,
-        }),
-    });
-    if cli.common.password_file.is_some() && !reads_a_repository(&cli) {
-        out::err_line("vmkfs: --password-file goes with -i restic:… or --apply restic:…");
-        return ExitCode::from(exit::USAGE as u8);
+    let restic = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| parse_location(&p.to_string_lossy()).is_some());
+    if cli.common.password_file.is_some() && !restic(&cli.disk.clone) && !restic(&cli.redo.apply) {
+        return usage(rep, "--password-file goes with -i restic:… or --apply restic:…");
     }
-    if let Err(e) = check_disk_names(&cli) {
-        return ExitCode::from(report_error(&cli, &e) as u8);
+    if let Err(e) = check_disk_names(cli) {
+        return report(rep, &e, false);
     }
-    let code = stream::run(&cli)
-        .or_else(|| disk::run(&cli))
-        .or_else(|| redo::run(&cli))
-        .or_else(|| rdm::run(&cli))
-        .or_else(|| vmfs::run(&cli))
-        .or_else(|| nbd::run(&cli))
-        .or_else(|| mount::run(&cli))
-        .unwrap_or(exit::USAGE);
-    ExitCode::from(out::finish(code) as u8)
-}
-
-/// Refuses, before any I/O, a disk argument that names no disk file: `.`, `..`, `/`, a path
-/// ending in `/`, or (on the host) a directory. `-` (standard input or output) passes where a
-/// pipe is allowed; `-P`'s target is a list of devices.
-fn check_disk_names(cli: &Cli) -> Result<()> {
-    let mut names: Vec<&Path> = Vec::new();
-    if !cli.vmfs.queryfs {
-        names.extend(cli.common.target.as_deref());
-    }
-    let (d, r, s) = (&cli.disk, &cli.redo, &cli.stream);
-    names.extend(d.clone.as_deref().filter(|p| *p != Path::new("-")));
-    names.extend(s.export_file.as_deref().filter(|p| *p != Path::new("-")));
-    names.extend(d.rename.as_deref());
-    names.extend(d.compare.as_deref());
-    names.extend(r.since.as_deref());
-    names.extend(r.export_delta.as_deref());
-    names.extend(r.apply.as_deref());
-    let on_host = cli.vmfs.volume.is_empty();
-    for p in names {
-        let dir_like = p.file_name().is_none() || p.as_os_str().as_encoded_bytes().ends_with(b"/");
-        if dir_like || (on_host && p.is_dir()) {
-            return Err(Error::Usage(format!("{}: a directory, not a disk file name", p.display())));
+    let copy = cli.disk.clone.is_some() || cli.stream.export_file.is_some();
+    let op = match parse::op(cli) {
+        Ok(Some(op)) => op,
+        Ok(None) => {
+            // `-h` alone prints help, as it always has.
+            let _ = Cli::command().print_help();
+            return process::OK;
         }
+        Err(e) => return report(rep, &e, copy),
+    };
+    let c = &cli.common;
+    let settings = vmkfs::op::Settings {
+        force: c.force,
+        allow_outside: c.allow_outside,
+        wait: vmkfs::op::parse::wait(c.wait),
+        volume: cli.vmfs.volume.clone(),
+        tuning: vmkfs::op::parse::tuning(c.threads, c.chunk_kib, c.direct_io.as_deref()),
+        password: process::restic_password(c.password_file.as_deref()),
+        stdio: process::stdio(),
+        ..Default::default()
+    };
+    match vmkfs::op::run(op, &settings, rep) {
+        Ok(o) => process::of_outcome(o),
+        Err(e) => report(rep, &e, copy),
     }
-    Ok(())
 }
 
-/// True when `-i` or `--apply` names a restic repository (`restic:…`).
-fn reads_a_repository(cli: &Cli) -> bool {
-    [cli.disk.clone.as_deref(), cli.redo.apply.as_deref()]
-        .into_iter()
-        .flatten()
-        .any(|p| vmkfs::repo::location::parse_location(&p.to_string_lossy()).is_some())
+/// Refuses, before any I/O, a disk argument that names no disk file ([`vmkfs::op::check_disk_name`]).
+/// `-` (standard input or output) passes where a pipe is allowed; `-P`'s target is a list of devices.
+fn check_disk_names(cli: &Cli) -> Result<()> {
+    let (d, r, s, pipe) = (&cli.disk, &cli.redo, &cli.stream, |p: &&PathBuf| p.as_path() != Path::new("-"));
+    let target = cli.common.target.as_ref().filter(|_| !cli.vmfs.queryfs);
+    let (i, e) = (d.clone.as_ref().filter(pipe), s.export_file.as_ref().filter(pipe));
+    let names = [target, i, e, d.rename.as_ref(), d.compare.as_ref(), r.since.as_ref(), r.export_delta.as_ref()];
+    let on_host = cli.vmfs.volume.is_empty();
+    names.into_iter().chain([r.apply.as_ref()]).flatten().try_for_each(|p| vmkfs::op::check_disk_name(p, on_host))
 }
 
-/// The restic repository's password: `--password-file`, else RESTIC_PASSWORD_FILE, else
-/// RESTIC_PASSWORD ([`vmkfs::repo::repo::password`]).
-pub fn password(cli: &Cli) -> Result<Vec<u8>> {
-    vmkfs::repo::repo::password(&vmkfs::repo::repo::PasswordSources {
-        file: cli.common.password_file.clone(),
-        env_file: std::env::var_os("RESTIC_PASSWORD_FILE"),
-        env_password: std::env::var_os("RESTIC_PASSWORD"),
-    })
-}
-
-/// The target path (the last positional argument).
-pub fn target(cli: &Cli) -> Result<&Path> {
-    cli.common.target.as_deref().ok_or_else(|| Error::Usage("missing the target disk path".into()))
-}
-
-/// How to open disks read-only.
-pub fn open_options(cli: &Cli) -> OpenOptions {
-    let storage = vmfs::storage(cli).unwrap_or_else(|| OpenOptions::read().storage);
-    let mut o = OpenOptions { allow_outside: cli.common.allow_outside, storage, ..OpenOptions::read() };
-    if let Some(w) = cli.common.wait.filter(|w| w.is_finite() && *w >= 0.0) {
-        o.wait = std::time::Duration::from_secs_f64(w.min(1e6));
-    }
-    o
-}
-
-/// How to open disks for writing.
-pub fn rw_options(cli: &Cli) -> OpenOptions {
-    OpenOptions { write: true, ..open_options(cli) }
-}
-
-/// Prints an error on standard error the way every operation does (`vmkfs: REASON`, or one JSON
-/// object with `--json`), returning its exit code.
-pub fn report_error(cli: &Cli, e: &Error) -> i32 {
-    report(cli, e, |m| format!("vmkfs: {m}"))
-}
-
-/// Prints the error of a clone, import or export in vmkfstools' words, `Failed to clone disk:
-/// REASON.` (or one JSON object with `--json`), on standard error, returning its exit code.
-pub fn report_clone_error(cli: &Cli, e: &Error) -> i32 {
-    report(cli, e, |m| format!("Failed to clone disk: {}.", m.trim_end_matches('.')))
-}
-
-fn report(cli: &Cli, e: &Error, words: impl FnOnce(&str) -> String) -> i32 {
+/// Prints an error the way every operation does (`vmkfs: REASON`; for a `copy`, `Failed to clone
+/// disk: REASON.`; or one JSON object with `--json`), returning its exit code. A reader of the
+/// data on standard output that went away is told nothing: the transfer did not complete.
+fn report(rep: &Reporter, e: &Error, copy: bool) -> i32 {
     if e.is_broken_pipe() {
-        // The reader of the data on standard output went away: the transfer did not complete,
-        // and there is no one to tell.
-        return exit::IO;
+        return process::IO;
     }
-    if cli.common.json {
-        out::err_line(serde_json::json!({"event": "error", "message": e.to_string(), "exit": e.exit_code()}));
-    } else {
-        out::err_line(words(&e.to_string()));
-    }
-    e.exit_code()
-}
-
-/// A byte count for people.
-pub fn human(n: u64) -> String {
-    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let (v, i) = in_units_of_1024(n);
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
-}
-
-/// `n` as a value below 1024 and the power of 1024 it is in (0 to 5).
-pub fn in_units_of_1024(n: u64) -> (f64, usize) {
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < 5 {
-        v /= 1024.0;
-        i += 1;
-    }
-    (v, i)
+    let code = process::of_error(e);
+    rep.error(e, if copy { Wording::Clone } else { Wording::Tool("vmkfs") }, code);
+    code
 }
 
 #[cfg(test)]
