@@ -151,42 +151,6 @@ pub fn clone_to_device(
     Ok(CloneReport { path, files, stats })
 }
 
-/// A device identity, for `--json`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct IdentityInfo {
-    /// `block device` or `regular file`.
-    pub kind: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Canonical path (node name for a block device).
-    pub canonical_path: Option<String>,
-    /// `/dev/disk/by-id` names.
-    pub by_id: Vec<String>,
-    /// WWN / WWID.
-    pub wwid: Option<String>,
-    /// Serial number.
-    pub serial: Option<String>,
-    /// Loop device backing file.
-    pub loop_backing: Option<String>,
-    /// Partition number.
-    pub partition: Option<u32>,
-}
-
-impl From<&Identity> for IdentityInfo {
-    fn from(i: &Identity) -> Self {
-        IdentityInfo {
-            kind: i.kind.name().into(),
-            size: i.size,
-            canonical_path: i.canonical_path.clone(),
-            by_id: i.by_id.clone(),
-            wwid: i.wwid.clone(),
-            serial: i.serial.clone(),
-            loop_backing: i.loop_backing.clone(),
-            partition: i.partition,
-        }
-    }
-}
-
 /// What `-q` reports.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RdmInfo {
@@ -205,7 +169,7 @@ pub struct RdmInfo {
     /// The device path recorded (RDM) or named (raw).
     pub maps_to: PathBuf,
     /// The recorded identity (RDM modes).
-    pub identity: Option<IdentityInfo>,
+    pub identity: Option<Identity>,
     /// Creation time of the mapping, seconds since 1970 (RDM modes).
     pub created: Option<u64>,
     /// Where the device is now, when it was found and matches.
@@ -311,7 +275,7 @@ pub fn query(path: &Path, opts: &OpenOptions) -> Result<Option<RdmInfo>> {
     info.mode = mapping.mode.name().into();
     info.passthrough = mapping.mode.is_passthrough();
     info.maps_to = mapping.device_path.clone();
-    info.identity = Some(IdentityInfo::from(&mapping.identity));
+    info.identity = Some(mapping.identity.clone());
     info.created = Some(mapping.created);
     let map_path = info.mapping_file.clone().unwrap_or_else(|| path.to_path_buf());
     match mapping.open_device(OpenMode::Read, &map_path) {

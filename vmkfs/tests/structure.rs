@@ -137,3 +137,28 @@ fn long_function_counter_finds_121_lines_and_passes_120() {
     let both = format!("  121 {f}:{long_line} too_long\n  120 {f}:{fits_line} fits\n", f = file.display());
     assert_eq!(o.out(), both, "{}", o.describe());
 }
+
+/// The `vmkfs` binary is thin: under 600 lines in all its files, and no binary holds `unsafe`
+/// (signal handling is the library's `interrupt` service).
+#[test]
+fn the_binary_is_thin_and_safe() {
+    let bin = root().join("vmkfs/src/bin");
+    let mut vmkfs_lines = 0;
+    let mut dirs = vec![bin.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert!(!text.contains("unsafe"), "{}: a binary holds `unsafe`", p.display());
+            if p.starts_with(bin.join("vmkfs")) {
+                vmkfs_lines += text.lines().count();
+            }
+        }
+    }
+    assert!(vmkfs_lines > 100, "the vmkfs binary's files were not found ({vmkfs_lines} lines)");
+    assert!(vmkfs_lines < 600, "the vmkfs binary is {vmkfs_lines} lines (goal: under 600)");
+}

@@ -51,7 +51,7 @@ pub fn run(op: RdmOp, s: &Settings, r: &Reporter) -> Result<Outcome> {
     }
 }
 
-fn print_identity(r: &Reporter, id: &crate::rdm_ops::IdentityInfo) {
+fn print_identity(r: &Reporter, id: &crate::rdm::Identity) {
     outln!(r, "Device: {}, {} bytes", id.kind, id.size);
     if let Some(w) = &id.wwid {
         outln!(r, "WWID: {w}");
@@ -72,7 +72,7 @@ fn print_identity(r: &Reporter, id: &crate::rdm_ops::IdentityInfo) {
         outln!(r, "Canonical path: {c}");
     }
     let weak = id.wwid.is_none() && id.serial.is_none() && id.by_id.is_empty() && id.loop_backing.is_none();
-    if weak && id.kind == "block device" {
+    if weak && id.kind == crate::rdm::DeviceKind::Block {
         outln!(r, "Identity: path and size only (the device shows no WWID, serial or by-id name)");
     }
 }
