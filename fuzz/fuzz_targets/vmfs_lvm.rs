@@ -9,7 +9,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use vmkfs::vmfs::lvm::{DeviceHeader, LogicalVolume, Member};
 use vmkfs::vmfs::partition::{self, Partition};
-use vmkfs::vmfs::{DeviceRead, MemDevice, Volume};
+use vmkfs::vmfs::{DeviceRead, MemDevice, ReadAt, Volume};
 
 const H: usize = 0x10_0000;
 
