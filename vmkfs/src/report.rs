@@ -474,6 +474,14 @@ impl crate::vm::Reporter for Reporter {
     }
 }
 
+/// `println!` through [`Reporter::line`]: `outln!(r, "Clone: {pct}% done.")`.
+macro_rules! outln {
+    ($r:expr, $($arg:tt)*) => {
+        $r.line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,6 +98,28 @@ pub fn parse_utc(s: &str) -> Option<u64> {
     u64::try_from(days * 86400 + hh * 3600 + mm * 60 + ss - offset).ok()
 }
 
+/// A byte count for people (`1.5 GiB`).
+pub fn human(n: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let (v, i) = in_units_of_1024(n);
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// `n` as a value below 1024 and the power of 1024 it is in (0 to 5).
+pub fn in_units_of_1024(n: u64) -> (f64, usize) {
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < 5 {
+        v /= 1024.0;
+        i += 1;
+    }
+    (v, i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use crate::rdm_ops::DeviceTarget;
 use crate::report::Reporter;
 use crate::vmdk::create::{Adapter, DiskFormat};
 
-use super::{Outcome, Settings};
+use super::settings::{Outcome, Settings};
 
 /// A copy.
 #[derive(Debug)]

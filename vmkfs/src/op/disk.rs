@@ -11,7 +11,9 @@ use crate::size::range_end;
 use crate::vmdk::create::{Adapter, CreateOptions, DiskFormat};
 use crate::vmdk::{OpenOptions, State};
 
-use super::{human, outln, Outcome, Settings};
+use super::settings::{Outcome, Settings};
+use crate::report::outln;
+use crate::text::human;
 
 /// A disk operation; every path is the disk operated on unless said otherwise.
 #[derive(Debug)]

@@ -10,7 +10,8 @@ use crate::rdm_ops::{create_mapping, query, RdmInfo};
 use crate::report::Reporter;
 use crate::vmdk::create::Adapter;
 
-use super::{outln, Outcome, Settings};
+use super::settings::{Outcome, Settings};
+use crate::report::outln;
 
 /// A raw device mapping operation.
 #[derive(Debug)]

@@ -8,7 +8,8 @@ use crate::redo::changemap::DEFAULT_BLOCK;
 use crate::report::Reporter;
 use crate::vmdk::OpenOptions;
 
-use super::{outln, Outcome, Settings};
+use super::settings::{Outcome, Settings};
+use crate::report::outln;
 
 /// A REDO-chain operation; `path` is the disk (or link) operated on.
 #[derive(Debug)]

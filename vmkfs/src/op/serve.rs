@@ -11,7 +11,8 @@ use crate::nbd::{serve_disk, Address, NbdOptions};
 use crate::report::Reporter;
 use crate::Disk;
 
-use super::{outln, Outcome, Settings};
+use super::settings::{Outcome, Settings};
+use crate::report::outln;
 
 /// A serving operation.
 #[derive(Debug)]

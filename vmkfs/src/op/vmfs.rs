@@ -3,14 +3,14 @@
 //! inside the volume ([`storage`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::error::Result;
 use crate::report::Reporter;
-use crate::vmdk::Storage;
-use crate::vmfs::{FileKind, Stat, VmfsStorage, Volume};
+use crate::vmfs::{FileKind, Stat, Volume};
 
-use super::{human, in_units_of_1024, outln, Outcome, Settings};
+use super::settings::{Outcome, Settings};
+use crate::report::outln;
+use crate::text::{human, in_units_of_1024};
 
 /// A VMFS volume operation; `devices` are the volume's (every device of a spanned volume).
 #[derive(Debug)]
@@ -58,15 +58,6 @@ pub fn run(op: VmfsOp, s: &Settings, r: &Reporter) -> Result<Outcome> {
         VmfsOp::DumpFile { devices, path } => run_dump_file(r, &Volume::open(&devices)?, &path)?,
     }
     Ok(Outcome::Done)
-}
-
-/// The storage paths resolve in inside the volume on `devices` (one that fails every access
-/// with the reason when the volume does not open).
-pub fn storage(devices: &[PathBuf]) -> Arc<dyn Storage> {
-    match Volume::open(devices) {
-        Ok(v) => VmfsStorage::shared(v),
-        Err(e) => Arc::new(crate::vmfs::storage::Unopened(e.to_string())),
-    }
 }
 
 /// Decimal units the way vmkfstools -h prints them (`256 MB`, `1.5 GB`).

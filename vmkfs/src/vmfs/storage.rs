@@ -152,3 +152,12 @@ impl Backing for VmfsBacking {
         Err(read_only(&self.path, "punch a hole"))
     }
 }
+
+/// The storage paths resolve in inside the volume on `devices` (one that fails every access
+/// with the reason when the volume does not open).
+pub fn volume_storage(devices: &[PathBuf]) -> Arc<dyn Storage> {
+    match Volume::open(devices) {
+        Ok(v) => VmfsStorage::shared(v),
+        Err(e) => Arc::new(Unopened(e.to_string())),
+    }
+}
