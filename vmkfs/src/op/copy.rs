@@ -25,18 +25,8 @@ pub enum CopyOp {
         src: PathBuf,
         /// The destination.
         dst: PathBuf,
-        /// `-d rdm:DEV`, `rdmp:DEV`, `raw:DEV`: onto that device.
-        device: Option<DeviceTarget>,
-        /// The destination's format (ignored onto a device).
-        format: DiskFormat,
-        /// The destination's adapter type.
-        adapter: Option<Adapter>,
-        /// `--target-is-zero`: the device already reads as zeros.
-        target_is_zero: bool,
-        /// `--compress-level`.
-        compress_level: Option<u32>,
-        /// `--size` was given (it means nothing here).
-        size_given: bool,
+        /// How it is written.
+        how: CloneArgs,
     },
     /// `-i - [-d FMT] DST`: a stream or a raw image from standard input.
     Import {
@@ -73,10 +63,7 @@ pub fn run(op: CopyOp, s: &Settings, r: &Reporter) -> Result<Outcome> {
     let to_err = matches!(&op, CopyOp::Export { dst, .. } if dst == Path::new("-"));
     r.copy_begin(to_err);
     let result = match op {
-        CopyOp::Clone { src, dst, device, format, adapter, target_is_zero, compress_level, size_given } => {
-            let c = Clone { device, format, adapter, target_is_zero, compress_level, size_given };
-            run_clone(s, r, &src, &dst, c)
-        }
+        CopyOp::Clone { src, dst, how } => run_clone(s, r, &src, &dst, how),
         CopyOp::Import { dst, format, size, compress_level, adapter } => {
             run_import(s, r, &dst, format, size, compress_level, adapter)
         }
@@ -106,16 +93,23 @@ fn size_refused() -> Error {
 }
 
 /// The options of a clone besides its source and destination.
-struct Clone {
-    device: Option<DeviceTarget>,
-    format: DiskFormat,
-    adapter: Option<Adapter>,
-    target_is_zero: bool,
-    compress_level: Option<u32>,
-    size_given: bool,
+#[derive(Debug)]
+pub struct CloneArgs {
+    /// `-d rdm:DEV`, `rdmp:DEV`, `raw:DEV`: onto that device.
+    pub device: Option<DeviceTarget>,
+    /// The destination's format (ignored onto a device).
+    pub format: DiskFormat,
+    /// The destination's adapter type.
+    pub adapter: Option<Adapter>,
+    /// `--target-is-zero`: the device already reads as zeros.
+    pub target_is_zero: bool,
+    /// `--compress-level`.
+    pub compress_level: Option<u32>,
+    /// `--size` was given (it means nothing here).
+    pub size_given: bool,
 }
 
-fn run_clone(s: &Settings, r: &Reporter, src: &Path, dst: &Path, c: Clone) -> Result<serde_json::Value> {
+fn run_clone(s: &Settings, r: &Reporter, src: &Path, dst: &Path, c: CloneArgs) -> Result<serde_json::Value> {
     let (format_name, description) = match &c.device {
         Some(t) => (t.name(), t.description()),
         None => (c.format.name(), c.format.description()),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use vmkfs::error::{Error, Result};
 use vmkfs::nbd::Address;
-use vmkfs::op::copy::CopyOp;
+use vmkfs::op::copy::{self, CopyOp};
 use vmkfs::op::disk::DiskOp;
 use vmkfs::op::parse as p;
 use vmkfs::op::rdm::RdmOp;
@@ -101,7 +101,8 @@ fn clone(cli: &Cli, src: &Path) -> Result<Op> {
     let format = if device.is_some() { DiskFormat::ZeroedThick } else { p::disk_format(fmt)? };
     let (adapter, compress_level) = (p::adapter(cli.common.adapter.as_deref())?, cli.stream.compress_level);
     let (src, size_given) = (src.to_path_buf(), cli.stream.input_size.is_some());
-    Ok(Op::Copy(CopyOp::Clone { src, dst, device, format, adapter, target_is_zero, compress_level, size_given }))
+    let how = copy::CloneArgs { device, format, adapter, target_is_zero, compress_level, size_given };
+    Ok(Op::Copy(CopyOp::Clone { src, dst, how }))
 }
 
 fn import(cli: &Cli) -> Result<Op> {
