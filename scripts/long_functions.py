@@ -9,6 +9,8 @@ usage: scripts/long_functions.py [--limit N] [--no-tests] DIR_OR_FILE...
 import os
 import sys
 
+from rust_text import skip_comment
+
 
 def ident_char(c):
     return c.isalnum() or c == "_"
@@ -25,19 +27,9 @@ def tokens(text):
             i += 1
         elif c.isspace():
             i += 1
-        elif text.startswith("//", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-        elif text.startswith("/*", i):
-            depth, i = 1, i + 2
-            while i < n and depth:
-                if text.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif text.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    line += text[i] == "\n"
-                    i += 1
+        elif (j := skip_comment(text, i)) is not None:
+            line += text.count("\n", i, j)
+            i = j
         elif c == '"':
             i, line = skip_string(text, i + 1, line)
         elif c == "'":

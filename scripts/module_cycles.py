@@ -24,6 +24,8 @@ import os
 import re
 import sys
 
+from rust_text import skip_comment
+
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 DEF = re.compile(r"\b(?:struct|enum|trait|fn|type|const|static|union|mod)\s+(" + IDENT + r")|\bmacro_rules!\s*(" + IDENT + r")")
 USE = re.compile(r"\b(pub(?:\s*\([^)]*\))?\s+)?use\s+([^;]*);", re.S)
@@ -44,18 +46,8 @@ def strip(text):
     out, i, n = [], 0, len(text)
     while i < n:
         c = text[i]
-        if text.startswith("//", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-        elif text.startswith("/*", i):
-            depth, i = 1, i + 2
-            while i < n and depth:
-                if text.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif text.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
+        if (j := skip_comment(text, i)) is not None:
+            i = j
         elif re.match(r'b?r(#*)"', text[i : i + 40]) and (i == 0 or not re.match(r"[A-Za-z0-9_]", text[i - 1])):
             m = re.match(r'b?r(#*)"', text[i:])
             end = text.find('"' + m.group(1), i + m.end())
