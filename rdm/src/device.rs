@@ -374,19 +374,6 @@ impl Device {
         Ok(runs)
     }
 
-    /// Copies `len` bytes from `src` at `src_off` to this device at `dst_off` inside the kernel
-    /// (`copy_file_range`). Returns the bytes copied (fewer than `len` only at the source's EOF).
-    pub fn copy_from(&self, src: &Device, src_off: u64, dst_off: u64, len: u64) -> io::Result<u64> {
-        in_kernel(len, |done, chunk| {
-            let mut so = to_off(src_off + done)?;
-            let mut dof = to_off(dst_off + done)?;
-            // SAFETY: both descriptors are valid; the offset pointers point at live i64 values.
-            Ok(unsafe {
-                libc::copy_file_range(src.file.as_raw_fd(), &mut so, self.file.as_raw_fd(), &mut dof, chunk, 0)
-            })
-        })
-    }
-
     /// Sends `len` bytes of this file at `offset` to the socket (or pipe) `out` inside the kernel
     /// (`sendfile`): the file's page-cache pages are handed to the socket without a copy through
     /// user space. Returns the bytes sent: fewer than `len` only at the file's EOF. A socket that
