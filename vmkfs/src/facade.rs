@@ -39,11 +39,11 @@ use crate::info::DiskInfo;
 /// A byte range of a disk: `offset` and `len` in bytes.
 ///
 /// ```
-/// let e = vmkfs::Extent { offset: 65536, len: 4096 };
+/// let e = vmkfs::ByteRange { offset: 65536, len: 4096 };
 /// assert_eq!(e.offset + e.len, 69632);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Extent {
+pub struct ByteRange {
     /// First byte.
     pub offset: u64,
     /// Length in bytes.
@@ -325,14 +325,14 @@ impl Disk {
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let path = dir.path().join("d.vmdk");
     /// # vmkfs::create(&path, vmkfs::DiskFormat::MonoSparse, 1 << 20)?;
-    /// use vmkfs::Extent;
+    /// use vmkfs::ByteRange;
     /// let disk = vmkfs::Disk::open_writable(&path)?;
     /// disk.write_at(&[7; 65536], 131072)?;
-    /// assert_eq!(disk.allocated()?, vec![Extent { offset: 131072, len: 65536 }]);
+    /// assert_eq!(disk.allocated()?, vec![ByteRange { offset: 131072, len: 65536 }]);
     /// # Ok(()) }
     /// ```
-    pub fn allocated(&self) -> Result<Vec<Extent>> {
-        let mut out: Vec<Extent> = Vec::new();
+    pub fn allocated(&self) -> Result<Vec<ByteRange>> {
+        let mut out: Vec<ByteRange> = Vec::new();
         for r in self.runs() {
             let r: Run = r?;
             if r.state != State::Data {
@@ -340,7 +340,7 @@ impl Disk {
             }
             match out.last_mut() {
                 Some(last) if last.offset + last.len == r.offset => last.len += r.len,
-                _ => out.push(Extent { offset: r.offset, len: r.len }),
+                _ => out.push(ByteRange { offset: r.offset, len: r.len }),
             }
         }
         Ok(out)

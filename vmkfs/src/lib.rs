@@ -57,7 +57,7 @@ pub mod vm;
 pub mod vmfs;
 
 pub use error::{Error, Result};
-pub use facade::{clone, commit, create, snapshot, Disk, Extent};
+pub use facade::{clone, commit, create, snapshot, ByteRange, Disk};
 pub use rdm;
 pub use redo;
 pub use redo::{Chain, ChangeMap};

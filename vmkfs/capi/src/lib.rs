@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use vmkfs_rs::error::ErrorKind;
 use vmkfs_rs::redo::RedoError;
-use vmkfs_rs::{Disk, DiskFormat, Error, Extent};
+use vmkfs_rs::{ByteRange, Disk, DiskFormat, Error};
 
 /// Success.
 pub const VMKFS_OK: c_int = 0;
@@ -464,7 +464,7 @@ pub unsafe extern "C" fn vmkfs_query_allocated(disk: *const VmkfsDisk, out: *mut
         // SAFETY: the caller's contract.
         let (disk, out) = unsafe { (disk_arg(disk)?, out_arg(out, "out")?) };
         *out = range_list(std::iter::empty());
-        let extents: Vec<Extent> = disk.allocated()?;
+        let extents: Vec<ByteRange> = disk.allocated()?;
         *out = range_list(extents.into_iter().map(|e| (e.offset, e.len)));
         Ok(())
     })
