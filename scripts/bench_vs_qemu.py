@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Times `vmkfs -i` against `qemu-img convert -m 8 -W` (default cache, and `-t none`) and, for raw-like
 outputs, against `dd bs=1M conv=sparse,fsync oflag=direct` of the same image (the rate this machine
-writes the data at; images up to 4 GiB), side by side, interleaved (A B C D A B C D ...).
+writes the data at; images up to 4 GiB), side by side, interleaved (A B C D, B C D A, ...).
 
 Every command is followed by `sync` (vmkfs flushes its output itself; qemu-img and dd are given the
 same flush), so the flushed times compare like with like; qemu's unflushed time is reported too.
+Before each command the outputs of the others are deleted and the deletion flushed, untimed, so no
+command pays for freeing another's output (on a `discard` mount that is a journal commit full of
+discards), and the source's data is read once, untimed, so each command starts with it in the page
+cache (see `warm`).
 Peak memory (max RSS) comes from wait4(). Per round the ratios vmkfs / the better qemu-img of that
 round and vmkfs / dd are taken; the table gives their medians (medians of pairwise ratios).
 
@@ -17,7 +21,7 @@ A size may name its own cases: `--sizes 2048:0.5,16384:0.1:raw-thin/raw-monospar
 2 GiB and only those two at 16 GiB.
 
 usage: bench_vs_qemu.py [--rounds N] [--sizes 2048:0.5,16384:0.1] [--cases raw-thin,raw-stream@1]
-                        [--work DIR] [--vmkfs PATH]
+                        [--work DIR] [--vmkfs PATH] [--verbose]
 """
 import argparse
 import os
@@ -43,6 +47,34 @@ def run(cmd, sync=True):
         os.sync()
     t2 = time.perf_counter()
     return t2 - t0, t1 - t0, ru.ru_maxrss
+
+
+def warm(path):
+    """Reads the data of `path` (its holes skipped: reading a hole fills the page cache with zeros),
+    so the file is in the page cache when the next command starts. This machine pages out page
+    cache that has not been touched for about a minute (DAMON `pageout`, a memory-saving setting of
+    the VM it runs in), which after a long command (qemu-img -t none: 12-15 s) leaves the source
+    partly on disk for whoever comes next: one side would be measured hot, the other cold."""
+    fd = os.open(path, os.O_RDONLY)
+    buf = bytearray(1 << 20)  # one small buffer, so this process (whose memory a forked child
+    # counts in its peak RSS until it executes the command) stays small
+    try:
+        end = os.fstat(fd).st_size
+        pos = 0
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+            while start < stop:
+                n = os.preadv(fd, [memoryview(buf)[:min(len(buf), stop - start)]], start)
+                if n <= 0:
+                    break
+                start += n
+            pos = stop
+    finally:
+        os.close(fd)
 
 
 def size_of(prefix):
@@ -79,6 +111,7 @@ def main():
     ap.add_argument("--work", default="/tmp/vmkfs-bench")
     ap.add_argument("--vmkfs", default=os.path.join(HERE, "..", "target", "release", "vmkfs"))
     ap.add_argument("--cases", default="raw-thin,sparse-2gbsparse")
+    ap.add_argument("--verbose", action="store_true", help="print every timed run on stderr")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}; load average "
@@ -133,10 +166,22 @@ def main():
             t = {k: [] for k in cmds}
             q_un, vs_qemu, vs_dd, v_rss, q_rss = [], [], [], [], []
             v_size = q_size = 0
-            for _ in range(a.rounds):
-                for k, (cmd, pre) in cmds.items():
+            for r in range(a.rounds):
+                # The order turns by one each round (A B C D, B C D A, ...), so that no command
+                # always comes first.
+                keys = list(cmds)
+                for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+                    cmd, pre = cmds[k]
+                    # The previous command's output is deleted and the deletion flushed before the
+                    # clock starts: on a file system mounted with `discard`, freeing a fragmented
+                    # file (qemu-img -t none writes its grains one by one) costs seconds of discards
+                    # in the next journal commit, which the next command's fsync would otherwise pay.
                     clean(pre)
+                    os.sync()
+                    warm(src)
                     tk, tk_un, rss = run(cmd)
+                    if a.verbose:
+                        print(f"  {mib} MiB {case} round {r}: {k} {tk:.2f} s", file=sys.stderr, flush=True)
                     if k == "vmkfs":
                         v_size = size_of(pre)
                         v_rss.append(rss)

@@ -432,6 +432,21 @@ fn in_kernel(len: u64, mut step: impl FnMut(u64, usize) -> io::Result<isize>) ->
     Ok(done)
 }
 
+/// Waits until `fd` is readable (for a listening socket: a connection is waiting) or `timeout`
+/// passes (`poll`); true if it is readable, or reports an error or a hang-up, which the next read
+/// or accept will give. A signal ends the wait early, returning false.
+pub fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `p` is one live pollfd and the count passed is 1.
+    let rc = unsafe { libc::poll(&mut p, 1, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+    }
+    Ok(rc > 0)
+}
+
 /// Asks for a send buffer of `bytes` on the socket `sock` (`SO_SNDBUF`; the kernel caps it at
 /// `net.core.wmem_max`), so that a large reply is queued in fewer rounds of waking the reader.
 pub fn set_send_buffer(sock: std::os::fd::BorrowedFd<'_>, bytes: usize) -> io::Result<()> {

@@ -153,6 +153,15 @@ impl Listener {
         &self.address
     }
 
+    /// Waits up to `timeout` for a connection to accept.
+    fn wait(&self, timeout: Duration) -> io::Result<bool> {
+        use std::os::fd::AsFd;
+        match &self.inner {
+            ListenerKind::Unix(l) => rdm::device::wait_readable(l.as_fd(), timeout),
+            ListenerKind::Tcp(l) => rdm::device::wait_readable(l.as_fd(), timeout),
+        }
+    }
+
     fn accept(&self) -> io::Result<Conn> {
         let c = match &self.inner {
             ListenerKind::Unix(l) => Conn::Unix(l.accept()?.0),
@@ -628,8 +637,12 @@ pub fn serve(listener: &Listener, export: &Export, opts: &ServeOptions) -> Resul
                     running.push(scope.spawn(move || n.session(conn, export, cancelled)));
                 }
                 Ok(conn) => drop(conn),
+                // Nothing waiting: sleep in poll until a client connects (accepted at once, with
+                // no polling delay) or the next look at the cancellation flag is due.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
-                    std::thread::sleep(Duration::from_millis(10));
+                    if listener.wait(POLL).is_err() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                 }
                 // A failed accept (the client went away first, no descriptors left) ends nothing.
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
