@@ -51,10 +51,9 @@ def run(cmd, sync=True):
 
 def warm(path):
     """Reads the data of `path` (its holes skipped: reading a hole fills the page cache with zeros),
-    so the file is in the page cache when the next command starts. This machine pages out page
-    cache that has not been touched for about a minute (DAMON `pageout`, a memory-saving setting of
-    the VM it runs in), which after a long command (qemu-img -t none: 12-15 s) leaves the source
-    partly on disk for whoever comes next: one side would be measured hot, the other cold."""
+    so the file is in the page cache when the next command starts, whatever ran before it: the VM
+    this was written on pages out page cache untouched for about a minute (DAMON `pageout`), and
+    after long commands (qemu-img -t none takes 12-15 s) "hot" must still mean hot for each side."""
     fd = os.open(path, os.O_RDONLY)
     buf = bytearray(1 << 20)  # one small buffer, so this process (whose memory a forked child
     # counts in its peak RSS until it executes the command) stays small

@@ -39,7 +39,7 @@ const PREFERRED_BLOCK: u32 = 4096;
 /// The socket send buffer asked for: a few 256 KiB replies (nbdcopy's request size) queue
 /// without waiting for the client to take each.
 const SEND_BUFFER: usize = 2 << 20;
-/// How often a waiting read looks at the cancellation flag.
+/// How often a waiting read, and the listener waiting for a client, look at the cancellation flag.
 const POLL: Duration = Duration::from_millis(100);
 /// How long a reply may wait for the client to take any of it before the connection is dropped.
 const WRITE_STALL: Duration = Duration::from_secs(30);
