@@ -4,9 +4,11 @@ pass with a tracking link against the full pass.
 
 A VM with DISKS thin ESX disks of SIZE MiB, FILL of each holding data (scripts/gen_image.py), is
 built once. Then, ROUNDS times, interleaved:
-  A: `vmkfs -i DISK -d 2gbsparse` for every disk, one after another (the sum of the clone times);
-  B: `vmkfs-backup -a vm.vmx -r DEST` (a full backup, default 2gbsparse exports).
-Ratio B/A per round; the median is reported (target: at most 1.2).
+  A: `vmkfs -i DISK -d 2gbsparse` for every disk, one after another (the sum of the clone times;
+     the clones are kept until the last is done, as the backup's exports are);
+  B: `vmkfs-backup -a vm.vmx -r DEST` (a full backup, default 2gbsparse exports);
+A first in even rounds, B first in odd ones. Ratio B/A per round; the median is reported
+(target: at most 1.2).
 
 Then, ROUNDS times: a full pass with --keep-tracking (F), 1 % of every disk's capacity rewritten
 in 1 MiB runs at scattered offsets, and an incremental pass --since that full one with
@@ -60,22 +62,37 @@ def timed(cmd, cold_source=None):
 
 
 def full_vs_clones(a, vm, vmx, disks, cold):
+    """Per round: the clones of every disk, kept until the last is done (the backup's exports also
+    all exist at its end, so both sides fill as much new page cache), then removed; and the full
+    backup, then removed. The side that goes first turns every round: what the previous command
+    freed changes what the next one pays for new pages (on a VM whose idle memory the hypervisor
+    takes back, a lot)."""
     vmkfs, backup = VMKFS, BACKUP
     src = vm if cold else None
+
+    def clones():
+        wall, cpu = 0.0, 0.0
+        for i, d in enumerate(disks):
+            w, c = timed([vmkfs, "-i", d, "-d", "2gbsparse", os.path.join(a.work, f"clone{i}.vmdk")], src)
+            wall, cpu = wall + w, cpu + c
+        for f in os.listdir(a.work):
+            if f.startswith("clone"):
+                os.remove(os.path.join(a.work, f))
+        return wall, cpu
+
+    def full():
+        dest = os.path.join(a.work, "full")
+        w, c = timed([backup, "-a", vmx, "-r", dest], src)
+        shutil.rmtree(dest)
+        return w, c
+
     rows = []
     for r in range(a.rounds):
-        clone, clone_cpu = 0.0, 0.0
-        for i, d in enumerate(disks):
-            dst = os.path.join(a.work, f"clone{i}.vmdk")
-            w, c = timed([vmkfs, "-i", d, "-d", "2gbsparse", dst], src)
-            clone, clone_cpu = clone + w, clone_cpu + c
-            for f in os.listdir(a.work):
-                if f.startswith(f"clone{i}"):
-                    os.remove(os.path.join(a.work, f))
-        dest = os.path.join(a.work, "full")
-        full, full_cpu = timed([backup, "-a", vmx, "-r", dest], src)
-        shutil.rmtree(dest)
-        rows.append((clone, clone_cpu, full, full_cpu))
+        if r % 2 == 0:
+            (clone, clone_cpu), (f, f_cpu) = clones(), full()
+        else:
+            (f, f_cpu), (clone, clone_cpu) = full(), clones()
+        rows.append((clone, clone_cpu, f, f_cpu))
     return rows
 
 

@@ -813,11 +813,23 @@ mod tests {
     #[test]
     fn sealed_files_hold_the_bytes_they_have_in_place() {
         let d = tempfile::tempdir().unwrap();
-        for (i, format) in [DiskFormat::MonoSparse, DiskFormat::TwoGbSparse, DiskFormat::Thin].into_iter().enumerate() {
+        // The three formats of a new disk, and an ESX delta (vmfsSparse, as exports of changes are).
+        let formats = [Some(DiskFormat::MonoSparse), Some(DiskFormat::TwoGbSparse), Some(DiskFormat::Thin), None];
+        for (i, format) in formats.into_iter().enumerate() {
             let path = d.path().join(format!("d{i}.vmdk"));
-            let nd = create(&path, &CreateOptions::new(format, 8 << 20)).unwrap();
-            nd.link().write_at(&[7u8; 70_000], 3 << 20).unwrap();
-            nd.link().write_at(b"tail", (8 << 20) - 4).unwrap();
+            let nd = match format {
+                Some(f) => create(&path, &CreateOptions::new(f, 8 << 20)).unwrap(),
+                None => {
+                    let parent = Parent { hint: "base.vmdk".into(), cid: 7 };
+                    let opts = CreateOptions::new(DiskFormat::MonoSparse, 8 << 20);
+                    create_delta(&path, 8 << 20, &parent, &opts).unwrap()
+                }
+            };
+            // Whole sectors: a delta opened without its parent takes no partial grain.
+            nd.link().write_at(&[7u8; 70_144], 3 << 20).unwrap();
+            let mut last = [0u8; 512];
+            last[508..].copy_from_slice(b"tail");
+            nd.link().write_at(&last, (8 << 20) - 512).unwrap();
             let sealed: Vec<(PathBuf, Vec<u8>)> =
                 nd.seal().unwrap().into_iter().map(|(fin, now)| (fin, std::fs::read(now).unwrap())).collect();
             assert_eq!(sealed.iter().map(|s| s.0.clone()).collect::<Vec<_>>(), nd.final_paths());

@@ -196,6 +196,9 @@ fn file_name(p: &Path) -> String {
 /// as a new REDO link at `dst` whose parent is `since` (by file name, so it chains onto a copy of
 /// that link placed beside it) and whose CID is `top`'s, the state it brings a replica to. ESX
 /// chains give an ESX delta (vmfsSparse + COWD), hosted ones a monolithicSparse child.
+/// `sealed`, if given, is called with the delta's files once they hold their final bytes, before
+/// they are flushed and put in place (a backup hashes them meanwhile).
+#[allow(clippy::too_many_arguments)]
 pub fn export_delta(
     top: &Path,
     since: &Path,
@@ -204,6 +207,7 @@ pub fn export_delta(
     force: bool,
     progress: &mut dyn FnMut(u64, u64),
     cancel: Option<&AtomicBool>,
+    sealed: Option<&mut crate::clone::Sealed<'_>>,
 ) -> Result<PathBuf> {
     let chain = Chain::open(top, opts)?;
     let (changes, stop) = changes_in(&chain, Some(since), redo::changemap::DEFAULT_BLOCK)?;
@@ -221,6 +225,9 @@ pub fn export_delta(
         if esx { vmdk::create::create_delta(dst, cap, &parent, &copts)? } else { vmdk::create::create(dst, &copts)? };
     copy_every_block(&Masked { chain: &chain, changes: &changes }, new.link(), progress, cancel)?;
     new.link().update_descriptor(|d| d.set_cid(top_cid))?;
+    if let Some(sealed) = sealed {
+        sealed(&new.seal()?);
+    }
     Ok(new.commit()?)
 }
 

@@ -102,7 +102,8 @@ pub fn run(op: RedoOp, s: &Settings, r: &Reporter) -> Result<Outcome> {
         RedoOp::ExportDelta { path, since, dst } => {
             let mut progress = |_: u64, _: u64| {};
             let interrupt = Some(crate::interrupt::install());
-            let out = crate::redo_ops::export_delta(&path, &since, &dst, &opts, s.force, &mut progress, interrupt)?;
+            let out =
+                crate::redo_ops::export_delta(&path, &since, &dst, &opts, s.force, &mut progress, interrupt, None)?;
             if r.json() {
                 r.line(serde_json::json!({"event": "exported", "delta": out, "since": since}));
             } else {

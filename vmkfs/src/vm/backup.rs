@@ -1087,9 +1087,21 @@ fn export_disk(
                 .map(|l| l.descriptor().cid)
                 .unwrap_or_default();
             drop(chain);
-            let path = export_delta(&d.place.path, point, &dst, &opts, false, &mut progress, None)?;
             let changes = changed_blocks(&d.place.path, Some(point), redo::changemap::DEFAULT_BLOCK, &opts)?;
-            let table = rehash(&d.place.path, &opts, prev, &changes)?;
+            // The changed blocks are hashed again while the export copies and flushes them, and
+            // the export's files are hashed while they are flushed.
+            let mut sealed = |files: &[(PathBuf, PathBuf)]| {
+                for (fin, now) in files {
+                    hasher.add_as(fin, now);
+                }
+            };
+            let (exported, table) = std::thread::scope(|s| {
+                let hashes = s.spawn(|| rehash(&d.place.path, &opts, prev, &changes));
+                let exported =
+                    export_delta(&d.place.path, point, &dst, &opts, false, &mut progress, None, Some(&mut sealed));
+                (exported, hashes.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            });
+            let (path, table) = (exported?, table?);
             let files = vmdk::Link::open(&path, &OpenOptions::read())?.files();
             (Method::Tracking, Some(point_cid), table, changes.changed_bytes(), files, "redo".to_string())
         }

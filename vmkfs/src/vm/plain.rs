@@ -1,9 +1,9 @@
 //! Plain files (a `.vmx`, `.nvram`, logs, a suspended state, the files of a written backup)
 //! through the copy engine: a [`PlainFile`] is an engine [`Source`] whose map comes from the
 //! file's data runs (holes are never read), and a [`Hashed`] target computes the file's SHA-256 as
-//! the ordered writer passes over it — storing the bytes in another file, or nothing (to hash a
-//! file). So nothing copies or hashes bytes outside the engine, large files are read on every
-//! core, and a hole costs no read.
+//! the ordered writer passes over it while storing the bytes in another file. So nothing copies
+//! bytes outside the engine, large files are read on every core, and a hole costs no read. Hashing
+//! a file without copying it ([`sha256_of`]) reads it on the hashing thread instead.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -74,9 +74,9 @@ struct Progress {
 }
 
 /// A target that hashes what passes (ranges the source map left out count as zeros) and stores the
-/// non-zero runs in `out`, if given.
+/// non-zero runs in `out`.
 pub struct Hashed {
-    out: Option<Arc<dyn Backing>>,
+    out: Arc<dyn Backing>,
     len: u64,
     state: Mutex<Progress>,
 }
@@ -92,8 +92,8 @@ fn hash_zeros(sha: &mut Sha256, mut n: u64) {
 }
 
 impl Hashed {
-    /// A target of `len` bytes writing into `out` (already `len` bytes long), or only hashing.
-    pub fn new(out: Option<Arc<dyn Backing>>, len: u64) -> Hashed {
+    /// A target of `len` bytes writing into `out` (already `len` bytes long).
+    pub fn new(out: Arc<dyn Backing>, len: u64) -> Hashed {
         Hashed { out, len, state: Mutex::new(Progress { pos: 0, sha: Sha256::new() }) }
     }
 
@@ -122,11 +122,9 @@ impl Target for Hashed {
         st.pos = piece.offset + piece.buf.len() as u64;
         drop(st);
         let mut n = 0;
-        if let Some(out) = &self.out {
-            for &(s, l) in piece.runs {
-                out.write_all_at(&piece.buf[s..s + l], piece.offset + s as u64)?;
-                n += l as u64;
-            }
+        for &(s, l) in piece.runs {
+            self.out.write_all_at(&piece.buf[s..s + l], piece.offset + s as u64)?;
+            n += l as u64;
         }
         Ok(n)
     }
@@ -157,7 +155,7 @@ pub fn write_source(from: &dyn Source, dst_storage: &Arc<dyn Storage>, dst: &Pat
     let len = from.capacity();
     let out = dst_storage.create_new(dst)?;
     out.set_len(len)?;
-    let t = Hashed::new(Some(out.clone()), len);
+    let t = Hashed::new(out.clone(), len);
     copy(from, &t, &engine(), &mut |_, _| {}, None)?;
     out.sync()?;
     Ok((len, t.finish()))
@@ -168,14 +166,37 @@ pub fn sha256_file(storage: &Arc<dyn Storage>, path: &Path) -> Result<(u64, Stri
     sha256_of(&PlainFile::open(storage, path)?)
 }
 
-/// The length and SHA-256 of an open file.
+/// Bytes [`sha256_of`] reads at a time: small enough that a piece is still in the core's cache
+/// when the hash reads it, large enough that a system call per piece costs nothing.
+const HASH_PIECE: usize = 1 << 20;
+
+/// The length and SHA-256 of an open file. Its data runs are read one piece at a time on the
+/// calling thread and hashed at once (holes count as zeros and are not read). Not through the copy
+/// engine: its readers fill buffers on other cores, and hashing a buffer another core wrote,
+/// after several more were read, runs at memory speed instead of cache speed (about 1.0 against
+/// 1.7 GB/s on a 2-core Xeon); a hash takes one core whatever feeds it, so parallel readers only
+/// add work.
 pub fn sha256_of(from: &PlainFile) -> Result<(u64, String)> {
-    let t = Hashed::new(None, from.len());
-    // Nothing is stored, so zero blocks need not be found (the hash takes every byte anyway).
-    let mut e = engine();
-    e.skip_zeros = false;
-    copy(from, &t, &e, &mut |_, _| {}, None)?;
-    Ok((from.len(), t.finish()))
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; HASH_PIECE];
+    let mut pos = 0;
+    for (start, len) in from.backing.data_runs(0, from.len)? {
+        let (start, end) = (start.max(pos), (start + len).min(from.len));
+        if start >= end {
+            continue;
+        }
+        hash_zeros(&mut sha, start - pos);
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(HASH_PIECE as u64) as usize;
+            from.backing.read_exact_at(&mut buf[..n], at)?;
+            sha.update(&buf[..n]);
+            at += n as u64;
+        }
+        pos = end;
+    }
+    hash_zeros(&mut sha, from.len - pos);
+    Ok((from.len, crate::text::hex(&sha.finalize())))
 }
 
 /// A hashed file: the path it was queued under, and its length and SHA-256.
