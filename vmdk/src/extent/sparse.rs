@@ -769,22 +769,29 @@ impl SparseExtent {
         // A batch: new grains written back to back at `batch_sector`, whose entries are consecutive
         // in one grain table.
         let mut batch = Batch::default();
+        // The table of the grain at hand, looked up once per table (jobs come in offset order).
+        let mut table: Option<(u64, Option<Table>)> = None;
+        let mut rule = self.rule();
         for (p, l, bpos) in jobs {
             let g = p / gb;
             let (gt, idx) = (g / gtes, g % gtes);
             let piece = &buf[bpos..bpos + l as usize];
+            if table.as_ref().is_none_or(|(t, _)| *t != gt) {
+                table = Some((gt, self.dir.table(gt)?));
+            }
             // Re-check under the allocation lock: another writer may have allocated this grain.
-            let mut state = Grain::Absent;
-            self.walk(p, l, |_, _, s| {
-                state = s;
-                Ok(true)
-            })?;
+            let entry = match table.as_ref().and_then(|(_, t)| t.as_ref()) {
+                Some(t) => t[idx as usize].load(Ordering::Acquire),
+                None => 0,
+            };
+            rule.file_len = self.file_len.load(Ordering::Acquire);
+            let state = rule.classify(self.path(), "grain table entry", entry, g, self.dir.entry_offset(gt, idx))?;
             if let Grain::At(sector) = state {
                 batch.flush(self, &mut next)?;
                 self.dir.backing.write_all_at(piece, sector * 512 + p % gb)?;
                 continue;
             }
-            if self.dir.table(gt)?.is_none() {
+            if table.as_ref().is_none_or(|(_, t)| t.is_none()) {
                 if let Meta::Cowd(h) = self.meta() {
                     // COWD: the table is allocated with its first grain, right before it.
                     batch.flush(self, &mut next)?;
@@ -797,9 +804,10 @@ impl SparseExtent {
                     self.dir.set_table(gt, at as u32, h.gd_offset as u64)?;
                     *next = at + sectors;
                     self.file_len.fetch_max(*next * 512, Ordering::AcqRel);
+                    table = Some((gt, self.dir.table(gt)?));
                 }
             }
-            if self.dir.table(gt)?.is_none() {
+            if table.as_ref().is_none_or(|(_, t)| t.is_none()) {
                 return Err(Error::unsupported(
                     self.path(),
                     format!(
@@ -904,12 +912,7 @@ impl ReadAt for SparseExtent {
             Ok(())
         };
         let gb = self.grain_bytes;
-        let mut pending: Vec<(u64, u64, Grain)> = Vec::new();
         self.walk(offset, buf.len() as u64, |p, l, g| {
-            pending.push((p, l, g));
-            Ok(true)
-        })?;
-        for (p, l, g) in pending {
             let bs = (p - offset) as usize;
             match g {
                 Grain::At(sector) => {
@@ -924,7 +927,8 @@ impl ReadAt for SparseExtent {
                 }
                 Grain::Zero | Grain::Absent => buf[bs..bs + l as usize].fill(0),
             }
-        }
+            Ok(true)
+        })?;
         flush(&mut run, buf)
     }
 }
