@@ -927,7 +927,12 @@ impl<P: Plan, T: Target> Job<'_, P, T> {
                         next_write += 1;
                         self.gate.advance(next_write);
                         match written {
-                            Ok(n) => tally.count(c, n),
+                            Ok(n) => {
+                                if self.writeback && n > 0 {
+                                    self.dst.start_writeback(c.offset, c.len);
+                                }
+                                tally.count(c, n)
+                            }
                             Err(e) => {
                                 result = Err(e);
                                 self.stop();

@@ -509,6 +509,8 @@ pub struct SparseExtent {
     /// Next free sector for a new grain; its lock serializes grain allocation.
     next_free: Mutex<u64>,
     file_len: AtomicU64,
+    /// Where the file's writeback was last started up to ([`Extent::start_writeback`]).
+    written_back: AtomicU64,
     dirty: AtomicBool,
 }
 
@@ -598,6 +600,7 @@ impl SparseExtent {
             writable,
             next_free: Mutex::new(next.max(1)),
             file_len: AtomicU64::new(file_len),
+            written_back: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
         })
     }
@@ -656,6 +659,7 @@ impl SparseExtent {
             writable,
             next_free: Mutex::new(next),
             file_len: AtomicU64::new(file_len),
+            written_back: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
         })
     }
@@ -1062,6 +1066,20 @@ impl Extent for SparseExtent {
         }
         self.dirty.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Grains are appended, so the bytes a copy wrote since the last call are the file's tail:
+    /// its writeback starts there (the virtual range given says nothing about where in the file
+    /// its grains went), and the final flush has only the tables left to write.
+    fn start_writeback(&self, _offset: u64, _len: u64) {
+        if !self.writable {
+            return;
+        }
+        let end = self.file_len.load(Ordering::Acquire);
+        let from = self.written_back.fetch_max(end, Ordering::AcqRel);
+        if end > from {
+            self.dir.backing.start_writeback(from, end - from);
+        }
     }
 
     fn flush(&self) -> Result<()> {
