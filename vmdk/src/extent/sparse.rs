@@ -791,14 +791,14 @@ impl SparseExtent {
             rule.file_len = self.file_len.load(Ordering::Acquire);
             let state = rule.classify(self.path(), "grain table entry", entry, g, self.dir.entry_offset(gt, idx))?;
             if let Grain::At(sector) = state {
-                batch.flush(self, &mut next)?;
+                batch.flush(self, buf, &mut next)?;
                 self.dir.backing.write_all_at(piece, sector * 512 + p % gb)?;
                 continue;
             }
             if table.as_ref().is_none_or(|(_, t)| t.is_none()) {
                 if let Meta::Cowd(h) = self.meta() {
                     // COWD: the table is allocated with its first grain, right before it.
-                    batch.flush(self, &mut next)?;
+                    batch.flush(self, buf, &mut next)?;
                     let sectors = (self.dir.gtes as u64 * 4).div_ceil(512);
                     let at = *next;
                     if at + sectors > u32::MAX as u64 {
@@ -841,27 +841,37 @@ impl SparseExtent {
                 &data
             };
             if zeroed_ok && is_zero(grain) {
-                batch.flush(self, &mut next)?;
+                batch.flush(self, buf, &mut next)?;
                 self.dir.write_entries(gt, idx, &[1])?;
                 continue;
             }
             if !batch.extends(gt, idx) {
-                batch.flush(self, &mut next)?;
+                batch.flush(self, buf, &mut next)?;
                 batch.start(gt, idx, *next);
             }
-            batch.data.extend_from_slice(grain);
-            batch.count += 1;
+            if full {
+                batch.push_run(buf, bpos, gb as usize);
+            } else {
+                batch.push_owned(buf, grain);
+            }
         }
-        batch.flush(self, &mut next)
+        batch.flush(self, buf, &mut next)
     }
 }
 
+/// New grains of one [`SparseExtent::allocate`] call that go to the file back to back. While they
+/// are whole grains lying back to back in the caller's buffer (a copy's chunk: the usual case)
+/// the batch is only that range and is written from the buffer; a partial grain (filled out from
+/// below or with zeros) makes it a copy.
 #[derive(Default)]
 struct Batch {
     gt: u64,
     first: u64,
     count: u64,
     sector: u64,
+    /// `(start, len)` in the caller's buffer, while the batch is one run of it.
+    run: Option<(usize, usize)>,
+    /// The batch's bytes once it is not.
     data: Vec<u8>,
 }
 
@@ -875,17 +885,49 @@ impl Batch {
         self.first = idx;
         self.sector = sector;
         self.count = 0;
+        self.run = None;
         self.data.clear();
     }
 
-    fn flush(&mut self, ext: &SparseExtent, next: &mut u64) -> Result<()> {
+    /// Adds the grain `buf[start..start + len]`.
+    fn push_run(&mut self, buf: &[u8], start: usize, len: usize) {
+        match &mut self.run {
+            Some((s, l)) if *s + *l == start => *l += len,
+            _ if self.count == 0 => self.run = Some((start, len)),
+            _ => {
+                self.make_owned(buf);
+                self.data.extend_from_slice(&buf[start..start + len]);
+            }
+        }
+        self.count += 1;
+    }
+
+    /// Adds a grain assembled outside `buf`.
+    fn push_owned(&mut self, buf: &[u8], grain: &[u8]) {
+        self.make_owned(buf);
+        self.data.extend_from_slice(grain);
+        self.count += 1;
+    }
+
+    /// Copies a batch that is still a run of `buf` into `data`.
+    fn make_owned(&mut self, buf: &[u8]) {
+        if let Some((s, l)) = self.run.take() {
+            self.data.extend_from_slice(&buf[s..s + l]);
+        }
+    }
+
+    fn flush(&mut self, ext: &SparseExtent, buf: &[u8], next: &mut u64) -> Result<()> {
         if self.count == 0 {
             return Ok(());
         }
         let grain_sectors = ext.grain_bytes / 512;
+        let bytes = match self.run {
+            Some((s, l)) => &buf[s..s + l],
+            None => &self.data[..],
+        };
         // Data first, then the table entries: a crash in between leaves an unreferenced grain,
         // never an entry pointing at garbage.
-        ext.dir.backing.write_all_at(&self.data, self.sector * 512)?;
+        ext.dir.backing.write_all_at(bytes, self.sector * 512)?;
         let end = (self.sector + self.count * grain_sectors) * 512;
         ext.file_len.fetch_max(end, Ordering::AcqRel);
         let values: Vec<u64> = (0..self.count).map(|i| self.sector + i * grain_sectors).collect();
@@ -898,6 +940,7 @@ impl Batch {
         ext.dir.write_entries(self.gt, self.first, &values)?;
         *next = self.sector + self.count * grain_sectors;
         self.count = 0;
+        self.run = None;
         self.data.clear();
         Ok(())
     }
