@@ -22,7 +22,12 @@ reading a LUN); `both` (the default) runs the whole measurement hot, then cold. 
 the CPU time (user + system, of the command and its threads) is printed, which the load of other
 processes on the machine changes less. Prints a Markdown table.
 
-usage: bench_vm_backup.py [--disks 2] [--size 4096] [--fill 0.25] [--rounds 3] [--cache both]
+Unless `--memory 0`, everything after building the VM runs in a memory cgroup of `--memory` GiB
+that is filled with page cache first, so every command gets reclaimed pages (benchlib.SteadyMemory:
+on a VM that hands free memory back to its hypervisor, fresh pages cost a command more the longer
+the machine was idle before it); removed outputs are kept until they have been evicted.
+
+usage: bench_vm_backup.py [--disks 2] [--size 4096] [--fill 0.25] [--rounds 3] [--cache both] [--memory 6]
 """
 import argparse
 import os
@@ -33,7 +38,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import BACKUP, VMKFS, make_vm, run, vmx_top
+from benchlib import BACKUP, VMKFS, SteadyMemory, make_vm, run, vmx_top
 
 
 def evict(folder):
@@ -61,7 +66,7 @@ def timed(cmd, cold_source=None):
     return wall, ru.ru_utime + ru.ru_stime
 
 
-def full_vs_clones(a, vm, vmx, disks, cold):
+def full_vs_clones(a, vm, vmx, disks, cold, mem):
     """Per round: the clones of every disk, kept until the last is done (the backup's exports also
     all exist at its end, so both sides fill as much new page cache), then removed; and the full
     backup, then removed. The side that goes first turns every round: what the previous command
@@ -77,13 +82,13 @@ def full_vs_clones(a, vm, vmx, disks, cold):
             wall, cpu = wall + w, cpu + c
         for f in os.listdir(a.work):
             if f.startswith("clone"):
-                os.remove(os.path.join(a.work, f))
+                mem.retire(os.path.join(a.work, f))
         return wall, cpu
 
     def full():
         dest = os.path.join(a.work, "full")
         w, c = timed([backup, "-a", vmx, "-r", dest], src)
-        shutil.rmtree(dest)
+        mem.retire(dest)
         return w, c
 
     rows = []
@@ -96,7 +101,7 @@ def full_vs_clones(a, vm, vmx, disks, cold):
     return rows
 
 
-def incremental_vs_full(a, vm, cold, rng):
+def incremental_vs_full(a, vm, cold, rng, mem):
     vmkfs, backup = VMKFS, BACKUP
     rows = []
     for r in range(a.rounds):
@@ -118,9 +123,8 @@ def incremental_vs_full(a, vm, cold, rng):
                 changed += 1 << 20
         ti, ti_cpu = timed([backup, "-a", vmxr, "-r", incd, "--since", fulld, "--keep-tracking"], src)
         rows.append((tf, tf_cpu, ti, ti_cpu, changed))
-        shutil.rmtree(vmr)
-        shutil.rmtree(fulld)
-        shutil.rmtree(incd)
+        for d in (vmr, fulld, incd):
+            mem.retire(d)
     return rows
 
 
@@ -157,6 +161,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cache", choices=["hot", "cold", "both"], default="both")
     ap.add_argument("--work", default="/tmp/vmkfs-bench-vm")
+    ap.add_argument("--memory", type=int, default=6,
+                    help="GiB of the memory cgroup the timed commands run in (0: none; see benchlib.SteadyMemory)")
     a = ap.parse_args()
     shutil.rmtree(a.work, ignore_errors=True)
     os.makedirs(a.work)
@@ -164,11 +170,13 @@ def main():
     vmx = os.path.join(vm, "vm.vmx")
     disks = [os.path.join(vm, f"d{i}.vmdk") for i in range(a.disks)]
     print(f"load average before: {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
-    for cache in (["hot", "cold"] if a.cache == "both" else [a.cache]):
-        cold = cache == "cold"
-        full_rows = full_vs_clones(a, vm, vmx, disks, cold)
-        inc_rows = incremental_vs_full(a, vm, cold, random.Random(7))
-        table(a, cache, full_rows, inc_rows)
+    with SteadyMemory(a.work, a.memory) as mem:
+        print(f"memory: {mem.note}")
+        for cache in (["hot", "cold"] if a.cache == "both" else [a.cache]):
+            cold = cache == "cold"
+            full_rows = full_vs_clones(a, vm, vmx, disks, cold, mem)
+            inc_rows = incremental_vs_full(a, vm, cold, random.Random(7), mem)
+            table(a, cache, full_rows, inc_rows)
     print(f"\nload average after: {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
     shutil.rmtree(a.work)
 
