@@ -3,8 +3,9 @@
 //! ```text
 //! source --map--> planner (chunks, grain aligned) --> N reader threads (pread, zero detection,
 //!   or a sequential feed (a pipe) ----^                 Target::encode: identity, or compression)
-//!     parallel targets (flat, thin, thick): each reader writes its own chunk (Target::write)
-//!     ordered targets (sparse, stream):     one writer calls Target::write in LBA order
+//!     parallel targets (flat, thin, thick), direct I/O or dense: each reader writes its own chunk
+//!     ordered targets (sparse, stream), and every other buffered copy: one writer calls
+//!       Target::write in LBA order
 //! ```
 //!
 //! The planner walks the source's allocation map once, in runs ([`vmdk::map::runs`]: a cost in
@@ -718,6 +719,12 @@ fn run<P: Plan, T: Target>(
     let threads = opts.threads.max(1);
     let in_flight = opts.in_flight.max(threads + 1);
     let direct = !opts.ordered && opts.direct.wanted(total) && dst.enable_direct_io();
+    // Buffered data writes go through one writer: a file system takes a file's buffered writes
+    // one at a time (ext4, XFS: under the inode lock), so writers on every reader thread would
+    // only wait for each other, spinning on that lock on the cores the readers need. (Dense
+    // copies keep their parallel writers: their zero chunks are cleared in place, not written.)
+    let one_writer = opts.ordered || (!direct && !opts.dense && !opts.zero_target);
+    let opts = &EngineOptions { ordered: one_writer, ..*opts };
     let job = Job {
         planner: Mutex::new(plan),
         src,
