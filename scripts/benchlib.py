@@ -52,8 +52,9 @@ class SteadyMemory:
 
     Why: on a VM whose free memory goes back to the hypervisor (free page reporting, balloon), a
     page taken from the free pool costs microseconds more than a reclaimed one; which of the two a
-    command gets depends on what ran seconds before it, and a buffered write of 512 MiB took
-    0.37–0.45 s or 1.2–2.3 s on the same machine (see README, VM backup speed). Files removed by
+    command gets depends on what ran seconds before it: a buffered write of 512 MiB and its fsync
+    took 0.37–0.45 s in a filled cgroup and 1.5–2.7 s while it was filling, on the same machine
+    (README, VM backup speed). Files removed by
     the script would hand their cached pages back to the free pool, so `retire` keeps the last
     `keep` removed trees (by then evicted) and deletes older ones. Without root or a cgroup memory
     controller it says so and changes nothing (`retire` deletes at once)."""
